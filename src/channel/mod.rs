@@ -1,0 +1,341 @@
+//! One AMQP channel's state machine: content assembly, and the per-channel protocol
+//! state (consumers, unacked deliveries, confirms, transactions). Channels live inside
+//! their connection's task and are driven by it; the methods they handle are split by
+//! concern: `declare` (exchange.*, queue.*), `publish` (basic.publish, confirm, tx),
+//! `consume` (basic.consume/get/ack/..., deliveries from queues).
+
+mod consume;
+mod declare;
+mod publish;
+pub mod session;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use amq_protocol::protocol::{access, basic, channel, confirm, exchange, queue, tx, AMQPClass};
+use bytes::{Bytes, BytesMut};
+
+use crate::error::AmqpError;
+use crate::protocol::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
+use crate::protocol::method::{self, Method, Publish};
+use crate::protocol::properties::Properties;
+use crate::protocol::CLASS_BASIC;
+use crate::queue::{ChannelLimiter, QueueCmd, QueueHandle};
+use publish::{ConfirmState, RouteCache, TxState};
+pub use session::{ClientCaps, PublishBatch, Session};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Open,
+    /// We sent channel.close and wait for close-ok; everything else is ignored.
+    Closing,
+}
+
+/// Where we are in receiving a publish: method, then header, then body frames.
+enum Assembly {
+    Idle,
+    Header(Publish),
+    Body {
+        publish: Publish,
+        properties: Bytes,
+        props: Properties,
+        size: usize,
+        body: Body,
+    },
+}
+
+/// A body as it arrives: one frame stays the read buffer's own slice (no copy); several
+/// are joined.
+enum Body {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Body {
+    fn len(&self) -> usize {
+        match self {
+            Body::Empty => 0,
+            Body::One(b) => b.len(),
+            Body::Many(b) => b.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: Bytes, total: usize) {
+        *self = match std::mem::replace(self, Body::Empty) {
+            Body::Empty => Body::One(chunk),
+            Body::One(first) => {
+                let mut all = BytesMut::with_capacity(total);
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                Body::Many(all)
+            }
+            Body::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                Body::Many(all)
+            }
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Body::Empty => Bytes::new(),
+            Body::One(b) => b,
+            Body::Many(b) => b.freeze(),
+        }
+    }
+}
+
+/// A delivery the client has yet to settle.
+struct Unacked {
+    tag: u64,
+    queue: Arc<QueueHandle>,
+    msg_id: u64,
+    /// Holds channel-wide prefetch credit (consumer deliveries do, basic.get doesn't).
+    counted: bool,
+}
+
+struct ConsumerRef {
+    queue: Arc<QueueHandle>,
+    no_ack: bool,
+}
+
+pub struct Channel {
+    pub number: u16,
+    /// Unique id of this channel instance (numbers are reused after close).
+    pub uid: u64,
+    pub state: State,
+    assembly: Assembly,
+    confirm: Option<ConfirmState>,
+    tx: Option<TxState>,
+    routes: RouteCache,
+    limiter: Arc<ChannelLimiter>,
+    /// basic.qos global=false: the prefetch given to consumers created from now on.
+    consumer_prefetch: u32,
+    consumers: HashMap<Arc<str>, ConsumerRef>,
+    next_tag: u64,
+    unacked: VecDeque<Unacked>,
+    /// Queues this channel consumes from or holds deliveries of: told when it closes.
+    queues: HashMap<u64, Arc<QueueHandle>>,
+    /// For the empty-queue-name shortcut (RabbitMQ's most_recently_declared_queue).
+    last_queue: Option<String>,
+}
+
+impl Channel {
+    pub fn new(number: u16) -> Channel {
+        Channel {
+            number,
+            uid: crate::util::next_id(),
+            state: State::Open,
+            assembly: Assembly::Idle,
+            confirm: None,
+            tx: None,
+            routes: RouteCache::default(),
+            limiter: Arc::new(ChannelLimiter::default()),
+            consumer_prefetch: 0,
+            consumers: HashMap::new(),
+            next_tag: 1,
+            unacked: VecDeque::new(),
+            queues: HashMap::new(),
+            last_queue: None,
+        }
+    }
+
+    /// Handle one frame. An error is a channel or connection exception for the caller
+    /// to turn into channel.close or connection.close.
+    pub async fn handle_frame(&mut self, s: &mut Session, frame: Frame) -> Result<(), AmqpError> {
+        match frame.kind {
+            FRAME_METHOD => {
+                let (class_id, method_id) = method::class_method(&frame.payload);
+                if !matches!(self.assembly, Assembly::Idle) {
+                    return Err(AmqpError::unexpected_frame(format!(
+                        "expected content header for class {CLASS_BASIC}, got non content header frame instead"
+                    ))
+                    .on(class_id, method_id));
+                }
+                let m = method::decode(&frame.payload).map_err(|e| decode_error(e, class_id, method_id))?;
+                self.handle_method(s, m).await.map_err(|e| e.on(class_id, method_id))
+            }
+            FRAME_HEADER => self.handle_header(s, frame.payload),
+            FRAME_BODY => self.handle_body(s, frame.payload),
+            _ => Err(AmqpError::frame_error(format!("unexpected frame type {}", frame.kind))),
+        }
+    }
+
+    fn handle_header(&mut self, s: &mut Session, payload: Bytes) -> Result<(), AmqpError> {
+        let publish = match std::mem::replace(&mut self.assembly, Assembly::Idle) {
+            Assembly::Header(p) => p,
+            Assembly::Idle => {
+                return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"))
+            }
+            Assembly::Body { .. } => {
+                return Err(AmqpError::unexpected_frame(
+                    "expected content body, got non content body frame instead",
+                ))
+            }
+        };
+        if payload.len() < 14 {
+            return Err(AmqpError::frame_error("content header frame too short").on(60, 40));
+        }
+        let class = u16::from_be_bytes([payload[0], payload[1]]);
+        if class != CLASS_BASIC {
+            return Err(AmqpError::unexpected_frame(format!(
+                "expected content header for class {CLASS_BASIC}, got one for class {class} instead"
+            )));
+        }
+        let size = u64::from_be_bytes(payload[4..12].try_into().unwrap_or_default());
+        let max = s.broker.config.amqp.max_message_size;
+        if size > max {
+            // Checked on the header, before buffering any of the body (RabbitMQ checks
+            // after; the answer is the same). The rest of the content is ignored because
+            // the channel is closing.
+            return Err(AmqpError::precondition_failed(format!(
+                "message size {size} is larger than configured max size {max}"
+            ))
+            .on(60, 40));
+        }
+        let properties = payload.slice(12..);
+        let props = Properties::parse(&properties)
+            .ok_or_else(|| AmqpError::syntax_error("malformed content header properties").on(60, 40))?;
+        if size == 0 {
+            return self.publish(s, publish, properties, props, Bytes::new());
+        }
+        self.assembly = Assembly::Body {
+            publish,
+            properties,
+            props,
+            size: size as usize,
+            body: Body::Empty,
+        };
+        Ok(())
+    }
+
+    fn handle_body(&mut self, s: &mut Session, payload: Bytes) -> Result<(), AmqpError> {
+        let Assembly::Body { size, body, .. } = &mut self.assembly else {
+            return Err(AmqpError::unexpected_frame(match self.assembly {
+                Assembly::Header(_) => "expected content header for class 60, got non content header frame instead",
+                _ => "expected method frame, got non method frame instead",
+            }));
+        };
+        if body.len() + payload.len() > *size {
+            return Err(AmqpError::unexpected_frame(format!(
+                "content body exceeds the {} bytes announced in its header",
+                size
+            )));
+        }
+        let total = *size;
+        body.push(payload, total);
+        if body.len() < total {
+            return Ok(());
+        }
+        let Assembly::Body { publish, properties, props, body, .. } =
+            std::mem::replace(&mut self.assembly, Assembly::Idle)
+        else {
+            return Ok(());
+        };
+        self.publish(s, publish, properties, props, body.freeze())
+    }
+
+    async fn handle_method(&mut self, s: &mut Session, m: Method) -> Result<(), AmqpError> {
+        let class = match m {
+            Method::Publish(p) => {
+                if p.immediate {
+                    return Err(AmqpError::not_implemented("immediate=true"));
+                }
+                self.assembly = Assembly::Header(p);
+                return Ok(());
+            }
+            Method::Ack { delivery_tag, multiple } => return self.ack(s, delivery_tag, multiple),
+            Method::Nack { delivery_tag, multiple, requeue } => {
+                return self.reject(s, delivery_tag, multiple, requeue)
+            }
+            Method::Reject { delivery_tag, requeue } => return self.reject(s, delivery_tag, false, requeue),
+            Method::Qos { prefetch_size, prefetch_count, global } => {
+                return self.qos(s, prefetch_size, prefetch_count, global)
+            }
+            Method::Other(class) => *class,
+        };
+        // Anything else may observe queue state: deliver what was published first.
+        s.publishes.flush();
+        let n = self.number;
+        match class {
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                Err(AmqpError::channel_error("second 'channel.open' seen"))
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => {
+                self.limiter.set_active(f.active);
+                if f.active {
+                    self.kick_queues();
+                }
+                s.send(n, AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active: f.active })));
+                Ok(())
+            }
+            AMQPClass::Channel(channel::AMQPMethod::FlowOk(_)) => Ok(()),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                s.send(n, AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
+                Ok(())
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => self.exchange_declare(s, d),
+            AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => self.exchange_delete(s, d),
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => self.exchange_bind(s, b),
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(u)) => self.exchange_unbind(s, u),
+            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => self.queue_declare(s, d).await,
+            AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => self.queue_bind(s, b),
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(u)) => self.queue_unbind(s, u),
+            AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => self.queue_purge(s, p).await,
+            AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => self.queue_delete(s, d).await,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => self.consume(s, c).await,
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => self.cancel(s, c),
+            AMQPClass::Basic(basic::AMQPMethod::Get(g)) => self.get(s, g).await,
+            AMQPClass::Basic(basic::AMQPMethod::Recover(r)) => self.recover(s, r.requeue, true).await,
+            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(r)) => self.recover(s, r.requeue, false).await,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(c)) => self.confirm_select(s, c.nowait),
+            AMQPClass::Tx(tx::AMQPMethod::Select(_)) => self.tx_select(s),
+            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(s),
+            AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => self.tx_rollback(s),
+            _ => Err(AmqpError::command_invalid("unimplemented method")),
+        }
+    }
+
+    /// Release everything the channel holds: consumers are removed from their queues and
+    /// unacked deliveries go back to them, in order. Called on any kind of close.
+    pub fn teardown(&mut self) {
+        for q in self.queues.values() {
+            q.send(QueueCmd::ChannelDown { channel_uid: self.uid });
+        }
+        self.queues.clear();
+        self.consumers.clear();
+        self.unacked.clear();
+        self.tx = None;
+        self.assembly = Assembly::Idle;
+    }
+
+    /// Ask every queue this channel consumes from to try delivering again.
+    fn kick_queues(&self) {
+        for q in self.queues.values() {
+            q.send(QueueCmd::Kick);
+        }
+    }
+
+    /// Empty queue name means the channel's most recently declared queue.
+    fn expand_queue(&self, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::not_found("no previously declared queue"))
+    }
+}
+
+fn decode_error(e: method::DecodeError, class_id: u16, method_id: u16) -> AmqpError {
+    match e {
+        method::DecodeError::Syntax { .. } => AmqpError::syntax_error(format!(
+            "failed to decode arguments of method {class_id}.{method_id}"
+        )),
+        method::DecodeError::Unknown { .. } => {
+            AmqpError::command_invalid(format!("unknown method {class_id}.{method_id}"))
+        }
+    }
+    .on(class_id, method_id)
+}

@@ -1,0 +1,78 @@
+//! What a connection lends its channels while they handle a frame: identity, the vhost,
+//! the outgoing buffer, and the per-connection batches flushed once per read.
+
+use std::sync::Arc;
+
+use amq_protocol::protocol::AMQPClass;
+
+use crate::broker::Broker;
+use crate::message::Message;
+use crate::protocol::method;
+use crate::protocol::outbuf::OutBuf;
+use crate::queue::{EventTx, QueueCmd, QueueHandle};
+use crate::vhost::Vhost;
+
+/// Client capabilities announced in connection.start-ok that change what we send.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientCaps {
+    pub consumer_cancel_notify: bool,
+    pub connection_blocked: bool,
+}
+
+pub struct Session {
+    pub conn_id: u64,
+    pub broker: Arc<Broker>,
+    pub vhost: Arc<Vhost>,
+    pub user: String,
+    pub frame_max: u32,
+    pub caps: ClientCaps,
+    /// Where queues send deliveries and notifications for this connection.
+    pub events: EventTx,
+    pub out: OutBuf,
+    /// Exclusive queues this connection declared: deleted when it closes.
+    pub exclusive_queues: Vec<Arc<QueueHandle>>,
+    /// Messages routed during this read, per queue, sent as one command each at flush.
+    pub publishes: PublishBatch,
+    /// Channels that have publisher confirms to send at flush.
+    pub confirms_due: Vec<u16>,
+}
+
+impl Session {
+    /// Queue a method frame.
+    pub fn send(&mut self, channel: u16, class: AMQPClass) {
+        method::encode(&mut self.out.buf, channel, &class);
+    }
+}
+
+/// Per-queue batches of routed messages. Batching turns N publishes to a queue into one
+/// mailbox send and one wake-up of its actor.
+#[derive(Default)]
+pub struct PublishBatch {
+    pending: Vec<(Arc<QueueHandle>, Vec<Arc<Message>>)>,
+}
+
+impl PublishBatch {
+    pub fn push(&mut self, queue: &Arc<QueueHandle>, message: Arc<Message>) {
+        match self.pending.iter_mut().find(|(q, _)| q.id == queue.id) {
+            Some((_, msgs)) => msgs.push(message),
+            None => self.pending.push((queue.clone(), vec![message])),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Hand every batch to its queue. Must run before anything that must observe these
+    /// messages (a later get, purge, declare-ok count...) and at the end of each read.
+    pub fn flush(&mut self) {
+        for (q, mut msgs) in self.pending.drain(..) {
+            let cmd = if msgs.len() == 1 {
+                QueueCmd::Publish(msgs.pop().expect("one message"))
+            } else {
+                QueueCmd::PublishBatch(msgs)
+            };
+            q.send(cmd);
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Configuration: embedded defaults, then a TOML file, then `WARREN_*` environment
+//! variables, then command-line flags, each overriding the one before. Every key, its
+//! default and its environment variable are documented in `config/warren.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where durable state lives. Env: WARREN_DATA_DIR.
+    pub data_dir: PathBuf,
+    pub amqp: AmqpConfig,
+    pub defaults: DefaultsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// Listener address, host:port. Env: WARREN_AMQP_LISTEN.
+    pub listen: String,
+    /// Highest channel number offered in connection.tune.
+    pub channel_max: u16,
+    /// Largest frame offered in connection.tune, bytes (min 4096).
+    pub frame_max: u32,
+    /// Heartbeat interval offered in connection.tune, seconds (0 disables).
+    pub heartbeat: u16,
+    /// Largest message body accepted, bytes (RabbitMQ 4.x default: 16 MiB).
+    pub max_message_size: u64,
+    /// Seconds a client has to complete the handshake.
+    pub handshake_timeout: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsConfig {
+    pub vhost: String,
+    pub user: String,
+    pub password: String,
+    /// Users that may only connect from loopback addresses (RabbitMQ's loopback_users).
+    pub loopback_users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter: error, warn, info, debug, trace, or a full directive list.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            amqp: AmqpConfig::default(),
+            defaults: DefaultsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            listen: "0.0.0.0:5672".to_owned(),
+            channel_max: 2047,
+            frame_max: 131_072,
+            heartbeat: 60,
+            max_message_size: 16 * 1024 * 1024,
+            handshake_timeout: 10,
+        }
+    }
+}
+
+impl Default for DefaultsConfig {
+    fn default() -> Self {
+        DefaultsConfig {
+            vhost: "/".to_owned(),
+            user: "guest".to_owned(),
+            password: "guest".to_owned(),
+            loopback_users: vec!["guest".to_owned()],
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".to_owned() }
+    }
+}
+
+/// Where an override came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "config file {}", p.display()),
+            Source::Env(v) => write!(f, "environment variable {v}"),
+            Source::Flag(v) => write!(f, "command-line flag {v}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A `key = value` override with a dotted key (`amqp.frame_max`).
+pub struct Override {
+    pub key: String,
+    pub value: String,
+    pub source: Source,
+}
+
+impl Config {
+    /// Load: defaults, then `file`, then `overrides` in order (env first, then flags).
+    pub fn load(file: Option<&Path>, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+                let table: toml::Table = toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+                // Type and unknown-key errors, reported against the file itself.
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+                table
+            }
+        };
+        let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError(e.to_string()))?;
+        for o in overrides {
+            apply(&mut table, &defaults, o)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError(format!("invalid configuration: {e}")))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid value for {key}: {why}")));
+        if self.amqp.frame_max != 0 && self.amqp.frame_max < crate::protocol::frame::FRAME_MIN_SIZE {
+            return bad("amqp.frame_max", "must be at least 4096 (or 0 for no limit)");
+        }
+        if self.amqp.listen.parse::<std::net::SocketAddr>().is_err() && !self.amqp.listen.contains(':') {
+            return bad("amqp.listen", "expected host:port");
+        }
+        if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
+            return bad("amqp.max_message_size", "must be between 1 and 536870912 bytes");
+        }
+        if self.defaults.vhost.is_empty() {
+            return bad("defaults.vhost", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// `WARREN_<SECTION>_<KEY>` (or `WARREN_<KEY>` for top-level keys) for every key the
+    /// configuration has, plus RabbitMQ's RABBITMQ_DEFAULT_USER/PASS/VHOST.
+    pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<Override> {
+        let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
+        let mut known: Vec<(String, String)> = Vec::new();
+        for (k, v) in &defaults {
+            match v {
+                toml::Value::Table(t) => {
+                    for sub in t.keys() {
+                        known.push((format!("WARREN_{}_{}", k, sub).to_uppercase(), format!("{k}.{sub}")));
+                    }
+                }
+                _ => known.push((format!("WARREN_{k}").to_uppercase(), k.clone())),
+            }
+        }
+        let rabbit = [
+            ("RABBITMQ_DEFAULT_USER", "defaults.user"),
+            ("RABBITMQ_DEFAULT_PASS", "defaults.password"),
+            ("RABBITMQ_DEFAULT_VHOST", "defaults.vhost"),
+        ];
+        let vars: Vec<(String, String)> = vars.collect();
+        let mut out = Vec::new();
+        // RabbitMQ's names first so that WARREN_* wins when both are set.
+        for (var, key) in rabbit {
+            if let Some((_, v)) = vars.iter().find(|(n, _)| n == var) {
+                out.push(Override { key: key.to_owned(), value: v.clone(), source: Source::Env(var.to_owned()) });
+            }
+        }
+        for (name, value) in &vars {
+            if let Some((_, key)) = known.iter().find(|(env, _)| env == name) {
+                out.push(Override { key: key.clone(), value: value.clone(), source: Source::Env(name.clone()) });
+            }
+        }
+        out
+    }
+}
+
+/// Set one dotted key, typed after the default value of that key.
+fn apply(table: &mut toml::Table, defaults: &toml::Table, o: &Override) -> Result<(), ConfigError> {
+    let unknown = || ConfigError(format!("{}: unknown configuration key '{}'", o.source, o.key));
+    let (section, key) = match o.key.split_once('.') {
+        Some((s, k)) => (Some(s), k),
+        None => (None, o.key.as_str()),
+    };
+    let default = match section {
+        Some(s) => defaults.get(s).and_then(|t| t.as_table()).and_then(|t| t.get(key)),
+        None => defaults.get(key).filter(|v| !v.is_table()),
+    }
+    .ok_or_else(unknown)?;
+    let bad = |what: &str| ConfigError(format!("{}: invalid value '{}' for {}: expected {what}", o.source, o.value, o.key));
+    let value = match default {
+        toml::Value::Integer(_) => toml::Value::Integer(o.value.trim().parse().map_err(|_| bad("an integer"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(o.value.trim().parse().map_err(|_| bad("true or false"))?),
+        toml::Value::Array(_) => toml::Value::Array(
+            o.value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+        _ => toml::Value::String(o.value.clone()),
+    };
+    let target = match section {
+        Some(s) => table
+            .entry(s.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| bad("a table"))?,
+        None => table,
+    };
+    target.insert(key.to_owned(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<Override> {
+        Config::env_overrides(pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())))
+    }
+
+    #[test]
+    fn defaults_match_rabbitmq() {
+        let c = Config::load(None, &[]).unwrap();
+        assert_eq!((c.amqp.channel_max, c.amqp.frame_max, c.amqp.heartbeat), (2047, 131072, 60));
+        assert_eq!(c.defaults.loopback_users, vec!["guest"]);
+    }
+
+    #[test]
+    fn env_overrides_are_typed_and_named() {
+        let c = Config::load(None, &env(&[("WARREN_AMQP_HEARTBEAT", "5"), ("WARREN_DATA_DIR", "/x")])).unwrap();
+        assert_eq!(c.amqp.heartbeat, 5);
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        let e = Config::load(None, &env(&[("WARREN_AMQP_HEARTBEAT", "soon")])).unwrap_err();
+        assert!(e.0.contains("WARREN_AMQP_HEARTBEAT") && e.0.contains("amqp.heartbeat"), "{e}");
+    }
+
+    #[test]
+    fn rabbitmq_default_user_is_honoured_but_warren_wins() {
+        let c = Config::load(None, &env(&[("RABBITMQ_DEFAULT_USER", "bob")])).unwrap();
+        assert_eq!(c.defaults.user, "bob");
+        let c = Config::load(None, &env(&[("RABBITMQ_DEFAULT_USER", "bob"), ("WARREN_DEFAULTS_USER", "amy")])).unwrap();
+        assert_eq!(c.defaults.user, "amy");
+    }
+
+    #[test]
+    fn bad_file_names_the_key_and_file() {
+        let dir = std::env::temp_dir().join(format!("warren-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "[amqp]\nframe_maxx = 3\n").unwrap();
+        let e = Config::load(Some(&path), &[]).unwrap_err();
+        assert!(e.0.contains("frame_maxx") && e.0.contains("bad.toml"), "{e}");
+        std::fs::write(&path, "[amqp]\nframe_max = 100\n").unwrap();
+        let e = Config::load(Some(&path), &[]).unwrap_err();
+        assert!(e.0.contains("amqp.frame_max"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_is_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/warren.toml");
+        let c = Config::load(Some(&path), &[]).unwrap();
+        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&Config::default()).unwrap());
+    }
+}

@@ -1,0 +1,438 @@
+//! One client connection: a task that reads frames and drives its channels, plus a
+//! writer task that owns the socket's write half (`writer.rs`). The handshake is in
+//! `handshake.rs`. Queues reach the connection through its event channel
+//! ([`ConnEvent`]); everything a channel writes goes through one [`OutBuf`] that is
+//! handed to the writer once per loop iteration.
+
+mod handshake;
+mod writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amq_protocol::protocol::{channel, connection, AMQPClass};
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::broker::{Broker, ConnectionEntry};
+use crate::channel::{Channel, PublishBatch, Session, State};
+use crate::error::AmqpError;
+use crate::protocol::frame::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD};
+use crate::protocol::method::{self, Method};
+use crate::protocol::outbuf::OutBuf;
+use crate::protocol::short;
+use crate::queue::ConnEvent;
+use handshake::{Abort, Negotiated};
+use writer::WriterTx;
+
+/// Initial read buffer; grows for large frames.
+const READ_BUFFER: usize = 16 * 1024;
+/// How long we wait for close-ok after sending connection.close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Events handled per wake-up before reading the socket again.
+const EVENT_BURST: usize = 64;
+
+pub struct Connection {
+    id: u64,
+    broker: Arc<Broker>,
+    peer: SocketAddr,
+    reader: OwnedReadHalf,
+    rbuf: BytesMut,
+    /// Outgoing frames during the handshake (afterwards the session's buffer is used).
+    out: OutBuf,
+    writer: WriterTx,
+}
+
+/// Serve one accepted socket until it closes.
+pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
+    let _ = socket.set_nodelay(true);
+    let (reader, write_half) = socket.into_split();
+    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(writer::run(write_half, writer_rx));
+    let mut conn = Connection {
+        id: crate::util::next_id(),
+        broker: broker.clone(),
+        peer,
+        reader,
+        rbuf: BytesMut::with_capacity(READ_BUFFER),
+        out: OutBuf::default(),
+        writer: writer_tx,
+    };
+    tracing::info!(peer = %peer, "accepting AMQP connection");
+    let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
+    match tokio::time::timeout(timeout, conn.handshake()).await {
+        Err(_) => tracing::warn!(peer = %peer, "closing connection: handshake not completed in {}s", timeout.as_secs()),
+        Ok(Err(Abort::Drop)) => {}
+        Ok(Err(Abort::Close(e))) => {
+            tracing::warn!(peer = %peer, "closing connection during handshake: {}", e.text);
+            conn.send0(close_method(&e));
+            conn.flush();
+            conn.linger().await;
+        }
+        Ok(Ok(n)) => conn.run(n).await,
+    }
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+}
+
+fn close_method(e: &AmqpError) -> AMQPClass {
+    AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+        reply_code: e.code,
+        reply_text: short(e.text.clone()),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    }))
+}
+
+fn channel_close_method(e: &AmqpError) -> AMQPClass {
+    AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+        reply_code: e.code,
+        reply_text: short(e.text.clone()),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    }))
+}
+
+/// Why the main loop ended.
+enum End {
+    /// Clean close by either side, or the peer went away.
+    Closed,
+    /// We sent connection.close and stop reading once close-ok comes (or time runs out).
+    Error,
+}
+
+impl Connection {
+    fn send0(&mut self, class: AMQPClass) {
+        method::encode(&mut self.out.buf, 0, &class);
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            let _ = self.writer.send(self.out.take());
+        }
+    }
+
+    /// After a close we initiated: read (and drop) until the peer closes or time runs
+    /// out, so the close frame isn't lost to a TCP reset.
+    async fn linger(&mut self) {
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        loop {
+            self.rbuf.clear();
+            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    // A close-ok ends it early.
+                    if self.rbuf.len() >= 11 && self.rbuf[0] == FRAME_METHOD && self.rbuf[7..11] == [0, 10, 0, 51] {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    async fn run(&mut self, n: Negotiated) {
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+        self.broker.register_connection(self.id, ConnectionEntry { events: events_tx.clone(), peer: self.peer });
+        tracing::info!(
+            peer = %self.peer,
+            user = %n.user,
+            vhost = %n.vhost.name,
+            connection_name = n.name.as_deref().unwrap_or(""),
+            "connection granted access to vhost"
+        );
+        let mut s = Session {
+            conn_id: self.id,
+            broker: self.broker.clone(),
+            vhost: n.vhost.clone(),
+            user: n.user.clone(),
+            frame_max: n.frame_max,
+            caps: n.caps,
+            events: events_tx,
+            out: std::mem::take(&mut self.out),
+            exclusive_queues: Vec::new(),
+            publishes: PublishBatch::default(),
+            confirms_due: Vec::new(),
+        };
+        let mut channels: HashMap<u16, Channel> = HashMap::new();
+        let heartbeat = n.heartbeat;
+        // Heartbeats go out after heartbeat/2 of silence; a peer silent for two full
+        // intervals (four ticks) is gone.
+        let tick = Duration::from_millis(u64::from(heartbeat.max(1)) * 500);
+        let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (mut sent, mut received, mut silent_ticks) = (false, false, 0u32);
+        let mut closing: Option<Instant> = None;
+        let mut end = End::Closed;
+
+        loop {
+            let mut result: Result<bool, AmqpError> = Ok(true);
+            tokio::select! {
+                ev = events_rx.recv() => {
+                    let mut next = ev;
+                    for _ in 0..EVENT_BURST {
+                        let Some(ev) = next else { break };
+                        if let Err(e) = self.handle_event(&mut s, &mut channels, ev) {
+                            result = Err(e);
+                            break;
+                        }
+                        next = events_rx.try_recv().ok();
+                    }
+                }
+                r = self.reader.read_buf(&mut self.rbuf) => {
+                    match r {
+                        Ok(0) | Err(_) => result = Ok(false),
+                        Ok(_) => {
+                            received = true;
+                            result = self.process_frames(&mut s, &mut channels, &n, closing.is_some()).await;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => {
+                    tracing::debug!(peer = %self.peer, "no connection.close-ok in time");
+                    break;
+                }
+                _ = ticker.tick(), if heartbeat > 0 => {
+                    {
+                        if !sent {
+                            frame::heartbeat(&mut s.out.buf);
+                        }
+                        silent_ticks = if received { 0 } else { silent_ticks + 1 };
+                        if silent_ticks >= 4 && closing.is_none() {
+                            tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {heartbeat}s");
+                            break;
+                        }
+                        sent = false;
+                        received = false;
+                    }
+                }
+            }
+            match result {
+                Ok(true) => {}
+                Ok(false) => break, // peer closed, or the close handshake completed
+                Err(e) => {
+                    if closing.is_none() {
+                        tracing::warn!(peer = %self.peer, "closing connection: {}", e.text);
+                        for ch in channels.values_mut() {
+                            ch.teardown();
+                        }
+                        channels.clear();
+                        method::encode(&mut s.out.buf, 0, &close_method(&e));
+                        closing = Some(Instant::now() + CLOSE_TIMEOUT);
+                        end = End::Error;
+                    }
+                }
+            }
+            // Publishes routed in this round go to their queues in one send each, then
+            // confirms, then all frames to the writer in one piece.
+            s.publishes.flush();
+            for n in std::mem::take(&mut s.confirms_due) {
+                if let Some(ch) = channels.get_mut(&n) {
+                    ch.flush_confirms(&mut s);
+                }
+            }
+            if !s.out.is_empty() {
+                let _ = self.writer.send(s.out.take());
+                sent = true;
+            }
+        }
+
+        if !s.out.is_empty() {
+            let _ = self.writer.send(s.out.take());
+        }
+        for ch in channels.values_mut() {
+            ch.teardown();
+        }
+        for q in std::mem::take(&mut s.exclusive_queues) {
+            let _ = s.vhost.delete_queue(&q, false, false).await;
+        }
+        self.broker.unregister_connection(self.id);
+        if let End::Error = end {
+            tracing::debug!(peer = %self.peer, "connection closed after error");
+        }
+        tracing::info!(
+            peer = %self.peer,
+            user = %n.user,
+            connection_name = n.name.as_deref().unwrap_or(""),
+            "closing AMQP connection"
+        );
+    }
+
+    /// Decode and handle every complete frame in the read buffer. `Ok(false)` ends the
+    /// connection cleanly (connection.close-ok exchanged).
+    async fn process_frames(
+        &mut self,
+        s: &mut Session,
+        channels: &mut HashMap<u16, Channel>,
+        n: &Negotiated,
+        closing: bool,
+    ) -> Result<bool, AmqpError> {
+        loop {
+            let f = match frame::decode(&mut self.rbuf, n.frame_max) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(true),
+                Err(e) => {
+                    if closing {
+                        return Ok(false);
+                    }
+                    return Err(AmqpError::frame_error(e));
+                }
+            };
+            if closing {
+                // Only the peer's close-ok (or its own close) matters now.
+                if f.kind == FRAME_METHOD && f.channel == 0 {
+                    let ids = method::class_method(&f.payload);
+                    if ids == (10, 51) || ids == (10, 50) {
+                        return Ok(false);
+                    }
+                }
+                continue;
+            }
+            if !self.handle_frame(s, channels, n, f).await? {
+                return Ok(false);
+            }
+        }
+    }
+
+    async fn handle_frame(
+        &mut self,
+        s: &mut Session,
+        channels: &mut HashMap<u16, Channel>,
+        n: &Negotiated,
+        f: Frame,
+    ) -> Result<bool, AmqpError> {
+        if f.kind == FRAME_HEARTBEAT {
+            if f.channel != 0 {
+                return Err(AmqpError::frame_error("heartbeat frame on non-zero channel"));
+            }
+            return Ok(true);
+        }
+        if f.channel == 0 {
+            return self.handle_channel0(s, f);
+        }
+        let number = f.channel;
+        let ids = if f.kind == FRAME_METHOD { method::class_method(&f.payload) } else { (0, 0) };
+        let Some(ch) = channels.get_mut(&number) else {
+            if ids != (20, 10) {
+                return Err(if f.kind == FRAME_METHOD {
+                    AmqpError::channel_error("expected 'channel.open'").on(ids.0, ids.1)
+                } else {
+                    AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+                });
+            }
+            if n.channel_max != 0 && number > n.channel_max {
+                return Err(AmqpError::not_allowed(format!(
+                    "channel number {number} is above the negotiated channel_max ({})",
+                    n.channel_max
+                ))
+                .on(20, 10));
+            }
+            if n.channel_max != 0 && channels.len() >= n.channel_max as usize {
+                return Err(AmqpError::not_allowed(format!(
+                    "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                    channels.len(),
+                    n.channel_max
+                ))
+                .on(20, 10));
+            }
+            channels.insert(number, Channel::new(number));
+            s.send(number, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})));
+            return Ok(true);
+        };
+        match ids {
+            (20, 40) => {
+                // channel.close from the client (also answers our close if both crossed).
+                ch.teardown();
+                channels.remove(&number);
+                s.send(number, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                return Ok(true);
+            }
+            (20, 41) => {
+                if ch.state == State::Closing {
+                    channels.remove(&number);
+                }
+                return Ok(true);
+            }
+            _ if ch.state == State::Closing => return Ok(true),
+            _ => {}
+        }
+        if let Err(e) = ch.handle_frame(s, f).await {
+            if e.is_connection_error() {
+                return Err(e);
+            }
+            tracing::warn!(peer = %self.peer, channel = number, "channel error: {}", e.text);
+            ch.teardown();
+            ch.state = State::Closing;
+            s.send(number, channel_close_method(&e));
+        }
+        Ok(true)
+    }
+
+    fn handle_channel0(&mut self, s: &mut Session, f: Frame) -> Result<bool, AmqpError> {
+        if f.kind != FRAME_METHOD {
+            return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"));
+        }
+        let (class_id, method_id) = method::class_method(&f.payload);
+        let m = method::decode(&f.payload).map_err(|_| {
+            AmqpError::syntax_error(format!("failed to decode method {class_id}.{method_id}")).on(class_id, method_id)
+        })?;
+        match m {
+            Method::Other(c) => match *c {
+                AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
+                    tracing::debug!(peer = %self.peer, "client closed connection: {} {}", c.reply_code, c.reply_text);
+                    s.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                    Ok(false)
+                }
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(false),
+                AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                    s.send(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {})),
+                    );
+                    Ok(true)
+                }
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
+                | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => Ok(true),
+                _ => Err(AmqpError::channel_error("unexpected method in connection state running")
+                    .on(class_id, method_id)),
+            },
+            _ => Err(AmqpError::channel_error("unexpected method in connection state running").on(class_id, method_id)),
+        }
+    }
+
+    fn handle_event(
+        &mut self,
+        s: &mut Session,
+        channels: &mut HashMap<u16, Channel>,
+        ev: ConnEvent,
+    ) -> Result<(), AmqpError> {
+        match ev {
+            ConnEvent::Deliveries(ds) => {
+                for d in ds {
+                    match channels.get_mut(&d.channel) {
+                        Some(ch) if ch.uid == d.channel_uid => ch.deliver(s, d),
+                        // The channel closed meanwhile; its queues requeue on ChannelDown.
+                        _ => {}
+                    }
+                }
+            }
+            ConnEvent::ConsumerCancelled { channel_uid, consumer_tag } => {
+                if let Some(ch) = channels.values_mut().find(|c| c.uid == channel_uid) {
+                    ch.consumer_cancelled(s, &consumer_tag);
+                }
+            }
+            ConnEvent::CancelOk { channel_uid, consumer_tag, nowait } => {
+                if let Some(ch) = channels.values_mut().find(|c| c.uid == channel_uid) {
+                    ch.cancel_ok(s, &consumer_tag, nowait);
+                }
+            }
+            ConnEvent::Close(e) => return Err(e),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+//! warren: a RabbitMQ-compatible AMQP 0-9-1 message broker.
+//!
+//! Module map, in the order a message travels:
+//! - [`server`]: the TCP listener; one [`connection`] task per client.
+//! - [`connection`]: handshake, frame reading, heartbeats, and the writer task that
+//!   coalesces outgoing frames; drives the connection's channels.
+//! - [`protocol`]: the wire format: frames, methods (hand-written on the per-message
+//!   path, amq-protocol elsewhere), content-header properties, the outgoing buffer.
+//! - [`channel`]: per-channel protocol state: publishing (routing, confirms, tx) and
+//!   consuming (consumers, deliveries, acks, prefetch).
+//! - [`vhost`]: a virtual host's topology (exchanges, queues, bindings) and routing.
+//! - [`exchange`]: the exchange types, one router per file (direct, fanout, topic, headers).
+//! - [`queue`]: queue actors, each the single owner of its messages and consumers.
+//! - [`message`]: a published message, shared by every queue it reaches.
+//! - [`broker`]: the process-wide state (vhosts, users, live connections).
+//! - [`auth`]: SASL mechanisms and users. [`config`]: configuration loading.
+//! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
+//! - [`error`]: protocol errors as values carrying their reply codes.
+
+pub mod arguments;
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod protocol;
+pub mod queue;
+pub mod server;
+pub mod util;
+pub mod vhost;
+
+/// The RabbitMQ release whose behaviour warren follows, announced as `version` in
+/// connection.start so that clients choose RabbitMQ's semantics.
+pub const RABBITMQ_COMPAT_VERSION: &str = "3.13.7";

@@ -1,0 +1,155 @@
+//! Basic-class content-header properties, read in place from the raw bytes.
+//!
+//! The broker stores the publisher's property bytes (flags + values) verbatim and writes
+//! them back out unchanged on delivery, so a client's field tables keep their type tags
+//! and key order. This module only locates the few properties the broker itself acts on.
+
+use amq_protocol::types::parsing::parse_field_table;
+use amq_protocol::types::FieldTable;
+
+const CONTENT_TYPE: u16 = 1 << 15;
+const CONTENT_ENCODING: u16 = 1 << 14;
+const HEADERS: u16 = 1 << 13;
+const DELIVERY_MODE: u16 = 1 << 12;
+const PRIORITY: u16 = 1 << 11;
+const CORRELATION_ID: u16 = 1 << 10;
+const REPLY_TO: u16 = 1 << 9;
+const EXPIRATION: u16 = 1 << 8;
+const MESSAGE_ID: u16 = 1 << 7;
+const TIMESTAMP: u16 = 1 << 6;
+const TYPE: u16 = 1 << 5;
+const USER_ID: u16 = 1 << 4;
+const APP_ID: u16 = 1 << 3;
+const CLUSTER_ID: u16 = 1 << 2;
+
+/// Where each present property sits inside the raw bytes. Built by [`Properties::parse`],
+/// which also validates the whole property list.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Properties {
+    pub flags: u16,
+    headers: Option<(usize, usize)>,
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    expiration: Option<(usize, usize)>,
+    user_id: Option<(usize, usize)>,
+}
+
+impl Properties {
+    /// Walk the property list once. `None` if it is truncated or malformed.
+    pub fn parse(raw: &[u8]) -> Option<Properties> {
+        let mut p = Properties::default();
+        if raw.len() < 2 {
+            return None;
+        }
+        let flags = u16::from_be_bytes([raw[0], raw[1]]);
+        if flags & 1 != 0 {
+            // Continuation flags are not used by any basic-class property.
+            return None;
+        }
+        p.flags = flags;
+        let mut pos = 2usize;
+        let shortstr = |pos: &mut usize| -> Option<(usize, usize)> {
+            let len = *raw.get(*pos)? as usize;
+            let start = *pos + 1;
+            (start + len <= raw.len()).then(|| {
+                *pos = start + len;
+                (start, start + len)
+            })
+        };
+        for bit in (2..16).rev() {
+            let flag = 1u16 << bit;
+            if flags & flag == 0 {
+                continue;
+            }
+            match flag {
+                HEADERS => {
+                    let len = u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?) as usize;
+                    let end = pos.checked_add(4 + len)?;
+                    if end > raw.len() {
+                        return None;
+                    }
+                    p.headers = Some((pos, end));
+                    pos = end;
+                }
+                DELIVERY_MODE => {
+                    p.delivery_mode = Some(*raw.get(pos)?);
+                    pos += 1;
+                }
+                PRIORITY => {
+                    p.priority = Some(*raw.get(pos)?);
+                    pos += 1;
+                }
+                TIMESTAMP => {
+                    raw.get(pos..pos + 8)?;
+                    pos += 8;
+                }
+                EXPIRATION => p.expiration = Some(shortstr(&mut pos)?),
+                USER_ID => p.user_id = Some(shortstr(&mut pos)?),
+                CONTENT_TYPE | CONTENT_ENCODING | CORRELATION_ID | REPLY_TO | MESSAGE_ID
+                | TYPE | APP_ID | CLUSTER_ID => {
+                    shortstr(&mut pos)?;
+                }
+                _ => return None,
+            }
+        }
+        (pos == raw.len()).then_some(p)
+    }
+
+    /// The headers table, decoded (only the headers exchange needs it).
+    pub fn headers(&self, raw: &[u8]) -> Option<FieldTable> {
+        let (start, end) = self.headers?;
+        parse_field_table(&raw[start..end]).ok().map(|(_, t)| t)
+    }
+
+    pub fn user_id<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
+        self.user_id.map(|(s, e)| &raw[s..e])
+    }
+
+    pub fn expiration<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
+        self.expiration.map(|(s, e)| &raw[s..e])
+    }
+
+    pub fn persistent(&self) -> bool {
+        self.delivery_mode == Some(2)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
+    use amq_protocol::types::{AMQPValue, ShortString};
+    use amq_protocol::frame::WriteContext;
+
+    fn raw(p: &AMQPProperties) -> Vec<u8> {
+        gen_properties(p)(WriteContext::from(Vec::new())).unwrap().write
+    }
+
+    #[test]
+    fn finds_headers_delivery_mode_and_user_id() {
+        let mut headers = FieldTable::default();
+        headers.insert(ShortString::from("k"), AMQPValue::LongInt(7));
+        let p = AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(headers.clone())
+            .with_delivery_mode(2)
+            .with_expiration("100".into())
+            .with_timestamp(5)
+            .with_user_id("guest".into())
+            .with_app_id("app".into());
+        let bytes = raw(&p);
+        let parsed = Properties::parse(&bytes).unwrap();
+        assert!(parsed.persistent());
+        assert_eq!(parsed.headers(&bytes), Some(headers));
+        assert_eq!(parsed.user_id(&bytes), Some(&b"guest"[..]));
+        assert_eq!(parsed.expiration(&bytes), Some(&b"100"[..]));
+    }
+
+    #[test]
+    fn empty_and_truncated_lists() {
+        assert!(Properties::parse(&[0, 0]).is_some());
+        assert!(Properties::parse(&[0x80, 0, 5, b'a']).is_none());
+        assert!(Properties::parse(&[0x20, 0, 0, 0, 0, 9]).is_none());
+        assert!(Properties::parse(&[]).is_none());
+    }
+}

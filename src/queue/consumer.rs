@@ -1,0 +1,137 @@
+//! Consumers as a queue sees them, the channel-wide limiter they share, and the events a
+//! queue sends back to the consumer's connection.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use amq_protocol::types::FieldTable;
+use tokio::sync::mpsc;
+
+use crate::error::AmqpError;
+use crate::message::Message;
+
+/// What queues (and the broker) send to a connection. One unbounded channel per
+/// connection, so a queue never waits on a slow client; ordering per sender is kept,
+/// which is what makes cancel-ok arrive after the deliveries that preceded it.
+#[derive(Debug)]
+pub enum ConnEvent {
+    Deliveries(Vec<Delivery>),
+    /// The queue went away under a consumer: send basic.cancel (consumer_cancel_notify).
+    ConsumerCancelled { channel_uid: u64, consumer_tag: Arc<str> },
+    /// The queue has removed a consumer the client cancelled: send cancel-ok now.
+    CancelOk { channel_uid: u64, consumer_tag: Arc<str>, nowait: bool },
+    /// Close the connection (broker shutdown, management action).
+    Close(AmqpError),
+}
+
+pub type EventTx = mpsc::UnboundedSender<ConnEvent>;
+
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel_uid: u64,
+    pub channel: u16,
+    pub consumer_tag: Arc<str>,
+    pub queue_id: u64,
+    /// The queue's id for this message, echoed back on ack/reject.
+    pub msg_id: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+}
+
+/// Channel-wide state that queues consult before each delivery: client flow control
+/// (channel.flow) and the prefetch shared by all the channel's consumers
+/// (basic.qos global=true). The channel owns it; queues only read it and take credit.
+#[derive(Debug)]
+pub struct ChannelLimiter {
+    active: AtomicBool,
+    global_prefetch: AtomicU32,
+    in_flight: AtomicU32,
+}
+
+impl Default for ChannelLimiter {
+    fn default() -> Self {
+        ChannelLimiter {
+            active: AtomicBool::new(true),
+            global_prefetch: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+}
+
+impl ChannelLimiter {
+    pub fn set_active(&self, active: bool) {
+        self.active.store(active, Ordering::Release);
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
+    pub fn set_global_prefetch(&self, n: u32) {
+        self.global_prefetch.store(n, Ordering::Release);
+    }
+
+    /// Take one unit of channel-wide credit for an acknowledged delivery.
+    pub fn try_acquire(&self) -> bool {
+        let limit = self.global_prefetch.load(Ordering::Acquire);
+        if limit == 0 {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Return credit; true if the channel was at its global limit (queues may be waiting).
+    pub fn release(&self, n: u32) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |x| Some(x.saturating_sub(n)))
+            .unwrap_or(0);
+        let limit = self.global_prefetch.load(Ordering::Acquire);
+        limit != 0 && before >= limit
+    }
+}
+
+#[derive(Debug)]
+pub struct Consumer {
+    /// Unique across the broker; names the consumer in acks (tags are per channel).
+    pub uid: u64,
+    pub tag: Arc<str>,
+    pub channel_uid: u64,
+    pub channel: u16,
+    pub conn_id: u64,
+    pub events: EventTx,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch (basic.qos global=false in effect at consume time); 0 = none.
+    pub prefetch: u32,
+    pub limiter: Arc<ChannelLimiter>,
+    pub arguments: FieldTable,
+    /// Unacknowledged deliveries to this consumer; owned by the queue.
+    pub in_flight: u32,
+}
+
+impl Consumer {
+    /// Whether this consumer can take one more message now; takes the credit if so.
+    pub(crate) fn try_take(&mut self) -> bool {
+        if !self.limiter.is_active() {
+            return false;
+        }
+        if self.no_ack {
+            return true;
+        }
+        if self.prefetch != 0 && self.in_flight >= self.prefetch {
+            return false;
+        }
+        if !self.limiter.try_acquire() {
+            return false;
+        }
+        self.in_flight += 1;
+        true
+    }
+}

@@ -1,0 +1,156 @@
+//! Queues. Each queue is one tokio task (the actor in `actor.rs`) that alone owns its
+//! messages, consumers and unacknowledged deliveries; everyone else holds a
+//! [`QueueHandle`] and sends it [`QueueCmd`]s. Deliveries flow back to connections as
+//! [`ConnEvent`]s.
+
+mod actor;
+pub mod consumer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use amq_protocol::types::FieldTable;
+use tokio::sync::{mpsc, oneshot};
+
+pub use consumer::{ChannelLimiter, ConnEvent, Consumer, Delivery, EventTx};
+
+use crate::error::AmqpError;
+use crate::message::Message;
+use crate::vhost::Vhost;
+
+/// What a channel does with delivered messages it settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    /// nack/reject with requeue, or recovery: back to the queue, flagged redelivered.
+    Requeue,
+    /// nack/reject without requeue: dropped (dead-lettered once that exists).
+    Discard,
+}
+
+#[derive(Debug)]
+pub struct GetOk {
+    pub msg_id: u64,
+    pub message: Arc<Message>,
+    pub redelivered: bool,
+    /// Messages left ready after this one.
+    pub remaining: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueStats {
+    pub messages_ready: u32,
+    pub messages_unacked: u32,
+    pub consumers: u32,
+}
+
+pub enum QueueCmd {
+    Publish(Arc<Message>),
+    PublishBatch(Vec<Arc<Message>>),
+    Consume {
+        consumer: Consumer,
+        reply: oneshot::Sender<Result<(), AmqpError>>,
+    },
+    /// Client basic.cancel; the queue answers with [`ConnEvent::CancelOk`] on `events`.
+    Cancel {
+        channel_uid: u64,
+        tag: Arc<str>,
+        nowait: bool,
+        events: EventTx,
+    },
+    Settle {
+        ids: Vec<u64>,
+        how: Settle,
+    },
+    /// A channel closed: drop its consumers and requeue what it had unacked.
+    ChannelDown {
+        channel_uid: u64,
+    },
+    /// basic.recover: requeue everything this channel has unacked.
+    Recover {
+        channel_uid: u64,
+        reply: oneshot::Sender<()>,
+    },
+    Get {
+        channel_uid: u64,
+        no_ack: bool,
+        reply: oneshot::Sender<Option<GetOk>>,
+    },
+    Purge {
+        reply: oneshot::Sender<u32>,
+    },
+    Stats {
+        reply: oneshot::Sender<QueueStats>,
+    },
+    Delete {
+        if_unused: bool,
+        if_empty: bool,
+        reply: oneshot::Sender<Result<u32, AmqpError>>,
+    },
+    /// Credit may have come back (channel.flow on, global prefetch released): try again.
+    Kick,
+}
+
+/// The queue as everyone but its actor sees it: identity, declared properties, and
+/// the mailbox.
+#[derive(Debug)]
+pub struct QueueHandle {
+    /// Unique across the broker's lifetime: tells a re-created queue from the old one.
+    pub id: u64,
+    pub name: Arc<str>,
+    pub vhost: Arc<str>,
+    pub durable: bool,
+    /// The connection that declared an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+    tx: mpsc::UnboundedSender<QueueCmd>,
+}
+
+static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
+
+pub struct QueueSpec {
+    pub name: String,
+    pub durable: bool,
+    pub exclusive_owner: Option<u64>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+impl QueueHandle {
+    /// Start a queue's actor. Must run inside the tokio runtime.
+    pub fn spawn(spec: QueueSpec, vhost: Weak<Vhost>, vhost_name: Arc<str>) -> Arc<QueueHandle> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Arc::new(QueueHandle {
+            id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
+            name: Arc::from(spec.name.as_str()),
+            vhost: vhost_name,
+            durable: spec.durable,
+            exclusive_owner: spec.exclusive_owner,
+            auto_delete: spec.auto_delete,
+            arguments: spec.arguments,
+            tx,
+        });
+        actor::QueueActor::start(&handle, vhost, rx);
+        handle
+    }
+
+    /// Send a command; false if the queue is gone (deleted), which callers may ignore.
+    pub fn send(&self, cmd: QueueCmd) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+
+    /// Ask the queue something and wait for the answer; `None` if it was deleted.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> QueueCmd) -> Option<T> {
+        let (reply, rx) = oneshot::channel();
+        if !self.send(make(reply)) {
+            return None;
+        }
+        rx.await.ok()
+    }
+
+    /// RabbitMQ's name for it in error texts: `queue 'q' in vhost '/'`.
+    pub fn describe(&self) -> String {
+        crate::error::rs("queue", &self.name, &self.vhost)
+    }
+}

@@ -1,0 +1,54 @@
+//! Small helpers with no better home.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// 16 unpredictable bytes, from std's per-process random hash keys (no RNG crate needed
+/// for names that only have to be unique and hard to guess).
+fn random_16() -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for half in out.chunks_mut(8) {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
+}
+
+/// RabbitMQ-style generated name: `prefix-` + 22 url-safe base64 characters
+/// (`amq.gen-...` queues, `amq.ctag-...` consumer tags).
+pub fn generated_name(prefix: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = random_16();
+    let mut bits: u128 = u128::from_le_bytes(bytes);
+    let mut s = String::with_capacity(prefix.len() + 23);
+    s.push_str(prefix);
+    s.push('-');
+    for _ in 0..22 {
+        s.push(ALPHABET[(bits & 63) as usize] as char);
+        bits >>= 6;
+    }
+    s
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique id (connections, channels, consumers).
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_names_are_unique_and_shaped_like_rabbitmqs() {
+        let a = super::generated_name("amq.gen");
+        let b = super::generated_name("amq.gen");
+        assert_ne!(a, b);
+        assert!(a.starts_with("amq.gen-"));
+        assert_eq!(a.len(), "amq.gen-".len() + 22);
+    }
+}

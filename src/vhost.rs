@@ -1,0 +1,415 @@
+//! A virtual host: its exchanges, queues and bindings (the topology), and routing.
+//!
+//! The topology is read-mostly. Publishers don't take its lock per message: each channel
+//! caches routing results and revalidates them against [`Vhost::version`], which every
+//! topology change bumps. Changes take the write lock briefly and never across an await.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+
+use amq_protocol::types::FieldTable;
+
+use crate::arguments::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
+use crate::error::{rs, AmqpError};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::queue::{QueueHandle, QueueSpec};
+
+/// Exchanges every vhost has (RabbitMQ's set), all durable.
+const STANDARD_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
+    ("", ExchangeKind::Direct, false),
+    ("amq.direct", ExchangeKind::Direct, false),
+    ("amq.fanout", ExchangeKind::Fanout, false),
+    ("amq.topic", ExchangeKind::Topic, false),
+    ("amq.headers", ExchangeKind::Headers, false),
+    ("amq.match", ExchangeKind::Headers, false),
+    ("amq.rabbitmq.trace", ExchangeKind::Topic, true),
+];
+
+#[derive(Default)]
+struct Topology {
+    exchanges: HashMap<String, Exchange>,
+    queues: HashMap<String, Arc<QueueHandle>>,
+}
+
+pub struct Vhost {
+    pub name: Arc<str>,
+    topology: RwLock<Topology>,
+    version: AtomicU64,
+    me: Weak<Vhost>,
+}
+
+pub struct ExchangeDecl<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+pub struct QueueDecl {
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// Why a publish could not be routed at all (as opposed to routing to nothing).
+pub enum RouteError {
+    NoExchange,
+    Internal,
+}
+
+impl Vhost {
+    pub fn new(name: &str) -> Arc<Vhost> {
+        let mut topology = Topology::default();
+        for (x, kind, internal) in STANDARD_EXCHANGES {
+            topology
+                .exchanges
+                .insert((*x).to_owned(), Exchange::new(x, *kind, true, false, *internal, FieldTable::default()));
+        }
+        Arc::new_cyclic(|me| Vhost {
+            name: Arc::from(name),
+            topology: RwLock::new(topology),
+            version: AtomicU64::new(1),
+            me: me.clone(),
+        })
+    }
+
+    /// Bumped by every topology change; route caches compare against it.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Topology> {
+        // A panic while holding the lock would be a broker bug; keep serving regardless.
+        self.topology.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Topology> {
+        let guard = self.topology.write().unwrap_or_else(|e| e.into_inner());
+        self.version.fetch_add(1, Ordering::AcqRel);
+        guard
+    }
+
+    fn describe(&self, kind: &str, name: &str) -> String {
+        rs(kind, name, &self.name)
+    }
+
+    fn no_exchange(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no {}", self.describe("exchange", name)))
+    }
+
+    fn no_queue(&self, name: &str) -> AmqpError {
+        AmqpError::not_found(format!("no {}", self.describe("queue", name)))
+    }
+
+    // ---- exchanges ----
+
+    pub fn exchange_exists(&self, name: &str) -> bool {
+        self.read().exchanges.contains_key(name)
+    }
+
+    /// exchange.declare (non-passive), with RabbitMQ's order of checks.
+    pub fn declare_exchange(&self, d: ExchangeDecl<'_>) -> Result<(), AmqpError> {
+        let kind = ExchangeKind::parse(d.kind)
+            .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind)))?;
+        if d.name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        let mut t = self.write();
+        if let Some(x) = t.exchanges.get(d.name) {
+            let what = self.describe("exchange", d.name);
+            if x.kind != kind {
+                return Err(arguments::field_mismatch("type", &what, kind.as_str(), x.kind.as_str()));
+            }
+            if x.durable != d.durable {
+                return Err(arguments::field_mismatch("durable", &what, d.durable, x.durable));
+            }
+            if x.auto_delete != d.auto_delete {
+                return Err(arguments::field_mismatch("auto_delete", &what, d.auto_delete, x.auto_delete));
+            }
+            if x.internal != d.internal {
+                return Err(arguments::field_mismatch("internal", &what, d.internal, x.internal));
+            }
+            return arguments::assert_equivalent(&x.arguments, &d.arguments, EXCHANGE_EQUIVALENCE_KEYS, &what);
+        }
+        if d.name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        t.exchanges.insert(
+            d.name.to_owned(),
+            Exchange::new(d.name, kind, d.durable, d.auto_delete, d.internal, d.arguments),
+        );
+        Ok(())
+    }
+
+    /// exchange.declare passive=true.
+    pub fn check_exchange(&self, name: &str) -> Result<(), AmqpError> {
+        if self.exchange_exists(name) {
+            Ok(())
+        } else {
+            Err(self.no_exchange(name))
+        }
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
+        if name.is_empty() {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        if name.starts_with("amq.") {
+            return Err(AmqpError::access_refused(format!(
+                "deletion of system {} not allowed",
+                self.describe("exchange", name)
+            )));
+        }
+        let mut t = self.write();
+        let Some(x) = t.exchanges.get(name) else {
+            return Ok(()); // deleting what isn't there is fine, as in RabbitMQ
+        };
+        if if_unused && !x.bindings.is_empty() {
+            return Err(AmqpError::precondition_failed(format!("{} in use", self.describe("exchange", name))));
+        }
+        Self::remove_exchange(&mut t, name);
+        Ok(())
+    }
+
+    /// Remove an exchange and every binding to or from it; cascades auto-delete.
+    fn remove_exchange(t: &mut Topology, name: &str) {
+        if t.exchanges.remove(name).is_none() {
+            return;
+        }
+        Self::unbind_everywhere(t, &Destination::Exchange(Arc::from(name)));
+    }
+
+    /// Drop all bindings to `dest`, then delete auto-delete exchanges left with none.
+    fn unbind_everywhere(t: &mut Topology, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for x in t.exchanges.values_mut() {
+            if x.unbind_destination(dest) > 0 && x.auto_delete && x.bindings.is_empty() {
+                emptied.push(x.name.to_string());
+            }
+        }
+        for x in emptied {
+            Self::remove_exchange(t, &x);
+        }
+    }
+
+    // ---- queues ----
+
+    pub fn lookup_queue(&self, name: &str) -> Option<Arc<QueueHandle>> {
+        self.read().queues.get(name).cloned()
+    }
+
+    /// A queue by name, checking that `conn_id` may use it (exclusive queues).
+    pub fn queue_for(&self, name: &str, conn_id: u64) -> Result<Arc<QueueHandle>, AmqpError> {
+        let q = self.lookup_queue(name).ok_or_else(|| self.no_queue(name))?;
+        check_exclusive(&q, conn_id)?;
+        Ok(q)
+    }
+
+    /// queue.declare (non-passive). Returns the queue and whether it was created.
+    pub fn declare_queue(&self, d: QueueDecl, conn_id: u64) -> Result<(Arc<QueueHandle>, bool), AmqpError> {
+        let owner = d.exclusive.then_some(conn_id);
+        let mut t = self.write();
+        if let Some(q) = t.queues.get(&d.name) {
+            // rabbit_amqqueue:assert_equivalence: exclusivity (strict), then fields, then args.
+            if q.exclusive_owner != owner {
+                return Err(locked(q));
+            }
+            let what = q.describe();
+            // Exclusive queues are never durable, whatever was asked (as RabbitMQ).
+            let durable = d.durable && !d.exclusive;
+            if q.durable != durable {
+                return Err(arguments::field_mismatch("durable", &what, durable, q.durable));
+            }
+            if q.auto_delete != d.auto_delete {
+                return Err(arguments::field_mismatch("auto_delete", &what, d.auto_delete, q.auto_delete));
+            }
+            arguments::assert_equivalent(&q.arguments, &d.arguments, QUEUE_EQUIVALENCE_KEYS, &what)?;
+            return Ok((q.clone(), false));
+        }
+        let spec = QueueSpec {
+            name: d.name.clone(),
+            durable: d.durable && !d.exclusive,
+            exclusive_owner: owner,
+            auto_delete: d.auto_delete,
+            arguments: d.arguments,
+        };
+        let q = QueueHandle::spawn(spec, self.me.clone(), self.name.clone());
+        t.queues.insert(d.name, q.clone());
+        Ok((q, true))
+    }
+
+    /// Forget a queue (after its actor agreed to stop) and its bindings. Only the
+    /// instance given is removed, not a same-named successor.
+    pub fn remove_queue(&self, q: &QueueHandle) {
+        let mut t = self.write();
+        if t.queues.get(&*q.name).is_some_and(|cur| cur.id == q.id) {
+            t.queues.remove(&*q.name);
+            Self::unbind_everywhere(&mut t, &Destination::Queue(q.name.clone()));
+        }
+    }
+
+    /// queue.delete: the actor checks if-unused / if-empty and stops; returns the count.
+    pub async fn delete_queue(&self, q: &Arc<QueueHandle>, if_unused: bool, if_empty: bool) -> Result<u32, AmqpError> {
+        let result = q
+            .ask(|reply| crate::queue::QueueCmd::Delete { if_unused, if_empty, reply })
+            .await
+            .unwrap_or(Ok(0));
+        if result.is_ok() {
+            self.remove_queue(q);
+        }
+        result
+    }
+
+    /// All queues (for shutdown and exclusive-queue cleanup).
+    pub fn queues(&self) -> Vec<Arc<QueueHandle>> {
+        self.read().queues.values().cloned().collect()
+    }
+
+    // ---- bindings ----
+
+    fn destination_exists(t: &Topology, dest: &Destination) -> bool {
+        match dest {
+            Destination::Queue(q) => t.queues.contains_key(&**q),
+            Destination::Exchange(x) => t.exchanges.contains_key(&**x),
+        }
+    }
+
+    fn check_binding(&self, t: &Topology, source: &str, dest: &Destination, conn_id: u64) -> Result<(), AmqpError> {
+        if source.is_empty() || matches!(dest, Destination::Exchange(x) if x.is_empty()) {
+            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+        }
+        if !t.exchanges.contains_key(source) {
+            return Err(self.no_exchange(source));
+        }
+        if !Self::destination_exists(t, dest) {
+            return Err(match dest {
+                Destination::Queue(q) => self.no_queue(q),
+                Destination::Exchange(x) => self.no_exchange(x),
+            });
+        }
+        if let Destination::Queue(q) = dest {
+            if let Some(q) = t.queues.get(&**q) {
+                check_exclusive(q, conn_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn bind(&self, source: &str, dest: Destination, key: &str, arguments: FieldTable, conn_id: u64) -> Result<(), AmqpError> {
+        let mut t = self.write();
+        self.check_binding(&t, source, &dest, conn_id)?;
+        let binding = Binding {
+            source: Arc::from(source),
+            destination: dest,
+            routing_key: key.to_owned(),
+            arguments,
+        };
+        if let Some(x) = t.exchanges.get_mut(source) {
+            x.bind(binding);
+        }
+        Ok(())
+    }
+
+    pub fn unbind(&self, source: &str, dest: Destination, key: &str, arguments: FieldTable, conn_id: u64) -> Result<(), AmqpError> {
+        let mut t = self.write();
+        self.check_binding(&t, source, &dest, conn_id)?;
+        let binding = Binding {
+            source: Arc::from(source),
+            destination: dest,
+            routing_key: key.to_owned(),
+            arguments,
+        };
+        let emptied = t
+            .exchanges
+            .get_mut(source)
+            .is_some_and(|x| x.unbind(&binding) && x.auto_delete && x.bindings.is_empty());
+        if emptied {
+            Self::remove_exchange(&mut t, source);
+        }
+        Ok(())
+    }
+
+    // ---- routing ----
+
+    /// Route a message: the queues it goes to, each once, following exchange-to-exchange
+    /// bindings. `headers` is asked for only if a headers exchange is on the way.
+    /// Returns whether the result depends only on (exchange, routing key), i.e. may be cached.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Arc<QueueHandle>>,
+    ) -> Result<bool, RouteError> {
+        let t = self.read();
+        let x = t.exchanges.get(exchange).ok_or(RouteError::NoExchange)?;
+        if x.internal {
+            return Err(RouteError::Internal);
+        }
+        if exchange.is_empty() {
+            // The default exchange: implicitly bound to every queue by its name.
+            out.extend(t.queues.get(routing_key).cloned());
+            return Ok(true);
+        }
+        let mut cacheable = true;
+        let mut header_table: Option<Option<FieldTable>> = None;
+        let mut seen_x: HashSet<&str> = HashSet::new();
+        let mut seen_q: HashSet<u64> = HashSet::new();
+        let mut pending = vec![x];
+        let mut dests = Vec::new();
+        seen_x.insert(exchange);
+        while let Some(x) = pending.pop() {
+            dests.clear();
+            let h = if x.routes_by_headers() {
+                cacheable = false;
+                header_table.get_or_insert_with(&mut *headers).as_ref()
+            } else {
+                None
+            };
+            x.route(routing_key, h, &mut dests);
+            for d in &dests {
+                match d {
+                    Destination::Queue(name) => {
+                        if let Some(q) = t.queues.get(&**name) {
+                            if seen_q.insert(q.id) {
+                                out.push(q.clone());
+                            }
+                        }
+                    }
+                    Destination::Exchange(name) => {
+                        if let Some((key, next)) = t.exchanges.get_key_value(&**name) {
+                            if seen_x.insert(key.as_str()) {
+                                pending.push(next);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(cacheable)
+    }
+}
+
+fn locked(q: &QueueHandle) -> AmqpError {
+    AmqpError::resource_locked(format!(
+        "cannot obtain exclusive access to locked {}. It could be originally declared on another \
+         connection or the exclusive property value does not match that of the original declaration.",
+        q.describe()
+    ))
+}
+
+/// rabbit_amqqueue:check_exclusive_access (lenient): an exclusive queue is its owner's.
+pub fn check_exclusive(q: &QueueHandle, conn_id: u64) -> Result<(), AmqpError> {
+    match q.exclusive_owner {
+        Some(owner) if owner != conn_id => Err(locked(q)),
+        _ => Ok(()),
+    }
+}
