@@ -71,7 +71,7 @@ fn server_properties() -> FieldTable {
     p.insert(
         short("information"),
         s(&format!(
-            "warren {}, a RabbitMQ-compatible AMQP 0-9-1 broker. Licensed under the MPL 2.0.",
+            "warren {}, a RabbitMQ-compatible AMQP 0-9-1 broker. Licensed under the MIT license.",
             env!("CARGO_PKG_VERSION")
         )),
     );
