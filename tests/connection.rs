@@ -1,0 +1,417 @@
+//! Connection and channel lifecycle: handshake, authentication, vhosts,
+//! tuning, heartbeats, timeouts, channel open/close/flow.
+mod common;
+use common::raw::{self, lookup, Dec, Enc, RawConn, Value};
+use common::*;
+use std::time::{Duration, Instant};
+
+#[test]
+fn connection_start_advertises_server_properties_and_capabilities() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    let start = c.read_start();
+    assert_eq!((start.version_major, start.version_minor), (0, 9));
+    let props = &start.server_properties;
+    for key in [
+        "product",
+        "version",
+        "platform",
+        "cluster_name",
+        "copyright",
+        "information",
+    ] {
+        match lookup(props, key) {
+            Some(Value::LongStr(s)) => assert!(!s.is_empty(), "{key} is empty"),
+            other => panic!("server property {key}: expected a long string, got {other:?}"),
+        }
+    }
+    let caps = lookup(props, "capabilities")
+        .expect("capabilities table")
+        .as_table();
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "consumer_priorities",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "direct_reply_to",
+    ] {
+        assert_eq!(
+            lookup(caps, cap),
+            Some(&Value::Bool(true)),
+            "capability {cap}"
+        );
+    }
+    let mechs: Vec<&str> = start.mechanisms.split(' ').collect();
+    assert!(mechs.contains(&"PLAIN"), "{:?}", start.mechanisms);
+    assert!(mechs.contains(&"AMQPLAIN"), "{:?}", start.mechanisms);
+    assert_eq!(start.locales, "en_US");
+}
+
+#[test]
+fn connection_tune_proposes_default_limits() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send_start_ok_plain("guest", "guest");
+    let tune = c.read_tune();
+    assert_eq!(
+        (tune.channel_max, tune.frame_max, tune.heartbeat),
+        (2047, 131072, 60)
+    );
+}
+
+#[test]
+fn full_handshake_with_plain_succeeds() {
+    let broker = Broker::start();
+    let (mut c, _) = RawConn::open(&broker.addr());
+    c.open_channel(1);
+    c.close();
+}
+
+#[test]
+fn amqplain_login_succeeds() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    // AMQPLAIN response: field-table entries without the length prefix
+    let resp = raw::table_entries(&[
+        ("LOGIN", Value::LongStr(b"guest".to_vec())),
+        ("PASSWORD", Value::LongStr(b"guest".to_vec())),
+    ]);
+    c.send_start_ok("AMQPLAIN", &resp);
+    let tune = c.read_tune();
+    c.send_tune_ok(raw::Tune {
+        heartbeat: 0,
+        ..tune
+    });
+    c.send_open("/");
+    c.expect_method(0, 10, 41);
+    c.close();
+}
+
+#[test]
+fn wrong_password_closes_connection_403() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send_start_ok_plain("guest", "wrong-password");
+    let close = c.expect_connection_close();
+    assert_eq!(
+        (close.code, close.text.as_str()),
+        (
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+        )
+    );
+    c.expect_eof(WAIT);
+}
+
+#[test]
+fn unknown_user_closes_connection_403() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send_start_ok_plain("no-such-user", "x");
+    let close = c.expect_connection_close();
+    assert_eq!(
+        (close.code, close.text.as_str()),
+        (
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile."
+        )
+    );
+}
+
+#[test]
+fn wrong_password_with_amqplain_closes_connection_403() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    let resp = raw::table_entries(&[
+        ("LOGIN", Value::LongStr(b"guest".to_vec())),
+        ("PASSWORD", Value::LongStr(b"nope".to_vec())),
+    ]);
+    c.send_start_ok("AMQPLAIN", &resp);
+    let close = c.expect_connection_close();
+    assert_eq!(
+        (close.code, close.text.as_str()),
+        (
+            403,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism AMQPLAIN. For details see the broker logfile."
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_sees_wrong_password_as_access_refused() {
+    let broker = Broker::start();
+    let r = within(try_connect(&broker.url_with("guest", "bad", "%2f"))).await;
+    assert_connection_closed(
+        r.map(|_| ()),
+        403,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+    );
+}
+
+#[test]
+fn unknown_auth_mechanism_closes_socket() {
+    // RabbitMQ 3.10 sends no connection.close here: it logs the error and
+    // closes the socket after a ~3 s "silent close" delay.
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send_start_ok("FOO", b"whatever");
+    c.expect_eof(Duration::from_secs(10));
+}
+
+#[test]
+fn opening_missing_vhost_closes_connection_530() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send_start_ok_plain("guest", "guest");
+    let tune = c.read_tune();
+    c.send_tune_ok(raw::Tune {
+        heartbeat: 0,
+        ..tune
+    });
+    c.send_open("no-such-vhost");
+    let close = c.expect_connection_close();
+    assert_eq!(
+        (
+            close.code,
+            close.text.as_str(),
+            close.class_id,
+            close.method_id
+        ),
+        (530, "NOT_ALLOWED - vhost no-such-vhost not found", 10, 40)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_sees_missing_vhost_as_not_allowed() {
+    let broker = Broker::start();
+    let r = within(try_connect(&broker.url_with("guest", "guest", "nope"))).await;
+    assert_connection_closed(r.map(|_| ()), 530, "NOT_ALLOWED - vhost nope not found");
+}
+
+#[test]
+fn wrong_protocol_header_gets_supported_header_and_socket_closed() {
+    let broker = Broker::start();
+    for bad in [
+        &b"AMQP\x01\x01\x00\x0a"[..], // AMQP 0-10
+        &b"AMQP\x00\x00\x08\x00"[..], // AMQP 0-8
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+    ] {
+        let mut c = RawConn::connect(&broker.addr());
+        c.send(bad).unwrap();
+        let got = c.expect_eof(WAIT);
+        assert_eq!(got, b"AMQP\x00\x00\x09\x01", "reply to {bad:?}");
+    }
+}
+
+#[test]
+fn client_sending_only_protocol_header_is_disconnected_after_handshake_timeout() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    let t0 = Instant::now();
+    c.send_protocol_header();
+    c.read_start();
+    // never answer connection.start: the 10 s handshake timeout applies
+    c.expect_eof(Duration::from_secs(20));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(8),
+        "closed too early: {waited:?}"
+    );
+}
+
+#[test]
+fn server_sends_heartbeats_and_closes_silent_client() {
+    let broker = Broker::start();
+    let (mut c, _) = RawConn::open_with_heartbeat(&broker.addr(), 1);
+    let t0 = Instant::now();
+    let mut heartbeats = 0;
+    c.set_read_timeout(Duration::from_secs(15));
+    loop {
+        match c.read_frame() {
+            Ok(f) if f.typ == raw::FRAME_HEARTBEAT => {
+                assert_eq!((f.channel, f.payload.len()), (0, 0));
+                heartbeats += 1;
+            }
+            Ok(f) => panic!("unexpected frame {f:?}"),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                panic!("server did not close a silent connection within 15 s")
+            }
+            Err(_) => break, // EOF / reset
+        }
+    }
+    let waited = t0.elapsed();
+    assert!(heartbeats >= 1, "no heartbeat received");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited <= Duration::from_secs(10),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn client_heartbeats_keep_connection_alive() {
+    let broker = Broker::start();
+    let (mut c, _) = RawConn::open_with_heartbeat(&broker.addr(), 1);
+    let until = Instant::now() + Duration::from_secs(4);
+    c.set_read_timeout(Duration::from_millis(300));
+    while Instant::now() < until {
+        c.send(&raw::heartbeat_frame())
+            .expect("connection still open");
+        match c.read_frame() {
+            Ok(f) => assert_eq!(f.typ, raw::FRAME_HEARTBEAT, "{f:?}"),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e) => panic!("connection dropped despite heartbeats: {e}"),
+        }
+    }
+    c.set_read_timeout(WAIT);
+    c.open_channel(1);
+    c.close();
+}
+
+#[test]
+fn channel_open_and_close_and_reopen_same_number() {
+    let broker = Broker::start();
+    let (mut c, _) = RawConn::open(&broker.addr());
+    c.open_channel(5);
+    let args = Enc::new().u16(200).shortstr("bye").u16(0).u16(0).done();
+    c.send_method(5, 20, 40, &args);
+    c.expect_method(5, 20, 41);
+    c.open_channel(5);
+    c.close();
+}
+
+#[test]
+fn opening_an_already_open_channel_closes_connection_504() {
+    let broker = Broker::start();
+    let (mut c, _) = RawConn::open(&broker.addr());
+    c.open_channel(1);
+    c.send_method(1, 20, 10, &Enc::new().shortstr("").done());
+    let close = c.expect_connection_close();
+    assert_eq!(
+        (
+            close.code,
+            close.text.as_str(),
+            close.class_id,
+            close.method_id
+        ),
+        (504, "CHANNEL_ERROR - second 'channel.open' seen", 20, 10)
+    );
+}
+
+#[test]
+fn opening_more_channels_than_channel_max_closes_connection_530() {
+    // RabbitMQ 3.10 limits the NUMBER of open channels to the negotiated
+    // channel_max (it does not check channel numbers: channel.open on
+    // channel 2048 or 65535 succeeds with channel_max 2047).
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send_start_ok_plain("guest", "guest");
+    let tune = c.read_tune();
+    c.send_tune_ok(raw::Tune {
+        channel_max: 2,
+        frame_max: tune.frame_max,
+        heartbeat: 0,
+    });
+    c.send_open("/");
+    c.expect_method(0, 10, 41);
+    c.open_channel(1);
+    c.open_channel(2);
+    c.send_method(3, 20, 10, &Enc::new().shortstr("").done());
+    let close = c.expect_connection_close();
+    assert_eq!(
+        (close.code, close.text.as_str(), close.class_id, close.method_id),
+        (
+            530,
+            "NOT_ALLOWED - number of channels opened (2) has reached the negotiated channel_max (2)",
+            0,
+            0
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_flow_active_false_from_client_closes_connection_540() {
+    // RabbitMQ 3.x does not implement client-initiated flow control
+    // (channel.flow active=false): it closes the connection with 540.
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let r = within(ch.channel_flow(ChannelFlowOptions { active: false })).await;
+    assert_connection_closed(r, 540, "NOT_IMPLEMENTED - active=false");
+    assert_connection_dead(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_flow_active_true_from_client_is_acknowledged() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let active = within(ch.channel_flow(ChannelFlowOptions { active: true }))
+        .await
+        .unwrap();
+    assert!(active);
+    assert_connection_alive(&conn).await;
+}
+
+#[test]
+fn client_connection_close_gets_close_ok() {
+    let broker = Broker::start();
+    let (mut c, _) = RawConn::open(&broker.addr());
+    c.open_channel(1);
+    let args = Enc::new().u16(200).shortstr("bye").u16(0).u16(0).done();
+    c.send_method(0, 10, 50, &args);
+    c.expect_method(0, 10, 51);
+    // (RabbitMQ then waits for the client to close the TCP connection.)
+}
+
+#[test]
+fn tune_ok_with_frame_max_below_minimum_closes_socket() {
+    // RabbitMQ 3.10 refuses frame_max < 4096 but sends no connection.close
+    // during tuning: the socket is closed after a ~3 s silent-close delay.
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send_start_ok_plain("guest", "guest");
+    let tune = c.read_tune();
+    c.send_tune_ok(raw::Tune {
+        frame_max: 1024,
+        ..tune
+    });
+    c.expect_eof(Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapin_connects_and_closes_cleanly() {
+    let broker = Broker::start();
+    let conn = broker.connect().await;
+    assert_eq!(conn.configuration().frame_max(), 131072);
+    assert_eq!(conn.configuration().channel_max(), 2047);
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.close(200, "bye".into())).await.unwrap();
+    within(conn.close(200, "bye".into())).await.unwrap();
+    let _ = Dec::new(&[]);
+}
