@@ -97,6 +97,15 @@ fn describe(v: Option<&AMQPValue>) -> String {
     }
 }
 
+/// rabbit_misc:type_class/1: all integer types are one class.
+fn type_class(v: &AMQPValue) -> &'static str {
+    if as_i64(v).is_some() {
+        "int"
+    } else {
+        type_name(v)
+    }
+}
+
 /// Values RabbitMQ treats as the same: equal within a type class (all integers are one
 /// class, both string encodings are one class).
 fn equivalent(a: &AMQPValue, b: &AMQPValue) -> bool {
@@ -119,18 +128,18 @@ pub fn assert_equivalent(
 ) -> Result<(), AmqpError> {
     for key in keys {
         let (cur, req) = (current.inner().get(*key), requested.inner().get(*key));
-        let same = match (cur, req) {
-            (None, None) => true,
-            (Some(a), Some(b)) => equivalent(a, b),
-            _ => false,
+        let (received, current) = match (cur, req) {
+            (None, None) => continue,
+            (Some(a), Some(b)) if equivalent(a, b) => continue,
+            // Same type class, different value: RabbitMQ prints the bare values.
+            (Some(a), Some(b)) if type_class(a) == type_class(b) => {
+                (format!("'{}'", value_text(b)), format!("'{}'", value_text(a)))
+            }
+            _ => (describe(req), describe(cur)),
         };
-        if !same {
-            return Err(AmqpError::precondition_failed(format!(
-                "inequivalent arg '{key}' for {what}: received {} but current is {}",
-                describe(req),
-                describe(cur)
-            )));
-        }
+        return Err(AmqpError::precondition_failed(format!(
+            "inequivalent arg '{key}' for {what}: received {received} but current is {current}"
+        )));
     }
     Ok(())
 }
@@ -160,5 +169,9 @@ mod tests {
         let mut b = FieldTable::default();
         b.insert("x-message-ttl".into(), AMQPValue::LongLongInt(100));
         assert!(assert_equivalent(&a, &b, QUEUE_EQUIVALENCE_KEYS, "q").is_ok());
+        let mut c = FieldTable::default();
+        c.insert("x-message-ttl".into(), AMQPValue::LongInt(2000));
+        let e = assert_equivalent(&a, &c, QUEUE_EQUIVALENCE_KEYS, "queue 'q' in vhost '/'").unwrap_err();
+        assert!(e.text.ends_with("received '2000' but current is '100'"), "{}", e.text);
     }
 }

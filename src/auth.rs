@@ -10,7 +10,8 @@ use amq_protocol::types::AMQPValue;
 
 use crate::config::DefaultsConfig;
 
-pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
+/// In RabbitMQ's order.
+pub const MECHANISMS: &str = "AMQPLAIN PLAIN";
 
 #[derive(Debug, Clone)]
 struct User {

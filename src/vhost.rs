@@ -306,14 +306,14 @@ impl Vhost {
     pub fn bind(&self, source: &str, dest: Destination, key: &str, arguments: FieldTable, conn_id: u64) -> Result<(), AmqpError> {
         let mut t = self.write();
         self.check_binding(&t, source, &dest, conn_id)?;
-        let binding = Binding {
-            source: Arc::from(source),
-            destination: dest,
-            routing_key: key.to_owned(),
-            arguments,
-        };
         if let Some(x) = t.exchanges.get_mut(source) {
-            x.bind(binding);
+            x.validate_binding(&arguments).map_err(AmqpError::precondition_failed)?;
+            x.bind(Binding {
+                source: Arc::from(source),
+                destination: dest,
+                routing_key: key.to_owned(),
+                arguments,
+            });
         }
         Ok(())
     }

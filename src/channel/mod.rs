@@ -330,9 +330,10 @@ impl Channel {
 
 fn decode_error(e: method::DecodeError, class_id: u16, method_id: u16) -> AmqpError {
     match e {
-        method::DecodeError::Syntax { .. } => AmqpError::syntax_error(format!(
-            "failed to decode arguments of method {class_id}.{method_id}"
-        )),
+        // RabbitMQ reports undecodable arguments as a frame error.
+        method::DecodeError::Syntax { .. } => {
+            AmqpError::frame_error(format!("cannot decode arguments of method {class_id}.{method_id}"))
+        }
         method::DecodeError::Unknown { .. } => {
             AmqpError::command_invalid(format!("unknown method {class_id}.{method_id}"))
         }

@@ -241,7 +241,7 @@ impl Connection {
         let vhost_name = open.virtual_host.as_str();
         let Some(vhost) = self.broker.vhost(vhost_name) else {
             tracing::warn!(peer = %self.peer, user = %user, "connection refused: vhost '{vhost_name}' not found");
-            return Err(Abort::Close(AmqpError::not_allowed(format!("vhost {vhost_name} not found"))));
+            return Err(Abort::Close(AmqpError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40)));
         };
         self.send0(AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
         self.flush();

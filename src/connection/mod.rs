@@ -308,7 +308,7 @@ impl Connection {
     ) -> Result<bool, AmqpError> {
         if f.kind == FRAME_HEARTBEAT {
             if f.channel != 0 {
-                return Err(AmqpError::frame_error("heartbeat frame on non-zero channel"));
+                return Err(AmqpError::unexpected_frame(format!("type 8 on channel {}", f.channel)));
             }
             return Ok(true);
         }
@@ -325,17 +325,18 @@ impl Connection {
                     AmqpError::unexpected_frame("expected method frame, got non method frame instead")
                 });
             }
-            if n.channel_max != 0 && number > n.channel_max {
-                return Err(AmqpError::not_allowed(format!(
-                    "channel number {number} is above the negotiated channel_max ({})",
-                    n.channel_max
-                ))
-                .on(20, 10));
-            }
             if n.channel_max != 0 && channels.len() >= n.channel_max as usize {
                 return Err(AmqpError::not_allowed(format!(
                     "number of channels opened ({}) has reached the negotiated channel_max ({})",
                     channels.len(),
+                    n.channel_max
+                )));
+            }
+            // RabbitMQ limits only the count; the spec numbers channels 1..=channel_max,
+            // and no client picks a higher number, so one that does is refused too.
+            if n.channel_max != 0 && number > n.channel_max {
+                return Err(AmqpError::not_allowed(format!(
+                    "channel number {number} is above the negotiated channel_max ({})",
                     n.channel_max
                 ))
                 .on(20, 10));

@@ -40,6 +40,24 @@ fn mode_of(arguments: &FieldTable) -> (Mode, bool) {
     }
 }
 
+/// Binding arguments RabbitMQ refuses (rabbit_exchange_type_headers:validate_binding).
+pub fn validate_binding(arguments: &FieldTable) -> Result<(), String> {
+    match arguments.inner().get("x-match") {
+        None => Ok(()),
+        Some(AMQPValue::LongString(s)) => match s.as_bytes() {
+            b"all" | b"any" | b"all-with-x" | b"any-with-x" => Ok(()),
+            other => Err(format!(
+                "Invalid x-match field value <<\"{}\">>; expected all, any, all-with-x, or any-with-x",
+                String::from_utf8_lossy(other)
+            )),
+        },
+        Some(v) => Err(format!(
+            "Invalid x-match field type {} (value {v:?}); expected longstr",
+            crate::arguments::type_name(v)
+        )),
+    }
+}
+
 impl HeadersRouter {
     pub fn bind(&mut self, arguments: &FieldTable, dest: Destination) {
         let (mode, with_x) = mode_of(arguments);

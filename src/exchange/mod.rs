@@ -168,6 +168,14 @@ impl Exchange {
         doomed.len()
     }
 
+    /// Refuse binding arguments this exchange type can't use.
+    pub fn validate_binding(&self, arguments: &FieldTable) -> Result<(), String> {
+        match self.kind {
+            ExchangeKind::Headers => headers::validate_binding(arguments),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether routing depends on the message headers (then routes can't be cached by key).
     pub fn routes_by_headers(&self) -> bool {
         self.kind == ExchangeKind::Headers
