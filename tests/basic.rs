@@ -78,6 +78,7 @@ async fn duplicate_consumer_tag_on_channel_closes_connection_530() {
         530,
         &format!("NOT_ALLOWED - attempt to reuse consumer tag '{tag}'"),
     );
+    assert_connection_dead(&conn).await;
     let conn2 = broker.connect().await;
     delete_queues(&conn2, &[&q]).await;
     drop(conn);
@@ -124,6 +125,7 @@ async fn exclusive_consume_on_queue_with_consumers_closes_channel_403() {
         403,
         &format!("ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"),
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
@@ -152,16 +154,18 @@ async fn consume_on_queue_with_exclusive_consumer_closes_channel_403() {
         403,
         &format!("ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"),
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consume_from_missing_queue_closes_channel_404() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let q = unique("consume-missing");
     let r = consume_with(&ch, &q, "", BasicConsumeOptions::default()).await;
     assert_channel_closed(r, 404, &format!("NOT_FOUND - no queue '{q}' in vhost '/'"));
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,6 +253,7 @@ async fn publish_with_mismatched_user_id_closes_channel_406() {
             "PRECONDITION_FAILED - user_id property set to 'bob' but authenticated user was 'guest'",
         )
         .await;
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
@@ -341,13 +346,14 @@ async fn mandatory_unroutable_message_is_returned_with_312_no_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_to_missing_exchange_closes_channel_404() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let x = unique("no-such-exchange");
     let watch = ChannelWatch::new(&ch).await;
     publish(&ch, &x, "k", b"x").await;
     watch
         .assert_closed(404, &format!("NOT_FOUND - no exchange '{x}' in vhost '/'"))
         .await;
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,10 +376,11 @@ async fn get_ok_reports_remaining_message_count_then_get_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_from_missing_queue_closes_channel_404() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let q = unique("get-missing");
     let r = within(ch.basic_get(q.as_str().into(), BasicGetOptions::default())).await;
     assert_channel_closed(r, 404, &format!("NOT_FOUND - no queue '{q}' in vhost '/'"));
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,7 +512,7 @@ async fn reject_without_requeue_drops_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ack_of_unknown_delivery_tag_closes_channel_406() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let watch = ChannelWatch::new(&ch).await;
     within(ch.basic_ack(42, BasicAckOptions::default()))
         .await
@@ -513,6 +520,7 @@ async fn ack_of_unknown_delivery_tag_closes_channel_406() {
     watch
         .assert_closed(406, "PRECONDITION_FAILED - unknown delivery tag 42")
         .await;
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,13 +544,14 @@ async fn double_ack_closes_channel_406() {
             &format!("PRECONDITION_FAILED - unknown delivery tag {tag}"),
         )
         .await;
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_of_unknown_delivery_tag_closes_channel_406() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let watch = ChannelWatch::new(&ch).await;
     within(ch.basic_reject(7, BasicRejectOptions { requeue: true }))
         .await
@@ -550,6 +559,7 @@ async fn reject_of_unknown_delivery_tag_closes_channel_406() {
     watch
         .assert_closed(406, "PRECONDITION_FAILED - unknown delivery tag 7")
         .await;
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -889,6 +899,7 @@ async fn message_larger_than_max_size_closes_channel_406() {
             "PRECONDITION_FAILED - message size 17825792 is larger than configured max size 16777216",
         )
         .await;
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 

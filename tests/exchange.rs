@@ -108,7 +108,7 @@ async fn redeclare_with_identical_properties_is_ok() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_declare_of_missing_exchange_closes_channel_404() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let x = unique("missing-x");
     let r = within(ch.exchange_declare(
         x.as_str().into(),
@@ -122,6 +122,7 @@ async fn passive_declare_of_missing_exchange_closes_channel_404() {
         404,
         &format!("NOT_FOUND - no exchange '{x}' in vhost '/'"),
     );
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,6 +168,7 @@ async fn redeclare_with_different_type_closes_channel_406() {
             "PRECONDITION_FAILED - inequivalent arg 'type' for exchange '{x}' in vhost '/': received 'fanout' but current is 'direct'"
         ),
     );
+    assert_connection_alive(&conn).await;
     delete_exchanges(&conn, &[&x]).await;
 }
 
@@ -193,6 +195,7 @@ async fn redeclare_with_different_durable_closes_channel_406() {
             "PRECONDITION_FAILED - inequivalent arg 'durable' for exchange '{x}' in vhost '/': received 'true' but current is 'false'"
         ),
     );
+    assert_connection_alive(&conn).await;
     delete_exchanges(&conn, &[&x]).await;
 }
 
@@ -219,6 +222,7 @@ async fn redeclare_with_different_auto_delete_closes_channel_406() {
             "PRECONDITION_FAILED - inequivalent arg 'auto_delete' for exchange '{x}' in vhost '/': received 'true' but current is 'false'"
         ),
     );
+    assert_connection_alive(&conn).await;
     delete_exchanges(&conn, &[&x]).await;
 }
 
@@ -245,13 +249,14 @@ async fn redeclare_with_different_internal_closes_channel_406() {
             "PRECONDITION_FAILED - inequivalent arg 'internal' for exchange '{x}' in vhost '/': received 'true' but current is 'false'"
         ),
     );
+    assert_connection_alive(&conn).await;
     delete_exchanges(&conn, &[&x]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declare_amq_prefixed_exchange_closes_channel_403() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let x = format!("amq.{}", unique("reserved"));
     let r = within(ch.exchange_declare(
         x.as_str().into(),
@@ -265,12 +270,13 @@ async fn declare_amq_prefixed_exchange_closes_channel_403() {
         403,
         &format!("ACCESS_REFUSED - exchange name '{x}' contains reserved prefix 'amq.*'"),
     );
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declare_with_unknown_type_closes_connection_503() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let x = unique("badtype");
     let r = within(ch.exchange_declare(
         x.as_str().into(),
@@ -284,6 +290,7 @@ async fn declare_with_unknown_type_closes_connection_503() {
         503,
         "COMMAND_INVALID - unknown exchange type 'no-such-type'",
     );
+    assert_connection_dead(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,6 +315,7 @@ async fn delete_if_unused_on_bound_exchange_closes_channel_406() {
         406,
         &format!("PRECONDITION_FAILED - exchange '{x}' in vhost '/' in use"),
     );
+    assert_connection_alive(&conn).await;
     assert!(exchange_exists(&conn, &x).await);
     delete_queues(&conn, &[&q]).await;
     delete_exchanges(&conn, &[&x]).await;
@@ -392,7 +400,7 @@ async fn passive_declare_of_default_exchange_closes_channel_403() {
     // Surprising but true in RabbitMQ 3.10: even a passive declare of the
     // default exchange is refused.
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let r =
         within(ch.exchange_declare("".into(), ExchangeKind::Direct, passive(), no_args())).await;
     assert_channel_closed(
@@ -400,6 +408,7 @@ async fn passive_declare_of_default_exchange_closes_channel_403() {
         403,
         "ACCESS_REFUSED - operation not permitted on the default exchange",
     );
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,19 +449,21 @@ async fn bind_queue_to_default_exchange_closes_channel_403() {
         403,
         "ACCESS_REFUSED - operation not permitted on the default exchange",
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_default_exchange_closes_channel_403() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let r = within(ch.exchange_delete("".into(), ExchangeDeleteOptions::default())).await;
     assert_channel_closed(
         r,
         403,
         "ACCESS_REFUSED - operation not permitted on the default exchange",
     );
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,6 +490,7 @@ async fn publish_to_internal_exchange_closes_channel_403() {
             &format!("ACCESS_REFUSED - cannot publish to internal exchange '{x}' in vhost '/'"),
         )
         .await;
+    assert_connection_alive(&conn).await;
     delete_exchanges(&conn, &[&x]).await;
 }
 
@@ -612,6 +624,7 @@ async fn exchange_bind_to_missing_source_closes_channel_404() {
         404,
         &format!("NOT_FOUND - no exchange '{missing}' in vhost '/'"),
     );
+    assert_connection_alive(&conn).await;
     delete_exchanges(&conn, &[&dst]).await;
 }
 
@@ -951,6 +964,7 @@ async fn headers_binding_with_invalid_x_match_closes_channel_406() {
         406,
         "PRECONDITION_FAILED - Invalid x-match field value <<\"some\">>; expected all, any, all-with-x, or any-with-x",
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
     delete_exchanges(&conn, &[&x]).await;
 }

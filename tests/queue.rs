@@ -94,10 +94,11 @@ async fn declare_with_empty_name_generates_amq_gen_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passive_declare_of_missing_queue_closes_channel_404() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let q = unique("missing-q");
     let r = declare_with(&ch, &q, passive(), no_args()).await;
     assert_channel_closed(r, 404, &format!("NOT_FOUND - no queue '{q}' in vhost '/'"));
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,6 +140,7 @@ async fn redeclare_with_different_durable_closes_channel_406() {
             "PRECONDITION_FAILED - inequivalent arg 'durable' for queue '{q}' in vhost '/': received 'true' but current is 'false'"
         ),
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
@@ -165,6 +167,7 @@ async fn redeclare_with_different_auto_delete_closes_channel_406() {
             "PRECONDITION_FAILED - inequivalent arg 'auto_delete' for queue '{q}' in vhost '/': received 'true' but current is 'false'"
         ),
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
@@ -195,6 +198,7 @@ async fn redeclare_with_different_x_message_ttl_closes_channel_406() {
             "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue '{q}' in vhost '/': received '2000' but current is '1000'"
         ),
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
@@ -218,6 +222,7 @@ async fn redeclare_adding_x_message_ttl_closes_channel_406() {
             "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue '{q}' in vhost '/': received the value '2000' of type 'signedint' but current is none"
         ),
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
@@ -245,7 +250,7 @@ async fn redeclare_with_identical_arguments_is_ok() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declare_amq_prefixed_queue_closes_channel_403() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let q = format!("amq.{}", unique("reserved"));
     let r = declare_with(&ch, &q, QueueDeclareOptions::default(), no_args()).await;
     assert_channel_closed(
@@ -253,6 +258,7 @@ async fn declare_amq_prefixed_queue_closes_channel_403() {
         403,
         &format!("ACCESS_REFUSED - queue name '{q}' contains reserved prefix 'amq.*'"),
     );
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,13 +507,14 @@ async fn bind_to_missing_exchange_closes_channel_404() {
         404,
         &format!("NOT_FOUND - no exchange '{x}' in vhost '/'"),
     );
+    assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_missing_queue_closes_channel_404() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let q = unique("bind-missing-q");
     let r = within(ch.queue_bind(
         q.as_str().into(),
@@ -518,6 +525,7 @@ async fn bind_missing_queue_closes_channel_404() {
     ))
     .await;
     assert_channel_closed(r, 404, &format!("NOT_FOUND - no queue '{q}' in vhost '/'"));
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -567,10 +575,11 @@ async fn purge_does_not_remove_unacked_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purge_missing_queue_closes_channel_404() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let q = unique("purge-missing");
     let r = within(ch.queue_purge(q.as_str().into(), QueuePurgeOptions::default())).await;
     assert_channel_closed(r, 404, &format!("NOT_FOUND - no queue '{q}' in vhost '/'"));
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -622,6 +631,7 @@ async fn delete_if_unused_with_consumer_closes_channel_406() {
         406,
         &format!("PRECONDITION_FAILED - queue '{q}' in vhost '/' in use"),
     );
+    assert_connection_alive(&conn).await;
     assert!(queue_exists(&conn, &q).await);
     delete_queues(&conn, &[&q]).await;
 }
@@ -647,6 +657,7 @@ async fn delete_if_empty_with_messages_closes_channel_406() {
         406,
         &format!("PRECONDITION_FAILED - queue '{q}' in vhost '/' not empty"),
     );
+    assert_connection_alive(&conn).await;
     assert!(queue_exists(&conn, &q).await);
     delete_queues(&conn, &[&q]).await;
 }
@@ -723,9 +734,10 @@ async fn empty_queue_name_refers_to_last_declared_queue_on_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_queue_name_without_previous_declare_closes_channel_404() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let r = within(ch.queue_purge("".into(), QueuePurgeOptions::default())).await;
     assert_channel_closed(r, 404, "NOT_FOUND - no previously declared queue");
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

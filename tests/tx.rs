@@ -112,12 +112,13 @@ async fn confirm_select_on_transactional_channel_closes_channel_406() {
         406,
         "PRECONDITION_FAILED - cannot switch from tx to confirm mode",
     );
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tx_select_on_confirm_channel_closes_channel_406() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     within(ch.confirm_select(ConfirmSelectOptions::default()))
         .await
         .unwrap();
@@ -127,22 +128,25 @@ async fn tx_select_on_confirm_channel_closes_channel_406() {
         406,
         "PRECONDITION_FAILED - cannot switch from confirm to tx mode",
     );
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_without_select_closes_channel_406() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let r = within(ch.tx_commit()).await;
     assert_channel_closed(r, 406, "PRECONDITION_FAILED - channel is not transactional");
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_without_select_closes_channel_406() {
     let broker = Broker::start();
-    let (_conn, ch) = broker.channel().await;
+    let (conn, ch) = broker.channel().await;
     let r = within(ch.tx_rollback()).await;
     assert_channel_closed(r, 406, "PRECONDITION_FAILED - channel is not transactional");
+    assert_connection_alive(&conn).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

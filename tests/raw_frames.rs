@@ -1,0 +1,406 @@
+//! Malformed / unexpected frames over a raw socket. The broker must answer
+//! with the right connection.close (code, text, class/method ids), never
+//! crash, and keep serving new connections.
+//!
+//! Where RabbitMQ's reply text embeds Erlang term syntax (FRAME_ERROR
+//! details such as `<<0,20,0,10,0>>`), the test checks the code and the
+//! text's prefix, and the full RabbitMQ 3.10 text is given in a comment.
+mod common;
+use common::raw::{self, assert_broker_alive, Close, Enc, RawConn};
+use common::*;
+use std::time::Duration;
+
+/// Handshake and open channel 1.
+fn open_ch1(broker: &Broker) -> RawConn {
+    let (mut c, _) = RawConn::open(&broker.addr());
+    c.open_channel(1);
+    c
+}
+
+fn check_close(close: &Close, code: u16, text: &str, class_id: u16, method_id: u16) {
+    assert_eq!(
+        (
+            close.code,
+            close.text.as_str(),
+            close.class_id,
+            close.method_id
+        ),
+        (code, text, class_id, method_id),
+        "unexpected connection.close"
+    );
+}
+
+fn check_close_prefix(close: &Close, code: u16, prefix: &str) {
+    assert_eq!(close.code, code, "unexpected close {close:?}");
+    assert!(
+        close.text.starts_with(prefix),
+        "close text {:?} should start with {prefix:?}",
+        close.text
+    );
+    assert_eq!((close.class_id, close.method_id), (0, 0), "{close:?}");
+}
+
+fn still_alive(broker: &mut Broker) {
+    assert!(broker.is_alive(), "broker process died");
+    assert_broker_alive(&broker.addr());
+}
+
+fn queue_declare_args(name: &str) -> Vec<u8> {
+    Enc::new().u16(0).shortstr(name).u8(0).table(&[]).done()
+}
+
+#[test]
+fn bad_frame_end_octet_closes_connection_501() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let mut f = raw::method_frame(2, 20, 10, &Enc::new().shortstr("").done());
+    *f.last_mut().unwrap() = 0x00;
+    c.send(&f).unwrap();
+    let close = c.expect_connection_close();
+    // RabbitMQ 3.10: "FRAME_ERROR - type 1, all octets = <<0,20,0,10,0>>: {invalid_frame_end_marker,0}"
+    check_close_prefix(&close, 501, "FRAME_ERROR - ");
+    c.expect_eof(WAIT);
+    still_alive(&mut broker);
+}
+
+#[test]
+fn frame_larger_than_frame_max_closes_connection_501() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let mut payload = Enc::new().u16(50).u16(10).done();
+    payload.resize(200_004, 0);
+    let _ = c.send(&raw::frame(raw::FRAME_METHOD, 1, &payload));
+    let close = c.expect_connection_close();
+    // RabbitMQ 3.10: "FRAME_ERROR - type 1, all octets = <<>>: {frame_too_large,200004,131064}"
+    // for a 200004-byte payload
+    // (4 bytes of class/method ids + 200000 zero bytes); 131064 is
+    // frame_max - 8, the largest payload allowed.
+    check_close_prefix(&close, 501, "FRAME_ERROR - ");
+    c.expect_eof(WAIT);
+    still_alive(&mut broker);
+}
+
+#[test]
+fn unknown_frame_type_closes_connection_501() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.send(&raw::frame(9, 0, b"abc")).unwrap();
+    let close = c.expect_connection_close();
+    // RabbitMQ 3.10: "FRAME_ERROR - type 9, all octets = <<\"abc\">>: unknown_frame"
+    check_close_prefix(&close, 501, "FRAME_ERROR - ");
+    still_alive(&mut broker);
+}
+
+#[test]
+fn empty_method_frame_closes_connection_501() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.send(&raw::frame(raw::FRAME_METHOD, 0, b"")).unwrap();
+    let close = c.expect_connection_close();
+    // RabbitMQ 3.10: "FRAME_ERROR - type 1, all octets = <<>>: unknown_frame"
+    check_close_prefix(&close, 501, "FRAME_ERROR - ");
+    still_alive(&mut broker);
+}
+
+#[test]
+fn truncated_method_arguments_close_connection_501() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    // queue.declare with only one argument byte
+    c.send(&raw::method_frame(1, 50, 10, &[0])).unwrap();
+    let close = c.expect_connection_close();
+    check_close(&close, 501, "FRAME_ERROR - cannot decode <<0>>", 50, 10);
+    still_alive(&mut broker);
+}
+
+#[test]
+fn garbage_bytes_after_handshake_close_connection_501() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let garbage: Vec<u8> = [0xde, 0xad, 0xbe, 0xef].repeat(8);
+    let _ = c.send(&garbage);
+    let close = c.expect_connection_close();
+    // RabbitMQ 3.10: "FRAME_ERROR - type 222, all octets = <<>>: {frame_too_large,4024348094,131064}"
+    check_close_prefix(&close, 501, "FRAME_ERROR - ");
+    still_alive(&mut broker);
+}
+
+#[test]
+fn method_frame_for_unknown_class_or_method_drops_connection() {
+    // RabbitMQ 3.10 cannot decode the method and drops the TCP connection
+    // without sending connection.close. A connection.close with 503
+    // (COMMAND_INVALID) or 540 (NOT_IMPLEMENTED) is accepted too.
+    let mut broker = Broker::start();
+    for (class, method) in [(999u16, 1u16), (60, 999)] {
+        let mut c = open_ch1(&broker);
+        c.send(&raw::method_frame(1, class, method, &[])).unwrap();
+        c.set_read_timeout(Duration::from_secs(5));
+        loop {
+            match c.read_frame() {
+                Ok(f) if f.method() == Some((10, 50)) => {
+                    let mut d = raw::Dec::new(f.args());
+                    let code = d.u16();
+                    assert!(
+                        code == 503 || code == 540,
+                        "unexpected close code {code} for {class}.{method}"
+                    );
+                    let _ = c.send(&raw::method_frame(0, 10, 51, &[]));
+                }
+                Ok(f) => panic!("unexpected frame {f:?}"),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    panic!("connection not closed after unknown method {class}.{method}")
+                }
+                Err(_) => break,
+            }
+        }
+        still_alive(&mut broker);
+    }
+}
+
+#[test]
+fn content_header_without_publish_closes_connection_505() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.send(&raw::content_header_frame(1, 3)).unwrap();
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        505,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
+        0,
+        0,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn body_frame_without_publish_closes_connection_505() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.send(&raw::body_frame(1, b"abc")).unwrap();
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        505,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
+        0,
+        0,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn body_frame_on_unopened_channel_closes_connection_505() {
+    // RabbitMQ 3.10 answers 505 UNEXPECTED_FRAME here (not 504
+    // CHANNEL_ERROR): a non-method frame is checked before the channel.
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.send(&raw::body_frame(7, b"abc")).unwrap();
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        505,
+        "UNEXPECTED_FRAME - expected method frame, got non method frame instead",
+        0,
+        0,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn method_on_unopened_channel_closes_connection_504() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.send_method(3, 50, 10, &queue_declare_args("q"));
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        504,
+        "CHANNEL_ERROR - expected 'channel.open'",
+        50,
+        10,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn channel_method_on_channel_zero_closes_connection_504() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.send_method(0, 60, 40, &raw::basic_publish_args("", "x", false));
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        504,
+        "CHANNEL_ERROR - unexpected method in connection state running",
+        60,
+        40,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn heartbeat_on_nonzero_channel_closes_connection_505() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.send(&raw::frame(raw::FRAME_HEARTBEAT, 1, b"")).unwrap();
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        505,
+        "UNEXPECTED_FRAME - type 8, all octets = <<>>",
+        0,
+        0,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn method_instead_of_content_header_closes_connection_505() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let mut bytes = raw::method_frame(1, 60, 40, &raw::basic_publish_args("", "x", false));
+    // basic.qos where the content header should be
+    bytes.extend(raw::method_frame(
+        1,
+        60,
+        10,
+        &Enc::new().u32(0).u16(1).u8(0).done(),
+    ));
+    c.send(&bytes).unwrap();
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        505,
+        "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
+        60,
+        40,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn content_header_of_wrong_class_closes_connection_505() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let mut bytes = raw::method_frame(1, 60, 40, &raw::basic_publish_args("", "x", false));
+    bytes.extend(raw::frame(
+        raw::FRAME_HEADER,
+        1,
+        &Enc::new().u16(50).u16(0).u64(3).u16(0).done(),
+    ));
+    c.send(&bytes).unwrap();
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        505,
+        "UNEXPECTED_FRAME - expected content header for class 60, got one for class 50 instead",
+        60,
+        40,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn connection_method_on_nonzero_channel_closes_connection_503() {
+    let mut broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let args = Enc::new().u16(200).shortstr("x").u16(0).u16(0).done();
+    c.send_method(1, 10, 50, &args);
+    let close = c.expect_connection_close();
+    check_close(
+        &close,
+        503,
+        "COMMAND_INVALID - unimplemented method",
+        10,
+        50,
+    );
+    still_alive(&mut broker);
+}
+
+#[test]
+fn publish_split_across_frames_is_reassembled() {
+    // A well-formed publish whose body is split over several body frames.
+    let broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let q = unique("raw-split");
+    c.send_method(1, 50, 10, &queue_declare_args(&q));
+    c.expect_method(1, 50, 11);
+    let mut bytes = raw::method_frame(1, 60, 40, &raw::basic_publish_args("", &q, false));
+    bytes.extend(raw::content_header_frame(1, 9));
+    for part in [&b"abc"[..], b"def", b"ghi"] {
+        bytes.extend(raw::body_frame(1, part));
+    }
+    c.send(&bytes).unwrap();
+    // basic.get
+    c.send_method(1, 60, 70, &Enc::new().u16(0).shortstr(&q).u8(1).done());
+    c.expect_method(1, 60, 71);
+    let h = c.read_non_heartbeat();
+    assert_eq!(h.typ, raw::FRAME_HEADER);
+    let mut body = Vec::new();
+    while body.len() < 9 {
+        let f = c.read_non_heartbeat();
+        assert_eq!(f.typ, raw::FRAME_BODY);
+        body.extend_from_slice(&f.payload);
+    }
+    assert_eq!(body, b"abcdefghi");
+    c.send_method(1, 50, 40, &Enc::new().u16(0).shortstr(&q).u8(0).done());
+    c.expect_method(1, 50, 41);
+    c.close();
+}
+
+#[test]
+fn interleaved_publishes_on_two_channels_are_accepted() {
+    // Content frames of different channels may interleave on the wire.
+    let broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    c.open_channel(2);
+    let q = unique("raw-interleave");
+    c.send_method(1, 50, 10, &queue_declare_args(&q));
+    c.expect_method(1, 50, 11);
+    let mut bytes = Vec::new();
+    bytes.extend(raw::method_frame(
+        1,
+        60,
+        40,
+        &raw::basic_publish_args("", &q, false),
+    ));
+    bytes.extend(raw::method_frame(
+        2,
+        60,
+        40,
+        &raw::basic_publish_args("", &q, false),
+    ));
+    bytes.extend(raw::content_header_frame(1, 2));
+    bytes.extend(raw::content_header_frame(2, 2));
+    bytes.extend(raw::body_frame(2, b"c2"));
+    bytes.extend(raw::body_frame(1, b"c1"));
+    c.send(&bytes).unwrap();
+    // queue.declare passive until both arrived
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        c.send_method(
+            1,
+            50,
+            10,
+            &Enc::new().u16(0).shortstr(&q).u8(1).table(&[]).done(),
+        );
+        let ok = c.expect_method(1, 50, 11);
+        let mut d = raw::Dec::new(&ok);
+        d.shortstr();
+        if d.u32() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "messages not enqueued"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.send_method(1, 50, 40, &Enc::new().u16(0).shortstr(&q).u8(0).done());
+    c.expect_method(1, 50, 41);
+    c.close();
+}
