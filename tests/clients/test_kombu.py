@@ -125,6 +125,9 @@ def test_message_ttl_expiry(conn, uniq):
     bq.declare()
     Producer(ch).publish("short-lived", routing_key=q.name, serializer="json")
     Producer(ch).publish("per-message", routing_key=q.name, serializer="json", expiration=0.1)
+    deadline = time.monotonic() + 2
+    while bq.queue_declare(passive=True).message_count < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert bq.queue_declare(passive=True).message_count == 2
     time.sleep(0.6)
     assert bq.get() is None

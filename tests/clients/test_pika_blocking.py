@@ -36,6 +36,16 @@ def ch(conn):
     return conn.channel()
 
 
+def wait_count(ch, queue, n, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        count = ch.queue_declare(queue, passive=True).method.message_count
+        if count == n or time.monotonic() > deadline:
+            assert count == n, "queue %s has %d messages, expected %d" % (queue, count, n)
+            return
+        time.sleep(0.02)
+
+
 def drain_get(ch, queue, n=None, timeout=5.0):
     """basic_get until n messages (or empty when n is None). Returns list of (method, props, body)."""
     out = []
@@ -98,9 +108,9 @@ def test_queue_declare_publish_default_exchange_basic_get(ch, uniq):
         )
         ch.basic_publish("", q, b'{"hello": "world"}', props)
         ch.basic_publish("", q, b"", pika.BasicProperties())  # empty body
-        # passive declare reports the message count
-        ok = ch.queue_declare(q, passive=True)
-        assert ok.method.message_count == 2
+        # passive declare reports the message count (RabbitMQ may lag a just-published
+        # message by a moment, hence the wait)
+        wait_count(ch, q, 2)
         m, p, body = ch.basic_get(q, auto_ack=False)
         assert body == b'{"hello": "world"}'
         assert m.exchange == "" and m.routing_key == q and m.redelivered is False
@@ -396,7 +406,7 @@ def test_tx_commit_rollback(ch, uniq):
     ch.basic_publish("", q, b"committed")
     assert ch.queue_declare(q, passive=True).method.message_count == 0
     ch.tx_commit()
-    assert ch.queue_declare(q, passive=True).method.message_count == 1
+    wait_count(ch, q, 1)
     m, _, b = ch.basic_get(q, auto_ack=True)
     assert b == b"committed"
 
@@ -503,6 +513,7 @@ def test_purge_delete_counts_and_if_empty(conn, uniq):
     try:
         for i in range(7):
             ch.basic_publish("", q, b"p")
+        wait_count(ch, q, 7)
         assert ch.queue_purge(q).method.message_count == 7
         ch.basic_publish("", q, b"p")
         with pytest.raises(pexc.ChannelClosedByBroker) as ei:
