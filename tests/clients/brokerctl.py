@@ -100,8 +100,10 @@ def warren_bin() -> str:
 
 def start_warren(timeout: float = 10.0) -> Broker:
     binary = warren_bin()
-    data_dir = tempfile.mkdtemp(prefix="warren-clients-")
-    log_path = os.path.join(data_dir, "..", os.path.basename(data_dir) + ".stderr.log")
+    root = tempfile.mkdtemp(prefix="warren-clients-")
+    data_dir = os.path.join(root, "data")
+    os.mkdir(data_dir)
+    log_path = os.path.join(root, "warren.stderr.log")
     stderr = open(log_path, "wb")
     proc = subprocess.Popen(
         [binary, "--amqp-listen", "127.0.0.1:0", "--data-dir", data_dir],
@@ -132,18 +134,21 @@ def start_warren(timeout: float = 10.0) -> Broker:
             tail = Path(log_path).read_text(errors="replace")[-4000:]
         except OSError:
             tail = ""
-        shutil.rmtree(data_dir, ignore_errors=True)
+        shutil.rmtree(data_dir, ignore_errors=True)  # keep the log next to it
         raise RuntimeError(
             "warren (%s) did not print 'warren ready amqp=...' within %.0fs "
             "(exit code %r); stderr tail:\n%s" % (binary, timeout, proc.poll(), tail)
         )
-    return Broker(host=found["host"], port=found["port"], proc=proc, data_dir=data_dir)
+    return Broker(host=found["host"], port=found["port"], proc=proc, data_dir=root)
 
 
 def stop_warren(b: Broker) -> None:
+    """SIGTERM (then SIGKILL after 5 s). The temp dir (data + stderr log) is removed unless
+    warren had died on its own or WARREN_KEEP_LOGS is set; then its path is printed."""
     if b.proc is None:
         return
-    if b.proc.poll() is None:
+    died = b.proc.poll() is not None
+    if not died:
         b.proc.send_signal(signal.SIGTERM)
         try:
             b.proc.wait(5)
@@ -151,7 +156,10 @@ def stop_warren(b: Broker) -> None:
             b.proc.kill()
             b.proc.wait()
     if b.data_dir:
-        shutil.rmtree(b.data_dir, ignore_errors=True)
+        if died or os.environ.get("WARREN_KEEP_LOGS"):
+            print("warren (exit %r) data dir and stderr log kept in %s" % (b.proc.returncode, b.data_dir))
+        else:
+            shutil.rmtree(b.data_dir, ignore_errors=True)
 
 
 def acquire_broker() -> Broker:

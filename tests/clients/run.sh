@@ -26,5 +26,11 @@ else
     echo "run.sh: testing broker at ${WARREN_TEST_AMQP_URL}" >&2
 fi
 
-cd "$HERE"
+# Paths given on the command line are taken relative to the caller's directory (e.g. the repo
+# root); with none, the whole tests/clients directory runs.
+have_path=0
+for a in "$@"; do
+    case "$a" in -*) ;; *) [ -e "${a%%::*}" ] && have_path=1 ;; esac
+done
+if [ "$have_path" = 0 ]; then set -- "$@" "$HERE"; fi
 exec "$HERE/.venv/bin/python" -m pytest -c "$HERE/pytest.ini" --rootdir "$HERE" "$@"
