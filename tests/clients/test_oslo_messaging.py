@@ -26,6 +26,12 @@ def conf(ns):
     # so use it the way real services do.
     c = cfg.CONF
     c([], project="wct")
+    # Reply and fanout queues carry x-expires = rabbit_transient_queues_ttl (default 1800 s);
+    # use 60 s so leftovers on a shared broker go away soon. Everything else stays default
+    # (heartbeat_timeout_threshold=60, heartbeat_rate=3, direct_mandatory_flag=True, ...).
+    from oslo_messaging._drivers import impl_rabbit
+    c.register_opts(impl_rabbit.rabbit_opts, group="oslo_messaging_rabbit")
+    c.set_override("rabbit_transient_queues_ttl", 60, group="oslo_messaging_rabbit")
     return c
 
 
@@ -34,11 +40,20 @@ def transport_url(broker):
     return "rabbit://%s:%s@%s:%d/" % (broker.user, broker.password, broker.host, broker.port)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _final_cleanup(transport_url, ns):
+    yield
+    _cleanup_oslo(transport_url, ns, exchanges=[ns])  # the control exchange (topic)
+
+
 @pytest.fixture(scope="module")
 def transport(conf, transport_url):
     t = oslo_messaging.get_rpc_transport(conf, url=transport_url)
     yield t
+    reply_q = getattr(getattr(t, "_driver", None), "_reply_q", None)
     t.cleanup()
+    if reply_q:
+        _cleanup_oslo(transport_url, None, queues=[reply_q])
 
 
 class Endpoint:
@@ -72,7 +87,7 @@ class OtherEndpoint:
 
 
 @pytest.fixture(scope="module")
-def rpc(transport, ns):
+def rpc(transport, ns, transport_url):
     topic = ns + "-topic"
     servers, endpoints = [], {}
     for name in ("s1", "s2"):
@@ -88,6 +103,9 @@ def rpc(transport, ns):
         srv.stop()
     for srv in servers:
         srv.wait()
+    # the topic queues are neither exclusive nor auto-delete: remove them (shared broker)
+    _cleanup_oslo(transport_url, ns, queues=[topic, topic + ".s1", topic + ".s2", ns + "-nobody"],
+                  exchanges=[topic + "_fanout"])
 
 
 def client(transport, topic, **kw):
@@ -201,13 +219,6 @@ def test_notifier_and_notification_listener(conf, transport_url, ns):
         listener.wait()
         ntransport.cleanup()
         _cleanup_oslo(transport_url, ns, queues=[topic + ".info", topic + ".error"])
-
-
-def test_zz_cleanup_rpc_entities(transport_url, ns, rpc):
-    """Not a conformance check: delete the durable-less but non-auto-delete topic queues."""
-    topic = rpc["topic"]
-    _cleanup_oslo(transport_url, ns, queues=[topic, topic + ".s1", topic + ".s2", ns + "-nobody"],
-                  exchanges=[ns])
 
 
 def _cleanup_oslo(transport_url, ns, queues=(), exchanges=()):
