@@ -145,6 +145,7 @@ def _cleanup_leftovers(broker, pkgdir):
         conn.close()
 
 
+@pytest.mark.timeout(960)
 def test_go_amqp091_suite(go_results):
     r = go_results
     print(r["summary"])
