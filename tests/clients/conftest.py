@@ -35,3 +35,11 @@ def uniq(request):
         return brokerctl.unique(base + ("." + suffix if suffix else ""))
 
     return make
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Show extra per-suite summaries (e.g. the amqp091-go pass/fail/skip counts)."""
+    if brokerctl.REPORT_LINES:
+        terminalreporter.section("client suite summaries")
+        for line in brokerctl.REPORT_LINES:
+            terminalreporter.write_line(line)

@@ -20,6 +20,8 @@ import tempfile
 import pika
 import pytest
 
+import brokerctl
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 PKG = "github.com/rabbitmq/amqp091-go"
 SRC = os.environ.get("GO_AMQP091_SRC", "/usr/share/gocode/src/" + PKG)
@@ -110,6 +112,7 @@ def go_results(broker, go_pkg_dir):
                 f.write("%s %s\n" % (s, n))
     except OSError:
         pass
+    brokerctl.REPORT_LINES.append(summary + (" (excluded: %s)" % ", ".join(sorted(skipped)) if skipped else ""))
     if broker.shared:
         _cleanup_leftovers(broker, pkgdir)
     return {"status": status, "output": output, "counts": counts, "skipped": skipped,
