@@ -148,12 +148,13 @@ impl Channel {
             FRAME_METHOD => {
                 let (class_id, method_id) = method::class_method(&frame.payload);
                 if !matches!(self.assembly, Assembly::Idle) {
+                    // Reported against the publish whose content was interrupted.
                     return Err(AmqpError::unexpected_frame(format!(
                         "expected content header for class {CLASS_BASIC}, got non content header frame instead"
                     ))
-                    .on(class_id, method_id));
+                    .on(60, 40));
                 }
-                let m = method::decode(&frame.payload).map_err(|e| decode_error(e, class_id, method_id))?;
+                let m = method::decode(&frame.payload).map_err(|e| decode_error(e, &frame.payload))?;
                 self.handle_method(s, m).await.map_err(|e| e.on(class_id, method_id))
             }
             FRAME_HEADER => self.handle_header(s, frame.payload),
@@ -181,7 +182,8 @@ impl Channel {
         if class != CLASS_BASIC {
             return Err(AmqpError::unexpected_frame(format!(
                 "expected content header for class {CLASS_BASIC}, got one for class {class} instead"
-            )));
+            ))
+            .on(60, 40));
         }
         let size = u64::from_be_bytes(payload[4..12].try_into().unwrap_or_default());
         let max = s.broker.config.amqp.max_message_size;
@@ -328,15 +330,21 @@ impl Channel {
     }
 }
 
-fn decode_error(e: method::DecodeError, class_id: u16, method_id: u16) -> AmqpError {
+/// The connection error for a method frame that doesn't decode, in RabbitMQ's words.
+pub fn decode_error(e: method::DecodeError, payload: &[u8]) -> AmqpError {
     match e {
+        method::DecodeError::Syntax { .. } if payload.len() < 4 => AmqpError::frame_error(format!(
+            "type 1, all octets = {}: unknown_frame",
+            crate::protocol::frame::erlang_binary(payload)
+        )),
         // RabbitMQ reports undecodable arguments as a frame error.
-        method::DecodeError::Syntax { .. } => {
-            AmqpError::frame_error(format!("cannot decode arguments of method {class_id}.{method_id}"))
-        }
-        method::DecodeError::Unknown { .. } => {
-            AmqpError::command_invalid(format!("unknown method {class_id}.{method_id}"))
+        method::DecodeError::Syntax { class_id, method_id } => AmqpError::frame_error(format!(
+            "cannot decode {}",
+            crate::protocol::frame::erlang_binary(&payload[4..])
+        ))
+        .on(class_id, method_id),
+        method::DecodeError::Unknown { class_id, method_id } => {
+            AmqpError::command_invalid(format!("unknown method {class_id}.{method_id}")).on(class_id, method_id)
         }
     }
-    .on(class_id, method_id)
 }

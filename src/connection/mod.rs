@@ -47,6 +47,9 @@ pub struct Connection {
     /// Outgoing frames during the handshake (afterwards the session's buffer is used).
     out: OutBuf,
     writer: WriterTx,
+    /// The client sent connection.close: after close-ok, wait for it to close the
+    /// socket (as RabbitMQ does) rather than racing it with our own close.
+    client_closed: bool,
 }
 
 /// Serve one accepted socket until it closes.
@@ -63,6 +66,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         rbuf: BytesMut::with_capacity(READ_BUFFER),
         out: OutBuf::default(),
         writer: writer_tx,
+        client_closed: false,
     };
     tracing::info!(peer = %peer, "accepting AMQP connection");
     let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
@@ -172,6 +176,11 @@ impl Connection {
 
         loop {
             let mut result: Result<bool, AmqpError> = Ok(true);
+            // Frames are split off the front of the buffer and may live on in queues, so
+            // space is not reclaimed in place: make room for a full-sized read.
+            if self.rbuf.capacity() - self.rbuf.len() < READ_BUFFER / 4 {
+                self.rbuf.reserve(READ_BUFFER);
+            }
             tokio::select! {
                 ev = events_rx.recv() => {
                     let mut next = ev;
@@ -252,6 +261,9 @@ impl Connection {
             let _ = s.vhost.delete_queue(&q, false, false).await;
         }
         self.broker.unregister_connection(self.id);
+        if self.client_closed {
+            self.linger().await;
+        }
         if let End::Error = end {
             tracing::debug!(peer = %self.peer, "connection closed after error");
         }
@@ -308,7 +320,10 @@ impl Connection {
     ) -> Result<bool, AmqpError> {
         if f.kind == FRAME_HEARTBEAT {
             if f.channel != 0 {
-                return Err(AmqpError::unexpected_frame(format!("type 8 on channel {}", f.channel)));
+                return Err(AmqpError::unexpected_frame(format!(
+                    "type 8, all octets = {}",
+                    frame::erlang_binary(&f.payload)
+                )));
             }
             return Ok(true);
         }
@@ -318,6 +333,16 @@ impl Connection {
         let number = f.channel;
         let ids = if f.kind == FRAME_METHOD { method::class_method(&f.payload) } else { (0, 0) };
         let Some(ch) = channels.get_mut(&number) else {
+            match ids {
+                // Our channel.close crossed the client's: we already answered its close
+                // and forgot the channel, so its close-ok to ours needs nothing more.
+                (20, 41) => return Ok(true),
+                (20, 40) => {
+                    s.send(number, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                    return Ok(true);
+                }
+                _ => {}
+            }
             if ids != (20, 10) {
                 return Err(if f.kind == FRAME_METHOD {
                     AmqpError::channel_error("expected 'channel.open'").on(ids.0, ids.1)
@@ -379,14 +404,13 @@ impl Connection {
             return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"));
         }
         let (class_id, method_id) = method::class_method(&f.payload);
-        let m = method::decode(&f.payload).map_err(|_| {
-            AmqpError::syntax_error(format!("failed to decode method {class_id}.{method_id}")).on(class_id, method_id)
-        })?;
+        let m = method::decode(&f.payload).map_err(|e| crate::channel::decode_error(e, &f.payload))?;
         match m {
             Method::Other(c) => match *c {
                 AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
                     tracing::debug!(peer = %self.peer, "client closed connection: {} {}", c.reply_code, c.reply_text);
                     s.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                    self.client_closed = true;
                     Ok(false)
                 }
                 AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(false),

@@ -22,20 +22,52 @@ pub struct Frame {
 /// A framing violation: always a connection-level FRAME_ERROR (501).
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameError {
-    TooLarge { size: usize, max: u32 },
-    BadEnd(u8),
-    UnknownType(u8),
+    /// Payload larger than the negotiated frame_max allows.
+    TooLarge { kind: u8, size: usize, max: u32 },
+    BadEnd { kind: u8, payload: Bytes, end: u8 },
+    UnknownType { kind: u8, payload: Bytes },
+}
+
+/// Render bytes the way RabbitMQ's error texts do (Erlang's `~p` of a binary).
+pub fn erlang_binary(bytes: &[u8]) -> String {
+    if !bytes.is_empty() && bytes.iter().all(|b| (32..127).contains(b)) {
+        let text: String = bytes
+            .iter()
+            .flat_map(|&b| match b {
+                b'"' | b'\\' => vec!['\\', b as char],
+                _ => vec![b as char],
+            })
+            .collect();
+        return format!("<<\"{text}\">>");
+    }
+    let items: Vec<String> = bytes.iter().map(|b| b.to_string()).collect();
+    format!("<<{}>>", items.join(","))
+}
+
+/// rabbit_reader's payload snippet: all octets, or the first 16.
+fn snippet(payload: &[u8]) -> String {
+    if payload.len() <= 16 {
+        format!("all octets = {}", erlang_binary(payload))
+    } else {
+        format!("first 16 octets = {}", erlang_binary(&payload[..16]))
+    }
 }
 
 impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // RabbitMQ's texts, Erlang terms included, so logs and clients read the same.
         match self {
-            // RabbitMQ: "frame_too_large" with the sizes.
-            FrameError::TooLarge { size, max } => {
-                write!(f, "frame size {size} exceeds negotiated frame_max {max}")
+            FrameError::TooLarge { kind, size, max } => write!(
+                f,
+                "type {kind}, all octets = <<>>: {{frame_too_large,{size},{}}}",
+                (*max as usize).saturating_sub(FRAME_OVERHEAD)
+            ),
+            FrameError::BadEnd { kind, payload, end } => {
+                write!(f, "type {kind}, {}: {{invalid_frame_end_marker,{end}}}", snippet(payload))
             }
-            FrameError::BadEnd(b) => write!(f, "invalid frame end octet {b:#04x}"),
-            FrameError::UnknownType(t) => write!(f, "unknown frame type {t}"),
+            FrameError::UnknownType { kind, payload } => {
+                write!(f, "type {kind}, {}: unknown_frame", snippet(payload))
+            }
         }
     }
 }
@@ -43,35 +75,34 @@ impl std::fmt::Display for FrameError {
 /// Take one complete frame off the front of `buf`, if it holds one.
 ///
 /// The size check happens as soon as the 7-byte header is in, so a peer announcing a
-/// huge frame is refused before we buffer any of it. `frame_max` counts the whole frame,
-/// header and end octet included, as the spec defines it; 0 means no limit.
+/// huge frame is refused before we buffer any of it. Like RabbitMQ, a payload of up to
+/// `frame_max` bytes is accepted (the spec counts the 8 bytes of framing too, and some
+/// clients fill frames to frame_max); 0 means no limit. The checks run in RabbitMQ's
+/// order: size, end octet, type.
 pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, FrameError> {
     if buf.len() < 7 {
         return Ok(None);
     }
     let kind = buf[0];
-    if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
-        return Err(FrameError::UnknownType(kind));
-    }
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
-    if frame_max != 0 && size + FRAME_OVERHEAD > frame_max as usize {
-        return Err(FrameError::TooLarge {
-            size: size + FRAME_OVERHEAD,
-            max: frame_max,
-        });
+    if frame_max != 0 && size > frame_max as usize {
+        return Err(FrameError::TooLarge { kind, size, max: frame_max });
     }
     if buf.len() < size + FRAME_OVERHEAD {
         buf.reserve(size + FRAME_OVERHEAD - buf.len());
         return Ok(None);
     }
     let end = buf[7 + size];
-    if end != FRAME_END {
-        return Err(FrameError::BadEnd(end));
-    }
     buf.advance(7);
     let payload = buf.split_to(size).freeze();
     buf.advance(1);
+    if end != FRAME_END {
+        return Err(FrameError::BadEnd { kind, payload, end });
+    }
+    if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
+        return Err(FrameError::UnknownType { kind, payload });
+    }
     Ok(Some(Frame {
         kind,
         channel,
@@ -118,10 +149,9 @@ mod tests {
     fn refuses_an_oversized_frame_from_its_header_alone() {
         let mut buf = BytesMut::new();
         put_header(&mut buf, FRAME_BODY, 1, 10_000);
-        assert_eq!(
-            decode(&mut buf, 4096).unwrap_err(),
-            FrameError::TooLarge { size: 10_008, max: 4096 }
-        );
+        let e = decode(&mut buf, 4096).unwrap_err();
+        assert_eq!(e, FrameError::TooLarge { kind: FRAME_BODY, size: 10_000, max: 4096 });
+        assert_eq!(e.to_string(), "type 3, all octets = <<>>: {frame_too_large,10000,4088}");
     }
 
     #[test]
@@ -129,8 +159,12 @@ mod tests {
         let mut buf = frame(FRAME_METHOD, 0, b"x");
         let n = buf.len();
         buf[n - 1] = 0;
-        assert_eq!(decode(&mut buf, 0).unwrap_err(), FrameError::BadEnd(0));
-        let mut buf = frame(7, 0, b"x");
-        assert_eq!(decode(&mut buf, 0).unwrap_err(), FrameError::UnknownType(7));
+        assert_eq!(
+            decode(&mut buf, 0).unwrap_err().to_string(),
+            "type 1, all octets = <<\"x\">>: {invalid_frame_end_marker,0}"
+        );
+        let mut buf = frame(9, 0, b"abc");
+        assert_eq!(decode(&mut buf, 0).unwrap_err().to_string(), "type 9, all octets = <<\"abc\">>: unknown_frame");
+        assert_eq!(erlang_binary(&[0, 20, 0, 10, 0]), "<<0,20,0,10,0>>");
     }
 }
