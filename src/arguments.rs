@@ -132,9 +132,10 @@ pub fn assert_equivalent(
             (None, None) => continue,
             (Some(a), Some(b)) if equivalent(a, b) => continue,
             // Same type class, different value: RabbitMQ prints the bare values.
-            (Some(a), Some(b)) if type_class(a) == type_class(b) => {
-                (format!("'{}'", value_text(b)), format!("'{}'", value_text(a)))
-            }
+            (Some(a), Some(b)) if type_class(a) == type_class(b) => (
+                format!("'{}'", value_text(b)),
+                format!("'{}'", value_text(a)),
+            ),
             _ => (describe(req), describe(cur)),
         };
         return Err(AmqpError::precondition_failed(format!(
@@ -145,7 +146,12 @@ pub fn assert_equivalent(
 }
 
 /// A boolean or atom-valued field (durable, auto_delete, type...) that differs.
-pub fn field_mismatch(key: &str, what: &str, received: impl std::fmt::Display, current: impl std::fmt::Display) -> AmqpError {
+pub fn field_mismatch(
+    key: &str,
+    what: &str,
+    received: impl std::fmt::Display,
+    current: impl std::fmt::Display,
+) -> AmqpError {
     AmqpError::precondition_failed(format!(
         "inequivalent arg '{key}' for {what}: received '{received}' but current is '{current}'"
     ))
@@ -159,8 +165,13 @@ mod tests {
     fn texts_match_rabbitmq() {
         let mut a = FieldTable::default();
         a.insert("x-message-ttl".into(), AMQPValue::LongInt(100));
-        let e = assert_equivalent(&FieldTable::default(), &a, QUEUE_EQUIVALENCE_KEYS, "queue 'q' in vhost '/'")
-            .unwrap_err();
+        let e = assert_equivalent(
+            &FieldTable::default(),
+            &a,
+            QUEUE_EQUIVALENCE_KEYS,
+            "queue 'q' in vhost '/'",
+        )
+        .unwrap_err();
         assert_eq!(
             e.text,
             "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': \
@@ -171,7 +182,12 @@ mod tests {
         assert!(assert_equivalent(&a, &b, QUEUE_EQUIVALENCE_KEYS, "q").is_ok());
         let mut c = FieldTable::default();
         c.insert("x-message-ttl".into(), AMQPValue::LongInt(2000));
-        let e = assert_equivalent(&a, &c, QUEUE_EQUIVALENCE_KEYS, "queue 'q' in vhost '/'").unwrap_err();
-        assert!(e.text.ends_with("received '2000' but current is '100'"), "{}", e.text);
+        let e = assert_equivalent(&a, &c, QUEUE_EQUIVALENCE_KEYS, "queue 'q' in vhost '/'")
+            .unwrap_err();
+        assert!(
+            e.text.ends_with("received '2000' but current is '100'"),
+            "{}",
+            e.text
+        );
     }
 }

@@ -35,7 +35,12 @@ pub enum AuthError {
 impl Users {
     pub fn new(defaults: &DefaultsConfig) -> Users {
         let mut users = HashMap::new();
-        users.insert(defaults.user.clone(), User { password: defaults.password.clone() });
+        users.insert(
+            defaults.user.clone(),
+            User {
+                password: defaults.password.clone(),
+            },
+        );
         Users {
             users: RwLock::new(users),
             loopback_only: defaults.loopback_users.clone(),
@@ -43,7 +48,12 @@ impl Users {
     }
 
     /// Check a start-ok response; returns the user name.
-    pub fn authenticate(&self, mechanism: &str, response: &[u8], peer: IpAddr) -> Result<String, AuthError> {
+    pub fn authenticate(
+        &self,
+        mechanism: &str,
+        response: &[u8],
+        peer: IpAddr,
+    ) -> Result<String, AuthError> {
         let (user, pass) = match mechanism {
             "PLAIN" => parse_plain(response)?,
             "AMQPLAIN" => parse_amqplain(response)?,
@@ -52,11 +62,17 @@ impl Users {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
         match users.get(&user) {
             Some(u) if u.password == pass => {}
-            Some(_) => return Err(AuthError::Refused(format!("invalid credentials for user '{user}'"))),
+            Some(_) => {
+                return Err(AuthError::Refused(format!(
+                    "invalid credentials for user '{user}'"
+                )))
+            }
             None => return Err(AuthError::Refused(format!("user '{user}' not found"))),
         }
         if self.loopback_only.contains(&user) && !is_loopback(peer) {
-            return Err(AuthError::Refused(format!("user '{user}' can only connect via localhost")));
+            return Err(AuthError::Refused(format!(
+                "user '{user}' can only connect via localhost"
+            )));
         }
         Ok(user)
     }
@@ -65,14 +81,18 @@ impl Users {
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
 /// RFC 4616: `[authzid] NUL authcid NUL passwd`.
 fn parse_plain(response: &[u8]) -> Result<(String, String), AuthError> {
     let mut parts = response.split(|b| *b == 0);
-    let (Some(_authz), Some(user), Some(pass), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(_authz), Some(user), Some(pass), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return Err(AuthError::Malformed);
     };
     let s = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| AuthError::Malformed);
@@ -108,7 +128,10 @@ mod tests {
 
     #[test]
     fn plain_and_amqplain() {
-        assert_eq!(users().authenticate("PLAIN", b"\0guest\0guest", LOCAL), Ok("guest".into()));
+        assert_eq!(
+            users().authenticate("PLAIN", b"\0guest\0guest", LOCAL),
+            Ok("guest".into())
+        );
         // AMQPLAIN as py-amqp sends it: LOGIN S "guest", PASSWORD S "guest", no length prefix.
         let mut r = Vec::new();
         for (k, v) in [("LOGIN", "guest"), ("PASSWORD", "guest")] {
@@ -118,15 +141,30 @@ mod tests {
             r.extend_from_slice(&(v.len() as u32).to_be_bytes());
             r.extend_from_slice(v.as_bytes());
         }
-        assert_eq!(users().authenticate("AMQPLAIN", &r, LOCAL), Ok("guest".into()));
+        assert_eq!(
+            users().authenticate("AMQPLAIN", &r, LOCAL),
+            Ok("guest".into())
+        );
     }
 
     #[test]
     fn refusals() {
-        assert!(matches!(users().authenticate("PLAIN", b"\0guest\0nope", LOCAL), Err(AuthError::Refused(_))));
-        assert!(matches!(users().authenticate("PLAIN", b"garbage", LOCAL), Err(AuthError::Malformed)));
-        assert!(matches!(users().authenticate("CRAM", b"", LOCAL), Err(AuthError::UnknownMechanism(_))));
+        assert!(matches!(
+            users().authenticate("PLAIN", b"\0guest\0nope", LOCAL),
+            Err(AuthError::Refused(_))
+        ));
+        assert!(matches!(
+            users().authenticate("PLAIN", b"garbage", LOCAL),
+            Err(AuthError::Malformed)
+        ));
+        assert!(matches!(
+            users().authenticate("CRAM", b"", LOCAL),
+            Err(AuthError::UnknownMechanism(_))
+        ));
         let remote: IpAddr = "10.1.2.3".parse().unwrap();
-        assert!(matches!(users().authenticate("PLAIN", b"\0guest\0guest", remote), Err(AuthError::Refused(_))));
+        assert!(matches!(
+            users().authenticate("PLAIN", b"\0guest\0guest", remote),
+            Err(AuthError::Refused(_))
+        ));
     }
 }

@@ -30,7 +30,10 @@ pub struct Broker {
 impl Broker {
     pub fn new(config: Config) -> Arc<Broker> {
         let vhosts = DashMap::new();
-        vhosts.insert(config.defaults.vhost.clone(), Vhost::new(&config.defaults.vhost));
+        vhosts.insert(
+            config.defaults.vhost.clone(),
+            Vhost::new(&config.defaults.vhost),
+        );
         Arc::new(Broker {
             users: Users::new(&config.defaults),
             config,
@@ -64,7 +67,10 @@ impl Broker {
     pub fn shut_down(&self) {
         let _ = self.shutdown.send(true);
         for c in self.connections.iter() {
-            let _ = c.events.send(ConnEvent::Close(AmqpError::new(code::CONNECTION_FORCED, "broker shutdown")));
+            let _ = c.events.send(ConnEvent::Close(AmqpError::new(
+                code::CONNECTION_FORCED,
+                "broker shutdown",
+            )));
         }
     }
 }

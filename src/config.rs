@@ -87,7 +87,9 @@ impl Default for DefaultsConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".to_owned() }
+        LogConfig {
+            level: "info".to_owned(),
+        }
     }
 }
 
@@ -133,8 +135,9 @@ impl Config {
         let mut table = match file {
             None => toml::Table::new(),
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
                 let table: toml::Table = toml::from_str(&text)
                     .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
                 // Type and unknown-key errors, reported against the file itself.
@@ -143,7 +146,8 @@ impl Config {
                 table
             }
         };
-        let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError(e.to_string()))?;
+        let defaults =
+            toml::Table::try_from(Config::default()).map_err(|e| ConfigError(e.to_string()))?;
         for o in overrides {
             apply(&mut table, &defaults, o)?;
         }
@@ -155,15 +159,25 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("invalid value for {key}: {why}")));
-        if self.amqp.frame_max != 0 && self.amqp.frame_max < crate::protocol::frame::FRAME_MIN_SIZE {
-            return bad("amqp.frame_max", "must be at least 4096 (or 0 for no limit)");
+        let bad =
+            |key: &str, why: &str| Err(ConfigError(format!("invalid value for {key}: {why}")));
+        if self.amqp.frame_max != 0 && self.amqp.frame_max < crate::protocol::frame::FRAME_MIN_SIZE
+        {
+            return bad(
+                "amqp.frame_max",
+                "must be at least 4096 (or 0 for no limit)",
+            );
         }
-        if self.amqp.listen.parse::<std::net::SocketAddr>().is_err() && !self.amqp.listen.contains(':') {
+        if self.amqp.listen.parse::<std::net::SocketAddr>().is_err()
+            && !self.amqp.listen.contains(':')
+        {
             return bad("amqp.listen", "expected host:port");
         }
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
-            return bad("amqp.max_message_size", "must be between 1 and 536870912 bytes");
+            return bad(
+                "amqp.max_message_size",
+                "must be between 1 and 536870912 bytes",
+            );
         }
         if self.defaults.vhost.is_empty() {
             return bad("defaults.vhost", "must not be empty");
@@ -180,7 +194,10 @@ impl Config {
             match v {
                 toml::Value::Table(t) => {
                     for sub in t.keys() {
-                        known.push((format!("WARREN_{}_{}", k, sub).to_uppercase(), format!("{k}.{sub}")));
+                        known.push((
+                            format!("WARREN_{}_{}", k, sub).to_uppercase(),
+                            format!("{k}.{sub}"),
+                        ));
                     }
                 }
                 _ => known.push((format!("WARREN_{k}").to_uppercase(), k.clone())),
@@ -196,12 +213,20 @@ impl Config {
         // RabbitMQ's names first so that WARREN_* wins when both are set.
         for (var, key) in rabbit {
             if let Some((_, v)) = vars.iter().find(|(n, _)| n == var) {
-                out.push(Override { key: key.to_owned(), value: v.clone(), source: Source::Env(var.to_owned()) });
+                out.push(Override {
+                    key: key.to_owned(),
+                    value: v.clone(),
+                    source: Source::Env(var.to_owned()),
+                });
             }
         }
         for (name, value) in &vars {
             if let Some((_, key)) = known.iter().find(|(env, _)| env == name) {
-                out.push(Override { key: key.clone(), value: value.clone(), source: Source::Env(name.clone()) });
+                out.push(Override {
+                    key: key.clone(),
+                    value: value.clone(),
+                    source: Source::Env(name.clone()),
+                });
             }
         }
         out
@@ -210,20 +235,37 @@ impl Config {
 
 /// Set one dotted key, typed after the default value of that key.
 fn apply(table: &mut toml::Table, defaults: &toml::Table, o: &Override) -> Result<(), ConfigError> {
-    let unknown = || ConfigError(format!("{}: unknown configuration key '{}'", o.source, o.key));
+    let unknown = || {
+        ConfigError(format!(
+            "{}: unknown configuration key '{}'",
+            o.source, o.key
+        ))
+    };
     let (section, key) = match o.key.split_once('.') {
         Some((s, k)) => (Some(s), k),
         None => (None, o.key.as_str()),
     };
     let default = match section {
-        Some(s) => defaults.get(s).and_then(|t| t.as_table()).and_then(|t| t.get(key)),
+        Some(s) => defaults
+            .get(s)
+            .and_then(|t| t.as_table())
+            .and_then(|t| t.get(key)),
         None => defaults.get(key).filter(|v| !v.is_table()),
     }
     .ok_or_else(unknown)?;
-    let bad = |what: &str| ConfigError(format!("{}: invalid value '{}' for {}: expected {what}", o.source, o.value, o.key));
+    let bad = |what: &str| {
+        ConfigError(format!(
+            "{}: invalid value '{}' for {}: expected {what}",
+            o.source, o.value, o.key
+        ))
+    };
     let value = match default {
-        toml::Value::Integer(_) => toml::Value::Integer(o.value.trim().parse().map_err(|_| bad("an integer"))?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(o.value.trim().parse().map_err(|_| bad("true or false"))?),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(o.value.trim().parse().map_err(|_| bad("an integer"))?)
+        }
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(o.value.trim().parse().map_err(|_| bad("true or false"))?)
+        }
         toml::Value::Array(_) => toml::Value::Array(
             o.value
                 .split(',')
@@ -257,24 +299,41 @@ mod tests {
     #[test]
     fn defaults_match_rabbitmq() {
         let c = Config::load(None, &[]).unwrap();
-        assert_eq!((c.amqp.channel_max, c.amqp.frame_max, c.amqp.heartbeat), (2047, 131072, 60));
+        assert_eq!(
+            (c.amqp.channel_max, c.amqp.frame_max, c.amqp.heartbeat),
+            (2047, 131072, 60)
+        );
         assert_eq!(c.defaults.loopback_users, vec!["guest"]);
     }
 
     #[test]
     fn env_overrides_are_typed_and_named() {
-        let c = Config::load(None, &env(&[("WARREN_AMQP_HEARTBEAT", "5"), ("WARREN_DATA_DIR", "/x")])).unwrap();
+        let c = Config::load(
+            None,
+            &env(&[("WARREN_AMQP_HEARTBEAT", "5"), ("WARREN_DATA_DIR", "/x")]),
+        )
+        .unwrap();
         assert_eq!(c.amqp.heartbeat, 5);
         assert_eq!(c.data_dir, PathBuf::from("/x"));
         let e = Config::load(None, &env(&[("WARREN_AMQP_HEARTBEAT", "soon")])).unwrap_err();
-        assert!(e.0.contains("WARREN_AMQP_HEARTBEAT") && e.0.contains("amqp.heartbeat"), "{e}");
+        assert!(
+            e.0.contains("WARREN_AMQP_HEARTBEAT") && e.0.contains("amqp.heartbeat"),
+            "{e}"
+        );
     }
 
     #[test]
     fn rabbitmq_default_user_is_honoured_but_warren_wins() {
         let c = Config::load(None, &env(&[("RABBITMQ_DEFAULT_USER", "bob")])).unwrap();
         assert_eq!(c.defaults.user, "bob");
-        let c = Config::load(None, &env(&[("RABBITMQ_DEFAULT_USER", "bob"), ("WARREN_DEFAULTS_USER", "amy")])).unwrap();
+        let c = Config::load(
+            None,
+            &env(&[
+                ("RABBITMQ_DEFAULT_USER", "bob"),
+                ("WARREN_DEFAULTS_USER", "amy"),
+            ]),
+        )
+        .unwrap();
         assert_eq!(c.defaults.user, "amy");
     }
 
@@ -285,7 +344,10 @@ mod tests {
         let path = dir.join("bad.toml");
         std::fs::write(&path, "[amqp]\nframe_maxx = 3\n").unwrap();
         let e = Config::load(Some(&path), &[]).unwrap_err();
-        assert!(e.0.contains("frame_maxx") && e.0.contains("bad.toml"), "{e}");
+        assert!(
+            e.0.contains("frame_maxx") && e.0.contains("bad.toml"),
+            "{e}"
+        );
         std::fs::write(&path, "[amqp]\nframe_max = 100\n").unwrap();
         let e = Config::load(Some(&path), &[]).unwrap_err();
         assert!(e.0.contains("amqp.frame_max"), "{e}");
@@ -295,6 +357,9 @@ mod tests {
     fn the_shipped_example_is_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/warren.toml");
         let c = Config::load(Some(&path), &[]).unwrap();
-        assert_eq!(toml::to_string(&c).unwrap(), toml::to_string(&Config::default()).unwrap());
+        assert_eq!(
+            toml::to_string(&c).unwrap(),
+            toml::to_string(&Config::default()).unwrap()
+        );
     }
 }

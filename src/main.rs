@@ -8,7 +8,11 @@ use tracing_subscriber::EnvFilter;
 use warren::config::{Config, Override, Source};
 
 #[derive(Parser, Debug)]
-#[command(name = "warren", version, about = "A fast, RabbitMQ-compatible AMQP 0-9-1 broker")]
+#[command(
+    name = "warren",
+    version,
+    about = "A fast, RabbitMQ-compatible AMQP 0-9-1 broker"
+)]
 struct Cli {
     /// Configuration file (TOML); see config/warren.toml for every key.
     #[arg(long, short = 'c', env = "WARREN_CONFIG")]
@@ -31,7 +35,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let mut overrides = Config::env_overrides(std::env::vars());
     let mut flag = |key: &str, value: String, name: &str| {
-        overrides.push(Override { key: key.to_owned(), value, source: Source::Flag(name.to_owned()) })
+        overrides.push(Override {
+            key: key.to_owned(),
+            value,
+            source: Source::Flag(name.to_owned()),
+        })
     };
     if let Some(v) = cli.amqp_listen {
         flag("amqp.listen", v, "--amqp-listen");
@@ -58,7 +66,8 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(78); // EX_CONFIG
         }
     };
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -66,7 +75,10 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("warren: cannot start the runtime: {e}");
@@ -78,14 +90,20 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> std::process::ExitCode {
     if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
-        eprintln!("warren: cannot create data_dir {}: {e}", config.data_dir.display());
+        eprintln!(
+            "warren: cannot create data_dir {}: {e}",
+            config.data_dir.display()
+        );
         return std::process::ExitCode::from(73);
     }
     let broker = warren::broker::Broker::new(config);
     let listener = match warren::server::bind(&broker).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("warren: cannot listen on {} (amqp.listen): {e}", broker.config.amqp.listen);
+            eprintln!(
+                "warren: cannot listen on {} (amqp.listen): {e}",
+                broker.config.amqp.listen
+            );
             return std::process::ExitCode::from(71);
         }
     };
@@ -118,7 +136,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };

@@ -13,7 +13,11 @@ use crate::queue::{Consumer, Delivery, QueueCmd, Settle};
 use crate::vhost::check_exclusive;
 
 impl Channel {
-    pub(super) async fn consume(&mut self, s: &mut Session, c: basic::Consume) -> Result<(), AmqpError> {
+    pub(super) async fn consume(
+        &mut self,
+        s: &mut Session,
+        c: basic::Consume,
+    ) -> Result<(), AmqpError> {
         let name = self.expand_queue(c.queue.as_str())?;
         if self.consumers.contains_key(c.consumer_tag.as_str()) {
             return Err(AmqpError::not_allowed(format!(
@@ -47,11 +51,19 @@ impl Channel {
             Some(Ok(())) => {}
         }
         self.queues.insert(q.id, q.clone());
-        self.consumers.insert(tag.clone(), ConsumerRef { queue: q, no_ack: c.no_ack });
+        self.consumers.insert(
+            tag.clone(),
+            ConsumerRef {
+                queue: q,
+                no_ack: c.no_ack,
+            },
+        );
         if !c.nowait {
             s.send(
                 self.number,
-                AMQPClass::Basic(AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&*tag) })),
+                AMQPClass::Basic(AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(&*tag),
+                })),
             );
         }
         Ok(())
@@ -71,7 +83,9 @@ impl Channel {
             }
             None if !c.nowait => s.send(
                 self.number,
-                AMQPClass::Basic(AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: c.consumer_tag })),
+                AMQPClass::Basic(AMQPMethod::CancelOk(basic::CancelOk {
+                    consumer_tag: c.consumer_tag,
+                })),
             ),
             None => {}
         }
@@ -84,17 +98,25 @@ impl Channel {
         if !nowait && self.state == State::Open {
             s.send(
                 self.number,
-                AMQPClass::Basic(AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: short(tag) })),
+                AMQPClass::Basic(AMQPMethod::CancelOk(basic::CancelOk {
+                    consumer_tag: short(tag),
+                })),
             );
         }
     }
 
     /// The queue went away under a consumer (deleted): tell clients that asked to know.
     pub fn consumer_cancelled(&mut self, s: &mut Session, tag: &str) {
-        if self.consumers.remove(tag).is_some() && s.caps.consumer_cancel_notify && self.state == State::Open {
+        if self.consumers.remove(tag).is_some()
+            && s.caps.consumer_cancel_notify
+            && self.state == State::Open
+        {
             s.send(
                 self.number,
-                AMQPClass::Basic(AMQPMethod::Cancel(basic::Cancel { consumer_tag: short(tag), nowait: true })),
+                AMQPClass::Basic(AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: short(tag),
+                    nowait: true,
+                })),
             );
         }
     }
@@ -106,7 +128,10 @@ impl Channel {
             _ => {
                 // Consumer gone (server-side cancel raced it): give the message back.
                 if let Some(q) = self.queues.get(&d.queue_id) {
-                    q.send(QueueCmd::Settle { ids: vec![d.msg_id], how: Settle::Requeue });
+                    q.send(QueueCmd::Settle {
+                        ids: vec![d.msg_id],
+                        how: Settle::Requeue,
+                    });
                 }
                 return;
             }
@@ -139,18 +164,30 @@ impl Channel {
         let q = s.vhost.queue_for(&name, s.conn_id)?;
         check_exclusive(&q, s.conn_id)?;
         let got = q
-            .ask(|reply| QueueCmd::Get { channel_uid: self.uid, no_ack: g.no_ack, reply })
+            .ask(|reply| QueueCmd::Get {
+                channel_uid: self.uid,
+                no_ack: g.no_ack,
+                reply,
+            })
             .await
             .ok_or_else(|| AmqpError::not_found(format!("no {}", q.describe())))?;
         let Some(got) = got else {
-            s.send(self.number, AMQPClass::Basic(AMQPMethod::GetEmpty(basic::GetEmpty {})));
+            s.send(
+                self.number,
+                AMQPClass::Basic(AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            );
             return Ok(());
         };
         let tag = self.next_tag;
         self.next_tag += 1;
         if !g.no_ack {
             self.queues.insert(q.id, q.clone());
-            self.unacked.push_back(Unacked { tag, queue: q, msg_id: got.msg_id, counted: false });
+            self.unacked.push_back(Unacked {
+                tag,
+                queue: q,
+                msg_id: got.msg_id,
+                counted: false,
+            });
         }
         let m = &got.message;
         method::encode_get_ok(
@@ -184,7 +221,12 @@ impl Channel {
         })
     }
 
-    pub(super) fn ack(&mut self, _s: &mut Session, tag: u64, multiple: bool) -> Result<(), AmqpError> {
+    pub(super) fn ack(
+        &mut self,
+        _s: &mut Session,
+        tag: u64,
+        multiple: bool,
+    ) -> Result<(), AmqpError> {
         let entries = self.take_unacked(tag, multiple).map_err(|e| e.on(60, 80))?;
         if self.in_tx() {
             self.tx_stash(entries, Settle::Ack);
@@ -194,9 +236,21 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn reject(&mut self, _s: &mut Session, tag: u64, multiple: bool, requeue: bool) -> Result<(), AmqpError> {
-        let entries = self.take_unacked(tag, multiple).map_err(|e| e.on(60, 120))?;
-        let how = if requeue { Settle::Requeue } else { Settle::Discard };
+    pub(super) fn reject(
+        &mut self,
+        _s: &mut Session,
+        tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), AmqpError> {
+        let entries = self
+            .take_unacked(tag, multiple)
+            .map_err(|e| e.on(60, 120))?;
+        let how = if requeue {
+            Settle::Requeue
+        } else {
+            Settle::Discard
+        };
         if self.in_tx() {
             self.tx_stash(entries, how);
         } else {
@@ -225,21 +279,37 @@ impl Channel {
         }
     }
 
-    pub(super) async fn recover(&mut self, s: &mut Session, requeue: bool, reply: bool) -> Result<(), AmqpError> {
+    pub(super) async fn recover(
+        &mut self,
+        s: &mut Session,
+        requeue: bool,
+        reply: bool,
+    ) -> Result<(), AmqpError> {
         if !requeue {
             return Err(AmqpError::not_implemented("requeue=false"));
         }
         let entries: Vec<Unacked> = self.unacked.drain(..).collect();
         self.settle(entries, Settle::Requeue);
         if reply {
-            s.send(self.number, AMQPClass::Basic(AMQPMethod::RecoverOk(basic::RecoverOk {})));
+            s.send(
+                self.number,
+                AMQPClass::Basic(AMQPMethod::RecoverOk(basic::RecoverOk {})),
+            );
         }
         Ok(())
     }
 
-    pub(super) fn qos(&mut self, s: &mut Session, size: u32, count: u16, global: bool) -> Result<(), AmqpError> {
+    pub(super) fn qos(
+        &mut self,
+        s: &mut Session,
+        size: u32,
+        count: u16,
+        global: bool,
+    ) -> Result<(), AmqpError> {
         if size != 0 {
-            return Err(AmqpError::not_implemented(format!("prefetch_size!=0 ({size})")).on(60, 10));
+            return Err(
+                AmqpError::not_implemented(format!("prefetch_size!=0 ({size})")).on(60, 10),
+            );
         }
         if global {
             self.limiter.set_global_prefetch(count as u32);
@@ -247,7 +317,10 @@ impl Channel {
         } else {
             self.consumer_prefetch = count as u32;
         }
-        s.send(self.number, AMQPClass::Basic(AMQPMethod::QosOk(basic::QosOk {})));
+        s.send(
+            self.number,
+            AMQPClass::Basic(AMQPMethod::QosOk(basic::QosOk {})),
+        );
         Ok(())
     }
 }

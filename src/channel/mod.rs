@@ -154,12 +154,18 @@ impl Channel {
                     ))
                     .on(60, 40));
                 }
-                let m = method::decode(&frame.payload).map_err(|e| decode_error(e, &frame.payload))?;
-                self.handle_method(s, m).await.map_err(|e| e.on(class_id, method_id))
+                let m =
+                    method::decode(&frame.payload).map_err(|e| decode_error(e, &frame.payload))?;
+                self.handle_method(s, m)
+                    .await
+                    .map_err(|e| e.on(class_id, method_id))
             }
             FRAME_HEADER => self.handle_header(s, frame.payload),
             FRAME_BODY => self.handle_body(s, frame.payload),
-            _ => Err(AmqpError::frame_error(format!("unexpected frame type {}", frame.kind))),
+            _ => Err(AmqpError::frame_error(format!(
+                "unexpected frame type {}",
+                frame.kind
+            ))),
         }
     }
 
@@ -167,7 +173,9 @@ impl Channel {
         let publish = match std::mem::replace(&mut self.assembly, Assembly::Idle) {
             Assembly::Header(p) => p,
             Assembly::Idle => {
-                return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"))
+                return Err(AmqpError::unexpected_frame(
+                    "expected method frame, got non method frame instead",
+                ))
             }
             Assembly::Body { .. } => {
                 return Err(AmqpError::unexpected_frame(
@@ -197,8 +205,9 @@ impl Channel {
             .on(60, 40));
         }
         let properties = payload.slice(12..);
-        let props = Properties::parse(&properties)
-            .ok_or_else(|| AmqpError::syntax_error("malformed content header properties").on(60, 40))?;
+        let props = Properties::parse(&properties).ok_or_else(|| {
+            AmqpError::syntax_error("malformed content header properties").on(60, 40)
+        })?;
         if size == 0 {
             return self.publish(s, publish, properties, props, Bytes::new());
         }
@@ -215,7 +224,9 @@ impl Channel {
     fn handle_body(&mut self, s: &mut Session, payload: Bytes) -> Result<(), AmqpError> {
         let Assembly::Body { size, body, .. } = &mut self.assembly else {
             return Err(AmqpError::unexpected_frame(match self.assembly {
-                Assembly::Header(_) => "expected content header for class 60, got non content header frame instead",
+                Assembly::Header(_) => {
+                    "expected content header for class 60, got non content header frame instead"
+                }
                 _ => "expected method frame, got non method frame instead",
             }));
         };
@@ -230,8 +241,13 @@ impl Channel {
         if body.len() < total {
             return Ok(());
         }
-        let Assembly::Body { publish, properties, props, body, .. } =
-            std::mem::replace(&mut self.assembly, Assembly::Idle)
+        let Assembly::Body {
+            publish,
+            properties,
+            props,
+            body,
+            ..
+        } = std::mem::replace(&mut self.assembly, Assembly::Idle)
         else {
             return Ok(());
         };
@@ -247,14 +263,24 @@ impl Channel {
                 self.assembly = Assembly::Header(p);
                 return Ok(());
             }
-            Method::Ack { delivery_tag, multiple } => return self.ack(s, delivery_tag, multiple),
-            Method::Nack { delivery_tag, multiple, requeue } => {
-                return self.reject(s, delivery_tag, multiple, requeue)
-            }
-            Method::Reject { delivery_tag, requeue } => return self.reject(s, delivery_tag, false, requeue),
-            Method::Qos { prefetch_size, prefetch_count, global } => {
-                return self.qos(s, prefetch_size, prefetch_count, global)
-            }
+            Method::Ack {
+                delivery_tag,
+                multiple,
+            } => return self.ack(s, delivery_tag, multiple),
+            Method::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            } => return self.reject(s, delivery_tag, multiple, requeue),
+            Method::Reject {
+                delivery_tag,
+                requeue,
+            } => return self.reject(s, delivery_tag, false, requeue),
+            Method::Qos {
+                prefetch_size,
+                prefetch_count,
+                global,
+            } => return self.qos(s, prefetch_size, prefetch_count, global),
             Method::Other(class) => *class,
         };
         // Anything else may observe queue state: deliver what was published first.
@@ -269,12 +295,20 @@ impl Channel {
                 if f.active {
                     self.kick_queues();
                 }
-                s.send(n, AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active: f.active })));
+                s.send(
+                    n,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: f.active,
+                    })),
+                );
                 Ok(())
             }
             AMQPClass::Channel(channel::AMQPMethod::FlowOk(_)) => Ok(()),
             AMQPClass::Access(access::AMQPMethod::Request(_)) => {
-                s.send(n, AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
+                s.send(
+                    n,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
                 Ok(())
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => self.exchange_declare(s, d),
@@ -289,8 +323,12 @@ impl Channel {
             AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => self.consume(s, c).await,
             AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => self.cancel(s, c),
             AMQPClass::Basic(basic::AMQPMethod::Get(g)) => self.get(s, g).await,
-            AMQPClass::Basic(basic::AMQPMethod::Recover(r)) => self.recover(s, r.requeue, true).await,
-            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(r)) => self.recover(s, r.requeue, false).await,
+            AMQPClass::Basic(basic::AMQPMethod::Recover(r)) => {
+                self.recover(s, r.requeue, true).await
+            }
+            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(r)) => {
+                self.recover(s, r.requeue, false).await
+            }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(c)) => self.confirm_select(s, c.nowait),
             AMQPClass::Tx(tx::AMQPMethod::Select(_)) => self.tx_select(s),
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(s),
@@ -303,7 +341,9 @@ impl Channel {
     /// unacked deliveries go back to them, in order. Called on any kind of close.
     pub fn teardown(&mut self) {
         for q in self.queues.values() {
-            q.send(QueueCmd::ChannelDown { channel_uid: self.uid });
+            q.send(QueueCmd::ChannelDown {
+                channel_uid: self.uid,
+            });
         }
         self.queues.clear();
         self.consumers.clear();
@@ -338,13 +378,18 @@ pub fn decode_error(e: method::DecodeError, payload: &[u8]) -> AmqpError {
             crate::protocol::frame::erlang_binary(payload)
         )),
         // RabbitMQ reports undecodable arguments as a frame error.
-        method::DecodeError::Syntax { class_id, method_id } => AmqpError::frame_error(format!(
+        method::DecodeError::Syntax {
+            class_id,
+            method_id,
+        } => AmqpError::frame_error(format!(
             "cannot decode {}",
             crate::protocol::frame::erlang_binary(&payload[4..])
         ))
         .on(class_id, method_id),
-        method::DecodeError::Unknown { class_id, method_id } => {
-            AmqpError::command_invalid(format!("unknown method {class_id}.{method_id}")).on(class_id, method_id)
-        }
+        method::DecodeError::Unknown {
+            class_id,
+            method_id,
+        } => AmqpError::command_invalid(format!("unknown method {class_id}.{method_id}"))
+            .on(class_id, method_id),
     }
 }

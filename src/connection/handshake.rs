@@ -65,7 +65,10 @@ fn server_properties() -> FieldTable {
     // `information` and `warren_version`.
     p.insert(short("product"), s("RabbitMQ"));
     p.insert(short("version"), s(crate::RABBITMQ_COMPAT_VERSION));
-    p.insert(short("platform"), s(&format!("warren {} (Rust)", env!("CARGO_PKG_VERSION"))));
+    p.insert(
+        short("platform"),
+        s(&format!("warren {} (Rust)", env!("CARGO_PKG_VERSION"))),
+    );
     p.insert(short("cluster_name"), s("warren"));
     p.insert(short("copyright"), s("Copyright (c) the warren authors"));
     p.insert(
@@ -102,14 +105,17 @@ impl Connection {
             return Err(Abort::Drop);
         };
         if f.kind != FRAME_METHOD || f.channel != 0 {
-            return Err(Abort::Close(AmqpError::command_invalid("expected a connection method on channel 0")));
+            return Err(Abort::Close(AmqpError::command_invalid(
+                "expected a connection method on channel 0",
+            )));
         }
         let (class_id, method_id) = method::class_method(&f.payload);
         match method::decode(&f.payload) {
             Ok(Method::Other(c)) => match *c {
                 AMQPClass::Connection(m) => Ok(m),
                 _ => Err(Abort::Close(
-                    AmqpError::command_invalid("expected a connection method").on(class_id, method_id),
+                    AmqpError::command_invalid("expected a connection method")
+                        .on(class_id, method_id),
                 )),
             },
             Ok(_) => Err(Abort::Close(
@@ -142,22 +148,30 @@ impl Connection {
         // start-ok with large client properties is allowed up to our own frame_max.
         let pre_tune_max = amqp.frame_max.max(frame::FRAME_MIN_SIZE);
 
-        self.send0(AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-            version_major: 0,
-            version_minor: 9,
-            server_properties: server_properties(),
-            mechanisms: LongString::from(MECHANISMS.as_bytes().to_vec()),
-            locales: LongString::from(b"en_US".to_vec()),
-        })));
+        self.send0(AMQPClass::Connection(connection::AMQPMethod::Start(
+            connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties(),
+                mechanisms: LongString::from(MECHANISMS.as_bytes().to_vec()),
+                locales: LongString::from(b"en_US".to_vec()),
+            },
+        )));
         self.flush();
 
         let start_ok = match self.expect_method(pre_tune_max).await? {
             connection::AMQPMethod::StartOk(s) => s,
-            _ => return Err(Abort::Close(AmqpError::command_invalid("expected connection.start-ok"))),
+            _ => {
+                return Err(Abort::Close(AmqpError::command_invalid(
+                    "expected connection.start-ok",
+                )))
+            }
         };
         let props = start_ok.client_properties.inner();
         let cap = |name: &str| match props.get("capabilities") {
-            Some(AMQPValue::FieldTable(t)) => matches!(t.inner().get(name), Some(AMQPValue::Boolean(true))),
+            Some(AMQPValue::FieldTable(t)) => {
+                matches!(t.inner().get(name), Some(AMQPValue::Boolean(true)))
+            }
             _ => false,
         };
         let caps = ClientCaps {
@@ -166,16 +180,18 @@ impl Connection {
         };
         let auth_failure_close = cap("authentication_failure_close");
         let name = match props.get("connection_name") {
-            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            Some(AMQPValue::LongString(s)) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
             Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),
             _ => None,
         };
         let mechanism = start_ok.mechanism.as_str().to_owned();
-        let user = match self
-            .broker
-            .users
-            .authenticate(&mechanism, start_ok.response.as_bytes(), self.peer.ip())
-        {
+        let user = match self.broker.users.authenticate(
+            &mechanism,
+            start_ok.response.as_bytes(),
+            self.peer.ip(),
+        ) {
             Ok(user) => user,
             Err(AuthError::UnknownMechanism(m)) => {
                 return Err(Abort::Close(AmqpError::command_invalid(format!(
@@ -199,15 +215,21 @@ impl Connection {
         };
         tracing::info!(peer = %self.peer, user = %user, connection_name = name.as_deref().unwrap_or(""), "connection authenticated");
 
-        self.send0(AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-            channel_max: amqp.channel_max,
-            frame_max: amqp.frame_max,
-            heartbeat: amqp.heartbeat,
-        })));
+        self.send0(AMQPClass::Connection(connection::AMQPMethod::Tune(
+            connection::Tune {
+                channel_max: amqp.channel_max,
+                frame_max: amqp.frame_max,
+                heartbeat: amqp.heartbeat,
+            },
+        )));
         self.flush();
         let tune_ok = match self.expect_method(pre_tune_max).await? {
             connection::AMQPMethod::TuneOk(t) => t,
-            _ => return Err(Abort::Close(AmqpError::command_invalid("expected connection.tune-ok"))),
+            _ => {
+                return Err(Abort::Close(AmqpError::command_invalid(
+                    "expected connection.tune-ok",
+                )))
+            }
         };
         // rabbit_reader's checks: the client may lower our limits, not raise them.
         let frame_max = tune_ok.frame_max;
@@ -236,14 +258,22 @@ impl Connection {
 
         let open = match self.expect_method(frame_max).await? {
             connection::AMQPMethod::Open(o) => o,
-            _ => return Err(Abort::Close(AmqpError::command_invalid("expected connection.open"))),
+            _ => {
+                return Err(Abort::Close(AmqpError::command_invalid(
+                    "expected connection.open",
+                )))
+            }
         };
         let vhost_name = open.virtual_host.as_str();
         let Some(vhost) = self.broker.vhost(vhost_name) else {
             tracing::warn!(peer = %self.peer, user = %user, "connection refused: vhost '{vhost_name}' not found");
-            return Err(Abort::Close(AmqpError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40)));
+            return Err(Abort::Close(
+                AmqpError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40),
+            ));
         };
-        self.send0(AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+        self.send0(AMQPClass::Connection(connection::AMQPMethod::OpenOk(
+            connection::OpenOk {},
+        )));
         self.flush();
         Ok(Negotiated {
             user,

@@ -71,7 +71,9 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     tracing::info!(peer = %peer, "accepting AMQP connection");
     let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
     match tokio::time::timeout(timeout, conn.handshake()).await {
-        Err(_) => tracing::warn!(peer = %peer, "closing connection: handshake not completed in {}s", timeout.as_secs()),
+        Err(_) => {
+            tracing::warn!(peer = %peer, "closing connection: handshake not completed in {}s", timeout.as_secs())
+        }
         Ok(Err(Abort::Drop)) => {}
         Ok(Err(Abort::Close(e))) => {
             tracing::warn!(peer = %peer, "closing connection during handshake: {}", e.text);
@@ -131,7 +133,10 @@ impl Connection {
             match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)).await {
                 Ok(Ok(n)) if n > 0 => {
                     // A close-ok ends it early.
-                    if self.rbuf.len() >= 11 && self.rbuf[0] == FRAME_METHOD && self.rbuf[7..11] == [0, 10, 0, 51] {
+                    if self.rbuf.len() >= 11
+                        && self.rbuf[0] == FRAME_METHOD
+                        && self.rbuf[7..11] == [0, 10, 0, 51]
+                    {
                         return;
                     }
                 }
@@ -142,7 +147,13 @@ impl Connection {
 
     async fn run(&mut self, n: Negotiated) {
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-        self.broker.register_connection(self.id, ConnectionEntry { events: events_tx.clone(), peer: self.peer });
+        self.broker.register_connection(
+            self.id,
+            ConnectionEntry {
+                events: events_tx.clone(),
+                peer: self.peer,
+            },
+        );
         tracing::info!(
             peer = %self.peer,
             user = %n.user,
@@ -331,14 +342,21 @@ impl Connection {
             return self.handle_channel0(s, f);
         }
         let number = f.channel;
-        let ids = if f.kind == FRAME_METHOD { method::class_method(&f.payload) } else { (0, 0) };
+        let ids = if f.kind == FRAME_METHOD {
+            method::class_method(&f.payload)
+        } else {
+            (0, 0)
+        };
         let Some(ch) = channels.get_mut(&number) else {
             match ids {
                 // Our channel.close crossed the client's: we already answered its close
                 // and forgot the channel, so its close-ok to ours needs nothing more.
                 (20, 41) => return Ok(true),
                 (20, 40) => {
-                    s.send(number, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                    s.send(
+                        number,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    );
                     return Ok(true);
                 }
                 _ => {}
@@ -347,7 +365,9 @@ impl Connection {
                 return Err(if f.kind == FRAME_METHOD {
                     AmqpError::channel_error("expected 'channel.open'").on(ids.0, ids.1)
                 } else {
-                    AmqpError::unexpected_frame("expected method frame, got non method frame instead")
+                    AmqpError::unexpected_frame(
+                        "expected method frame, got non method frame instead",
+                    )
                 });
             }
             if n.channel_max != 0 && channels.len() >= n.channel_max as usize {
@@ -367,7 +387,10 @@ impl Connection {
                 .on(20, 10));
             }
             channels.insert(number, Channel::new(number));
-            s.send(number, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})));
+            s.send(
+                number,
+                AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+            );
             return Ok(true);
         };
         match ids {
@@ -375,7 +398,10 @@ impl Connection {
                 // channel.close from the client (also answers our close if both crossed).
                 ch.teardown();
                 channels.remove(&number);
-                s.send(number, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                s.send(
+                    number,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
                 return Ok(true);
             }
             (20, 41) => {
@@ -401,15 +427,23 @@ impl Connection {
 
     fn handle_channel0(&mut self, s: &mut Session, f: Frame) -> Result<bool, AmqpError> {
         if f.kind != FRAME_METHOD {
-            return Err(AmqpError::unexpected_frame("expected method frame, got non method frame instead"));
+            return Err(AmqpError::unexpected_frame(
+                "expected method frame, got non method frame instead",
+            ));
         }
         let (class_id, method_id) = method::class_method(&f.payload);
-        let m = method::decode(&f.payload).map_err(|e| crate::channel::decode_error(e, &f.payload))?;
+        let m =
+            method::decode(&f.payload).map_err(|e| crate::channel::decode_error(e, &f.payload))?;
         match m {
             Method::Other(c) => match *c {
                 AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
                     tracing::debug!(peer = %self.peer, "client closed connection: {} {}", c.reply_code, c.reply_text);
-                    s.send(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                    s.send(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    );
                     self.client_closed = true;
                     Ok(false)
                 }
@@ -417,16 +451,23 @@ impl Connection {
                 AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
                     s.send(
                         0,
-                        AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {})),
+                        AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                            connection::UpdateSecretOk {},
+                        )),
                     );
                     Ok(true)
                 }
                 AMQPClass::Connection(connection::AMQPMethod::Blocked(_))
                 | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => Ok(true),
-                _ => Err(AmqpError::channel_error("unexpected method in connection state running")
-                    .on(class_id, method_id)),
+                _ => Err(
+                    AmqpError::channel_error("unexpected method in connection state running")
+                        .on(class_id, method_id),
+                ),
             },
-            _ => Err(AmqpError::channel_error("unexpected method in connection state running").on(class_id, method_id)),
+            _ => Err(
+                AmqpError::channel_error("unexpected method in connection state running")
+                    .on(class_id, method_id),
+            ),
         }
     }
 
@@ -446,12 +487,19 @@ impl Connection {
                     }
                 }
             }
-            ConnEvent::ConsumerCancelled { channel_uid, consumer_tag } => {
+            ConnEvent::ConsumerCancelled {
+                channel_uid,
+                consumer_tag,
+            } => {
                 if let Some(ch) = channels.values_mut().find(|c| c.uid == channel_uid) {
                     ch.consumer_cancelled(s, &consumer_tag);
                 }
             }
-            ConnEvent::CancelOk { channel_uid, consumer_tag, nowait } => {
+            ConnEvent::CancelOk {
+                channel_uid,
+                consumer_tag,
+                nowait,
+            } => {
                 if let Some(ch) = channels.values_mut().find(|c| c.uid == channel_uid) {
                     ch.cancel_ok(s, &consumer_tag, nowait);
                 }

@@ -31,10 +31,17 @@ pub async fn run(mut socket: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec
     let _ = socket.shutdown().await;
 }
 
-async fn write_all(socket: &mut OwnedWriteHalf, pending: &mut VecDeque<Bytes>) -> std::io::Result<()> {
+async fn write_all(
+    socket: &mut OwnedWriteHalf,
+    pending: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
     while !pending.is_empty() {
         let n = {
-            let slices: Vec<IoSlice<'_>> = pending.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+            let slices: Vec<IoSlice<'_>> = pending
+                .iter()
+                .take(MAX_IOV)
+                .map(|b| IoSlice::new(b))
+                .collect();
             socket.write_vectored(&slices).await?
         };
         if n == 0 {
@@ -42,7 +49,9 @@ async fn write_all(socket: &mut OwnedWriteHalf, pending: &mut VecDeque<Bytes>) -
         }
         let mut left = n;
         while left > 0 {
-            let Some(front) = pending.front_mut() else { break };
+            let Some(front) = pending.front_mut() else {
+                break;
+            };
             if front.len() <= left {
                 left -= front.len();
                 pending.pop_front();

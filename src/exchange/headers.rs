@@ -91,12 +91,12 @@ impl HeadersRouter {
 }
 
 fn matches(e: &Entry, headers: &FieldTable) -> bool {
-    let mut considered = e
-        .arguments
-        .inner()
-        .iter()
-        .filter(|(k, _)| k.as_str() != "x-match" && (e.with_x || !k.as_str().starts_with("x-")));
-    let hit = |(k, v): (&amq_protocol::types::ShortString, &AMQPValue)| match headers.inner().get(k) {
+    let mut considered =
+        e.arguments.inner().iter().filter(|(k, _)| {
+            k.as_str() != "x-match" && (e.with_x || !k.as_str().starts_with("x-"))
+        });
+    let hit = |(k, v): (&amq_protocol::types::ShortString, &AMQPValue)| match headers.inner().get(k)
+    {
         None => false,
         Some(h) => matches!(v, AMQPValue::Void) || values_equal(v, h),
     };
@@ -166,7 +166,10 @@ mod tests {
     #[test]
     fn all_and_any() {
         let b = table(&[("a", s("1")), ("b", AMQPValue::LongInt(2))]);
-        assert!(routes(b.clone(), table(&[("a", s("1")), ("b", AMQPValue::ShortShortUInt(2))])));
+        assert!(routes(
+            b.clone(),
+            table(&[("a", s("1")), ("b", AMQPValue::ShortShortUInt(2))])
+        ));
         assert!(!routes(b.clone(), table(&[("a", s("1"))])));
         let mut any = b.clone();
         any.insert("x-match".into(), s("any"));

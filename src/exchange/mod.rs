@@ -182,7 +182,12 @@ impl Exchange {
     }
 
     /// Append the destinations `routing_key` (and `headers`) lead to; may repeat one.
-    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Destination>,
+    ) {
         match &self.router {
             Router::Direct(r) => r.route(routing_key, out),
             Router::Fanout(r) => r.route(out),

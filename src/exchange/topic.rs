@@ -137,13 +137,19 @@ mod tests {
             matched(&r, "a.x.y.b"),
             ["#", "a.#", "a.#.b", "#.b"].map(String::from).into()
         );
-        assert_eq!(matched(&r, "a.c"), ["#", "a.#", "a.#.#.c"].map(String::from).into());
+        assert_eq!(
+            matched(&r, "a.c"),
+            ["#", "a.#", "a.#.#.c"].map(String::from).into()
+        );
     }
 
     #[test]
     fn empty_words_are_words() {
         let r = router(&["a..b", "a.*.b", ""]);
-        assert_eq!(matched(&r, "a..b"), ["a..b", "a.*.b"].map(String::from).into());
+        assert_eq!(
+            matched(&r, "a..b"),
+            ["a..b", "a.*.b"].map(String::from).into()
+        );
         assert_eq!(matched(&r, ""), [""].map(String::from).into());
     }
 
@@ -162,6 +168,9 @@ mod tests {
         for i in 0..10_000 {
             r.bind(&format!("stock.{i}.*"), q(&i.to_string()));
         }
-        assert_eq!(matched(&r, "stock.42.nyse"), ["42"].map(String::from).into());
+        assert_eq!(
+            matched(&r, "stock.42.nyse"),
+            ["42"].map(String::from).into()
+        );
     }
 }

@@ -23,9 +23,20 @@ pub struct Frame {
 #[derive(Debug, PartialEq, Eq)]
 pub enum FrameError {
     /// Payload larger than the negotiated frame_max allows.
-    TooLarge { kind: u8, size: usize, max: u32 },
-    BadEnd { kind: u8, payload: Bytes, end: u8 },
-    UnknownType { kind: u8, payload: Bytes },
+    TooLarge {
+        kind: u8,
+        size: usize,
+        max: u32,
+    },
+    BadEnd {
+        kind: u8,
+        payload: Bytes,
+        end: u8,
+    },
+    UnknownType {
+        kind: u8,
+        payload: Bytes,
+    },
 }
 
 /// Render bytes the way RabbitMQ's error texts do (Erlang's `~p` of a binary).
@@ -63,7 +74,11 @@ impl std::fmt::Display for FrameError {
                 (*max as usize).saturating_sub(FRAME_OVERHEAD)
             ),
             FrameError::BadEnd { kind, payload, end } => {
-                write!(f, "type {kind}, {}: {{invalid_frame_end_marker,{end}}}", snippet(payload))
+                write!(
+                    f,
+                    "type {kind}, {}: {{invalid_frame_end_marker,{end}}}",
+                    snippet(payload)
+                )
             }
             FrameError::UnknownType { kind, payload } => {
                 write!(f, "type {kind}, {}: unknown_frame", snippet(payload))
@@ -87,7 +102,11 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Frame
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
     let size = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]) as usize;
     if frame_max != 0 && size > frame_max as usize {
-        return Err(FrameError::TooLarge { kind, size, max: frame_max });
+        return Err(FrameError::TooLarge {
+            kind,
+            size,
+            max: frame_max,
+        });
     }
     if buf.len() < size + FRAME_OVERHEAD {
         buf.reserve(size + FRAME_OVERHEAD - buf.len());
@@ -100,7 +119,10 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Frame
     if end != FRAME_END {
         return Err(FrameError::BadEnd { kind, payload, end });
     }
-    if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
+    if !matches!(
+        kind,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
         return Err(FrameError::UnknownType { kind, payload });
     }
     Ok(Some(Frame {
@@ -141,7 +163,10 @@ mod tests {
         assert!(decode(&mut buf, 4096).unwrap().is_none());
         buf.extend_from_slice(&whole[5..]);
         let f = decode(&mut buf, 4096).unwrap().unwrap();
-        assert_eq!((f.kind, f.channel, &f.payload[..]), (FRAME_BODY, 3, &b"hello"[..]));
+        assert_eq!(
+            (f.kind, f.channel, &f.payload[..]),
+            (FRAME_BODY, 3, &b"hello"[..])
+        );
         assert!(buf.is_empty());
     }
 
@@ -150,8 +175,18 @@ mod tests {
         let mut buf = BytesMut::new();
         put_header(&mut buf, FRAME_BODY, 1, 10_000);
         let e = decode(&mut buf, 4096).unwrap_err();
-        assert_eq!(e, FrameError::TooLarge { kind: FRAME_BODY, size: 10_000, max: 4096 });
-        assert_eq!(e.to_string(), "type 3, all octets = <<>>: {frame_too_large,10000,4088}");
+        assert_eq!(
+            e,
+            FrameError::TooLarge {
+                kind: FRAME_BODY,
+                size: 10_000,
+                max: 4096
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "type 3, all octets = <<>>: {frame_too_large,10000,4088}"
+        );
     }
 
     #[test]
@@ -164,7 +199,10 @@ mod tests {
             "type 1, all octets = <<\"x\">>: {invalid_frame_end_marker,0}"
         );
         let mut buf = frame(9, 0, b"abc");
-        assert_eq!(decode(&mut buf, 0).unwrap_err().to_string(), "type 9, all octets = <<\"abc\">>: unknown_frame");
+        assert_eq!(
+            decode(&mut buf, 0).unwrap_err().to_string(),
+            "type 9, all octets = <<\"abc\">>: unknown_frame"
+        );
         assert_eq!(erlang_binary(&[0, 20, 0, 10, 0]), "<<0,20,0,10,0>>");
     }
 }

@@ -12,11 +12,25 @@ use super::frame::{put_header, FRAME_END, FRAME_METHOD};
 #[derive(Debug)]
 pub enum Method {
     Publish(Publish),
-    Ack { delivery_tag: u64, multiple: bool },
-    Nack { delivery_tag: u64, multiple: bool, requeue: bool },
-    Reject { delivery_tag: u64, requeue: bool },
+    Ack {
+        delivery_tag: u64,
+        multiple: bool,
+    },
+    Nack {
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
+    Reject {
+        delivery_tag: u64,
+        requeue: bool,
+    },
     /// Hand-decoded because amq-protocol drops prefetch_size, which RabbitMQ refuses if set.
-    Qos { prefetch_size: u32, prefetch_count: u16, global: bool },
+    Qos {
+        prefetch_size: u32,
+        prefetch_count: u16,
+        global: bool,
+    },
     Other(Box<AMQPClass>),
 }
 
@@ -87,11 +101,17 @@ pub fn class_method(payload: &[u8]) -> (u16, u16) {
 
 pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {
     let (class_id, method_id) = class_method(payload);
-    let syntax = DecodeError::Syntax { class_id, method_id };
+    let syntax = DecodeError::Syntax {
+        class_id,
+        method_id,
+    };
     if payload.len() < 4 {
         return Err(syntax);
     }
-    let mut r = Reader { buf: payload, pos: 4 };
+    let mut r = Reader {
+        buf: payload,
+        pos: 4,
+    };
     let hot = match (class_id, method_id) {
         (60, 40) => (|| {
             r.u16()?; // reserved (ticket)
@@ -109,17 +129,27 @@ pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {
             let prefetch_size = r.u32()?;
             let prefetch_count = r.u16()?;
             let bits = r.u8()?;
-            Some(Method::Qos { prefetch_size, prefetch_count, global: bits & 1 != 0 })
+            Some(Method::Qos {
+                prefetch_size,
+                prefetch_count,
+                global: bits & 1 != 0,
+            })
         })(),
         (60, 80) => (|| {
             let delivery_tag = r.u64()?;
             let bits = r.u8()?;
-            Some(Method::Ack { delivery_tag, multiple: bits & 1 != 0 })
+            Some(Method::Ack {
+                delivery_tag,
+                multiple: bits & 1 != 0,
+            })
         })(),
         (60, 90) => (|| {
             let delivery_tag = r.u64()?;
             let bits = r.u8()?;
-            Some(Method::Reject { delivery_tag, requeue: bits & 1 != 0 })
+            Some(Method::Reject {
+                delivery_tag,
+                requeue: bits & 1 != 0,
+            })
         })(),
         (60, 120) => (|| {
             let delivery_tag = r.u64()?;
@@ -133,9 +163,10 @@ pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {
         _ => {
             return match parse_class(&payload[..]) {
                 Ok((_, class)) => Ok(Method::Other(Box::new(class))),
-                Err(_) if !known(class_id, method_id) => {
-                    Err(DecodeError::Unknown { class_id, method_id })
-                }
+                Err(_) if !known(class_id, method_id) => Err(DecodeError::Unknown {
+                    class_id,
+                    method_id,
+                }),
                 Err(_) => Err(syntax),
             };
         }
@@ -146,14 +177,33 @@ pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {
 /// Whether (class, method) exists in AMQP 0-9-1 (RabbitMQ's variant).
 fn known(class_id: u16, method_id: u16) -> bool {
     match class_id {
-        10 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71),
+        10 => matches!(
+            method_id,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ),
         20 => matches!(method_id, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method_id, 10 | 11),
         40 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
         50 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
         60 => matches!(
             method_id,
-            10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120
+            10 | 11
+                | 20
+                | 21
+                | 30
+                | 31
+                | 40
+                | 50
+                | 60
+                | 70
+                | 71
+                | 72
+                | 80
+                | 90
+                | 100
+                | 110
+                | 111
+                | 120
         ),
         85 => matches!(method_id, 10 | 11),
         90 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31),
@@ -255,7 +305,13 @@ pub fn encode_return(
 }
 
 /// Publisher-confirm ack (or nack when `nack`) sent by the broker.
-pub fn encode_confirm(out: &mut BytesMut, channel: u16, delivery_tag: u64, multiple: bool, nack: bool) {
+pub fn encode_confirm(
+    out: &mut BytesMut,
+    channel: u16,
+    delivery_tag: u64,
+    multiple: bool,
+    nack: bool,
+) {
     let start = begin(out, channel, 60, if nack { 120 } else { 80 });
     out.put_u64(delivery_tag);
     out.put_u8(multiple as u8);

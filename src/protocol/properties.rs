@@ -85,8 +85,8 @@ impl Properties {
                 }
                 EXPIRATION => p.expiration = Some(shortstr(&mut pos)?),
                 USER_ID => p.user_id = Some(shortstr(&mut pos)?),
-                CONTENT_TYPE | CONTENT_ENCODING | CORRELATION_ID | REPLY_TO | MESSAGE_ID
-                | TYPE | APP_ID | CLUSTER_ID => {
+                CONTENT_TYPE | CONTENT_ENCODING | CORRELATION_ID | REPLY_TO | MESSAGE_ID | TYPE
+                | APP_ID | CLUSTER_ID => {
                     shortstr(&mut pos)?;
                 }
                 _ => return None,
@@ -117,12 +117,14 @@ impl Properties {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amq_protocol::frame::WriteContext;
     use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
     use amq_protocol::types::{AMQPValue, ShortString};
-    use amq_protocol::frame::WriteContext;
 
     fn raw(p: &AMQPProperties) -> Vec<u8> {
-        gen_properties(p)(WriteContext::from(Vec::new())).unwrap().write
+        gen_properties(p)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .write
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 
-use super::{ConnEvent, Consumer, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats, Settle};
+use super::{
+    ConnEvent, Consumer, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats, Settle,
+};
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::vhost::Vhost;
@@ -50,7 +52,11 @@ pub(super) struct QueueActor {
 }
 
 impl QueueActor {
-    pub(super) fn start(handle: &Arc<QueueHandle>, vhost: Weak<Vhost>, rx: mpsc::UnboundedReceiver<QueueCmd>) {
+    pub(super) fn start(
+        handle: &Arc<QueueHandle>,
+        vhost: Weak<Vhost>,
+        rx: mpsc::UnboundedReceiver<QueueCmd>,
+    ) {
         let actor = QueueActor {
             handle: Arc::downgrade(handle),
             name: handle.name.clone(),
@@ -95,8 +101,17 @@ impl QueueActor {
         if self.deleted {
             // Late commands to a deleted queue: answer the ones that wait for a reply.
             match cmd {
-                QueueCmd::Cancel { channel_uid, tag, nowait, events } => {
-                    let _ = events.send(ConnEvent::CancelOk { channel_uid, consumer_tag: tag, nowait });
+                QueueCmd::Cancel {
+                    channel_uid,
+                    tag,
+                    nowait,
+                    events,
+                } => {
+                    let _ = events.send(ConnEvent::CancelOk {
+                        channel_uid,
+                        consumer_tag: tag,
+                        nowait,
+                    });
                 }
                 QueueCmd::Consume { reply, .. } => {
                     let _ = reply.send(Err(AmqpError::not_found(self.describe())));
@@ -112,9 +127,19 @@ impl QueueActor {
                 let result = self.add_consumer(consumer);
                 let _ = reply.send(result);
             }
-            QueueCmd::Cancel { channel_uid, tag, nowait, events } => {
-                self.consumers.retain(|c| !(c.channel_uid == channel_uid && c.tag == tag));
-                let _ = events.send(ConnEvent::CancelOk { channel_uid, consumer_tag: tag, nowait });
+            QueueCmd::Cancel {
+                channel_uid,
+                tag,
+                nowait,
+                events,
+            } => {
+                self.consumers
+                    .retain(|c| !(c.channel_uid == channel_uid && c.tag == tag));
+                let _ = events.send(ConnEvent::CancelOk {
+                    channel_uid,
+                    consumer_tag: tag,
+                    nowait,
+                });
                 self.maybe_auto_delete();
             }
             QueueCmd::Settle { ids, how } => self.settle(ids, how),
@@ -127,12 +152,20 @@ impl QueueActor {
                 self.requeue_channel(channel_uid);
                 let _ = reply.send(());
             }
-            QueueCmd::Get { channel_uid, no_ack, reply } => {
+            QueueCmd::Get {
+                channel_uid,
+                no_ack,
+                reply,
+            } => {
                 let got = self.ready.pop_front().map(|e| {
                     if !no_ack {
                         self.unacked.insert(
                             e.id,
-                            Unacked { message: e.message.clone(), channel_uid, consumer_uid: None },
+                            Unacked {
+                                message: e.message.clone(),
+                                channel_uid,
+                                consumer_uid: None,
+                            },
                         );
                     }
                     GetOk {
@@ -153,7 +186,11 @@ impl QueueActor {
             QueueCmd::Stats { reply } => {
                 let _ = reply.send(self.stats());
             }
-            QueueCmd::Delete { if_unused, if_empty, reply } => {
+            QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
                 if if_unused && !self.consumers.is_empty() {
                     let _ = reply.send(Err(AmqpError::precondition_failed(format!(
                         "{} in use",
@@ -175,7 +212,11 @@ impl QueueActor {
     }
 
     fn describe(&self) -> String {
-        let vhost = self.vhost.upgrade().map(|v| v.name.clone()).unwrap_or_default();
+        let vhost = self
+            .vhost
+            .upgrade()
+            .map(|v| v.name.clone())
+            .unwrap_or_default();
         crate::error::rs("queue", &self.name, &vhost)
     }
 
@@ -190,12 +231,21 @@ impl QueueActor {
     fn enqueue(&mut self, message: Arc<Message>) {
         let id = self.next_id;
         self.next_id += 1;
-        self.ready.push_back(Entry { id, message, redelivered: false });
+        self.ready.push_back(Entry {
+            id,
+            message,
+            redelivered: false,
+        });
     }
 
     fn add_consumer(&mut self, consumer: Consumer) -> Result<(), AmqpError> {
-        if self.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !self.consumers.is_empty()) {
-            return Err(AmqpError::access_refused(format!("{} in exclusive use", self.describe())));
+        if self.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !self.consumers.is_empty())
+        {
+            return Err(AmqpError::access_refused(format!(
+                "{} in exclusive use",
+                self.describe()
+            )));
         }
         self.consumers.push(consumer);
         self.had_consumer = true;
@@ -205,14 +255,20 @@ impl QueueActor {
     fn settle(&mut self, ids: Vec<u64>, how: Settle) {
         let mut back = Vec::new();
         for id in ids {
-            let Some(u) = self.unacked.remove(&id) else { continue };
+            let Some(u) = self.unacked.remove(&id) else {
+                continue;
+            };
             if let Some(cuid) = u.consumer_uid {
                 if let Some(c) = self.consumers.iter_mut().find(|c| c.uid == cuid) {
                     c.in_flight = c.in_flight.saturating_sub(1);
                 }
             }
             if how == Settle::Requeue {
-                back.push(Entry { id, message: u.message, redelivered: true });
+                back.push(Entry {
+                    id,
+                    message: u.message,
+                    redelivered: true,
+                });
             }
         }
         self.requeue(back);
@@ -277,12 +333,18 @@ impl QueueActor {
                 break;
             };
             self.next_consumer = (i + 1) % n;
-            let Some(e) = self.ready.pop_front() else { break };
+            let Some(e) = self.ready.pop_front() else {
+                break;
+            };
             let c = &self.consumers[i];
             if !c.no_ack {
                 self.unacked.insert(
                     e.id,
-                    Unacked { message: e.message.clone(), channel_uid: c.channel_uid, consumer_uid: Some(c.uid) },
+                    Unacked {
+                        message: e.message.clone(),
+                        channel_uid: c.channel_uid,
+                        consumer_uid: Some(c.uid),
+                    },
                 );
             }
             let d = Delivery {

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Every test warren has, from a fresh machine: formatting and lints, unit tests, the Rust
+# integration tests (lapin over TCP against a spawned broker), and the cross-client suite
+# (pika, kombu, Celery, oslo.messaging, the RabbitMQ Java client, amqp091-go's own
+# integration tests, amqp-tools), which installs what it needs (apt, a Python venv).
+#
+#   tests/run-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo test (unit + integration)"
+cargo test --no-fail-fast -- --test-threads 4
+
+step "cross-client conformance suite"
+WARREN_BIN="$PWD/target/debug/warren" tests/clients/run.sh
