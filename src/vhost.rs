@@ -66,9 +66,10 @@ impl Vhost {
     pub fn new(name: &str) -> Arc<Vhost> {
         let mut topology = Topology::default();
         for (x, kind, internal) in STANDARD_EXCHANGES {
-            topology
-                .exchanges
-                .insert((*x).to_owned(), Exchange::new(x, *kind, true, false, *internal, FieldTable::default()));
+            topology.exchanges.insert(
+                (*x).to_owned(),
+                Exchange::new(x, *kind, true, false, *internal, FieldTable::default()),
+            );
         }
         Arc::new_cyclic(|me| Vhost {
             name: Arc::from(name),
@@ -114,27 +115,49 @@ impl Vhost {
 
     /// exchange.declare (non-passive), with RabbitMQ's order of checks.
     pub fn declare_exchange(&self, d: ExchangeDecl<'_>) -> Result<(), AmqpError> {
-        let kind = ExchangeKind::parse(d.kind)
-            .ok_or_else(|| AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind)))?;
+        let kind = ExchangeKind::parse(d.kind).ok_or_else(|| {
+            AmqpError::command_invalid(format!("unknown exchange type '{}'", d.kind))
+        })?;
         if d.name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         let mut t = self.write();
         if let Some(x) = t.exchanges.get(d.name) {
             let what = self.describe("exchange", d.name);
             if x.kind != kind {
-                return Err(arguments::field_mismatch("type", &what, kind.as_str(), x.kind.as_str()));
+                return Err(arguments::field_mismatch(
+                    "type",
+                    &what,
+                    kind.as_str(),
+                    x.kind.as_str(),
+                ));
             }
             if x.durable != d.durable {
-                return Err(arguments::field_mismatch("durable", &what, d.durable, x.durable));
+                return Err(arguments::field_mismatch(
+                    "durable", &what, d.durable, x.durable,
+                ));
             }
             if x.auto_delete != d.auto_delete {
-                return Err(arguments::field_mismatch("auto_delete", &what, d.auto_delete, x.auto_delete));
+                return Err(arguments::field_mismatch(
+                    "auto_delete",
+                    &what,
+                    d.auto_delete,
+                    x.auto_delete,
+                ));
             }
             if x.internal != d.internal {
-                return Err(arguments::field_mismatch("internal", &what, d.internal, x.internal));
+                return Err(arguments::field_mismatch(
+                    "internal", &what, d.internal, x.internal,
+                ));
             }
-            return arguments::assert_equivalent(&x.arguments, &d.arguments, EXCHANGE_EQUIVALENCE_KEYS, &what);
+            return arguments::assert_equivalent(
+                &x.arguments,
+                &d.arguments,
+                EXCHANGE_EQUIVALENCE_KEYS,
+                &what,
+            );
         }
         if d.name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -144,7 +167,14 @@ impl Vhost {
         }
         t.exchanges.insert(
             d.name.to_owned(),
-            Exchange::new(d.name, kind, d.durable, d.auto_delete, d.internal, d.arguments),
+            Exchange::new(
+                d.name,
+                kind,
+                d.durable,
+                d.auto_delete,
+                d.internal,
+                d.arguments,
+            ),
         );
         Ok(())
     }
@@ -160,7 +190,9 @@ impl Vhost {
 
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), AmqpError> {
         if name.is_empty() {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         if name.starts_with("amq.") {
             return Err(AmqpError::access_refused(format!(
@@ -173,7 +205,10 @@ impl Vhost {
             return Ok(()); // deleting what isn't there is fine, as in RabbitMQ
         };
         if if_unused && !x.bindings.is_empty() {
-            return Err(AmqpError::precondition_failed(format!("{} in use", self.describe("exchange", name))));
+            return Err(AmqpError::precondition_failed(format!(
+                "{} in use",
+                self.describe("exchange", name)
+            )));
         }
         Self::remove_exchange(&mut t, name);
         Ok(())
@@ -214,7 +249,11 @@ impl Vhost {
     }
 
     /// queue.declare (non-passive). Returns the queue and whether it was created.
-    pub fn declare_queue(&self, d: QueueDecl, conn_id: u64) -> Result<(Arc<QueueHandle>, bool), AmqpError> {
+    pub fn declare_queue(
+        &self,
+        d: QueueDecl,
+        conn_id: u64,
+    ) -> Result<(Arc<QueueHandle>, bool), AmqpError> {
         let owner = d.exclusive.then_some(conn_id);
         let mut t = self.write();
         if let Some(q) = t.queues.get(&d.name) {
@@ -226,12 +265,24 @@ impl Vhost {
             // Exclusive queues are never durable, whatever was asked (as RabbitMQ).
             let durable = d.durable && !d.exclusive;
             if q.durable != durable {
-                return Err(arguments::field_mismatch("durable", &what, durable, q.durable));
+                return Err(arguments::field_mismatch(
+                    "durable", &what, durable, q.durable,
+                ));
             }
             if q.auto_delete != d.auto_delete {
-                return Err(arguments::field_mismatch("auto_delete", &what, d.auto_delete, q.auto_delete));
+                return Err(arguments::field_mismatch(
+                    "auto_delete",
+                    &what,
+                    d.auto_delete,
+                    q.auto_delete,
+                ));
             }
-            arguments::assert_equivalent(&q.arguments, &d.arguments, QUEUE_EQUIVALENCE_KEYS, &what)?;
+            arguments::assert_equivalent(
+                &q.arguments,
+                &d.arguments,
+                QUEUE_EQUIVALENCE_KEYS,
+                &what,
+            )?;
             return Ok((q.clone(), false));
         }
         crate::queue::args::validate(
@@ -264,9 +315,18 @@ impl Vhost {
     }
 
     /// queue.delete: the actor checks if-unused / if-empty and stops; returns the count.
-    pub async fn delete_queue(&self, q: &Arc<QueueHandle>, if_unused: bool, if_empty: bool) -> Result<u32, AmqpError> {
+    pub async fn delete_queue(
+        &self,
+        q: &Arc<QueueHandle>,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> Result<u32, AmqpError> {
         let result = q
-            .ask(|reply| crate::queue::QueueCmd::Delete { if_unused, if_empty, reply })
+            .ask(|reply| crate::queue::QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            })
             .await
             .unwrap_or(Ok(0));
         if result.is_ok() {
@@ -289,9 +349,17 @@ impl Vhost {
         }
     }
 
-    fn check_binding(&self, t: &Topology, source: &str, dest: &Destination, conn_id: u64) -> Result<(), AmqpError> {
+    fn check_binding(
+        &self,
+        t: &Topology,
+        source: &str,
+        dest: &Destination,
+        conn_id: u64,
+    ) -> Result<(), AmqpError> {
         if source.is_empty() || matches!(dest, Destination::Exchange(x) if x.is_empty()) {
-            return Err(AmqpError::access_refused("operation not permitted on the default exchange"));
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
         }
         if !t.exchanges.contains_key(source) {
             return Err(self.no_exchange(source));
@@ -310,11 +378,19 @@ impl Vhost {
         Ok(())
     }
 
-    pub fn bind(&self, source: &str, dest: Destination, key: &str, arguments: FieldTable, conn_id: u64) -> Result<(), AmqpError> {
+    pub fn bind(
+        &self,
+        source: &str,
+        dest: Destination,
+        key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> Result<(), AmqpError> {
         let mut t = self.write();
         self.check_binding(&t, source, &dest, conn_id)?;
         if let Some(x) = t.exchanges.get_mut(source) {
-            x.validate_binding(&arguments).map_err(AmqpError::precondition_failed)?;
+            x.validate_binding(&arguments)
+                .map_err(AmqpError::precondition_failed)?;
             x.bind(Binding {
                 source: Arc::from(source),
                 destination: dest,
@@ -325,7 +401,14 @@ impl Vhost {
         Ok(())
     }
 
-    pub fn unbind(&self, source: &str, dest: Destination, key: &str, arguments: FieldTable, conn_id: u64) -> Result<(), AmqpError> {
+    pub fn unbind(
+        &self,
+        source: &str,
+        dest: Destination,
+        key: &str,
+        arguments: FieldTable,
+        conn_id: u64,
+    ) -> Result<(), AmqpError> {
         let mut t = self.write();
         self.check_binding(&t, source, &dest, conn_id)?;
         let binding = Binding {

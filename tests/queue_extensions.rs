@@ -24,7 +24,13 @@ async fn declare_args(ch: &Channel, q: &str, args: Vec<(&str, AMQPValue)>) {
 }
 
 /// Publish and wait for the broker's verdict.
-async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, body: &[u8], props: BasicProperties) -> Confirmation {
+async fn publish_confirmed(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Confirmation {
     let confirm = within(ch.basic_publish(
         exchange.into(),
         key.into(),
@@ -52,7 +58,10 @@ async fn wait_get(ch: &Channel, queue: &str) -> BasicGetMessage {
         if let Some(m) = get(ch, queue, true).await {
             return m;
         }
-        assert!(std::time::Instant::now() < deadline, "nothing arrived on {queue}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing arrived on {queue}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -62,7 +71,13 @@ fn expiring(ms: &str) -> BasicProperties {
 }
 
 fn header(m: &BasicGetMessage, key: &str) -> Option<AMQPValue> {
-    m.delivery.properties.headers().as_ref()?.inner().get(key).cloned()
+    m.delivery
+        .properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(key)
+        .cloned()
 }
 
 fn longstr_of(v: &AMQPValue) -> String {
@@ -88,7 +103,9 @@ fn x_death(m: &BasicGetMessage) -> Vec<FieldTable> {
 }
 
 fn field<'a>(t: &'a FieldTable, key: &str) -> &'a AMQPValue {
-    t.inner().get(key).unwrap_or_else(|| panic!("no {key} in {t:?}"))
+    t.inner()
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in {t:?}"))
 }
 
 // ---- x-message-ttl and expiration ----
@@ -162,9 +179,18 @@ async fn invalid_expiration_closes_channel_406_with_rabbitmq_text() {
     let ch0 = within(conn.create_channel()).await.unwrap();
     declare_queue(&ch0, &q).await;
     for (exp, text) in [
-        ("-1", "PRECONDITION_FAILED - invalid expiration '-1': {value_negative,-1}"),
-        ("abc", "PRECONDITION_FAILED - invalid expiration 'abc': no_integer"),
-        ("10x", "PRECONDITION_FAILED - invalid expiration '10x': {leftover_string,\"x\"}"),
+        (
+            "-1",
+            "PRECONDITION_FAILED - invalid expiration '-1': {value_negative,-1}",
+        ),
+        (
+            "abc",
+            "PRECONDITION_FAILED - invalid expiration 'abc': no_integer",
+        ),
+        (
+            "10x",
+            "PRECONDITION_FAILED - invalid expiration '10x': {leftover_string,\"x\"}",
+        ),
     ] {
         let ch = within(conn.create_channel()).await.unwrap();
         let watch = ChannelWatch::new(&ch).await;
@@ -186,9 +212,15 @@ async fn requeued_message_keeps_its_original_expiry() {
     publish_confirmed(&ch, "", &q, b"m", BasicProperties::default()).await;
     let m = get(&ch, &q, false).await.expect("message");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    within(ch.basic_nack(m.delivery.delivery_tag, BasicNackOptions { multiple: false, requeue: true }))
-        .await
-        .unwrap();
+    within(ch.basic_nack(
+        m.delivery.delivery_tag,
+        BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        },
+    ))
+    .await
+    .unwrap();
     // Back in the queue past its expiry: dropped, not served again.
     wait_message_count(&ch, &q, 0).await;
     assert!(get(&ch, &q, true).await.is_none());
@@ -246,7 +278,10 @@ async fn reject_publish_nacks_a_confirming_publisher_when_full() {
     declare_args(
         &ch,
         &q,
-        vec![("x-max-length", AMQPValue::LongInt(1)), ("x-overflow", lstr("reject-publish"))],
+        vec![
+            ("x-max-length", AMQPValue::LongInt(1)),
+            ("x-overflow", lstr("reject-publish")),
+        ],
     )
     .await;
     let r1 = publish_confirmed(&ch, "", &q, b"1", BasicProperties::default()).await;
@@ -269,7 +304,10 @@ async fn reject_publish_without_confirms_drops_silently() {
     declare_args(
         &ch,
         &q,
-        vec![("x-max-length", AMQPValue::LongInt(1)), ("x-overflow", lstr("reject-publish"))],
+        vec![
+            ("x-max-length", AMQPValue::LongInt(1)),
+            ("x-overflow", lstr("reject-publish")),
+        ],
     )
     .await;
     for b in ["1", "2", "3"] {
@@ -317,9 +355,14 @@ async fn rejected_message_is_dead_lettered_with_x_death_and_first_death_headers(
     let conn = broker.connect().await;
     let ch = confirm_channel(&conn).await;
     let (q, dlq, dlx) = (unique("dl-src"), unique("dl-dst"), unique("dl-x"));
-    within(ch.exchange_declare(dlx.as_str().into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), no_args()))
-        .await
-        .unwrap();
+    within(ch.exchange_declare(
+        dlx.as_str().into(),
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+        no_args(),
+    ))
+    .await
+    .unwrap();
     declare_queue(&ch, &dlq).await;
     bind(&ch, &dlq, &dlx, "").await;
     declare_args(&ch, &q, vec![("x-dead-letter-exchange", lstr(&dlx))]).await;
@@ -328,14 +371,28 @@ async fn rejected_message_is_dead_lettered_with_x_death_and_first_death_headers(
         .with_headers(table(vec![("app", lstr("kept"))]));
     publish_confirmed(&ch, "", &q, b"body", props).await;
     let m = get(&ch, &q, false).await.expect("message");
-    within(ch.basic_reject(m.delivery.delivery_tag, BasicRejectOptions { requeue: false }))
-        .await
-        .unwrap();
+    within(ch.basic_reject(
+        m.delivery.delivery_tag,
+        BasicRejectOptions { requeue: false },
+    ))
+    .await
+    .unwrap();
     let dead = wait_get(&ch, &dlq).await;
     assert_eq!(dead.delivery.data, b"body");
     assert_eq!(dead.delivery.exchange.as_str(), dlx);
-    assert_eq!(dead.delivery.routing_key.as_str(), q, "routing key kept without x-dead-letter-routing-key");
-    assert_eq!(dead.delivery.properties.content_type().as_ref().map(|s| s.as_str()), Some("text/plain"));
+    assert_eq!(
+        dead.delivery.routing_key.as_str(),
+        q,
+        "routing key kept without x-dead-letter-routing-key"
+    );
+    assert_eq!(
+        dead.delivery
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|s| s.as_str()),
+        Some("text/plain")
+    );
     assert_eq!(longstr_of(&header(&dead, "app").unwrap()), "kept");
     let deaths = x_death(&dead);
     assert_eq!(deaths.len(), 1);
@@ -350,9 +407,18 @@ async fn rejected_message_is_dead_lettered_with_x_death_and_first_death_headers(
         other => panic!("{other:?}"),
     }
     assert!(d.inner().get("original-expiration").is_none());
-    assert_eq!(longstr_of(&header(&dead, "x-first-death-reason").unwrap()), "rejected");
-    assert_eq!(longstr_of(&header(&dead, "x-first-death-queue").unwrap()), q);
-    assert_eq!(longstr_of(&header(&dead, "x-first-death-exchange").unwrap()), "");
+    assert_eq!(
+        longstr_of(&header(&dead, "x-first-death-reason").unwrap()),
+        "rejected"
+    );
+    assert_eq!(
+        longstr_of(&header(&dead, "x-first-death-queue").unwrap()),
+        q
+    );
+    assert_eq!(
+        longstr_of(&header(&dead, "x-first-death-exchange").unwrap()),
+        ""
+    );
     // RabbitMQ 3.10 does not write x-last-death-* (that came with 3.13).
     assert!(header(&dead, "x-last-death-reason").is_none());
     delete_queues(&conn, &[&q, &dlq]).await;
@@ -369,7 +435,10 @@ async fn expired_message_is_dead_lettered_with_original_expiration_and_no_expira
     declare_args(
         &ch,
         &q,
-        vec![("x-dead-letter-exchange", lstr("")), ("x-dead-letter-routing-key", lstr(&dlq))],
+        vec![
+            ("x-dead-letter-exchange", lstr("")),
+            ("x-dead-letter-routing-key", lstr(&dlq)),
+        ],
     )
     .await;
     publish_confirmed(&ch, "", &q, b"late", expiring("50")).await;
@@ -390,19 +459,42 @@ async fn dead_lettering_again_through_same_queue_and_reason_increments_count() {
     let ch = confirm_channel(&conn).await;
     let (a, b) = (unique("dl-ping"), unique("dl-pong"));
     // a -> b -> a -> b, each hop a rejection: a cycle with rejections is allowed.
-    declare_args(&ch, &a, vec![("x-dead-letter-exchange", lstr("")), ("x-dead-letter-routing-key", lstr(&b))]).await;
-    declare_args(&ch, &b, vec![("x-dead-letter-exchange", lstr("")), ("x-dead-letter-routing-key", lstr(&a))]).await;
+    declare_args(
+        &ch,
+        &a,
+        vec![
+            ("x-dead-letter-exchange", lstr("")),
+            ("x-dead-letter-routing-key", lstr(&b)),
+        ],
+    )
+    .await;
+    declare_args(
+        &ch,
+        &b,
+        vec![
+            ("x-dead-letter-exchange", lstr("")),
+            ("x-dead-letter-routing-key", lstr(&a)),
+        ],
+    )
+    .await;
     publish_confirmed(&ch, "", &a, b"ball", BasicProperties::default()).await;
     for q in [&a, &b, &a] {
         let m = wait_get_unacked(&ch, q).await;
-        within(ch.basic_reject(m.delivery.delivery_tag, BasicRejectOptions { requeue: false }))
-            .await
-            .unwrap();
+        within(ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        ))
+        .await
+        .unwrap();
     }
     let m = wait_get(&ch, &b).await;
     let deaths = x_death(&m);
     assert_eq!(deaths.len(), 2);
-    assert_eq!(longstr_of(field(&deaths[0], "queue")), a, "the repeated death moves to the front");
+    assert_eq!(
+        longstr_of(field(&deaths[0], "queue")),
+        a,
+        "the repeated death moves to the front"
+    );
     assert_eq!(field(&deaths[0], "count"), &AMQPValue::LongLongInt(2));
     assert_eq!(longstr_of(field(&deaths[1], "queue")), b);
     assert_eq!(field(&deaths[1], "count"), &AMQPValue::LongLongInt(1));
@@ -416,7 +508,10 @@ async fn wait_get_unacked(ch: &Channel, queue: &str) -> BasicGetMessage {
         if let Some(m) = get(ch, queue, false).await {
             return m;
         }
-        assert!(std::time::Instant::now() < deadline, "nothing arrived on {queue}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing arrived on {queue}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -451,12 +546,23 @@ async fn missing_dead_letter_exchange_drops_silently() {
     let conn = broker.connect().await;
     let ch = confirm_channel(&conn).await;
     let q = unique("dl-missing");
-    declare_args(&ch, &q, vec![("x-dead-letter-exchange", lstr(&unique("no-such-x")))]).await;
+    declare_args(
+        &ch,
+        &q,
+        vec![("x-dead-letter-exchange", lstr(&unique("no-such-x")))],
+    )
+    .await;
     publish_confirmed(&ch, "", &q, b"x", BasicProperties::default()).await;
     let m = get(&ch, &q, false).await.expect("message");
-    within(ch.basic_nack(m.delivery.delivery_tag, BasicNackOptions { multiple: false, requeue: false }))
-        .await
-        .unwrap();
+    within(ch.basic_nack(
+        m.delivery.delivery_tag,
+        BasicNackOptions {
+            multiple: false,
+            requeue: false,
+        },
+    ))
+    .await
+    .unwrap();
     wait_message_count(&ch, &q, 0).await;
     assert_connection_alive(&conn).await;
     delete_queues(&conn, &[&q]).await;
@@ -471,7 +577,14 @@ async fn priority_queue_delivers_highest_first_and_fifo_within_a_priority() {
     let ch = confirm_channel(&conn).await;
     let q = unique("prio");
     declare_args(&ch, &q, vec![("x-max-priority", AMQPValue::LongInt(5))]).await;
-    for (body, p) in [("low-1", None), ("mid-1", Some(3)), ("high", Some(5)), ("mid-2", Some(3)), ("over", Some(9)), ("low-2", Some(0))] {
+    for (body, p) in [
+        ("low-1", None),
+        ("mid-1", Some(3)),
+        ("high", Some(5)),
+        ("mid-2", Some(3)),
+        ("over", Some(9)),
+        ("low-2", Some(0)),
+    ] {
         let mut props = BasicProperties::default();
         if let Some(p) = p {
             props = props.with_priority(p);
@@ -479,7 +592,10 @@ async fn priority_queue_delivers_highest_first_and_fifo_within_a_priority() {
         publish_confirmed(&ch, "", &q, body.as_bytes(), props).await;
     }
     // Above the maximum counts as the maximum; no priority is priority 0.
-    assert_eq!(drain(&ch, &q).await, vec!["high", "over", "mid-1", "mid-2", "low-1", "low-2"]);
+    assert_eq!(
+        drain(&ch, &q).await,
+        vec!["high", "over", "mid-1", "mid-2", "low-1", "low-2"]
+    );
     delete_queues(&conn, &[&q]).await;
 }
 
@@ -491,14 +607,30 @@ async fn priority_queue_requeue_restores_position_within_its_priority() {
     let q = unique("prio-requeue");
     declare_args(&ch, &q, vec![("x-max-priority", AMQPValue::LongInt(2))]).await;
     for (body, p) in [("a1", 1), ("a2", 1), ("b1", 2), ("a3", 1)] {
-        publish_confirmed(&ch, "", &q, body.as_bytes(), BasicProperties::default().with_priority(p)).await;
+        publish_confirmed(
+            &ch,
+            "",
+            &q,
+            body.as_bytes(),
+            BasicProperties::default().with_priority(p),
+        )
+        .await;
     }
     let b1 = get(&ch, &q, false).await.unwrap();
     let a1 = get(&ch, &q, false).await.unwrap();
-    assert_eq!((b1.delivery.data.as_slice(), a1.delivery.data.as_slice()), (&b"b1"[..], &b"a1"[..]));
-    within(ch.basic_nack(0, BasicNackOptions { multiple: true, requeue: true }))
-        .await
-        .unwrap();
+    assert_eq!(
+        (b1.delivery.data.as_slice(), a1.delivery.data.as_slice()),
+        (&b"b1"[..], &b"a1"[..])
+    );
+    within(ch.basic_nack(
+        0,
+        BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        },
+    ))
+    .await
+    .unwrap();
     assert_eq!(drain(&ch, &q).await, vec!["b1", "a1", "a2", "a3"]);
     delete_queues(&conn, &[&q]).await;
 }
@@ -579,13 +711,26 @@ async fn invalid_queue_arguments_close_channel_406_with_rabbitmq_texts() {
     ];
     for (args, text) in cases {
         let ch = within(conn.create_channel()).await.unwrap();
-        let r = within(ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), table(args))).await;
+        let r = within(ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::default(),
+            table(args),
+        ))
+        .await;
         assert_channel_closed(r, 406, &format!("PRECONDITION_FAILED - {text}"));
     }
     // Streams are refused (by RabbitMQ too, when not durable).
     let ch = within(conn.create_channel()).await.unwrap();
-    let r = within(ch.queue_declare(q.as_str().into(), QueueDeclareOptions::default(), table(vec![("x-queue-type", lstr("stream"))]))).await;
-    assert_eq!(r.err().as_ref().and_then(amqp_error).map(|e| e.0), Some(406));
+    let r = within(ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        table(vec![("x-queue-type", lstr("stream"))]),
+    ))
+    .await;
+    assert_eq!(
+        r.err().as_ref().and_then(amqp_error).map(|e| e.0),
+        Some(406)
+    );
     // Accepted: classic type, zero limits, the highest priority.
     let ch = within(conn.create_channel()).await.unwrap();
     declare_args(

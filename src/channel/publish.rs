@@ -100,7 +100,11 @@ impl Channel {
             // Checked now so a bad exchange fails the publish, not the commit.
             let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
             if !s.vhost.exchange_exists(exchange) {
-                return Err(AmqpError::not_found(format!("no {}", rs("exchange", exchange, &s.vhost.name))).on(60, 40));
+                return Err(AmqpError::not_found(format!(
+                    "no {}",
+                    rs("exchange", exchange, &s.vhost.name)
+                ))
+                .on(60, 40));
             }
             tx.publishes.push((p, properties, props, body));
             return Ok(());
@@ -161,11 +165,21 @@ impl Channel {
                     &p.exchange,
                     &p.routing_key,
                 );
-                let m = Message { exchange: p.exchange, routing_key: p.routing_key, properties, body };
+                let m = Message {
+                    exchange: p.exchange,
+                    routing_key: p.routing_key,
+                    properties,
+                    body,
+                };
                 m.write_content(&mut s.out, self.number, s.frame_max);
             }
         } else {
-            let m = Arc::new(Message { exchange: p.exchange, routing_key: p.routing_key, properties, body });
+            let m = Arc::new(Message {
+                exchange: p.exchange,
+                routing_key: p.routing_key,
+                properties,
+                body,
+            });
             for q in route.iter() {
                 if let Some(a) = q.admission() {
                     if !a.try_admit(m.body.len() as u64) {
@@ -186,7 +200,13 @@ impl Channel {
             if refused {
                 // Confirms go out in order: the acks owed so far, then this nack.
                 if c.confirmed > c.sent {
-                    method::encode_confirm(&mut s.out.buf, self.number, c.confirmed, c.confirmed - c.sent > 1, false);
+                    method::encode_confirm(
+                        &mut s.out.buf,
+                        self.number,
+                        c.confirmed,
+                        c.confirmed - c.sent > 1,
+                        false,
+                    );
                 }
                 method::encode_confirm(&mut s.out.buf, self.number, c.published, false, true);
                 c.confirmed = c.published;
@@ -212,33 +232,49 @@ impl Channel {
         }
     }
 
-    pub(super) fn confirm_select(&mut self, s: &mut Session, nowait: bool) -> Result<(), AmqpError> {
+    pub(super) fn confirm_select(
+        &mut self,
+        s: &mut Session,
+        nowait: bool,
+    ) -> Result<(), AmqpError> {
         if self.tx.is_some() {
-            return Err(AmqpError::precondition_failed("cannot switch from tx to confirm mode"));
+            return Err(AmqpError::precondition_failed(
+                "cannot switch from tx to confirm mode",
+            ));
         }
         if self.confirm.is_none() {
             self.confirm = Some(ConfirmState::default());
         }
         if !nowait {
-            s.send(self.number, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+            s.send(
+                self.number,
+                AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+            );
         }
         Ok(())
     }
 
     pub(super) fn tx_select(&mut self, s: &mut Session) -> Result<(), AmqpError> {
         if self.confirm.is_some() {
-            return Err(AmqpError::precondition_failed("cannot switch from confirm to tx mode"));
+            return Err(AmqpError::precondition_failed(
+                "cannot switch from confirm to tx mode",
+            ));
         }
         if self.tx.is_none() {
             self.tx = Some(TxState::default());
         }
-        s.send(self.number, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+        s.send(
+            self.number,
+            AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+        );
         Ok(())
     }
 
     pub(super) fn tx_commit(&mut self, s: &mut Session) -> Result<(), AmqpError> {
         let Some(state) = self.tx.replace(TxState::default()) else {
-            return Err(AmqpError::precondition_failed("channel is not transactional"));
+            return Err(AmqpError::precondition_failed(
+                "channel is not transactional",
+            ));
         };
         for (p, properties, props, body) in state.publishes {
             self.route_and_enqueue(s, p, properties, props, body)?;
@@ -247,20 +283,28 @@ impl Channel {
         for (entries, how) in state.settles {
             self.settle(entries, how);
         }
-        s.send(self.number, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        s.send(
+            self.number,
+            AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+        );
         Ok(())
     }
 
     pub(super) fn tx_rollback(&mut self, s: &mut Session) -> Result<(), AmqpError> {
         let Some(state) = self.tx.replace(TxState::default()) else {
-            return Err(AmqpError::precondition_failed("channel is not transactional"));
+            return Err(AmqpError::precondition_failed(
+                "channel is not transactional",
+            ));
         };
         // Acked-in-transaction deliveries become unacked again, in tag order.
         let mut back: Vec<Unacked> = state.settles.into_iter().flat_map(|(e, _)| e).collect();
         back.extend(self.unacked.drain(..));
         back.sort_by_key(|u| u.tag);
         self.unacked = back.into();
-        s.send(self.number, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+        s.send(
+            self.number,
+            AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+        );
         Ok(())
     }
 

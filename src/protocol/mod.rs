@@ -33,5 +33,6 @@ pub fn short(s: impl Into<String>) -> ShortString {
         }
         s.truncate(cut);
     }
-    ShortString::try_new(s).unwrap_or_else(|_| ShortString::try_new(String::new()).unwrap_or_default())
+    ShortString::try_new(s)
+        .unwrap_or_else(|_| ShortString::try_new(String::new()).unwrap_or_default())
 }

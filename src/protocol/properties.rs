@@ -85,8 +85,8 @@ impl Properties {
                 }
                 EXPIRATION => p.expiration = Some(shortstr(&mut pos)?),
                 USER_ID => p.user_id = Some(shortstr(&mut pos)?),
-                CONTENT_TYPE | CONTENT_ENCODING | CORRELATION_ID | REPLY_TO | MESSAGE_ID
-                | TYPE | APP_ID | CLUSTER_ID => {
+                CONTENT_TYPE | CONTENT_ENCODING | CORRELATION_ID | REPLY_TO | MESSAGE_ID | TYPE
+                | APP_ID | CLUSTER_ID => {
                     shortstr(&mut pos)?;
                 }
                 _ => return None,
@@ -115,8 +115,11 @@ impl Properties {
 }
 
 /// The raw value span of each present property, indexed by flag bit (15 = content-type
-/// ... 2 = cluster-id). `None` if the list is malformed.
-fn spans(raw: &[u8]) -> Option<(u16, [Option<(usize, usize)>; 16])> {
+/// ... 2 = cluster-id).
+type Spans = [Option<(usize, usize)>; 16];
+
+/// The flags and the span of every present property; `None` if the list is malformed.
+fn spans(raw: &[u8]) -> Option<(u16, Spans)> {
     let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
     let mut out = [None; 16];
     let mut pos = 2usize;
@@ -168,14 +171,20 @@ pub fn parse_expiration(v: &[u8]) -> Result<u64, String> {
         Some(b'+') => (false, 1),
         _ => (false, 0),
     };
-    let digits = v[digits_at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let digits = v[digits_at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     if digits == 0 {
         return Err("no_integer".to_owned());
     }
     let end = digits_at + digits;
     let text = std::str::from_utf8(&v[digits_at..end]).unwrap_or("0");
     if end < v.len() {
-        return Err(format!("{{leftover_string,\"{}\"}}", String::from_utf8_lossy(&v[end..])));
+        return Err(format!(
+            "{{leftover_string,\"{}\"}}",
+            String::from_utf8_lossy(&v[end..])
+        ));
     }
     // Beyond u64 is beyond any timer; treat it as the longest expiry.
     let n: u64 = text.parse().unwrap_or(u64::MAX);
@@ -217,12 +226,14 @@ pub fn headers_payload(raw: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amq_protocol::frame::WriteContext;
     use amq_protocol::protocol::basic::{gen_properties, AMQPProperties};
     use amq_protocol::types::{AMQPValue, ShortString};
-    use amq_protocol::frame::WriteContext;
 
     fn raw(p: &AMQPProperties) -> Vec<u8> {
-        gen_properties(p)(WriteContext::from(Vec::new())).unwrap().write
+        gen_properties(p)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .write
     }
 
     #[test]
@@ -258,11 +269,17 @@ mod tests {
         assert_eq!(parse_expiration(b"100"), Ok(100));
         assert_eq!(parse_expiration(b"+5"), Ok(5));
         assert_eq!(parse_expiration(b"007"), Ok(7));
-        assert_eq!(parse_expiration(b"-1"), Err("{value_negative,-1}".to_owned()));
+        assert_eq!(
+            parse_expiration(b"-1"),
+            Err("{value_negative,-1}".to_owned())
+        );
         assert_eq!(parse_expiration(b"abc"), Err("no_integer".to_owned()));
         assert_eq!(parse_expiration(b""), Err("no_integer".to_owned()));
         assert_eq!(parse_expiration(b" 5"), Err("no_integer".to_owned()));
-        assert_eq!(parse_expiration(b"1.5"), Err("{leftover_string,\".5\"}".to_owned()));
+        assert_eq!(
+            parse_expiration(b"1.5"),
+            Err("{leftover_string,\".5\"}".to_owned())
+        );
     }
 
     #[test]

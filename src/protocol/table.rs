@@ -32,7 +32,7 @@ fn value_len(v: &[u8]) -> Option<usize> {
         }
         _ => return None,
     };
-    (1 + fixed <= v.len()).then_some(1 + fixed)
+    (fixed < v.len()).then_some(1 + fixed)
 }
 
 /// The fields of a table payload (the bytes after its 4-byte length), in wire order.
@@ -43,7 +43,10 @@ pub fn fields(mut payload: &[u8]) -> Option<Vec<RawField<'_>>> {
         let key = payload.get(1..1 + klen)?;
         let rest = &payload[1 + klen..];
         let vlen = value_len(rest)?;
-        out.push(RawField { key, value: &rest[..vlen] });
+        out.push(RawField {
+            key,
+            value: &rest[..vlen],
+        });
         payload = &rest[vlen..];
     }
     Some(out)
@@ -94,7 +97,10 @@ pub fn as_int(value: &[u8]) -> Option<i64> {
 
 /// The value of `key` in a list of fields.
 pub fn get<'a>(fields: &[RawField<'a>], key: &str) -> Option<&'a [u8]> {
-    fields.iter().find(|f| f.key == key.as_bytes()).map(|f| f.value)
+    fields
+        .iter()
+        .find(|f| f.key == key.as_bytes())
+        .map(|f| f.value)
 }
 
 // ---- writing ----

@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::ready::{Entry, Ready};
-use super::{ConnEvent, Consumer, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats, Settle};
+use super::{
+    ConnEvent, Consumer, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats, Settle,
+};
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::protocol::properties;
@@ -70,10 +72,13 @@ impl QueueActor {
         vhost: Weak<Vhost>,
         rx: mpsc::UnboundedReceiver<QueueCmd>,
     ) {
-        let dead_letter = args.dead_letter_exchange.clone().map(|exchange| DeadLetterTarget {
-            exchange,
-            routing_key: args.dead_letter_routing_key.clone(),
-        });
+        let dead_letter = args
+            .dead_letter_exchange
+            .clone()
+            .map(|exchange| DeadLetterTarget {
+                exchange,
+                routing_key: args.dead_letter_routing_key.clone(),
+            });
         let mut actor = QueueActor {
             handle: Arc::downgrade(handle),
             name: handle.name.clone(),
@@ -136,8 +141,17 @@ impl QueueActor {
         if self.deleted {
             // Late commands to a deleted queue: answer the ones that wait for a reply.
             match cmd {
-                QueueCmd::Cancel { channel_uid, tag, nowait, events } => {
-                    let _ = events.send(ConnEvent::CancelOk { channel_uid, consumer_tag: tag, nowait });
+                QueueCmd::Cancel {
+                    channel_uid,
+                    tag,
+                    nowait,
+                    events,
+                } => {
+                    let _ = events.send(ConnEvent::CancelOk {
+                        channel_uid,
+                        consumer_tag: tag,
+                        nowait,
+                    });
                 }
                 QueueCmd::Consume { reply, .. } => {
                     let _ = reply.send(Err(AmqpError::not_found(self.describe())));
@@ -153,9 +167,19 @@ impl QueueActor {
                 let result = self.add_consumer(consumer);
                 let _ = reply.send(result);
             }
-            QueueCmd::Cancel { channel_uid, tag, nowait, events } => {
-                self.consumers.retain(|c| !(c.channel_uid == channel_uid && c.tag == tag));
-                let _ = events.send(ConnEvent::CancelOk { channel_uid, consumer_tag: tag, nowait });
+            QueueCmd::Cancel {
+                channel_uid,
+                tag,
+                nowait,
+                events,
+            } => {
+                self.consumers
+                    .retain(|c| !(c.channel_uid == channel_uid && c.tag == tag));
+                let _ = events.send(ConnEvent::CancelOk {
+                    channel_uid,
+                    consumer_tag: tag,
+                    nowait,
+                });
                 self.consumers_changed();
             }
             QueueCmd::Settle { ids, how } => self.settle(ids, how),
@@ -168,7 +192,11 @@ impl QueueActor {
                 self.requeue_channel(channel_uid);
                 let _ = reply.send(());
             }
-            QueueCmd::Get { channel_uid, no_ack, reply } => {
+            QueueCmd::Get {
+                channel_uid,
+                no_ack,
+                reply,
+            } => {
                 self.touch();
                 let mut expired = Vec::new();
                 let got = self.ready.pop_live(self.now(), &mut expired).map(|e| {
@@ -179,7 +207,14 @@ impl QueueActor {
                         remaining: self.ready.len() as u32,
                     };
                     if !no_ack {
-                        self.unacked.insert(e.id, Unacked { entry: e, channel_uid, consumer_uid: None });
+                        self.unacked.insert(
+                            e.id,
+                            Unacked {
+                                entry: e,
+                                channel_uid,
+                                consumer_uid: None,
+                            },
+                        );
                     }
                     got
                 });
@@ -201,7 +236,11 @@ impl QueueActor {
                 }
                 let _ = reply.send(self.stats());
             }
-            QueueCmd::Delete { if_unused, if_empty, reply } => {
+            QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
                 if if_unused && !self.consumers.is_empty() {
                     let _ = reply.send(Err(AmqpError::precondition_failed(format!(
                         "{} in use",
@@ -233,8 +272,16 @@ impl QueueActor {
 
     /// When the actor must wake up by itself, if ever.
     fn deadline(&self) -> Option<Instant> {
-        let expiry = if self.may_expire { self.ready.next_expiry() } else { None };
-        let idle = if self.consumers.is_empty() { self.idle_deadline } else { None };
+        let expiry = if self.may_expire {
+            self.ready.next_expiry()
+        } else {
+            None
+        };
+        let idle = if self.consumers.is_empty() {
+            self.idle_deadline
+        } else {
+            None
+        };
         match (expiry, idle) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -277,7 +324,10 @@ impl QueueActor {
     /// A message's lifetime in this queue: the lower of the queue's TTL and its own
     /// `expiration` (rabbit_basic:msg_ttl, rabbit_amqqueue_process:calculate_msg_expiry).
     fn ttl_of(&self, m: &Message) -> Option<u64> {
-        match (self.args.message_ttl, properties::expiration_ms(&m.properties)) {
+        match (
+            self.args.message_ttl,
+            properties::expiration_ms(&m.properties),
+        ) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -303,12 +353,22 @@ impl QueueActor {
     /// are kept within bounds by admission, though requeues may overshoot).
     fn over_limit(&self) -> bool {
         self.args.overflow == Overflow::DropHead
-            && (self.args.max_length.is_some_and(|m| self.ready.len() as u64 > m)
-                || self.args.max_length_bytes.is_some_and(|m| self.ready.bytes() > m))
+            && (self
+                .args
+                .max_length
+                .is_some_and(|m| self.ready.len() as u64 > m)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|m| self.ready.bytes() > m))
     }
 
     fn describe(&self) -> String {
-        let vhost = self.vhost.upgrade().map(|v| v.name.clone()).unwrap_or_default();
+        let vhost = self
+            .vhost
+            .upgrade()
+            .map(|v| v.name.clone())
+            .unwrap_or_default();
         crate::error::rs("queue", &self.name, &vhost)
     }
 
@@ -325,17 +385,31 @@ impl QueueActor {
         self.next_id += 1;
         let ttl = self.ttl_of(&message);
         let priority = match self.args.max_priority {
-            Some(_) => self.ready.level_for(properties::priority(&message.properties).unwrap_or(0)),
+            Some(_) => self
+                .ready
+                .level_for(properties::priority(&message.properties).unwrap_or(0)),
             None => 0,
         };
         if ttl == Some(0) {
-            return self.enqueue_ttl0(Entry { id, message, redelivered: false, expires: None, priority });
+            return self.enqueue_ttl0(Entry {
+                id,
+                message,
+                redelivered: false,
+                expires: None,
+                priority,
+            });
         }
         let expires = ttl.map(|ms| {
             self.may_expire = true;
             Instant::now() + Duration::from_millis(ms)
         });
-        self.ready.push_back(Entry { id, message, redelivered: false, expires, priority });
+        self.ready.push_back(Entry {
+            id,
+            message,
+            redelivered: false,
+            expires,
+            priority,
+        });
         if self.over_limit() {
             // RabbitMQ hands a message to a waiting consumer before applying the limit:
             // deliver first, then drop from the head what is still too much.
@@ -372,8 +446,13 @@ impl QueueActor {
     }
 
     fn add_consumer(&mut self, consumer: Consumer) -> Result<(), AmqpError> {
-        if self.consumers.iter().any(|c| c.exclusive) || (consumer.exclusive && !self.consumers.is_empty()) {
-            return Err(AmqpError::access_refused(format!("{} in exclusive use", self.describe())));
+        if self.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && !self.consumers.is_empty())
+        {
+            return Err(AmqpError::access_refused(format!(
+                "{} in exclusive use",
+                self.describe()
+            )));
         }
         self.touch();
         self.consumers.push(consumer);
@@ -384,7 +463,9 @@ impl QueueActor {
     fn settle(&mut self, ids: Vec<u64>, how: Settle) {
         let mut dead = Vec::new();
         for id in ids {
-            let Some(u) = self.unacked.remove(&id) else { continue };
+            let Some(u) = self.unacked.remove(&id) else {
+                continue;
+            };
             if let Some(cuid) = u.consumer_uid {
                 if let Some(c) = self.consumers.iter_mut().find(|c| c.uid == cuid) {
                     c.in_flight = c.in_flight.saturating_sub(1);
@@ -477,7 +558,11 @@ impl QueueActor {
             if !c.no_ack {
                 self.unacked.insert(
                     e.id,
-                    Unacked { entry: e, channel_uid: c.channel_uid, consumer_uid: Some(c.uid) },
+                    Unacked {
+                        entry: e,
+                        channel_uid: c.channel_uid,
+                        consumer_uid: Some(c.uid),
+                    },
                 );
             }
             match batches.iter_mut().find(|b| b.0 == c.conn_id) {

@@ -43,7 +43,11 @@ impl QueueArgs {
     /// Read already-validated arguments; anything unusable is ignored.
     pub fn parse(args: &FieldTable) -> QueueArgs {
         let t = args.inner();
-        let int = |k: &str| t.get(k).and_then(as_i64).and_then(|v| u64::try_from(v).ok());
+        let int = |k: &str| {
+            t.get(k)
+                .and_then(as_i64)
+                .and_then(|v| u64::try_from(v).ok())
+        };
         let string = |k: &str| t.get(k).and_then(as_str).map(Arc::from);
         QueueArgs {
             message_ttl: int("x-message-ttl"),
@@ -63,14 +67,21 @@ impl QueueArgs {
 
     /// Whether publishers must ask the queue before enqueueing (reject-publish).
     pub fn admission_control(&self) -> bool {
-        self.overflow != Overflow::DropHead && (self.max_length.is_some() || self.max_length_bytes.is_some())
+        self.overflow != Overflow::DropHead
+            && (self.max_length.is_some() || self.max_length_bytes.is_some())
     }
 }
 
 /// The queue.declare checks for a new queue, in RabbitMQ's order: the DLX name's type
 /// (rabbit_channel), the queue type, then rabbit_amqqueue:declare_args/0 one by one.
 /// `what` is `queue 'q' in vhost '/'`.
-pub fn validate(args: &FieldTable, what: &str, durable: bool, exclusive: bool, auto_delete: bool) -> Result<(), AmqpError> {
+pub fn validate(
+    args: &FieldTable,
+    what: &str,
+    durable: bool,
+    exclusive: bool,
+    auto_delete: bool,
+) -> Result<(), AmqpError> {
     let t = args.inner();
     if let Some(v) = t.get("x-dead-letter-exchange") {
         if as_str(v).is_none() {
@@ -90,15 +101,26 @@ pub fn validate(args: &FieldTable, what: &str, durable: bool, exclusive: bool, a
             Some("quorum") => {
                 // rabbit_quorum_queue:declare's property checks. Warren serves a
                 // quorum queue as a classic one (no replication on a single node).
-                for (bad, property) in [(auto_delete, "auto-delete"), (exclusive, "exclusive-owner"), (!durable, "non-durable")] {
+                for (bad, property) in [
+                    (auto_delete, "auto-delete"),
+                    (exclusive, "exclusive-owner"),
+                    (!durable, "non-durable"),
+                ] {
                     if bad {
-                        return Err(AmqpError::precondition_failed(format!("invalid property '{property}' for {what}")));
+                        return Err(AmqpError::precondition_failed(format!(
+                            "invalid property '{property}' for {what}"
+                        )));
                     }
                 }
             }
             // Streams are a different storage model and protocol surface: refused
             // plainly rather than served as a queue with other semantics.
-            Some(other) => return Err(invalid("x-queue-type", format!("\"unsupported queue type '{other}'\""))),
+            Some(other) => {
+                return Err(invalid(
+                    "x-queue-type",
+                    format!("\"unsupported queue type '{other}'\""),
+                ))
+            }
         }
     }
     for key in ["x-expires", "x-message-ttl"] {
@@ -117,10 +139,19 @@ pub fn validate(args: &FieldTable, what: &str, durable: bool, exclusive: bool, a
             return Err(invalid("x-dead-letter-routing-key", unacceptable(v)));
         }
         if !t.contains_key("x-dead-letter-exchange") {
-            return Err(invalid("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined".to_owned()));
+            return Err(invalid(
+                "x-dead-letter-routing-key",
+                "routing_key_but_no_dlx_defined".to_owned(),
+            ));
         }
     }
-    for key in ["x-max-length", "x-max-length-bytes", "x-max-in-memory-length", "x-max-in-memory-bytes", "x-max-priority"] {
+    for key in [
+        "x-max-length",
+        "x-max-length-bytes",
+        "x-max-in-memory-length",
+        "x-max-in-memory-bytes",
+        "x-max-priority",
+    ] {
         if let Some(v) = t.get(key) {
             let n = integer(v).map_err(|e| invalid(key, e))?;
             if n < 0 {
@@ -196,7 +227,21 @@ mod tests {
             text(args("x-queue-type", AMQPValue::LongString("quorum".into()))),
             "PRECONDITION_FAILED - invalid property 'non-durable' for queue 'q' in vhost '/'"
         );
-        assert!(validate(&args("x-queue-type", AMQPValue::LongString("quorum".into())), Q, true, false, false).is_ok());
-        assert!(validate(&args("x-max-length", AMQPValue::LongInt(0)), Q, false, false, false).is_ok());
+        assert!(validate(
+            &args("x-queue-type", AMQPValue::LongString("quorum".into())),
+            Q,
+            true,
+            false,
+            false
+        )
+        .is_ok());
+        assert!(validate(
+            &args("x-max-length", AMQPValue::LongInt(0)),
+            Q,
+            false,
+            false,
+            false
+        )
+        .is_ok());
     }
 }

@@ -17,9 +17,16 @@ use crate::message::Message;
 pub enum ConnEvent {
     Deliveries(Vec<Delivery>),
     /// The queue went away under a consumer: send basic.cancel (consumer_cancel_notify).
-    ConsumerCancelled { channel_uid: u64, consumer_tag: Arc<str> },
+    ConsumerCancelled {
+        channel_uid: u64,
+        consumer_tag: Arc<str>,
+    },
     /// The queue has removed a consumer the client cancelled: send cancel-ok now.
-    CancelOk { channel_uid: u64, consumer_tag: Arc<str>, nowait: bool },
+    CancelOk {
+        channel_uid: u64,
+        consumer_tag: Arc<str>,
+        nowait: bool,
+    },
     /// Close the connection (broker shutdown, management action).
     Close(AmqpError),
 }
@@ -79,7 +86,9 @@ impl ChannelLimiter {
             return true;
         }
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .is_ok()
     }
 
@@ -90,7 +99,9 @@ impl ChannelLimiter {
         }
         let before = self
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |x| Some(x.saturating_sub(n)))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |x| {
+                Some(x.saturating_sub(n))
+            })
             .unwrap_or(0);
         let limit = self.global_prefetch.load(Ordering::Acquire);
         limit != 0 && before >= limit

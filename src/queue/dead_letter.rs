@@ -47,16 +47,30 @@ type Death = Option<(Vec<u8>, Vec<u8>)>;
 
 /// Republish dead messages from `queue` to its DLX. A missing exchange drops them
 /// silently, as RabbitMQ does.
-pub fn publish(vhost: &Vhost, target: &DeadLetterTarget, queue: &str, reason: Reason, messages: &[Arc<Message>]) {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+pub fn publish(
+    vhost: &Vhost,
+    target: &DeadLetterTarget,
+    queue: &str,
+    reason: Reason,
+    messages: &[Arc<Message>],
+) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut routed = Vec::new();
     for m in messages {
-        let Some((dl, deaths)) = make_message(m, reason, queue, target, now) else { continue };
+        let Some((dl, deaths)) = make_message(m, reason, queue, target, now) else {
+            continue;
+        };
         let props = Properties::parse(&dl.properties);
         let mut headers = || props.and_then(|p| p.headers(&dl.properties));
         let key = String::from_utf8_lossy(&dl.routing_key).into_owned();
         routed.clear();
-        if vhost.route(&target.exchange, &key, &mut headers, &mut routed).is_err() {
+        if vhost
+            .route(&target.exchange, &key, &mut headers, &mut routed)
+            .is_err()
+        {
             continue;
         }
         let dl = Arc::new(dl);
@@ -78,10 +92,15 @@ pub fn publish(vhost: &Vhost, target: &DeadLetterTarget, queue: &str, reason: Re
 /// rabbit_dead_letter:is_cycle/2: the newest deaths up to and including the first one in
 /// `queue` form a cycle; it is dropped only if fully automatic (no `rejected` in it).
 fn is_cycle(deaths: &[Death], queue: &[u8]) -> bool {
-    let Some(at) = deaths.iter().position(|d| matches!(d, Some((q, _)) if q == queue)) else {
+    let Some(at) = deaths
+        .iter()
+        .position(|d| matches!(d, Some((q, _)) if q == queue))
+    else {
         return false;
     };
-    deaths[..=at].iter().all(|d| matches!(d, Some((_, r)) if r != b"rejected"))
+    deaths[..=at]
+        .iter()
+        .all(|d| matches!(d, Some((_, r)) if r != b"rejected"))
 }
 
 /// rabbit_dead_letter:make_msg/5: the dead-lettered copy and its x-death list.
@@ -102,7 +121,11 @@ fn make_message(
     // routing-keys: the publish's key, then any CC keys (rabbit_basic:header_routes).
     let mut keys = vec![table::longstr(&m.routing_key)];
     if let Some(cc) = table::get(&headers, "CC").and_then(table::array_items) {
-        keys.extend(cc.into_iter().filter(|v| v.first() == Some(&b'S')).map(<[u8]>::to_vec));
+        keys.extend(
+            cc.into_iter()
+                .filter(|v| v.first() == Some(&b'S'))
+                .map(<[u8]>::to_vec),
+        );
     }
     let mut info: Vec<(&[u8], Vec<u8>)> = vec![
         (b"reason", table::longstr(reason.as_bytes())),
@@ -136,7 +159,8 @@ fn make_message(
             let matches = |item: &[u8]| {
                 table::table_fields(item).is_some_and(|f| {
                     table::get(&f, "queue").and_then(table::as_longstr) == Some(queue.as_bytes())
-                        && table::get(&f, "reason").and_then(table::as_longstr) == Some(reason.as_bytes())
+                        && table::get(&f, "reason").and_then(table::as_longstr)
+                            == Some(reason.as_bytes())
                 })
             };
             let first = match items.iter().position(|i| matches(i)) {
@@ -186,7 +210,8 @@ fn make_message(
 
     let drop_cc = target.routing_key.is_some();
     for RawField { key, value } in &headers {
-        let replaced = *key == b"x-death" || out.iter().any(|(k, _)| k == key) || (drop_cc && *key == b"CC");
+        let replaced =
+            *key == b"x-death" || out.iter().any(|(k, _)| k == key) || (drop_cc && *key == b"CC");
         if !replaced {
             out.push((key.to_vec(), value.to_vec()));
         }
@@ -223,7 +248,10 @@ mod tests {
     }
 
     fn target() -> DeadLetterTarget {
-        DeadLetterTarget { exchange: Arc::from("dlx"), routing_key: None }
+        DeadLetterTarget {
+            exchange: Arc::from("dlx"),
+            routing_key: None,
+        }
     }
 
     fn x_death(m: &Message) -> Vec<Vec<(String, Vec<u8>)>> {
@@ -252,13 +280,29 @@ mod tests {
         assert_eq!(&dl.properties[2..6], &[3, b't', b'/', b'p']);
         let d = x_death(&dl);
         let keys: Vec<&str> = d[0].iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["count", "reason", "queue", "time", "exchange", "routing-keys", "original-expiration"]);
+        assert_eq!(
+            keys,
+            [
+                "count",
+                "reason",
+                "queue",
+                "time",
+                "exchange",
+                "routing-keys",
+                "original-expiration"
+            ]
+        );
         assert_eq!(deaths, vec![Some((b"q1".to_vec(), b"expired".to_vec()))]);
         let h = table::fields(properties::headers_payload(&dl.properties).unwrap()).unwrap();
         let names: Vec<&[u8]> = h.iter().map(|f| f.key).collect();
         assert_eq!(
             names,
-            [&b"x-death"[..], b"x-first-death-exchange", b"x-first-death-queue", b"x-first-death-reason"]
+            [
+                &b"x-death"[..],
+                b"x-first-death-exchange",
+                b"x-first-death-queue",
+                b"x-first-death-reason"
+            ]
         );
         assert_eq!(&dl.exchange[..], b"dlx");
         assert_eq!(&dl.routing_key[..], b"rk");
@@ -272,7 +316,10 @@ mod tests {
         let (dl3, deaths3) = make_message(&dl2, Reason::Rejected, "q2", &target(), 9).unwrap();
         assert_eq!(x_death(&dl3).len(), 2);
         assert!(!is_cycle(&deaths3, b"q9"));
-        assert!(!is_cycle(&deaths3, b"q1"), "a rejection in the cycle makes it not automatic");
+        assert!(
+            !is_cycle(&deaths3, b"q1"),
+            "a rejection in the cycle makes it not automatic"
+        );
         assert!(is_cycle(&deaths, b"q1"));
     }
 }

@@ -335,13 +335,11 @@ impl ChannelWatch {
 
     /// Wait for the channel to be closed by the server; returns the error.
     pub async fn closed(mut self) -> lapin::Error {
-        loop {
-            match tokio::time::timeout(WAIT, self.consumer.next()).await {
-                Err(_) => panic!("channel was not closed by the server within {WAIT:?}"),
-                Ok(None) => panic!("watch consumer ended without an error"),
-                Ok(Some(Ok(d))) => panic!("unexpected delivery on the watch queue: {d:?}"),
-                Ok(Some(Err(e))) => return e,
-            }
+        match tokio::time::timeout(WAIT, self.consumer.next()).await {
+            Err(_) => panic!("channel was not closed by the server within {WAIT:?}"),
+            Ok(None) => panic!("watch consumer ended without an error"),
+            Ok(Some(Ok(d))) => panic!("unexpected delivery on the watch queue: {d:?}"),
+            Ok(Some(Err(e))) => e,
         }
     }
 
