@@ -285,6 +285,13 @@ impl Vhost {
             )?;
             return Ok((q.clone(), false));
         }
+        crate::queue::args::validate(
+            &d.arguments,
+            &self.describe("queue", &d.name),
+            d.durable && !d.exclusive,
+            d.exclusive,
+            d.auto_delete,
+        )?;
         let spec = QueueSpec {
             name: d.name.clone(),
             durable: d.durable && !d.exclusive,

@@ -833,7 +833,6 @@ async fn delivery_tags_are_per_channel_and_start_at_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "TTL and max-length are issue 5 (RabbitMQ extensions); un-ignore with it"]
 async fn message_with_expired_per_message_ttl_is_not_delivered() {
     let broker = Broker::start();
     let conn = broker.connect().await;

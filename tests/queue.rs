@@ -741,7 +741,6 @@ async fn empty_queue_name_without_previous_declare_closes_channel_404() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "TTL and max-length are issue 5 (RabbitMQ extensions); un-ignore with it"]
 async fn queue_with_max_length_drops_oldest() {
     let broker = Broker::start();
     let (conn, ch) = broker.channel().await;
@@ -764,7 +763,6 @@ async fn queue_with_max_length_drops_oldest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "TTL and max-length are issue 5 (RabbitMQ extensions); un-ignore with it"]
 async fn message_ttl_expires_messages() {
     let broker = Broker::start();
     let conn = broker.connect().await;

@@ -134,6 +134,8 @@ impl Channel {
         };
         self.last_queue = Some(q.name.to_string());
         if d.nowait {
+            // Counts as use for x-expires (otherwise the Stats below says so).
+            q.send(QueueCmd::Touch);
             return Ok(());
         }
         let stats = q

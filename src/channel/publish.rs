@@ -12,7 +12,7 @@ use crate::error::{code, rs, AmqpError};
 use crate::message::Message;
 use crate::protocol::method::{self, Publish};
 use crate::protocol::properties::Properties;
-use crate::queue::{QueueHandle, Settle};
+use crate::queue::{QueueCmd, QueueHandle, Settle};
 use crate::vhost::RouteError;
 
 /// Beyond this many distinct routing keys per exchange the cache starts over, so RPC
@@ -87,6 +87,15 @@ impl Channel {
                 .on(60, 40));
             }
         }
+        if let Some(exp) = props.expiration(&properties) {
+            if let Err(term) = crate::protocol::properties::parse_expiration(exp) {
+                return Err(AmqpError::precondition_failed(format!(
+                    "invalid expiration '{}': {term}",
+                    String::from_utf8_lossy(exp)
+                ))
+                .on(60, 40));
+            }
+        }
         if let Some(tx) = &mut self.tx {
             // Checked now so a bad exchange fails the publish, not the commit.
             let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
@@ -144,6 +153,8 @@ impl Channel {
                 }
             }
         };
+        // A reject-publish queue that is full refuses the message (see queue/admission.rs).
+        let mut refused = false;
         if route.is_empty() {
             if p.mandatory {
                 method::encode_return(
@@ -170,6 +181,15 @@ impl Channel {
                 body,
             });
             for q in route.iter() {
+                if let Some(a) = q.admission() {
+                    if !a.try_admit(m.body.len() as u64) {
+                        refused = true;
+                        if a.dead_letter {
+                            q.send(QueueCmd::Refused(m.clone()));
+                        }
+                        continue;
+                    }
+                }
                 s.publishes.push(q, m.clone());
             }
         }
@@ -177,9 +197,25 @@ impl Channel {
         // its queues, so the confirm is due at once, after any basic.return.
         if let Some(c) = &mut self.confirm {
             c.published += 1;
-            c.confirmed = c.published;
-            if c.sent + 1 == c.confirmed {
-                s.confirms_due.push(self.number);
+            if refused {
+                // Confirms go out in order: the acks owed so far, then this nack.
+                if c.confirmed > c.sent {
+                    method::encode_confirm(
+                        &mut s.out.buf,
+                        self.number,
+                        c.confirmed,
+                        c.confirmed - c.sent > 1,
+                        false,
+                    );
+                }
+                method::encode_confirm(&mut s.out.buf, self.number, c.published, false, true);
+                c.confirmed = c.published;
+                c.sent = c.published;
+            } else {
+                c.confirmed = c.published;
+                if c.sent + 1 == c.confirmed {
+                    s.confirms_due.push(self.number);
+                }
             }
         }
         Ok(())

@@ -11,6 +11,7 @@ pub mod frame;
 pub mod method;
 pub mod outbuf;
 pub mod properties;
+pub mod table;
 
 pub use amq_protocol::protocol::AMQPClass;
 pub use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};

@@ -114,6 +114,115 @@ impl Properties {
     }
 }
 
+/// The raw value span of each present property, indexed by flag bit (15 = content-type
+/// ... 2 = cluster-id).
+type Spans = [Option<(usize, usize)>; 16];
+
+/// The flags and the span of every present property; `None` if the list is malformed.
+fn spans(raw: &[u8]) -> Option<(u16, Spans)> {
+    let flags = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
+    let mut out = [None; 16];
+    let mut pos = 2usize;
+    for bit in (2..16).rev() {
+        let flag = 1u16 << bit;
+        if flags & flag == 0 {
+            continue;
+        }
+        let len = match flag {
+            HEADERS => 4 + u32::from_be_bytes(raw.get(pos..pos + 4)?.try_into().ok()?) as usize,
+            DELIVERY_MODE | PRIORITY => 1,
+            TIMESTAMP => 8,
+            _ => 1 + *raw.get(pos)? as usize,
+        };
+        let end = pos.checked_add(len)?;
+        if end > raw.len() {
+            return None;
+        }
+        out[bit] = Some((pos, end));
+        pos = end;
+    }
+    (pos == raw.len()).then_some((flags, out))
+}
+
+/// Fast path for queues: the `expiration` property in milliseconds, looking at the flag
+/// bits first so messages without one cost a byte test.
+pub fn expiration_ms(raw: &[u8]) -> Option<u64> {
+    if raw.first()? & (EXPIRATION >> 8) as u8 == 0 {
+        return None;
+    }
+    let p = Properties::parse(raw)?;
+    parse_expiration(p.expiration(raw)?).ok()
+}
+
+/// The `priority` property (priority queues only ask).
+pub fn priority(raw: &[u8]) -> Option<u8> {
+    if raw.first()? & (PRIORITY >> 8) as u8 == 0 {
+        return None;
+    }
+    Properties::parse(raw)?.priority
+}
+
+/// rabbit_basic:parse_expiration: Erlang's string:to_integer (optional sign, digits),
+/// then rabbit_misc:check_expiry. The error is RabbitMQ's term, as it prints it in
+/// `invalid expiration '<x>': <term>`.
+pub fn parse_expiration(v: &[u8]) -> Result<u64, String> {
+    let (neg, digits_at) = match v.first() {
+        Some(b'-') => (true, 1),
+        Some(b'+') => (false, 1),
+        _ => (false, 0),
+    };
+    let digits = v[digits_at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 {
+        return Err("no_integer".to_owned());
+    }
+    let end = digits_at + digits;
+    let text = std::str::from_utf8(&v[digits_at..end]).unwrap_or("0");
+    if end < v.len() {
+        return Err(format!(
+            "{{leftover_string,\"{}\"}}",
+            String::from_utf8_lossy(&v[end..])
+        ));
+    }
+    // Beyond u64 is beyond any timer; treat it as the longest expiry.
+    let n: u64 = text.parse().unwrap_or(u64::MAX);
+    if neg && n != 0 {
+        return Err(format!("{{value_negative,-{text}}}"));
+    }
+    Ok(n)
+}
+
+/// The same property list with a new headers table and without `expiration`; every
+/// other property's bytes are copied unchanged. `headers` is the table's payload (no
+/// length prefix). `None` if `raw` is malformed.
+pub fn rewrite_headers_drop_expiration(raw: &[u8], headers: &[u8]) -> Option<Vec<u8>> {
+    let (flags, spans) = spans(raw)?;
+    let new_flags = (flags | HEADERS) & !EXPIRATION;
+    let mut out = Vec::with_capacity(raw.len() + headers.len() + 4);
+    out.extend_from_slice(&new_flags.to_be_bytes());
+    for bit in (2..16).rev() {
+        let flag = 1u16 << bit;
+        if flag == HEADERS {
+            out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
+            out.extend_from_slice(headers);
+        } else if flag == EXPIRATION {
+            continue;
+        } else if let Some((s, e)) = spans[bit] {
+            out.extend_from_slice(&raw[s..e]);
+        }
+    }
+    Some(out)
+}
+
+/// The raw headers table payload (after its length), if present.
+pub fn headers_payload(raw: &[u8]) -> Option<&[u8]> {
+    let (_, spans) = spans(raw)?;
+    let (s, e) = spans[13]?;
+    Some(&raw[s + 4..e])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +262,51 @@ mod tests {
         assert!(Properties::parse(&[0x80, 0, 5, b'a']).is_none());
         assert!(Properties::parse(&[0x20, 0, 0, 0, 0, 9]).is_none());
         assert!(Properties::parse(&[]).is_none());
+    }
+
+    #[test]
+    fn expiration_texts_match_rabbitmq() {
+        assert_eq!(parse_expiration(b"100"), Ok(100));
+        assert_eq!(parse_expiration(b"+5"), Ok(5));
+        assert_eq!(parse_expiration(b"007"), Ok(7));
+        assert_eq!(
+            parse_expiration(b"-1"),
+            Err("{value_negative,-1}".to_owned())
+        );
+        assert_eq!(parse_expiration(b"abc"), Err("no_integer".to_owned()));
+        assert_eq!(parse_expiration(b""), Err("no_integer".to_owned()));
+        assert_eq!(parse_expiration(b" 5"), Err("no_integer".to_owned()));
+        assert_eq!(
+            parse_expiration(b"1.5"),
+            Err("{leftover_string,\".5\"}".to_owned())
+        );
+    }
+
+    #[test]
+    fn rewrite_keeps_other_properties() {
+        let p = AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_priority(3)
+            .with_expiration("100".into())
+            .with_app_id("app".into());
+        let bytes = raw(&p);
+        let out = rewrite_headers_drop_expiration(&bytes, &[1, b'k', b'V']).unwrap();
+        let parsed = Properties::parse(&out).unwrap();
+        assert_eq!(parsed.expiration(&out), None);
+        assert_eq!(parsed.priority, Some(3));
+        assert_eq!(headers_payload(&out), Some(&[1, b'k', b'V'][..]));
+        let want = raw(&AMQPProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers({
+                let mut t = FieldTable::default();
+                t.insert(ShortString::from("k"), AMQPValue::Void);
+                t
+            })
+            .with_priority(3)
+            .with_app_id("app".into()));
+        assert_eq!(out, want);
+        assert_eq!(expiration_ms(&bytes), Some(100));
+        assert_eq!(priority(&bytes), Some(3));
+        assert_eq!(expiration_ms(&out), None);
     }
 }

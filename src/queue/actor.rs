@@ -1,17 +1,25 @@
 //! The queue actor: the single owner of a queue's messages, consumers and unacked
 //! deliveries. It handles a burst of commands, then delivers what consumer credit allows,
 //! batching deliveries per connection so each connection is woken once per burst.
+//!
+//! Time-based rules (message TTL, `x-expires`) are one timer: the actor sleeps until the
+//! earliest deadline only when it has one, so a queue without them never looks at a clock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::args::{Overflow, QueueArgs};
+use super::dead_letter::{self, DeadLetterTarget, Reason};
+use super::ready::{Entry, Ready};
 use super::{
     ConnEvent, Consumer, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats, Settle,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
+use crate::protocol::properties;
 use crate::vhost::Vhost;
 
 /// Commands handled before delivering, and deliveries made before yielding: bounds the
@@ -19,14 +27,9 @@ use crate::vhost::Vhost;
 const BURST: usize = 256;
 const DELIVER_BUDGET: usize = 512;
 
-struct Entry {
-    id: u64,
-    message: Arc<Message>,
-    redelivered: bool,
-}
-
 struct Unacked {
-    message: Arc<Message>,
+    /// Kept whole so a requeue restores its place, priority and expiry.
+    entry: Entry,
     channel_uid: u64,
     /// The consumer whose credit it holds (None for basic.get).
     consumer_uid: Option<u64>,
@@ -37,10 +40,10 @@ pub(super) struct QueueActor {
     name: Arc<str>,
     vhost: Weak<Vhost>,
     auto_delete: bool,
-    /// Ready messages, ordered by id. Every unacked id is lower than every ready id
-    /// (delivery takes the head), which is what lets requeue restore the original order
-    /// by pushing to the front.
-    ready: VecDeque<Entry>,
+    args: QueueArgs,
+    dead_letter: Option<DeadLetterTarget>,
+    /// Ready messages, by priority then id (see `ready.rs`).
+    ready: Ready,
     unacked: HashMap<u64, Unacked>,
     consumers: Vec<Consumer>,
     /// Round-robin position among consumers.
@@ -49,20 +52,43 @@ pub(super) struct QueueActor {
     /// Auto-delete applies only once the queue has had a consumer.
     had_consumer: bool,
     deleted: bool,
+    /// Set once a message with an expiry is enqueued (or the queue has a TTL): from then
+    /// on the head's expiry is a timer deadline and deliveries check the clock.
+    may_expire: bool,
+    /// `x-expires`: when the queue, unused until then, deletes itself.
+    idle_deadline: Option<Instant>,
+}
+
+/// What woke the actor.
+enum Wake {
+    Cmd(Option<QueueCmd>),
+    Timer,
 }
 
 impl QueueActor {
     pub(super) fn start(
         handle: &Arc<QueueHandle>,
+        args: QueueArgs,
         vhost: Weak<Vhost>,
         rx: mpsc::UnboundedReceiver<QueueCmd>,
     ) {
-        let actor = QueueActor {
+        let dead_letter = args
+            .dead_letter_exchange
+            .clone()
+            .map(|exchange| DeadLetterTarget {
+                exchange,
+                routing_key: args.dead_letter_routing_key.clone(),
+            });
+        let mut actor = QueueActor {
             handle: Arc::downgrade(handle),
             name: handle.name.clone(),
             vhost,
             auto_delete: handle.auto_delete,
-            ready: VecDeque::new(),
+            ready: Ready::new(args.max_priority, handle.admission.clone()),
+            may_expire: args.message_ttl.is_some(),
+            idle_deadline: None,
+            args,
+            dead_letter,
             unacked: HashMap::new(),
             consumers: Vec::new(),
             next_consumer: 0,
@@ -70,17 +96,31 @@ impl QueueActor {
             had_consumer: false,
             deleted: false,
         };
+        actor.touch();
         tokio::spawn(actor.run(rx));
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<QueueCmd>) {
-        while let Some(cmd) = rx.recv().await {
-            self.handle(cmd);
-            for _ in 0..BURST {
-                match rx.try_recv() {
-                    Ok(cmd) => self.handle(cmd),
-                    Err(_) => break,
+        loop {
+            let wake = match self.deadline() {
+                None => Wake::Cmd(rx.recv().await),
+                Some(at) => tokio::select! {
+                    cmd = rx.recv() => Wake::Cmd(cmd),
+                    _ = tokio::time::sleep_until(at.into()) => Wake::Timer,
+                },
+            };
+            match wake {
+                Wake::Cmd(None) => break,
+                Wake::Cmd(Some(cmd)) => {
+                    self.handle(cmd);
+                    for _ in 0..BURST {
+                        match rx.try_recv() {
+                            Ok(cmd) => self.handle(cmd),
+                            Err(_) => break,
+                        }
+                    }
                 }
+                Wake::Timer => self.on_timer(),
             }
             while !self.deleted && self.deliver() {
                 // More could go out but the budget ran out: let others run, then go on
@@ -140,13 +180,13 @@ impl QueueActor {
                     consumer_tag: tag,
                     nowait,
                 });
-                self.maybe_auto_delete();
+                self.consumers_changed();
             }
             QueueCmd::Settle { ids, how } => self.settle(ids, how),
             QueueCmd::ChannelDown { channel_uid } => {
                 self.consumers.retain(|c| c.channel_uid != channel_uid);
                 self.requeue_channel(channel_uid);
-                self.maybe_auto_delete();
+                self.consumers_changed();
             }
             QueueCmd::Recover { channel_uid, reply } => {
                 self.requeue_channel(channel_uid);
@@ -157,33 +197,43 @@ impl QueueActor {
                 no_ack,
                 reply,
             } => {
-                let got = self.ready.pop_front().map(|e| {
+                self.touch();
+                let mut expired = Vec::new();
+                let got = self.ready.pop_live(self.now(), &mut expired).map(|e| {
+                    let got = GetOk {
+                        msg_id: e.id,
+                        message: e.message.clone(),
+                        redelivered: e.redelivered,
+                        remaining: self.ready.len() as u32,
+                    };
                     if !no_ack {
                         self.unacked.insert(
                             e.id,
                             Unacked {
-                                message: e.message.clone(),
+                                entry: e,
                                 channel_uid,
                                 consumer_uid: None,
                             },
                         );
                     }
-                    GetOk {
-                        msg_id: e.id,
-                        message: e.message,
-                        redelivered: e.redelivered,
-                        remaining: self.ready.len() as u32,
-                    }
+                    got
                 });
                 let _ = reply.send(got);
+                self.dead_letter(expired, Reason::Expired);
             }
             QueueCmd::Purge { reply } => {
                 // Like RabbitMQ, purge removes ready messages only; unacked ones stay.
-                let n = self.ready.len() as u32;
-                self.ready.clear();
+                let n = self.ready.drain().len() as u32;
                 let _ = reply.send(n);
             }
             QueueCmd::Stats { reply } => {
+                // Asked by queue.declare: a (re)declare counts as use for x-expires, and
+                // the count must not include what has expired (rabbit_amqqueue_process
+                // handles `stat` the same way).
+                self.touch();
+                if let Some(now) = self.now() {
+                    self.expire(now);
+                }
                 let _ = reply.send(self.stats());
             }
             QueueCmd::Delete {
@@ -208,7 +258,109 @@ impl QueueActor {
                 }
             }
             QueueCmd::Kick => {}
+            QueueCmd::Touch => self.touch(),
+            QueueCmd::Refused(m) => self.dead_letter_messages(vec![m], Reason::Maxlen),
         }
+    }
+
+    // ---- time: message TTL and x-expires ----
+
+    /// The clock, for queues whose messages can expire (others never read it).
+    fn now(&self) -> Option<Instant> {
+        self.may_expire.then(Instant::now)
+    }
+
+    /// When the actor must wake up by itself, if ever.
+    fn deadline(&self) -> Option<Instant> {
+        let expiry = if self.may_expire {
+            self.ready.next_expiry()
+        } else {
+            None
+        };
+        let idle = if self.consumers.is_empty() {
+            self.idle_deadline
+        } else {
+            None
+        };
+        match (expiry, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.may_expire {
+            self.expire(now);
+        }
+        if self.consumers.is_empty() && self.idle_deadline.is_some_and(|at| at <= now) {
+            tracing::debug!(queue = %self.name, "queue expired (x-expires)");
+            self.remove_from_vhost();
+            self.shut_down();
+        }
+    }
+
+    /// Drop (dead-letter) the expired messages at the head.
+    fn expire(&mut self, now: Instant) {
+        let mut expired = Vec::new();
+        self.ready.pop_expired(now, &mut expired);
+        self.dead_letter(expired, Reason::Expired);
+    }
+
+    /// The queue was used: restart the x-expires countdown.
+    fn touch(&mut self) {
+        if let Some(ms) = self.args.expires {
+            self.idle_deadline = Some(Instant::now() + Duration::from_millis(ms));
+        }
+    }
+
+    fn consumers_changed(&mut self) {
+        if self.consumers.is_empty() {
+            self.touch();
+        }
+        self.maybe_auto_delete();
+    }
+
+    /// A message's lifetime in this queue: the lower of the queue's TTL and its own
+    /// `expiration` (rabbit_basic:msg_ttl, rabbit_amqqueue_process:calculate_msg_expiry).
+    fn ttl_of(&self, m: &Message) -> Option<u64> {
+        match (
+            self.args.message_ttl,
+            properties::expiration_ms(&m.properties),
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- dead-lettering ----
+
+    fn dead_letter(&mut self, entries: Vec<Entry>, reason: Reason) {
+        if entries.is_empty() {
+            return;
+        }
+        self.dead_letter_messages(entries.into_iter().map(|e| e.message).collect(), reason);
+    }
+
+    fn dead_letter_messages(&mut self, messages: Vec<Arc<Message>>, reason: Reason) {
+        let (Some(target), Some(vhost)) = (&self.dead_letter, self.vhost.upgrade()) else {
+            return;
+        };
+        dead_letter::publish(&vhost, target, &self.name, reason, &messages);
+    }
+
+    /// x-max-length / x-max-length-bytes exceeded (drop-head only: reject-publish queues
+    /// are kept within bounds by admission, though requeues may overshoot).
+    fn over_limit(&self) -> bool {
+        self.args.overflow == Overflow::DropHead
+            && (self
+                .args
+                .max_length
+                .is_some_and(|m| self.ready.len() as u64 > m)
+                || self
+                    .args
+                    .max_length_bytes
+                    .is_some_and(|m| self.ready.bytes() > m))
     }
 
     fn describe(&self) -> String {
@@ -231,11 +383,66 @@ impl QueueActor {
     fn enqueue(&mut self, message: Arc<Message>) {
         let id = self.next_id;
         self.next_id += 1;
+        let ttl = self.ttl_of(&message);
+        let priority = match self.args.max_priority {
+            Some(_) => self
+                .ready
+                .level_for(properties::priority(&message.properties).unwrap_or(0)),
+            None => 0,
+        };
+        if ttl == Some(0) {
+            return self.enqueue_ttl0(Entry {
+                id,
+                message,
+                redelivered: false,
+                expires: None,
+                priority,
+            });
+        }
+        let expires = ttl.map(|ms| {
+            self.may_expire = true;
+            Instant::now() + Duration::from_millis(ms)
+        });
         self.ready.push_back(Entry {
             id,
             message,
             redelivered: false,
+            expires,
+            priority,
         });
+        if self.over_limit() {
+            // RabbitMQ hands a message to a waiting consumer before applying the limit:
+            // deliver first, then drop from the head what is still too much.
+            self.deliver();
+            let mut dropped = Vec::new();
+            while self.over_limit() {
+                match self.ready.pop_front() {
+                    Some(e) => dropped.push(e),
+                    None => break,
+                }
+            }
+            self.dead_letter(dropped, Reason::Maxlen);
+        }
+    }
+
+    /// TTL 0: deliverable only if a consumer takes it right now, behind what is already
+    /// ready; otherwise it expires at once (rabbit_amqqueue_process:deliver_or_enqueue).
+    fn enqueue_ttl0(&mut self, entry: Entry) {
+        let (id, now) = (entry.id, Instant::now());
+        self.deliver();
+        if self.ready.is_empty() {
+            self.ready.push_back(entry);
+            self.deliver();
+            // If a consumer took it, a later requeue finds it already expired.
+            if let Some(u) = self.unacked.get_mut(&id) {
+                u.entry.expires = Some(now);
+                self.may_expire = true;
+            }
+            let left = self.ready.pop_front();
+            self.dead_letter(left.into_iter().collect(), Reason::Expired);
+        } else {
+            self.dead_letter(vec![entry], Reason::Expired);
+        }
     }
 
     fn add_consumer(&mut self, consumer: Consumer) -> Result<(), AmqpError> {
@@ -247,13 +454,14 @@ impl QueueActor {
                 self.describe()
             )));
         }
+        self.touch();
         self.consumers.push(consumer);
         self.had_consumer = true;
         Ok(())
     }
 
     fn settle(&mut self, ids: Vec<u64>, how: Settle) {
-        let mut back = Vec::new();
+        let mut dead = Vec::new();
         for id in ids {
             let Some(u) = self.unacked.remove(&id) else {
                 continue;
@@ -263,15 +471,17 @@ impl QueueActor {
                     c.in_flight = c.in_flight.saturating_sub(1);
                 }
             }
-            if how == Settle::Requeue {
-                back.push(Entry {
-                    id,
-                    message: u.message,
-                    redelivered: true,
-                });
+            match how {
+                Settle::Requeue => {
+                    let mut e = u.entry;
+                    e.redelivered = true;
+                    self.ready.requeue(e);
+                }
+                Settle::Discard => dead.push(u.entry),
+                Settle::Ack => {}
             }
         }
-        self.requeue(back);
+        self.dead_letter(dead, Reason::Rejected);
     }
 
     fn requeue_channel(&mut self, channel_uid: u64) {
@@ -284,21 +494,17 @@ impl QueueActor {
         self.settle(ids, Settle::Requeue);
     }
 
-    /// Put messages back at the head in their original order.
-    fn requeue(&mut self, mut back: Vec<Entry>) {
-        back.sort_unstable_by_key(|e| std::cmp::Reverse(e.id));
-        for e in back {
-            self.ready.push_front(e);
+    fn maybe_auto_delete(&mut self) {
+        if self.auto_delete && self.had_consumer && self.consumers.is_empty() {
+            tracing::debug!(queue = %self.name, "auto-delete queue lost its last consumer");
+            self.remove_from_vhost();
+            self.shut_down();
         }
     }
 
-    fn maybe_auto_delete(&mut self) {
-        if self.auto_delete && self.had_consumer && self.consumers.is_empty() {
-            if let (Some(vhost), Some(handle)) = (self.vhost.upgrade(), self.handle.upgrade()) {
-                tracing::debug!(queue = %self.name, "auto-delete queue lost its last consumer");
-                vhost.remove_queue(&handle);
-            }
-            self.shut_down();
+    fn remove_from_vhost(&self) {
+        if let (Some(vhost), Some(handle)) = (self.vhost.upgrade(), self.handle.upgrade()) {
+            vhost.remove_queue(&handle);
         }
     }
 
@@ -310,7 +516,7 @@ impl QueueActor {
                 consumer_tag: c.tag.clone(),
             });
         }
-        self.ready.clear();
+        self.ready.drain();
         self.unacked.clear();
         self.deleted = true;
     }
@@ -324,6 +530,8 @@ impl QueueActor {
         let queue_id = self.handle.upgrade().map(|h| h.id).unwrap_or_default();
         let mut batches: Vec<(u64, EventTx, Vec<Delivery>)> = Vec::new();
         let mut budget = DELIVER_BUDGET;
+        let now = self.now();
+        let mut expired = Vec::new();
         while budget > 0 && !self.ready.is_empty() {
             let n = self.consumers.len();
             let Some(i) = (0..n)
@@ -333,29 +541,30 @@ impl QueueActor {
                 break;
             };
             self.next_consumer = (i + 1) % n;
-            let Some(e) = self.ready.pop_front() else {
+            let Some(e) = self.ready.pop_live(now, &mut expired) else {
+                self.consumers[i].untake();
                 break;
             };
             let c = &self.consumers[i];
-            if !c.no_ack {
-                self.unacked.insert(
-                    e.id,
-                    Unacked {
-                        message: e.message.clone(),
-                        channel_uid: c.channel_uid,
-                        consumer_uid: Some(c.uid),
-                    },
-                );
-            }
             let d = Delivery {
                 channel_uid: c.channel_uid,
                 channel: c.channel,
                 consumer_tag: c.tag.clone(),
                 queue_id,
                 msg_id: e.id,
-                message: e.message,
+                message: e.message.clone(),
                 redelivered: e.redelivered,
             };
+            if !c.no_ack {
+                self.unacked.insert(
+                    e.id,
+                    Unacked {
+                        entry: e,
+                        channel_uid: c.channel_uid,
+                        consumer_uid: Some(c.uid),
+                    },
+                );
+            }
             match batches.iter_mut().find(|b| b.0 == c.conn_id) {
                 Some(b) => b.2.push(d),
                 None => batches.push((c.conn_id, c.events.clone(), vec![d])),
@@ -367,6 +576,7 @@ impl QueueActor {
             // requeues what we just marked unacked; nothing to do on failure here.
             let _ = tx.send(ConnEvent::Deliveries(ds));
         }
+        self.dead_letter(expired, Reason::Expired);
         budget == 0 && !self.ready.is_empty()
     }
 }

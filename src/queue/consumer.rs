@@ -145,4 +145,14 @@ impl Consumer {
         self.in_flight += 1;
         true
     }
+
+    /// Give back the credit [`Consumer::try_take`] took, when there was nothing to
+    /// deliver after all (the messages had expired).
+    pub(crate) fn untake(&mut self) {
+        if self.no_ack {
+            return;
+        }
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.limiter.release(1);
+    }
 }

@@ -2,9 +2,18 @@
 //! messages, consumers and unacknowledged deliveries; everyone else holds a
 //! [`QueueHandle`] and sends it [`QueueCmd`]s. Deliveries flow back to connections as
 //! [`ConnEvent`]s.
+//!
+//! RabbitMQ's queue extensions live beside the core, one concept per file: `args`
+//! (validation and parsing of x-arguments), `ready` (the ready list, with priority
+//! levels), `admission` (reject-publish), `dead_letter` (x-death and republishing);
+//! TTL and x-expires are timers in the actor.
 
 mod actor;
+pub mod admission;
+pub mod args;
 pub mod consumer;
+pub mod dead_letter;
+mod ready;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -13,6 +22,9 @@ use amq_protocol::types::FieldTable;
 use tokio::sync::{mpsc, oneshot};
 
 pub use consumer::{ChannelLimiter, ConnEvent, Consumer, Delivery, EventTx};
+
+use admission::Admission;
+use args::{Overflow, QueueArgs};
 
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -24,7 +36,7 @@ pub enum Settle {
     Ack,
     /// nack/reject with requeue, or recovery: back to the queue, flagged redelivered.
     Requeue,
-    /// nack/reject without requeue: dropped (dead-lettered once that exists).
+    /// nack/reject without requeue: dropped, or dead-lettered (reason `rejected`).
     Discard,
 }
 
@@ -89,6 +101,12 @@ pub enum QueueCmd {
     },
     /// Credit may have come back (channel.flow on, global prefetch released): try again.
     Kick,
+    /// The queue was redeclared without asking for its counts (nowait): it counts as
+    /// used for `x-expires`.
+    Touch,
+    /// A reject-publish-dlx queue refused this message at admission: dead-letter it
+    /// (reason `maxlen`).
+    Refused(Arc<Message>),
 }
 
 /// The queue as everyone but its actor sees it: identity, declared properties, and
@@ -104,6 +122,9 @@ pub struct QueueHandle {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// Present for reject-publish queues with a length limit: publishers reserve room
+    /// here before enqueueing (see `admission.rs`).
+    admission: Option<Arc<Admission>>,
     tx: mpsc::UnboundedSender<QueueCmd>,
 }
 
@@ -121,6 +142,14 @@ impl QueueHandle {
     /// Start a queue's actor. Must run inside the tokio runtime.
     pub fn spawn(spec: QueueSpec, vhost: Weak<Vhost>, vhost_name: Arc<str>) -> Arc<QueueHandle> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let args = QueueArgs::parse(&spec.arguments);
+        let admission = args.admission_control().then(|| {
+            Arc::new(Admission::new(
+                args.max_length,
+                args.max_length_bytes,
+                args.overflow == Overflow::RejectPublishDlx,
+            ))
+        });
         let handle = Arc::new(QueueHandle {
             id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(spec.name.as_str()),
@@ -129,10 +158,16 @@ impl QueueHandle {
             exclusive_owner: spec.exclusive_owner,
             auto_delete: spec.auto_delete,
             arguments: spec.arguments,
+            admission,
             tx,
         });
-        actor::QueueActor::start(&handle, vhost, rx);
+        actor::QueueActor::start(&handle, args, vhost, rx);
         handle
+    }
+
+    /// The reject-publish admission counter, if this queue has one.
+    pub fn admission(&self) -> Option<&Admission> {
+        self.admission.as_deref()
     }
 
     /// Send a command; false if the queue is gone (deleted), which callers may ignore.

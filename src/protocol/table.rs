@@ -1,0 +1,195 @@
+//! Field tables at the byte level: walk a table's fields without decoding their values,
+//! and write tables whose untouched values are copied byte for byte.
+//!
+//! Dead-lettering rewrites a message's headers; going through a decoded table type
+//! would re-encode every value (and could change type tags the publisher chose), so the
+//! rewrite works on raw `(key, tagged value)` pairs instead. Tags follow RabbitMQ's
+//! reading of the spec (`s` is a signed short, `l` a signed long long).
+
+use bytes::BufMut;
+
+/// One field of a table: its key and its value bytes, type tag included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawField<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// Length of the tagged value at the start of `v` (tag included), if well-formed.
+fn value_len(v: &[u8]) -> Option<usize> {
+    let tag = *v.first()?;
+    let fixed = match tag {
+        b'V' => 0,
+        b't' | b'b' | b'B' => 1,
+        b's' | b'u' | b'U' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'D' => 5,
+        b'l' | b'L' | b'd' | b'T' => 8,
+        b'S' | b'A' | b'F' | b'x' => {
+            let len = u32::from_be_bytes(v.get(1..5)?.try_into().ok()?) as usize;
+            let total = 5usize.checked_add(len)?;
+            return (total <= v.len()).then_some(total);
+        }
+        _ => return None,
+    };
+    (fixed < v.len()).then_some(1 + fixed)
+}
+
+/// The fields of a table payload (the bytes after its 4-byte length), in wire order.
+pub fn fields(mut payload: &[u8]) -> Option<Vec<RawField<'_>>> {
+    let mut out = Vec::new();
+    while !payload.is_empty() {
+        let klen = payload[0] as usize;
+        let key = payload.get(1..1 + klen)?;
+        let rest = &payload[1 + klen..];
+        let vlen = value_len(rest)?;
+        out.push(RawField {
+            key,
+            value: &rest[..vlen],
+        });
+        payload = &rest[vlen..];
+    }
+    Some(out)
+}
+
+/// The items (tagged values) of an array value (`A` tag included).
+pub fn array_items(value: &[u8]) -> Option<Vec<&[u8]>> {
+    if value.first() != Some(&b'A') {
+        return None;
+    }
+    let mut payload = value.get(5..)?;
+    let mut out = Vec::new();
+    while !payload.is_empty() {
+        let n = value_len(payload)?;
+        out.push(&payload[..n]);
+        payload = &payload[n..];
+    }
+    Some(out)
+}
+
+/// The fields of a table value (`F` tag included).
+pub fn table_fields(value: &[u8]) -> Option<Vec<RawField<'_>>> {
+    if value.first() != Some(&b'F') {
+        return None;
+    }
+    fields(value.get(5..)?)
+}
+
+/// The bytes of a string value (`S`).
+pub fn as_longstr(value: &[u8]) -> Option<&[u8]> {
+    (value.first() == Some(&b'S')).then(|| &value[5..])
+}
+
+/// An integer value of any integer type.
+pub fn as_int(value: &[u8]) -> Option<i64> {
+    let b = value.get(1..)?;
+    Some(match value[0] {
+        b'b' => b[0] as i8 as i64,
+        b'B' => b[0] as i64,
+        b's' | b'U' => i16::from_be_bytes(b.try_into().ok()?) as i64,
+        b'u' => u16::from_be_bytes(b.try_into().ok()?) as i64,
+        b'I' => i32::from_be_bytes(b.try_into().ok()?) as i64,
+        b'i' => u32::from_be_bytes(b.try_into().ok()?) as i64,
+        b'l' | b'L' => i64::from_be_bytes(b.try_into().ok()?),
+        _ => return None,
+    })
+}
+
+/// The value of `key` in a list of fields.
+pub fn get<'a>(fields: &[RawField<'a>], key: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|f| f.key == key.as_bytes())
+        .map(|f| f.value)
+}
+
+// ---- writing ----
+
+pub fn longstr(s: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(5 + s.len());
+    v.put_u8(b'S');
+    v.put_u32(s.len() as u32);
+    v.extend_from_slice(s);
+    v
+}
+
+pub fn long(n: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9);
+    v.put_u8(b'l');
+    v.put_i64(n);
+    v
+}
+
+pub fn timestamp(secs: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9);
+    v.put_u8(b'T');
+    v.put_u64(secs);
+    v
+}
+
+pub fn array<I: AsRef<[u8]>>(items: &[I]) -> Vec<u8> {
+    let len: usize = items.iter().map(|i| i.as_ref().len()).sum();
+    let mut v = Vec::with_capacity(5 + len);
+    v.put_u8(b'A');
+    v.put_u32(len as u32);
+    for i in items {
+        v.extend_from_slice(i.as_ref());
+    }
+    v
+}
+
+/// A table payload (without its length prefix) from fields, in the order given.
+pub fn table_payload<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (k, val) in fields {
+        let k = k.as_ref();
+        // Keys are shortstrs; every key we write or copy is at most 255 bytes.
+        v.put_u8(k.len().min(255) as u8);
+        v.extend_from_slice(&k[..k.len().min(255)]);
+        v.extend_from_slice(val.as_ref());
+    }
+    v
+}
+
+/// A table value (`F` tag, length, payload).
+pub fn table<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Vec<u8> {
+    let payload = table_payload(fields);
+    let mut v = Vec::with_capacity(5 + payload.len());
+    v.put_u8(b'F');
+    v.put_u32(payload.len() as u32);
+    v.extend_from_slice(&payload);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walks_and_rewrites_fields() {
+        let payload = table_payload(&[
+            (&b"a"[..], longstr(b"x")),
+            (&b"n"[..], long(-3)),
+            (&b"arr"[..], array(&[longstr(b"k1"), long(2)])),
+            (&b"t"[..], table(&[(&b"q"[..], longstr(b"v"))])),
+        ]);
+        let f = fields(&payload).unwrap();
+        assert_eq!(f.len(), 4);
+        assert_eq!(as_longstr(get(&f, "a").unwrap()), Some(&b"x"[..]));
+        assert_eq!(as_int(get(&f, "n").unwrap()), Some(-3));
+        let items = array_items(get(&f, "arr").unwrap()).unwrap();
+        assert_eq!(items.len(), 2);
+        let inner = table_fields(get(&f, "t").unwrap()).unwrap();
+        assert_eq!(as_longstr(get(&inner, "q").unwrap()), Some(&b"v"[..]));
+        // Copying the raw pairs reproduces the payload exactly.
+        let again: Vec<(&[u8], &[u8])> = f.iter().map(|x| (x.key, x.value)).collect();
+        assert_eq!(table_payload(&again), payload);
+    }
+
+    #[test]
+    fn rejects_truncated_tables() {
+        assert!(fields(&[1, b'a', b'S', 0, 0, 0, 9]).is_none());
+        assert!(fields(&[1, b'a', b'?']).is_none());
+        assert!(fields(&[5, b'a']).is_none());
+    }
+}
