@@ -340,9 +340,29 @@ impl Channel {
     /// Release everything the channel holds: consumers are removed from their queues and
     /// unacked deliveries go back to them, in order. Called on any kind of close.
     pub fn teardown(&mut self) {
+        self.release(false);
+    }
+
+    /// [`teardown`](Self::teardown), then wait until every queue has processed it, so
+    /// that a client that gets close-ok sees its consumers gone and auto-delete queues
+    /// deleted (a reconnecting client may redeclare them at once).
+    pub async fn teardown_and_wait(&mut self) {
+        for done in self.release(true) {
+            let _ = done.await;
+        }
+    }
+
+    fn release(&mut self, wait: bool) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let mut waits = Vec::new();
         for q in self.queues.values() {
+            let done = wait.then(|| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                waits.push(rx);
+                tx
+            });
             q.send(QueueCmd::ChannelDown {
                 channel_uid: self.uid,
+                done,
             });
         }
         self.queues.clear();
@@ -350,6 +370,7 @@ impl Channel {
         self.unacked.clear();
         self.tx = None;
         self.assembly = Assembly::Idle;
+        waits
     }
 
     /// Ask every queue this channel consumes from to try delivering again.

@@ -268,9 +268,7 @@ impl Connection {
         for ch in channels.values_mut() {
             ch.teardown();
         }
-        for q in std::mem::take(&mut s.exclusive_queues) {
-            let _ = s.vhost.delete_queue(&q, false, false).await;
-        }
+        Self::delete_exclusive_queues(&mut s).await;
         self.broker.unregister_connection(self.id);
         if self.client_closed {
             self.linger().await;
@@ -339,7 +337,7 @@ impl Connection {
             return Ok(true);
         }
         if f.channel == 0 {
-            return self.handle_channel0(s, f);
+            return self.handle_channel0(s, channels, f).await;
         }
         let number = f.channel;
         let ids = if f.kind == FRAME_METHOD {
@@ -396,7 +394,7 @@ impl Connection {
         match ids {
             (20, 40) => {
                 // channel.close from the client (also answers our close if both crossed).
-                ch.teardown();
+                ch.teardown_and_wait().await;
                 channels.remove(&number);
                 s.send(
                     number,
@@ -425,7 +423,18 @@ impl Connection {
         Ok(true)
     }
 
-    fn handle_channel0(&mut self, s: &mut Session, f: Frame) -> Result<bool, AmqpError> {
+    async fn delete_exclusive_queues(s: &mut Session) {
+        for q in std::mem::take(&mut s.exclusive_queues) {
+            let _ = s.vhost.delete_queue(&q, false, false).await;
+        }
+    }
+
+    async fn handle_channel0(
+        &mut self,
+        s: &mut Session,
+        channels: &mut HashMap<u16, Channel>,
+        f: Frame,
+    ) -> Result<bool, AmqpError> {
         if f.kind != FRAME_METHOD {
             return Err(AmqpError::unexpected_frame(
                 "expected method frame, got non method frame instead",
@@ -438,6 +447,14 @@ impl Connection {
             Method::Other(c) => match *c {
                 AMQPClass::Connection(connection::AMQPMethod::Close(c)) => {
                     tracing::debug!(peer = %self.peer, "client closed connection: {} {}", c.reply_code, c.reply_text);
+                    // Release everything before close-ok, so a client that reconnects
+                    // at once finds its exclusive and auto-delete queues gone.
+                    s.publishes.flush();
+                    for ch in channels.values_mut() {
+                        ch.teardown_and_wait().await;
+                    }
+                    channels.clear();
+                    Self::delete_exclusive_queues(s).await;
                     s.send(
                         0,
                         AMQPClass::Connection(connection::AMQPMethod::CloseOk(

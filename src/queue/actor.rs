@@ -183,10 +183,13 @@ impl QueueActor {
                 self.consumers_changed();
             }
             QueueCmd::Settle { ids, how } => self.settle(ids, how),
-            QueueCmd::ChannelDown { channel_uid } => {
+            QueueCmd::ChannelDown { channel_uid, done } => {
                 self.consumers.retain(|c| c.channel_uid != channel_uid);
                 self.requeue_channel(channel_uid);
                 self.consumers_changed();
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
             }
             QueueCmd::Recover { channel_uid, reply } => {
                 self.requeue_channel(channel_uid);

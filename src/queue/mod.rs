@@ -74,9 +74,11 @@ pub enum QueueCmd {
         ids: Vec<u64>,
         how: Settle,
     },
-    /// A channel closed: drop its consumers and requeue what it had unacked.
+    /// A channel closed: drop its consumers and requeue what it had unacked. `done`,
+    /// when given, is answered once that happened (and an auto-delete queue is gone).
     ChannelDown {
         channel_uid: u64,
+        done: Option<oneshot::Sender<()>>,
     },
     /// basic.recover: requeue everything this channel has unacked.
     Recover {
