@@ -80,6 +80,7 @@ fn encode_deliveries(c: &mut Criterion) {
             routing_key: Bytes::from_static(b"queue"),
             properties: Bytes::from_static(&[0x10, 0x00, 1]),
             body: Bytes::from(vec![b'x'; size]),
+            store_id: None,
         };
         g.throughput(Throughput::Elements(BATCH as u64));
         g.bench_function(format!("{size}B"), |b| {

@@ -10,6 +10,7 @@ use crate::auth::Users;
 use crate::config::Config;
 use crate::error::{code, AmqpError};
 use crate::queue::{ConnEvent, EventTx};
+use crate::store::{Opened, Store, StoreError};
 use crate::vhost::Vhost;
 
 /// What the broker knows of a live connection (for shutdown and, later, management).
@@ -20,6 +21,8 @@ pub struct ConnectionEntry {
 
 pub struct Broker {
     pub config: Config,
+    /// The data directory's store (None for a broker that keeps nothing, in tests).
+    pub store: Option<Arc<Store>>,
     pub users: Users,
     vhosts: DashMap<String, Arc<Vhost>>,
     connections: DashMap<u64, ConnectionEntry>,
@@ -28,14 +31,51 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker that keeps nothing on disk.
     pub fn new(config: Config) -> Arc<Broker> {
+        Self::build(config, None)
+    }
+
+    /// Open the data directory, recover durable state, and build the broker on it.
+    /// Must run inside the tokio runtime (queues are tasks).
+    pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {
+        let Opened {
+            store,
+            snapshot,
+            mut messages,
+        } = Store::open(
+            &config.data_dir,
+            config.store.fsync,
+            config.store.segment_size,
+        )?;
+        let broker = Self::build(config, Some(store.clone()));
+        for (name, defs) in &snapshot.vhosts {
+            let vhost = broker
+                .vhosts
+                .entry(name.clone())
+                .or_insert_with(|| Vhost::with_store(name, Some(store.clone())))
+                .clone();
+            vhost.restore(defs, &mut messages);
+        }
+        let dropped: usize = messages.values().map(Vec::len).sum();
+        if dropped > 0 {
+            tracing::warn!(
+                messages = dropped,
+                "stored messages of unknown queues dropped"
+            );
+        }
+        Ok(broker)
+    }
+
+    fn build(config: Config, store: Option<Arc<Store>>) -> Arc<Broker> {
         let vhosts = DashMap::new();
         vhosts.insert(
             config.defaults.vhost.clone(),
-            Vhost::new(&config.defaults.vhost),
+            Vhost::with_store(&config.defaults.vhost, store.clone()),
         );
         Arc::new(Broker {
             users: Users::new(&config.defaults),
+            store,
             config,
             vhosts,
             connections: DashMap::new(),
@@ -61,6 +101,22 @@ impl Broker {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// First step of a shutdown: from now on, queues letting go of messages or being
+    /// deleted as their consumers disconnect is not recorded, so what is queued now is
+    /// there at the next start.
+    pub fn freeze_store(&self) {
+        if let Some(s) = &self.store {
+            s.freeze();
+        }
+    }
+
+    /// Last step of a shutdown: write and sync what is pending, stop the store.
+    pub fn close_store(&self) {
+        if let Some(s) = &self.store {
+            s.messages.close();
+        }
     }
 
     /// Stop accepting and ask every connection to close with CONNECTION_FORCED.

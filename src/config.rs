@@ -13,6 +13,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub amqp: AmqpConfig,
     pub defaults: DefaultsConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
 }
 
@@ -45,6 +46,25 @@ pub struct DefaultsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Sync (fdatasync) persistent messages before confirming them. Turning it off
+    /// trades crash safety for speed: confirmed messages may be lost on a crash.
+    pub fsync: bool,
+    /// Size at which the message journal starts a new segment file, bytes.
+    pub segment_size: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            fsync: true,
+            segment_size: 64 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// tracing filter: error, warn, info, debug, trace, or a full directive list.
     pub level: String,
@@ -56,6 +76,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             amqp: AmqpConfig::default(),
             defaults: DefaultsConfig::default(),
+            store: StoreConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -178,6 +199,9 @@ impl Config {
                 "amqp.max_message_size",
                 "must be between 1 and 536870912 bytes",
             );
+        }
+        if self.store.segment_size < 4096 {
+            return bad("store.segment_size", "must be at least 4096 bytes");
         }
         if self.defaults.vhost.is_empty() {
             return bad("defaults.vhost", "must not be empty");

@@ -12,6 +12,8 @@
 //! - [`exchange`]: the exchange types, one router per file (direct, fanout, topic, headers).
 //! - [`queue`]: queue actors, each the single owner of its messages and consumers.
 //! - [`message`]: a published message, shared by every queue it reaches.
+//! - [`store`]: the data directory: durable topology and persistent messages, with
+//!   group-committed syncs behind publisher confirms.
 //! - [`broker`]: the process-wide state (vhosts, users, live connections).
 //! - [`auth`]: SASL mechanisms and users. [`config`]: configuration loading.
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
@@ -29,6 +31,7 @@ pub mod message;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod store;
 pub mod util;
 pub mod vhost;
 

@@ -89,14 +89,14 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(config: Config) -> std::process::ExitCode {
-    if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
-        eprintln!(
-            "warren: cannot create data_dir {}: {e}",
-            config.data_dir.display()
-        );
-        return std::process::ExitCode::from(73);
-    }
-    let broker = warren::broker::Broker::new(config);
+    let started = std::time::Instant::now();
+    let broker = match warren::broker::Broker::open(config) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return std::process::ExitCode::from(73); // EX_CANTCREAT
+        }
+    };
     let listener = match warren::server::bind(&broker).await {
         Ok(l) => l,
         Err(e) => {
@@ -113,6 +113,7 @@ async fn run(config: Config) -> std::process::ExitCode {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %broker.config.data_dir.display(),
+        startup_ms = started.elapsed().as_millis() as u64,
         "warren started; AMQP listening on {addr}"
     );
     // One machine-readable line on stdout for scripts and tests.
@@ -122,6 +123,7 @@ async fn run(config: Config) -> std::process::ExitCode {
     let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
     wait_for_signal().await;
     tracing::info!("shutting down");
+    broker.freeze_store();
     broker.shut_down();
     let _ = server.await;
     // Give connections a moment to deliver their close frames.
@@ -129,6 +131,7 @@ async fn run(config: Config) -> std::process::ExitCode {
     while broker.connection_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    broker.close_store();
     std::process::ExitCode::SUCCESS
 }
 

@@ -14,6 +14,8 @@ pub struct Message {
     /// The content header's property flags and values, exactly as the publisher sent them.
     pub properties: Bytes,
     pub body: Bytes,
+    /// Its id in the message store, when it is persistent and reached a durable queue.
+    pub store_id: Option<u64>,
 }
 
 impl Message {

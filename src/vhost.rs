@@ -14,6 +14,8 @@ use crate::arguments::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
 use crate::error::{rs, AmqpError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::queue::{QueueHandle, QueueSpec};
+use crate::store::topology::{BindingDef, ExchangeDef, QueueDef, VhostDefs};
+use crate::store::{Change, Recovered, Store};
 
 /// Exchanges every vhost has (RabbitMQ's set), all durable.
 const STANDARD_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
@@ -37,6 +39,8 @@ pub struct Vhost {
     topology: RwLock<Topology>,
     version: AtomicU64,
     me: Weak<Vhost>,
+    /// Where durable changes and persistent messages go (None: nothing is kept).
+    store: Option<Arc<Store>>,
 }
 
 pub struct ExchangeDecl<'a> {
@@ -63,7 +67,12 @@ pub enum RouteError {
 }
 
 impl Vhost {
+    /// A vhost that keeps nothing on disk (tests, benches).
     pub fn new(name: &str) -> Arc<Vhost> {
+        Self::with_store(name, None)
+    }
+
+    pub fn with_store(name: &str, store: Option<Arc<Store>>) -> Arc<Vhost> {
         let mut topology = Topology::default();
         for (x, kind, internal) in STANDARD_EXCHANGES {
             topology.exchanges.insert(
@@ -76,6 +85,96 @@ impl Vhost {
             topology: RwLock::new(topology),
             version: AtomicU64::new(1),
             me: me.clone(),
+            store,
+        })
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// Record a durable change; call with the topology lock held so the log keeps the
+    /// order of the changes, then [`Vhost::sync_log`] once the lock is released.
+    fn log(&self, change: impl FnOnce(String) -> Change) {
+        if let Some(s) = &self.store {
+            s.topology.append(&change(self.name.to_string()));
+        }
+    }
+
+    /// Make logged changes durable before the client hears they happened.
+    fn sync_log(&self) {
+        if let Some(s) = &self.store {
+            s.topology.sync();
+        }
+    }
+
+    /// Rebuild what the topology log and message store hold for this vhost (start-up).
+    pub fn restore(&self, defs: &VhostDefs, messages: &mut HashMap<u64, Vec<Recovered>>) {
+        let mut t = self.write();
+        for (name, x) in &defs.exchanges {
+            let Some(kind) = ExchangeKind::parse(&x.kind) else {
+                continue;
+            };
+            t.exchanges.insert(
+                name.clone(),
+                Exchange::new(
+                    name,
+                    kind,
+                    true,
+                    x.auto_delete,
+                    x.internal,
+                    x.arguments.clone(),
+                ),
+            );
+        }
+        for (name, q) in &defs.queues {
+            let spec = QueueSpec {
+                name: name.clone(),
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments.clone(),
+                store_qid: Some(q.qid),
+                recovered: messages.remove(&q.qid).unwrap_or_default(),
+            };
+            t.queues.insert(
+                name.clone(),
+                QueueHandle::spawn(spec, self.me.clone(), self.name.clone()),
+            );
+        }
+        for b in &defs.bindings {
+            let dest = if b.to_queue {
+                Destination::Queue(Arc::from(b.destination.as_str()))
+            } else {
+                Destination::Exchange(Arc::from(b.destination.as_str()))
+            };
+            if !Self::destination_exists(&t, &dest) {
+                continue;
+            }
+            if let Some(x) = t.exchanges.get_mut(&b.source) {
+                x.bind(Binding {
+                    source: Arc::from(b.source.as_str()),
+                    destination: dest,
+                    routing_key: b.routing_key.clone(),
+                    arguments: b.arguments.clone(),
+                });
+            }
+        }
+    }
+
+    /// Durable iff both ends are (RabbitMQ's rule); the binding's record if so.
+    fn durable_binding(t: &Topology, b: &Binding) -> Option<BindingDef> {
+        let source = t.exchanges.get(&*b.source)?;
+        let (to_queue, durable) = match &b.destination {
+            Destination::Queue(q) => (true, t.queues.get(&**q)?.durable),
+            Destination::Exchange(x) => (false, t.exchanges.get(&**x)?.durable),
+        };
+        (source.durable && durable).then(|| BindingDef {
+            source: b.source.to_string(),
+            to_queue,
+            destination: b.destination.name().to_owned(),
+            routing_key: b.routing_key.clone(),
+            arguments: b.arguments.clone(),
         })
     }
 
@@ -165,6 +264,18 @@ impl Vhost {
                 d.name
             )));
         }
+        if d.durable {
+            self.log(|vhost| Change::Exchange {
+                vhost,
+                name: d.name.to_owned(),
+                def: ExchangeDef {
+                    kind: kind.as_str().to_owned(),
+                    auto_delete: d.auto_delete,
+                    internal: d.internal,
+                    arguments: d.arguments.clone(),
+                },
+            });
+        }
         t.exchanges.insert(
             d.name.to_owned(),
             Exchange::new(
@@ -176,6 +287,8 @@ impl Vhost {
                 d.arguments,
             ),
         );
+        drop(t);
+        self.sync_log();
         Ok(())
     }
 
@@ -210,20 +323,29 @@ impl Vhost {
                 self.describe("exchange", name)
             )));
         }
-        Self::remove_exchange(&mut t, name);
+        self.remove_exchange(&mut t, name);
+        drop(t);
+        self.sync_log();
         Ok(())
     }
 
     /// Remove an exchange and every binding to or from it; cascades auto-delete.
-    fn remove_exchange(t: &mut Topology, name: &str) {
-        if t.exchanges.remove(name).is_none() {
+    fn remove_exchange(&self, t: &mut Topology, name: &str) {
+        let Some(x) = t.exchanges.remove(name) else {
             return;
+        };
+        if x.durable {
+            // Replaying the deletion drops the exchange's bindings too.
+            self.log(|vhost| Change::DeleteExchange {
+                vhost,
+                name: name.to_owned(),
+            });
         }
-        Self::unbind_everywhere(t, &Destination::Exchange(Arc::from(name)));
+        self.unbind_everywhere(t, &Destination::Exchange(Arc::from(name)));
     }
 
     /// Drop all bindings to `dest`, then delete auto-delete exchanges left with none.
-    fn unbind_everywhere(t: &mut Topology, dest: &Destination) {
+    fn unbind_everywhere(&self, t: &mut Topology, dest: &Destination) {
         let mut emptied = Vec::new();
         for x in t.exchanges.values_mut() {
             if x.unbind_destination(dest) > 0 && x.auto_delete && x.bindings.is_empty() {
@@ -231,7 +353,7 @@ impl Vhost {
             }
         }
         for x in emptied {
-            Self::remove_exchange(t, &x);
+            self.remove_exchange(t, &x);
         }
     }
 
@@ -292,15 +414,35 @@ impl Vhost {
             d.exclusive,
             d.auto_delete,
         )?;
+        let durable = d.durable && !d.exclusive;
+        let store_qid = match &self.store {
+            Some(s) if durable => Some(s.next_qid()),
+            _ => None,
+        };
+        if let Some(qid) = store_qid {
+            self.log(|vhost| Change::Queue {
+                vhost,
+                name: d.name.clone(),
+                def: QueueDef {
+                    qid,
+                    auto_delete: d.auto_delete,
+                    arguments: d.arguments.clone(),
+                },
+            });
+        }
         let spec = QueueSpec {
             name: d.name.clone(),
-            durable: d.durable && !d.exclusive,
+            durable,
             exclusive_owner: owner,
             auto_delete: d.auto_delete,
             arguments: d.arguments,
+            store_qid,
+            recovered: Vec::new(),
         };
         let q = QueueHandle::spawn(spec, self.me.clone(), self.name.clone());
         t.queues.insert(d.name, q.clone());
+        drop(t);
+        self.sync_log();
         Ok((q, true))
     }
 
@@ -310,8 +452,16 @@ impl Vhost {
         let mut t = self.write();
         if t.queues.get(&*q.name).is_some_and(|cur| cur.id == q.id) {
             t.queues.remove(&*q.name);
-            Self::unbind_everywhere(&mut t, &Destination::Queue(q.name.clone()));
+            if q.durable {
+                self.log(|vhost| Change::DeleteQueue {
+                    vhost,
+                    name: q.name.to_string(),
+                });
+            }
+            self.unbind_everywhere(&mut t, &Destination::Queue(q.name.clone()));
         }
+        drop(t);
+        self.sync_log();
     }
 
     /// queue.delete: the actor checks if-unused / if-empty and stops; returns the count.
@@ -391,13 +541,20 @@ impl Vhost {
         if let Some(x) = t.exchanges.get_mut(source) {
             x.validate_binding(&arguments)
                 .map_err(AmqpError::precondition_failed)?;
-            x.bind(Binding {
-                source: Arc::from(source),
-                destination: dest,
-                routing_key: key.to_owned(),
-                arguments,
-            });
         }
+        let binding = Binding {
+            source: Arc::from(source),
+            destination: dest,
+            routing_key: key.to_owned(),
+            arguments,
+        };
+        let durable = Self::durable_binding(&t, &binding);
+        let added = t.exchanges.get_mut(source).is_some_and(|x| x.bind(binding));
+        if let (true, Some(b)) = (added, durable) {
+            self.log(|vhost| Change::Bind { vhost, binding: b });
+        }
+        drop(t);
+        self.sync_log();
         Ok(())
     }
 
@@ -417,13 +574,20 @@ impl Vhost {
             routing_key: key.to_owned(),
             arguments,
         };
-        let emptied = t
-            .exchanges
-            .get_mut(source)
-            .is_some_and(|x| x.unbind(&binding) && x.auto_delete && x.bindings.is_empty());
-        if emptied {
-            Self::remove_exchange(&mut t, source);
+        let durable = Self::durable_binding(&t, &binding);
+        let mut removed = false;
+        let emptied = t.exchanges.get_mut(source).is_some_and(|x| {
+            removed = x.unbind(&binding);
+            removed && x.auto_delete && x.bindings.is_empty()
+        });
+        if let (true, Some(b)) = (removed, durable) {
+            self.log(|vhost| Change::Unbind { vhost, binding: b });
         }
+        if emptied {
+            self.remove_exchange(&mut t, source);
+        }
+        drop(t);
+        self.sync_log();
         Ok(())
     }
 

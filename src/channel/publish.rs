@@ -1,7 +1,7 @@
 //! basic.publish once its content is complete: routing (through a per-channel route
 //! cache), mandatory returns, publisher confirms and transactions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use amq_protocol::protocol::{confirm, tx, AMQPClass};
@@ -48,15 +48,24 @@ impl RouteCache {
     }
 }
 
-/// Publisher confirms: sequence numbers given and acks owed.
+/// Publisher confirms: sequence numbers given and outcomes owed.
 #[derive(Default)]
 pub(super) struct ConfirmState {
     /// Sequence number of the last publish.
     published: u64,
-    /// Highest sequence number confirmed but not yet acked on the wire.
-    confirmed: u64,
-    /// Highest sequence number acked on the wire.
+    /// Highest sequence number whose outcome is on the wire.
     sent: u64,
+    /// Publishes after `sent` that are not plain acks yet, in order. Every other
+    /// sequence number up to `published` is an ack.
+    pending: VecDeque<(u64, Outcome)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Acked once the store has synced this message id.
+    Stored(u64),
+    /// Refused (reject-publish overflow, store failure).
+    Nack,
 }
 
 /// A transaction's pending work, applied at commit.
@@ -155,6 +164,8 @@ impl Channel {
         };
         // A reject-publish queue that is full refuses the message (see queue/admission.rs).
         let mut refused = false;
+        // The message's store id, when its confirm must wait for the store's sync.
+        let mut stored = None;
         if route.is_empty() {
             if p.mandatory {
                 method::encode_return(
@@ -170,64 +181,104 @@ impl Channel {
                     routing_key: p.routing_key,
                     properties,
                     body,
+                    store_id: None,
                 };
                 m.write_content(&mut s.out, self.number, s.frame_max);
             }
         } else {
-            let m = Arc::new(Message {
-                exchange: p.exchange,
-                routing_key: p.routing_key,
-                properties,
-                body,
-            });
+            let mut admitted = Vec::with_capacity(route.len());
+            let mut refused_dlx = Vec::new();
             for q in route.iter() {
                 if let Some(a) = q.admission() {
-                    if !a.try_admit(m.body.len() as u64) {
+                    if !a.try_admit(body.len() as u64) {
                         refused = true;
                         if a.dead_letter {
-                            q.send(QueueCmd::Refused(m.clone()));
+                            refused_dlx.push(q);
                         }
                         continue;
                     }
                 }
+                admitted.push(q);
+            }
+            let mut m = Message {
+                exchange: p.exchange,
+                routing_key: p.routing_key,
+                properties,
+                body,
+                store_id: None,
+            };
+            // Persistent messages for durable queues go to the store; their confirm
+            // waits for its sync.
+            if props.persistent() {
+                if let Some(store) = s.vhost.store() {
+                    let qids: Vec<u64> = admitted.iter().filter_map(|q| q.store_qid).collect();
+                    if !qids.is_empty() {
+                        if store.messages.is_broken() {
+                            // Refused, not accepted in memory only: the publisher retries.
+                            refused = true;
+                            admitted.retain(|q| q.store_qid.is_none());
+                        } else {
+                            let waiter = self.confirm.is_some().then_some(&s.events);
+                            let id = store.messages.persist(qids, &m, waiter);
+                            m.store_id = Some(id);
+                            stored = Some(id);
+                        }
+                    }
+                }
+            }
+            let m = Arc::new(m);
+            for q in admitted {
                 s.publishes.push(q, m.clone());
             }
+            for q in refused_dlx {
+                q.send(QueueCmd::Refused(m.clone()));
+            }
         }
-        // Without durability every routed (or returned) message is settled once handed to
-        // its queues, so the confirm is due at once, after any basic.return.
         if let Some(c) = &mut self.confirm {
             c.published += 1;
+            let seq = c.published;
             if refused {
-                // Confirms go out in order: the acks owed so far, then this nack.
-                if c.confirmed > c.sent {
-                    method::encode_confirm(
-                        &mut s.out.buf,
-                        self.number,
-                        c.confirmed,
-                        c.confirmed - c.sent > 1,
-                        false,
-                    );
-                }
-                method::encode_confirm(&mut s.out.buf, self.number, c.published, false, true);
-                c.confirmed = c.published;
-                c.sent = c.published;
-            } else {
-                c.confirmed = c.published;
-                if c.sent + 1 == c.confirmed {
-                    s.confirms_due.push(self.number);
-                }
+                c.pending.push_back((seq, Outcome::Nack));
+            } else if let Some(id) = stored {
+                c.pending.push_back((seq, Outcome::Stored(id)));
+            }
+            if s.confirms_due.last() != Some(&self.number) {
+                s.confirms_due.push(self.number);
             }
         }
         Ok(())
     }
 
-    /// Write the acks owed to a confirming publisher, coalesced with `multiple`.
+    /// Write the confirms that are due, in order: acks coalesced with `multiple`, nacks
+    /// one by one, stopping at the first publish still waiting for the store.
     pub fn flush_confirms(&mut self, s: &mut Session) {
-        if let Some(c) = &mut self.confirm {
-            if c.confirmed > c.sent {
-                let multiple = c.confirmed - c.sent > 1;
-                method::encode_confirm(&mut s.out.buf, self.number, c.confirmed, multiple, false);
-                c.sent = c.confirmed;
+        let Some(c) = &mut self.confirm else { return };
+        let store = s.vhost.store().map(|st| &st.messages);
+        let synced = store.map_or(u64::MAX, |m| m.synced());
+        let broken = store.is_some_and(|m| m.is_broken());
+        loop {
+            let (limit, outcome) = match c.pending.front() {
+                Some(&(seq, o)) => (seq, Some(o)),
+                None => (c.published + 1, None),
+            };
+            // Everything before the first pending publish is simply acked.
+            if limit - 1 > c.sent {
+                let multiple = limit - 1 - c.sent > 1;
+                method::encode_confirm(&mut s.out.buf, self.number, limit - 1, multiple, false);
+                c.sent = limit - 1;
+            }
+            match outcome {
+                None => break,
+                Some(Outcome::Stored(id)) if id <= synced => {
+                    c.pending.pop_front(); // now a plain ack, covered by the next round
+                }
+                Some(Outcome::Stored(_)) if !broken => break,
+                // Refused, or the store failed before syncing it.
+                Some(_) => {
+                    method::encode_confirm(&mut s.out.buf, self.number, limit, false, true);
+                    c.sent = limit;
+                    c.pending.pop_front();
+                }
             }
         }
     }

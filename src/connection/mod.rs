@@ -521,6 +521,11 @@ impl Connection {
                     ch.cancel_ok(s, &consumer_tag, nowait);
                 }
             }
+            ConnEvent::StoreSynced => {
+                for ch in channels.values_mut() {
+                    ch.flush_confirms(s);
+                }
+            }
             ConnEvent::Close(e) => return Err(e),
         }
         Ok(())

@@ -14,12 +14,14 @@ use tokio::sync::mpsc;
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::ready::{Entry, Ready};
+use super::stored::{StoreLink, Stored};
 use super::{
     ConnEvent, Consumer, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats, Settle,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
 use crate::protocol::properties;
+use crate::store::Recovered;
 use crate::vhost::Vhost;
 
 /// Commands handled before delivering, and deliveries made before yielding: bounds the
@@ -57,6 +59,8 @@ pub(super) struct QueueActor {
     may_expire: bool,
     /// `x-expires`: when the queue, unused until then, deletes itself.
     idle_deadline: Option<Instant>,
+    /// A durable queue's link to the message store.
+    store: Option<StoreLink>,
 }
 
 /// What woke the actor.
@@ -70,6 +74,8 @@ impl QueueActor {
         handle: &Arc<QueueHandle>,
         args: QueueArgs,
         vhost: Weak<Vhost>,
+        store: Option<StoreLink>,
+        recovered: Vec<Recovered>,
         rx: mpsc::UnboundedReceiver<QueueCmd>,
     ) {
         let dead_letter = args
@@ -95,8 +101,12 @@ impl QueueActor {
             next_id: 1,
             had_consumer: false,
             deleted: false,
+            store,
         };
         actor.touch();
+        for r in recovered {
+            actor.restore(r);
+        }
         tokio::spawn(actor.run(rx));
     }
 
@@ -122,6 +132,7 @@ impl QueueActor {
                 }
                 Wake::Timer => self.on_timer(),
             }
+            self.flush_store();
             while !self.deleted && self.deliver() {
                 // More could go out but the budget ran out: let others run, then go on
                 // (commands that arrived meanwhile are handled first).
@@ -130,10 +141,12 @@ impl QueueActor {
                     self.handle(cmd);
                 }
             }
+            self.flush_store();
             if self.deleted {
                 break;
             }
         }
+        self.flush_store();
         tracing::debug!(queue = %self.name, "queue actor stopped");
     }
 
@@ -203,6 +216,9 @@ impl QueueActor {
                 self.touch();
                 let mut expired = Vec::new();
                 let got = self.ready.pop_live(self.now(), &mut expired).map(|e| {
+                    if let (Some(st), false, Some(s)) = (&e.stored, e.redelivered, &self.store) {
+                        s.store.delivered(s.qid, vec![st.id]);
+                    }
                     let got = GetOk {
                         msg_id: e.id,
                         message: e.message.clone(),
@@ -383,6 +399,52 @@ impl QueueActor {
         }
     }
 
+    /// Report to the store what this queue let go of (see `stored.rs`).
+    fn flush_store(&self) {
+        if let Some(s) = &self.store {
+            s.flush();
+        }
+    }
+
+    /// The store token for a persistent message, if this queue is durable.
+    fn token(&self, message: &Message) -> Option<Stored> {
+        let store = self.store.as_ref()?;
+        Some(store.token(message.store_id?))
+    }
+
+    /// Record first deliveries of stored messages, so that after a crash they come back
+    /// flagged redelivered.
+    fn mark_delivered(&self, ids: Vec<u64>) {
+        if let Some(s) = &self.store {
+            s.store.delivered(s.qid, ids);
+        }
+    }
+
+    /// A message found in the store at start-up.
+    fn restore(&mut self, r: Recovered) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let priority = match self.args.max_priority {
+            Some(_) => self
+                .ready
+                .level_for(properties::priority(&r.message.properties).unwrap_or(0)),
+            None => 0,
+        };
+        let expires = self.ttl_of(&r.message).map(|ms| {
+            self.may_expire = true;
+            Instant::now() + Duration::from_millis(ms)
+        });
+        let stored = self.store.as_ref().map(|s| s.token(r.store_id));
+        self.ready.requeue(Entry {
+            id,
+            message: r.message,
+            redelivered: r.delivered,
+            expires,
+            priority,
+            stored,
+        });
+    }
+
     fn enqueue(&mut self, message: Arc<Message>) {
         let id = self.next_id;
         self.next_id += 1;
@@ -394,24 +456,28 @@ impl QueueActor {
             None => 0,
         };
         if ttl == Some(0) {
+            let stored = self.token(&message);
             return self.enqueue_ttl0(Entry {
                 id,
                 message,
                 redelivered: false,
                 expires: None,
                 priority,
+                stored,
             });
         }
         let expires = ttl.map(|ms| {
             self.may_expire = true;
             Instant::now() + Duration::from_millis(ms)
         });
+        let stored = self.token(&message);
         self.ready.push_back(Entry {
             id,
             message,
             redelivered: false,
             expires,
             priority,
+            stored,
         });
         if self.over_limit() {
             // RabbitMQ hands a message to a waiting consumer before applying the limit:
@@ -535,6 +601,7 @@ impl QueueActor {
         let mut budget = DELIVER_BUDGET;
         let now = self.now();
         let mut expired = Vec::new();
+        let mut first_deliveries = Vec::new();
         while budget > 0 && !self.ready.is_empty() {
             let n = self.consumers.len();
             let Some(i) = (0..n)
@@ -548,6 +615,9 @@ impl QueueActor {
                 self.consumers[i].untake();
                 break;
             };
+            if let (Some(st), false) = (&e.stored, e.redelivered) {
+                first_deliveries.push(st.id);
+            }
             let c = &self.consumers[i];
             let d = Delivery {
                 channel_uid: c.channel_uid,
@@ -579,6 +649,7 @@ impl QueueActor {
             // requeues what we just marked unacked; nothing to do on failure here.
             let _ = tx.send(ConnEvent::Deliveries(ds));
         }
+        self.mark_delivered(first_deliveries);
         self.dead_letter(expired, Reason::Expired);
         budget == 0 && !self.ready.is_empty()
     }

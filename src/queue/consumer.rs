@@ -27,6 +27,8 @@ pub enum ConnEvent {
         consumer_tag: Arc<str>,
         nowait: bool,
     },
+    /// The message store synced: publisher confirms waiting for it may go out.
+    StoreSynced,
     /// Close the connection (broker shutdown, management action).
     Close(AmqpError),
 }

@@ -73,7 +73,7 @@ pub fn publish(
         {
             continue;
         }
-        let dl = Arc::new(dl);
+        let mut targets = Vec::with_capacity(routed.len());
         for q in &routed {
             if reason != Reason::Rejected && is_cycle(&deaths, q.name.as_bytes()) {
                 tracing::debug!(queue = %q.name, "dead-letter cycle without rejection: message dropped");
@@ -84,6 +84,21 @@ pub fn publish(
                     continue;
                 }
             }
+            targets.push(q);
+        }
+        // A persistent dead letter reaching durable queues is stored like a publish
+        // (nobody waits for a confirm).
+        let mut dl = dl;
+        if props.is_some_and(|p| p.persistent()) {
+            if let Some(store) = vhost.store() {
+                let qids: Vec<u64> = targets.iter().filter_map(|q| q.store_qid).collect();
+                if !qids.is_empty() && !store.messages.is_broken() {
+                    dl.store_id = Some(store.messages.persist(qids, &dl, None));
+                }
+            }
+        }
+        let dl = Arc::new(dl);
+        for q in targets {
             q.send(QueueCmd::Publish(dl.clone()));
         }
     }
@@ -230,6 +245,7 @@ fn make_message(
         routing_key,
         properties: Bytes::from(new_props),
         body: m.body.clone(),
+        store_id: None,
     };
     Some((message, deaths))
 }
@@ -244,6 +260,7 @@ mod tests {
             routing_key: Bytes::from_static(b"rk"),
             properties: Bytes::from(properties),
             body: Bytes::from_static(b"body"),
+            store_id: None,
         }
     }
 

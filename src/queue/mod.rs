@@ -14,6 +14,7 @@ pub mod args;
 pub mod consumer;
 pub mod dead_letter;
 mod ready;
+mod stored;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -124,6 +125,9 @@ pub struct QueueHandle {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The durable queue's id in the message store; persistent messages routed here are
+    /// stored before they are confirmed.
+    pub store_qid: Option<u64>,
     /// Present for reject-publish queues with a length limit: publishers reserve room
     /// here before enqueueing (see `admission.rs`).
     admission: Option<Arc<Admission>>,
@@ -138,6 +142,10 @@ pub struct QueueSpec {
     pub exclusive_owner: Option<u64>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The queue's id in the message store (durable queues of a broker with a store).
+    pub store_qid: Option<u64>,
+    /// Messages found in the store at start-up, in order.
+    pub recovered: Vec<crate::store::Recovered>,
 }
 
 impl QueueHandle {
@@ -160,10 +168,18 @@ impl QueueHandle {
             exclusive_owner: spec.exclusive_owner,
             auto_delete: spec.auto_delete,
             arguments: spec.arguments,
+            store_qid: spec.store_qid,
             admission,
             tx,
         });
-        actor::QueueActor::start(&handle, args, vhost, rx);
+        let store = match (
+            spec.store_qid,
+            vhost.upgrade().and_then(|v| v.store().cloned()),
+        ) {
+            (Some(qid), Some(s)) => Some(stored::StoreLink::new(s.messages.clone(), qid)),
+            _ => None,
+        };
+        actor::QueueActor::start(&handle, args, vhost, store, spec.recovered, rx);
         handle
     }
 

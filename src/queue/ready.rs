@@ -22,6 +22,9 @@ pub(super) struct Entry {
     pub expires: Option<Instant>,
     /// Its level: the message's priority capped at the queue's maximum (0 without one).
     pub priority: u8,
+    /// Set when the message is in the store on this (durable) queue's behalf: dropping
+    /// the entry, wherever the queue lets go of it, records that (see `stored.rs`).
+    pub stored: Option<super::stored::Stored>,
 }
 
 impl Entry {

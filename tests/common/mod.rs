@@ -92,6 +92,11 @@ impl Broker {
             std::env::temp_dir().join(format!("warren-test-{}-{}", std::process::id(), n));
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir).expect("create data dir");
+        Self::spawn_in(data_dir, extra_args)
+    }
+
+    /// Spawn warren on an existing data directory (restart tests).
+    pub fn spawn_in(data_dir: PathBuf, extra_args: &[&str]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             .arg("--amqp-listen")
             .arg("127.0.0.1:0")
@@ -162,6 +167,31 @@ impl Broker {
     /// URL with explicit credentials and (already percent-encoded) vhost.
     pub fn url_with(&self, user: &str, pass: &str, vhost_encoded: &str) -> String {
         format!("amqp://{user}:{pass}@{}/{vhost_encoded}", self.addr)
+    }
+
+    /// The spawned warren's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().expect("a spawned warren")
+    }
+
+    /// Kill the broker with SIGKILL (a crash); keeps the data directory.
+    pub fn crash(mut self) -> PathBuf {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.data_dir.take().expect("a spawned warren")
+    }
+
+    /// Stop the broker with SIGTERM and wait for it; keeps the data directory.
+    pub fn stop(mut self) -> (PathBuf, std::process::ExitStatus) {
+        let mut child = self.child.take().expect("a spawned warren");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let status = child.wait().expect("wait for warren");
+        (self.data_dir.take().expect("a spawned warren"), status)
     }
 
     /// True when this is a warren process started by the test.

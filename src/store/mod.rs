@@ -1,0 +1,156 @@
+//! Durable state in the data directory.
+//!
+//! - `meta.toml`: the on-disk format version and this node's stable id.
+//! - `warren.lock`: held (flock) while a broker runs, with its pid, so a second broker
+//!   on the same directory stops with a clear error.
+//! - `topology.log` ([`topology`]): durable vhosts, exchanges, queues and bindings.
+//! - `messages/*.seg` ([`messages`]): persistent messages of durable queues.
+//!
+//! Every log uses the checksummed record framing of [`record`].
+
+mod codec;
+pub mod messages;
+pub mod record;
+pub mod topology;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub use messages::{MessageStore, Recovered};
+pub use topology::{Change, Snapshot, TopologyLog};
+
+/// The on-disk format this binary writes. Older formats are migrated on start (there are
+/// none yet); newer ones are refused.
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub struct Store {
+    pub topology: TopologyLog,
+    pub messages: Arc<MessageStore>,
+    pub node_id: String,
+    next_qid: AtomicU64,
+    /// Holds the data directory's lock for the broker's lifetime.
+    _lock: File,
+}
+
+/// What start-up finds on disk.
+pub struct Opened {
+    pub store: Arc<Store>,
+    pub snapshot: Snapshot,
+    /// Recovered messages by queue id.
+    pub messages: HashMap<u64, Vec<Recovered>>,
+}
+
+impl Store {
+    pub fn open(dir: &Path, fsync: bool, segment_size: u64) -> Result<Opened, StoreError> {
+        let err = |what: &str, e: std::io::Error| {
+            StoreError(format!("{what} in data dir {}: {e}", dir.display()))
+        };
+        fs::create_dir_all(dir).map_err(|e| err("cannot create", e))?;
+        let lock = lock(dir)?;
+        let node_id = meta(dir)?;
+        let (topology, snapshot) =
+            TopologyLog::open(dir, fsync).map_err(|e| err("cannot read the topology log", e))?;
+        let live: HashSet<u64> = snapshot
+            .vhosts
+            .values()
+            .flat_map(|v| v.queues.values().map(|q| q.qid))
+            .collect();
+        let (messages, recovered) =
+            MessageStore::open(&dir.join("messages"), &live, fsync, segment_size)
+                .map_err(|e| err("cannot read the message store", e))?;
+        let store = Arc::new(Store {
+            topology,
+            messages,
+            node_id,
+            next_qid: AtomicU64::new(snapshot.max_qid() + 1),
+            _lock: lock,
+        });
+        Ok(Opened {
+            store,
+            snapshot,
+            messages: recovered,
+        })
+    }
+
+    /// Stop recording deletions and consumption (see [`crate::broker::Broker::freeze_store`]).
+    pub fn freeze(&self) {
+        self.topology.freeze();
+        self.messages.freeze();
+    }
+
+    /// A new durable queue's id, never reused.
+    pub fn next_qid(&self) -> u64 {
+        self.next_qid.fetch_add(1, Ordering::AcqRel)
+    }
+}
+
+fn lock(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("warren.lock");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+    if f.try_lock().is_err() {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(StoreError(format!(
+            "data dir {} is in use by another warren process (pid {}); stop it or choose another data_dir",
+            dir.display(),
+            pid.trim()
+        )));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = writeln!(f, "{}", std::process::id());
+    Ok(f)
+}
+
+/// Read (or create) `meta.toml`; returns the node id.
+fn meta(dir: &Path) -> Result<String, StoreError> {
+    let path: PathBuf = dir.join("meta.toml");
+    if let Ok(text) = fs::read_to_string(&path) {
+        let table: toml::Table = toml::from_str(&text)
+            .map_err(|e| StoreError(format!("{} is not valid: {e}", path.display())))?;
+        let format = table
+            .get("format")
+            .and_then(|v| v.as_integer())
+            .unwrap_or(0);
+        if format > i64::from(FORMAT) {
+            return Err(StoreError(format!(
+                "data dir {} was written by a newer warren (format {format}); this binary reads formats up to {FORMAT}. \
+                 Run the newer version, or point data_dir elsewhere.",
+                dir.display()
+            )));
+        }
+        if let Some(id) = table.get("node_id").and_then(|v| v.as_str()) {
+            return Ok(id.to_owned());
+        }
+    }
+    let id = crate::util::generated_name("warren");
+    let text =
+        format!("# warren data directory; do not edit.\nformat = {FORMAT}\nnode_id = \"{id}\"\n");
+    let tmp = dir.join("meta.toml.new");
+    fs::write(&tmp, text)
+        .and_then(|()| File::open(&tmp)?.sync_all())
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(|e| StoreError(format!("cannot write {}: {e}", path.display())))?;
+    Ok(id)
+}

@@ -1,0 +1,441 @@
+//! The durable topology: virtual hosts, durable exchanges and queues, and the bindings
+//! between durable ends, as an append-only log of changes (`topology.log`).
+//!
+//! Changes are appended while the vhost's topology lock is held, so the log's order is
+//! the order the changes happened in, and synced before the client hears declare-ok.
+//! At start-up the log is replayed into a [`Snapshot`] and rewritten as just that
+//! snapshot, so it never grows beyond one record per live entity plus recent changes.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use amq_protocol::types::FieldTable;
+
+use super::codec::{Get, Put};
+use super::record;
+
+const FILE: &str = "topology.log";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeDef {
+    pub kind: String,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueDef {
+    /// The queue's id in the message store (unique across restarts).
+    pub qid: u64,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingDef {
+    pub source: String,
+    pub to_queue: bool,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct VhostDefs {
+    pub exchanges: BTreeMap<String, ExchangeDef>,
+    pub queues: BTreeMap<String, QueueDef>,
+    pub bindings: Vec<BindingDef>,
+}
+
+/// What the log describes, replayed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Snapshot {
+    pub vhosts: BTreeMap<String, VhostDefs>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    AddVhost(String),
+    DeleteVhost(String),
+    Exchange {
+        vhost: String,
+        name: String,
+        def: ExchangeDef,
+    },
+    DeleteExchange {
+        vhost: String,
+        name: String,
+    },
+    Queue {
+        vhost: String,
+        name: String,
+        def: QueueDef,
+    },
+    DeleteQueue {
+        vhost: String,
+        name: String,
+    },
+    Bind {
+        vhost: String,
+        binding: BindingDef,
+    },
+    Unbind {
+        vhost: String,
+        binding: BindingDef,
+    },
+}
+
+impl Snapshot {
+    /// Apply one change, with the same cascades the broker applies in memory: deleting a
+    /// queue or exchange removes its bindings.
+    pub fn apply(&mut self, c: Change) {
+        match c {
+            Change::AddVhost(v) => {
+                self.vhosts.entry(v).or_default();
+            }
+            Change::DeleteVhost(v) => {
+                self.vhosts.remove(&v);
+            }
+            Change::Exchange { vhost, name, def } => {
+                self.vhosts
+                    .entry(vhost)
+                    .or_default()
+                    .exchanges
+                    .insert(name, def);
+            }
+            Change::DeleteExchange { vhost, name } => {
+                if let Some(v) = self.vhosts.get_mut(&vhost) {
+                    v.exchanges.remove(&name);
+                    v.bindings
+                        .retain(|b| b.source != name && (b.to_queue || b.destination != name));
+                }
+            }
+            Change::Queue { vhost, name, def } => {
+                self.vhosts
+                    .entry(vhost)
+                    .or_default()
+                    .queues
+                    .insert(name, def);
+            }
+            Change::DeleteQueue { vhost, name } => {
+                if let Some(v) = self.vhosts.get_mut(&vhost) {
+                    v.queues.remove(&name);
+                    v.bindings
+                        .retain(|b| !(b.to_queue && b.destination == name));
+                }
+            }
+            Change::Bind { vhost, binding } => {
+                let v = self.vhosts.entry(vhost).or_default();
+                if !v.bindings.contains(&binding) {
+                    v.bindings.push(binding);
+                }
+            }
+            Change::Unbind { vhost, binding } => {
+                if let Some(v) = self.vhosts.get_mut(&vhost) {
+                    v.bindings.retain(|b| b != &binding);
+                }
+            }
+        }
+    }
+
+    /// The changes that rebuild this snapshot.
+    fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (vhost, defs) in &self.vhosts {
+            out.push(Change::AddVhost(vhost.clone()));
+            for (name, def) in &defs.exchanges {
+                out.push(Change::Exchange {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    def: def.clone(),
+                });
+            }
+            for (name, def) in &defs.queues {
+                out.push(Change::Queue {
+                    vhost: vhost.clone(),
+                    name: name.clone(),
+                    def: def.clone(),
+                });
+            }
+            for b in &defs.bindings {
+                out.push(Change::Bind {
+                    vhost: vhost.clone(),
+                    binding: b.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn max_qid(&self) -> u64 {
+        self.vhosts
+            .values()
+            .flat_map(|v| v.queues.values().map(|q| q.qid))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn encode(c: &Change, o: &mut Vec<u8>) {
+    let binding = |o: &mut Vec<u8>, b: &BindingDef| {
+        o.put_str(&b.source);
+        o.put_u8(b.to_queue as u8);
+        o.put_str(&b.destination);
+        o.put_str(&b.routing_key);
+        o.put_table(&b.arguments);
+    };
+    match c {
+        Change::AddVhost(v) => {
+            o.put_u8(b'V');
+            o.put_str(v);
+        }
+        Change::DeleteVhost(v) => {
+            o.put_u8(b'v');
+            o.put_str(v);
+        }
+        Change::Exchange { vhost, name, def } => {
+            o.put_u8(b'E');
+            o.put_str(vhost);
+            o.put_str(name);
+            o.put_str(&def.kind);
+            o.put_u8(def.auto_delete as u8);
+            o.put_u8(def.internal as u8);
+            o.put_table(&def.arguments);
+        }
+        Change::DeleteExchange { vhost, name } => {
+            o.put_u8(b'e');
+            o.put_str(vhost);
+            o.put_str(name);
+        }
+        Change::Queue { vhost, name, def } => {
+            o.put_u8(b'Q');
+            o.put_str(vhost);
+            o.put_str(name);
+            o.put_u64(def.qid);
+            o.put_u8(def.auto_delete as u8);
+            o.put_table(&def.arguments);
+        }
+        Change::DeleteQueue { vhost, name } => {
+            o.put_u8(b'q');
+            o.put_str(vhost);
+            o.put_str(name);
+        }
+        Change::Bind { vhost, binding: b } => {
+            o.put_u8(b'B');
+            o.put_str(vhost);
+            binding(o, b);
+        }
+        Change::Unbind { vhost, binding: b } => {
+            o.put_u8(b'b');
+            o.put_str(vhost);
+            binding(o, b);
+        }
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<Change> {
+    let mut g = Get::new(payload);
+    let binding = |g: &mut Get<'_>| -> Option<BindingDef> {
+        Some(BindingDef {
+            source: g.string()?,
+            to_queue: g.u8()? != 0,
+            destination: g.string()?,
+            routing_key: g.string()?,
+            arguments: g.table()?,
+        })
+    };
+    Some(match g.u8()? {
+        b'V' => Change::AddVhost(g.string()?),
+        b'v' => Change::DeleteVhost(g.string()?),
+        b'E' => Change::Exchange {
+            vhost: g.string()?,
+            name: g.string()?,
+            def: ExchangeDef {
+                kind: g.string()?,
+                auto_delete: g.u8()? != 0,
+                internal: g.u8()? != 0,
+                arguments: g.table()?,
+            },
+        },
+        b'e' => Change::DeleteExchange {
+            vhost: g.string()?,
+            name: g.string()?,
+        },
+        b'Q' => Change::Queue {
+            vhost: g.string()?,
+            name: g.string()?,
+            def: QueueDef {
+                qid: g.u64()?,
+                auto_delete: g.u8()? != 0,
+                arguments: g.table()?,
+            },
+        },
+        b'q' => Change::DeleteQueue {
+            vhost: g.string()?,
+            name: g.string()?,
+        },
+        b'B' => Change::Bind {
+            vhost: g.string()?,
+            binding: binding(&mut g)?,
+        },
+        b'b' => Change::Unbind {
+            vhost: g.string()?,
+            binding: binding(&mut g)?,
+        },
+        _ => return None,
+    })
+}
+
+pub struct TopologyLog {
+    path: PathBuf,
+    file: Mutex<File>,
+    /// Appended since the last sync.
+    dirty: AtomicBool,
+    /// Shutting down: connections closing must not delete auto-delete queues on disk.
+    frozen: AtomicBool,
+    fsync: bool,
+}
+
+impl TopologyLog {
+    /// Replay the log in `dir`, then rewrite it as the snapshot it amounts to.
+    pub fn open(dir: &Path, fsync: bool) -> io::Result<(TopologyLog, Snapshot)> {
+        let path = dir.join(FILE);
+        let mut snapshot = Snapshot::default();
+        if let Ok(data) = fs::read(&path) {
+            let report = record::scan(&data, |offset, payload| match decode(payload) {
+                Some(c) => snapshot.apply(c),
+                None => {
+                    tracing::warn!(file = %path.display(), offset, "unreadable topology record skipped")
+                }
+            });
+            record::report(&path, data.len(), &report);
+        }
+        // Compact: write the snapshot to a new file, sync it, then swap it in.
+        let tmp = dir.join(format!("{FILE}.new"));
+        let mut buf = Vec::new();
+        for c in snapshot.changes() {
+            record::append_with(&mut buf, |o| encode(&c, o));
+        }
+        {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&buf)?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        let file = OpenOptions::new().append(true).open(&path)?;
+        Ok((
+            TopologyLog {
+                path,
+                file: Mutex::new(file),
+                dirty: AtomicBool::new(false),
+                frozen: AtomicBool::new(false),
+                fsync,
+            },
+            snapshot,
+        ))
+    }
+
+    /// Record a change (not yet synced; see [`TopologyLog::sync`]). Call it while
+    /// holding the lock that orders the change itself.
+    pub fn append(&self, c: &Change) {
+        if self.frozen.load(Ordering::Acquire) {
+            return;
+        }
+        let mut buf = Vec::new();
+        record::append_with(&mut buf, |o| encode(c, o));
+        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = f.write_all(&buf) {
+            tracing::error!(error = %e, file = %self.path.display(), "could not record a topology change");
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.store(true, Ordering::Release);
+    }
+
+    /// Make appended changes durable (before the client is told they happened).
+    pub fn sync(&self) {
+        if self.dirty.swap(false, Ordering::AcqRel) && self.fsync {
+            let f = self.file.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = f.sync_data() {
+                tracing::error!(error = %e, file = %self.path.display(), "could not sync the topology log");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_and_compacts() {
+        let dir = std::env::temp_dir().join(format!("warren-topology-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let (log, snap) = TopologyLog::open(&dir, true).unwrap();
+        assert_eq!(snap, Snapshot::default());
+        let v = "/".to_string();
+        let q = QueueDef {
+            qid: 3,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        };
+        let x = ExchangeDef {
+            kind: "topic".into(),
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        };
+        let b = BindingDef {
+            source: "x".into(),
+            to_queue: true,
+            destination: "q".into(),
+            routing_key: "a.#".into(),
+            arguments: FieldTable::default(),
+        };
+        log.append(&Change::Queue {
+            vhost: v.clone(),
+            name: "q".into(),
+            def: q.clone(),
+        });
+        log.append(&Change::Queue {
+            vhost: v.clone(),
+            name: "gone".into(),
+            def: QueueDef {
+                qid: 4,
+                ..q.clone()
+            },
+        });
+        log.append(&Change::Exchange {
+            vhost: v.clone(),
+            name: "x".into(),
+            def: x.clone(),
+        });
+        log.append(&Change::Bind {
+            vhost: v.clone(),
+            binding: b.clone(),
+        });
+        log.append(&Change::DeleteQueue {
+            vhost: v.clone(),
+            name: "gone".into(),
+        });
+        log.sync();
+        drop(log);
+        let (_log, snap) = TopologyLog::open(&dir, true).unwrap();
+        let defs = &snap.vhosts["/"];
+        assert_eq!(defs.queues.keys().collect::<Vec<_>>(), vec!["q"]);
+        assert_eq!(defs.exchanges["x"], x);
+        assert_eq!(defs.bindings, vec![b]);
+        assert_eq!(snap.max_qid(), 3);
+    }
+}

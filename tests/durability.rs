@@ -1,0 +1,532 @@
+//! Durability: what survives a restart or a crash (`kill -9`) of the broker process, and
+//! how the data directory guards itself. warren-only (these restart the broker).
+mod common;
+use common::*;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+fn skip_external() -> bool {
+    if is_external() {
+        eprintln!("skipped: restarts the broker process");
+        return true;
+    }
+    false
+}
+
+async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
+    within(ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    ))
+    .await
+    .expect("durable queue.declare");
+}
+
+async fn confirm_publish(ch: &Channel, queue: &str, bodies: &[String], props: BasicProperties) {
+    let mut pending = Vec::new();
+    for b in bodies {
+        pending.push(
+            within(ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                b.as_bytes(),
+                props.clone(),
+            ))
+            .await
+            .expect("publish"),
+        );
+    }
+    for p in pending {
+        assert!(within(p).await.expect("confirm").is_ack());
+    }
+}
+
+/// Everything left in a queue, in order, as (body, redelivered); auto-acked.
+async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    while let Some(m) = get(ch, queue, true).await {
+        out.push((body_str(&m.delivery), m.delivery.redelivered));
+    }
+    out
+}
+
+fn bodies(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_exchanges_queues_and_bindings_survive_restart_others_dont() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    {
+        let (_conn, ch) = broker.channel().await;
+        within(ch.exchange_declare(
+            "dx".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            no_args(),
+        ))
+        .await
+        .unwrap();
+        declare_exchange(&ch, "tx", ExchangeKind::Fanout).await;
+        declare_durable(
+            &ch,
+            "dq",
+            table(vec![("x-max-priority", AMQPValue::ShortShortUInt(5))]),
+        )
+        .await;
+        declare_queue(&ch, "tq").await;
+        within(ch.queue_declare(
+            "xq".into(),
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+            no_args(),
+        ))
+        .await
+        .unwrap();
+        bind(&ch, "dq", "dx", "a.#").await;
+        bind(&ch, "dq", "amq.direct", "k").await;
+    }
+    let (dir, status) = broker.stop();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    let broker = Broker::spawn_in(dir, &[]);
+    let conn = broker.connect().await;
+    assert!(exchange_exists(&conn, "dx").await);
+    assert!(
+        !exchange_exists(&conn, "tx").await,
+        "transient exchange gone"
+    );
+    assert!(queue_exists(&conn, "dq").await);
+    assert!(!queue_exists(&conn, "tq").await, "transient queue gone");
+    assert!(!queue_exists(&conn, "xq").await, "exclusive queue gone");
+    let ch = within(conn.create_channel()).await.unwrap();
+    // The bindings and the queue's arguments came back: routing and priorities work.
+    publish_props(&ch, "dx", "a.b.c", b"via-topic", persistent()).await;
+    publish_props(
+        &ch,
+        "amq.direct",
+        "k",
+        b"via-direct",
+        persistent().with_priority(5),
+    )
+    .await;
+    wait_message_count(&ch, "dq", 2).await;
+    let got: Vec<String> = drain(&ch, "dq").await.into_iter().map(|m| m.0).collect();
+    assert_eq!(got, vec!["via-direct", "via-topic"]);
+    // Redeclaring with other arguments is still refused: the arguments were kept.
+    let r = within(ch.queue_declare(
+        "dq".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        no_args(),
+    ))
+    .await;
+    assert_channel_closed(
+        r,
+        406,
+        "PRECONDITION_FAILED - inequivalent arg 'x-max-priority' for queue 'dq' in vhost '/': \
+         received none but current is the value '5' of type 'unsignedbyte'",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_messages_in_durable_queues_survive_a_crash_transient_ones_dont() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    {
+        let (_conn, ch) = broker.channel().await;
+        within(ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+        declare_durable(&ch, "q", no_args()).await;
+        declare_queue(&ch, "transient-q").await;
+        confirm_publish(&ch, "q", &bodies("p", 3), persistent()).await;
+        confirm_publish(&ch, "q", &["t".to_string()], BasicProperties::default()).await;
+        confirm_publish(&ch, "transient-q", &["lost".to_string()], persistent()).await;
+    }
+    let broker = Broker::spawn_in(broker.crash(), &[]);
+    let (_conn, ch) = broker.channel().await;
+    assert_eq!(
+        drain(&ch, "q").await,
+        vec![
+            ("p0".to_string(), false),
+            ("p1".to_string(), false),
+            ("p2".to_string(), false)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_never_come_back_unacked_ones_return_redelivered_in_order() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    declare_durable(&ch, "q", no_args()).await;
+    confirm_publish(&ch, "q", &bodies("m", 6), persistent()).await;
+    // m0 acked, m1 and m2 delivered but not acked, m3.. never delivered.
+    let m0 = get(&ch, "q", false).await.unwrap();
+    let _m1 = get(&ch, "q", false).await.unwrap();
+    let _m2 = get(&ch, "q", false).await.unwrap();
+    within(ch.basic_ack(m0.delivery.delivery_tag, BasicAckOptions::default()))
+        .await
+        .unwrap();
+    // A later synced publish orders the ack before the crash.
+    confirm_publish(&ch, "q", &["m6".to_string()], persistent()).await;
+    drop(conn);
+    let broker = Broker::spawn_in(broker.crash(), &[]);
+    let (_conn, ch) = broker.channel().await;
+    let got = drain(&ch, "q").await;
+    assert_eq!(
+        got,
+        vec![
+            ("m1".to_string(), true),
+            ("m2".to_string(), true),
+            ("m3".to_string(), false),
+            ("m4".to_string(), false),
+            ("m5".to_string(), false),
+            ("m6".to_string(), false),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_confirmed_message_survives_repeated_crashes() {
+    if skip_external() {
+        return;
+    }
+    let mut broker = Broker::start();
+    {
+        let (_conn, ch) = broker.channel().await;
+        declare_durable(&ch, "crash", no_args()).await;
+    }
+    let confirmed: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let mut consumed: BTreeSet<u64> = BTreeSet::new();
+    let mut seq = 0u64;
+    for cycle in 0..8 {
+        let url = broker.url();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Two publishers with confirms and a consumer with acks run while the broker dies.
+        let mut publishers = Vec::new();
+        for p in 0..2u64 {
+            let (url, confirmed, stop) = (url.clone(), confirmed.clone(), stop.clone());
+            let base = seq + p * 1_000_000;
+            publishers.push(tokio::spawn(async move {
+                let Ok(conn) = try_connect(&url).await else {
+                    return;
+                };
+                let Ok(ch) = conn.create_channel().await else {
+                    return;
+                };
+                if ch
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let mut n = base;
+                while !stop.load(Ordering::Relaxed) {
+                    let body = n.to_string();
+                    let Ok(pc) = ch
+                        .basic_publish(
+                            "".into(),
+                            "crash".into(),
+                            BasicPublishOptions::default(),
+                            body.as_bytes(),
+                            persistent(),
+                        )
+                        .await
+                    else {
+                        return;
+                    };
+                    match pc.await {
+                        Ok(c) if c.is_ack() => {
+                            confirmed.lock().unwrap().insert(n);
+                        }
+                        _ => return,
+                    }
+                    n += 1;
+                }
+            }));
+        }
+        let consumer = {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let Ok(conn) = try_connect(&url).await else {
+                    return got;
+                };
+                let Ok(ch) = conn.create_channel().await else {
+                    return got;
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    match ch
+                        .basic_get("crash".into(), BasicGetOptions { no_ack: false })
+                        .await
+                    {
+                        Ok(Some(m)) => {
+                            let n: u64 = body_str(&m.delivery).parse().unwrap();
+                            if ch
+                                .basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+                                .await
+                                .is_err()
+                            {
+                                return got;
+                            }
+                            got.push(n);
+                        }
+                        Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(2)).await,
+                        Err(_) => return got,
+                    }
+                }
+                got
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(150 + 40 * cycle)).await;
+        let dir = broker.crash();
+        stop.store(true, Ordering::Relaxed);
+        for p in publishers {
+            let _ = p.await;
+        }
+        // An ack the broker didn't record before dying may bring a message back: that
+        // is a redelivery, not a loss, so consumed-then-returned is fine.
+        consumed.extend(consumer.await.unwrap_or_default());
+        broker = Broker::spawn_in(dir, &[]);
+        seq += 10_000;
+    }
+    let (_conn, ch) = broker.channel().await;
+    let left: BTreeSet<u64> = drain(&ch, "crash")
+        .await
+        .into_iter()
+        .map(|(b, _)| b.parse().unwrap())
+        .collect();
+    let confirmed = confirmed.lock().unwrap().clone();
+    assert!(
+        confirmed.len() >= 30,
+        "the test published: {}",
+        confirmed.len()
+    );
+    let lost: Vec<&u64> = confirmed
+        .iter()
+        .filter(|n| !left.contains(n) && !consumed.contains(n))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} confirmed messages lost, e.g. {:?}",
+        lost.len(),
+        confirmed.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!(
+        "crash test: {} confirmed, {} consumed and acked, {} left in the queue",
+        confirmed.len(),
+        consumed.len(),
+        left.len()
+    );
+}
+
+fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("messages"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torn_tail_is_truncated_and_earlier_messages_recovered() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    {
+        let (_conn, ch) = broker.channel().await;
+        within(ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+        declare_durable(&ch, "q", no_args()).await;
+        confirm_publish(&ch, "q", &bodies("m", 3), persistent()).await;
+    }
+    let dir = broker.crash();
+    // A crash in the middle of writing a record: a header and part of a payload.
+    let seg = segments(&dir).pop().unwrap();
+    let mut data = std::fs::read(&seg).unwrap();
+    let intact = data.len();
+    data.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, b'M', 9, 9]);
+    std::fs::write(&seg, &data).unwrap();
+    let broker = Broker::spawn_in(dir, &[]);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len() as usize, intact);
+    let (_conn, ch) = broker.channel().await;
+    let got: Vec<String> = drain(&ch, "q").await.into_iter().map(|m| m.0).collect();
+    assert_eq!(got, bodies("m", 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corruption_in_the_middle_loses_only_the_damaged_message() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    {
+        let (_conn, ch) = broker.channel().await;
+        within(ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+        declare_durable(&ch, "q", no_args()).await;
+        for b in ["first", "second-xxxxxxxxxxxxxxxxxxxxxxxxxxxx", "third"] {
+            confirm_publish(&ch, "q", &[b.to_string()], persistent()).await;
+        }
+    }
+    let dir = broker.crash();
+    let seg = segments(&dir).pop().unwrap();
+    let mut data = std::fs::read(&seg).unwrap();
+    let at = data
+        .windows(6)
+        .position(|w| w == b"second")
+        .expect("body on disk");
+    data[at + 10] ^= 0xff;
+    std::fs::write(&seg, &data).unwrap();
+    let broker = Broker::spawn_in(dir, &[]);
+    let (_conn, ch) = broker.channel().await;
+    let got: Vec<String> = drain(&ch, "q").await.into_iter().map(|m| m.0).collect();
+    assert_eq!(got, vec!["first", "third"]);
+}
+
+#[test]
+fn a_newer_data_format_is_refused_with_a_clear_error() {
+    if skip_external() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("warren-format-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("meta.toml"), "format = 99\nnode_id = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--amqp-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("newer warren (format 99)"),
+        "stderr names the problem: {err}"
+    );
+}
+
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--amqp-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(broker.data_dir())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in use by another warren process (pid"),
+        "stderr names the other process: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumed_segments_are_deleted() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::spawn_warren(&["--set", "store.segment_size=8192"]);
+    let (_conn, ch) = broker.channel().await;
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    declare_durable(&ch, "q", no_args()).await;
+    let body = "x".repeat(1000);
+    for _ in 0..10 {
+        confirm_publish(&ch, "q", &vec![body.clone(); 10], persistent()).await;
+    }
+    let before = segments(&broker.data_dir()).len();
+    assert!(before >= 5, "100 KB in 8 KB segments: {before}");
+    assert_eq!(drain(&ch, "q").await.len(), 100);
+    // The acks are recorded asynchronously; a later publish rolls past them.
+    for _ in 0..3 {
+        confirm_publish(&ch, "q", &vec![body.clone(); 10], persistent()).await;
+        assert_eq!(drain(&ch, "q").await.len(), 10);
+    }
+    let after = segments(&broker.data_dir()).len();
+    assert!(after <= 3, "consumed segments deleted: {before} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_keeps_durable_auto_delete_queues_with_consumers() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    let (_conn, ch) = broker.channel().await;
+    within(ch.queue_declare(
+        "ad".into(),
+        QueueDeclareOptions {
+            durable: true,
+            auto_delete: true,
+            ..Default::default()
+        },
+        no_args(),
+    ))
+    .await
+    .unwrap();
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    let _consumer = consume(&ch, "ad", false).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        std::future::pending::<()>(),
+    )
+    .await;
+    let (dir, status) = broker.stop();
+    assert!(status.success());
+    let broker = Broker::spawn_in(dir, &[]);
+    let conn = broker.connect().await;
+    assert!(
+        queue_exists(&conn, "ad").await,
+        "shutdown closing its consumer did not auto-delete it"
+    );
+}
