@@ -13,6 +13,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub amqp: AmqpConfig,
     pub defaults: DefaultsConfig,
+    pub definitions: DefinitionsConfig,
     pub log: LogConfig,
 }
 
@@ -43,6 +44,14 @@ pub struct DefaultsConfig {
     pub loopback_users: Vec<String>,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefinitionsConfig {
+    /// A definitions file (RabbitMQ's JSON export) imported at boot; empty for none.
+    /// RabbitMQ's `load_definitions`. Env: WARREN_DEFINITIONS_LOAD_FILE.
+    pub load_file: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -56,6 +65,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             amqp: AmqpConfig::default(),
             defaults: DefaultsConfig::default(),
+            definitions: DefinitionsConfig::default(),
             log: LogConfig::default(),
         }
     }

@@ -225,11 +225,7 @@ impl Access {
         Ok(())
     }
 
-    fn with_user<T>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut User) -> T,
-    ) -> Result<T, AccessError> {
+    fn with_user<T>(&self, name: &str, f: impl FnOnce(&mut User) -> T) -> Result<T, AccessError> {
         let mut state = self.write();
         let u = state
             .users

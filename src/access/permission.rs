@@ -48,7 +48,8 @@ impl Pattern {
 
     fn expanded(source: &str, re: &str) -> Result<Pattern, String> {
         let re = if re.is_empty() { "^$" } else { re };
-        let re = Regex::new(re).map_err(|e| format!("invalid regular expression '{source}': {e}"))?;
+        let re =
+            Regex::new(re).map_err(|e| format!("invalid regular expression '{source}': {e}"))?;
         Ok(Pattern {
             source: source.to_owned(),
             re,

@@ -117,8 +117,7 @@ impl Channel {
                 let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
                 s.authorize("exchange", exchange, Perm::Write)?;
                 let topic = s.vhost.exchange_kind(exchange) == Some(ExchangeKind::Topic)
-                    && s
-                        .broker
+                    && s.broker
                         .access
                         .topic_restricted(&s.user, &s.vhost.name, exchange);
                 let g = if topic {

@@ -396,7 +396,9 @@ impl Connection {
                 ))
                 .on(20, 10));
             }
-            self.broker.admit_channel(&s.user).map_err(|e| e.on(20, 10))?;
+            self.broker
+                .admit_channel(&s.user)
+                .map_err(|e| e.on(20, 10))?;
             channels.insert(number, Channel::new(number));
             self.channel_count
                 .store(channels.len(), std::sync::atomic::Ordering::Relaxed);
