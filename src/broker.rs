@@ -134,7 +134,7 @@ impl Broker {
             let n = self.connections.iter().filter(|c| c.user == user).count();
             if n as u64 >= max {
                 return Err(AmqpError::not_allowed(format!(
-                    "Connection refused for user '{user}': user connection limit ({max}) is reached"
+                    "connection refused for user '{user}': user connection limit ({max}) is reached"
                 )));
             }
         }

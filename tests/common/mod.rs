@@ -164,6 +164,11 @@ impl Broker {
         format!("amqp://{user}:{pass}@{}/{vhost_encoded}", self.addr)
     }
 
+    /// The data directory of a spawned warren (where its control socket is).
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.data_dir.clone()
+    }
+
     /// True when this is a warren process started by the test.
     pub fn is_warren(&self) -> bool {
         self.child.is_some()
