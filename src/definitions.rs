@@ -80,15 +80,19 @@ pub fn export(broker: &Broker) -> Value {
             if x.name.is_empty() || x.name.starts_with("amq.") {
                 continue;
             }
-            exchanges.push(json!({
+            let mut e = json!({
                 "name": x.name,
                 "vhost": &*vhost.name,
                 "type": x.kind.as_str(),
                 "durable": x.durable,
                 "auto_delete": x.auto_delete,
-                "internal": x.internal,
                 "arguments": table_to_json(&x.arguments),
-            }));
+            });
+            // RabbitMQ 3.10 writes `internal` only for internal exchanges.
+            if x.internal {
+                e["internal"] = json!(true);
+            }
+            exchanges.push(e);
         }
         let mut qs = vhost.queues();
         qs.sort_by(|a, b| a.name.cmp(&b.name));
