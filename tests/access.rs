@@ -365,7 +365,7 @@ async fn topic_permissions_check_routing_keys() {
         no_args(),
     ))
     .await;
-    let text = |perm: &str, key: &str| {
+    let text = |_perm: &str, key: &str| {
         format!(
             "ACCESS_REFUSED - access to topic '{key}' in exchange 'amq.topic' in vhost '{}' refused for user '{}'",
             t.vhost, t.user

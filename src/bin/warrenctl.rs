@@ -269,10 +269,9 @@ fn run(argv: Vec<String>) -> u8 {
             return EX_USAGE;
         }
     };
-    if !opts.quiet
-        && !spec.3.is_empty()
-        && !(req.command == "export_definitions" && req.args[0] == "-")
-    {
+    // Exporting to stdout keeps stdout pure JSON.
+    let to_stdout = req.command == "export_definitions" && req.args[0] == "-";
+    if !opts.quiet && !spec.3.is_empty() && !to_stdout {
         println!("{}", info_line(spec.3, &req.args, &vhost_for_info));
     }
     let response = if req.command == "await_startup" {

@@ -30,7 +30,7 @@ fn access_err(e: AccessError) -> Response {
     Response::error(e.exit_code(), e.to_string())
 }
 
-fn arg<'a>(req: &'a Request, i: usize) -> Result<&'a str> {
+fn arg(req: &Request, i: usize) -> Result<&str> {
     req.args.get(i).map(String::as_str).ok_or_else(|| {
         Response::error(
             EX_USAGE,
@@ -136,7 +136,7 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                 cols(&["user", "limits"]),
                 users
                     .into_iter()
-                    .filter(|u| !u.limits.is_empty() || req.args.first().is_some())
+                    .filter(|u| !u.limits.is_empty() || !req.args.is_empty())
                     .map(|u| vec![json!(u.name), json!(u.limits)])
                     .collect(),
             ))
