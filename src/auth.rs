@@ -1,28 +1,15 @@
-//! Authentication: SASL PLAIN and AMQPLAIN responses, checked against the user table.
-//! (Password hashing, tags and permissions come with the access-model work.)
+//! Authentication: SASL PLAIN and AMQPLAIN responses, checked against the users that
+//! [`crate::access::Access`] owns.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::RwLock;
 
 use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::AMQPValue;
 
-use crate::config::DefaultsConfig;
+use crate::access::Access;
 
 /// In RabbitMQ's order.
 pub const MECHANISMS: &str = "AMQPLAIN PLAIN";
-
-#[derive(Debug, Clone)]
-struct User {
-    password: String,
-}
-
-#[derive(Debug)]
-pub struct Users {
-    users: RwLock<HashMap<String, User>>,
-    loopback_only: Vec<String>,
-}
 
 /// Why a login failed; logged in full, while the client only hears RabbitMQ's terse text.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,59 +19,22 @@ pub enum AuthError {
     Refused(String),
 }
 
-impl Users {
-    pub fn new(defaults: &DefaultsConfig) -> Users {
-        let mut users = HashMap::new();
-        users.insert(
-            defaults.user.clone(),
-            User {
-                password: defaults.password.clone(),
-            },
-        );
-        Users {
-            users: RwLock::new(users),
-            loopback_only: defaults.loopback_users.clone(),
-        }
-    }
-
-    /// Check a start-ok response; returns the user name.
-    pub fn authenticate(
-        &self,
-        mechanism: &str,
-        response: &[u8],
-        peer: IpAddr,
-    ) -> Result<String, AuthError> {
-        let (user, pass) = match mechanism {
-            "PLAIN" => parse_plain(response)?,
-            "AMQPLAIN" => parse_amqplain(response)?,
-            other => return Err(AuthError::UnknownMechanism(other.to_owned())),
-        };
-        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        match users.get(&user) {
-            Some(u) if u.password == pass => {}
-            Some(_) => {
-                return Err(AuthError::Refused(format!(
-                    "invalid credentials for user '{user}'"
-                )))
-            }
-            None => return Err(AuthError::Refused(format!("user '{user}' not found"))),
-        }
-        if self.loopback_only.contains(&user) && !is_loopback(peer) {
-            return Err(AuthError::Refused(format!(
-                "user '{user}' can only connect via localhost"
-            )));
-        }
-        Ok(user)
-    }
-}
-
-fn is_loopback(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
-    }
+/// Check a start-ok response; returns the user name.
+pub fn authenticate(
+    access: &Access,
+    mechanism: &str,
+    response: &[u8],
+    peer: IpAddr,
+) -> Result<String, AuthError> {
+    let (user, pass) = match mechanism {
+        "PLAIN" => parse_plain(response)?,
+        "AMQPLAIN" => parse_amqplain(response)?,
+        other => return Err(AuthError::UnknownMechanism(other.to_owned())),
+    };
+    access
+        .authenticate(&user, &pass, peer)
+        .map_err(AuthError::Refused)?;
+    Ok(user)
 }
 
 /// RFC 4616: `[authzid] NUL authcid NUL passwd`.
@@ -120,8 +70,16 @@ fn parse_amqplain(response: &[u8]) -> Result<(String, String), AuthError> {
 mod tests {
     use super::*;
 
+    struct Users(Access);
+
+    impl Users {
+        fn authenticate(&self, m: &str, r: &[u8], peer: IpAddr) -> Result<String, AuthError> {
+            authenticate(&self.0, m, r, peer)
+        }
+    }
+
     fn users() -> Users {
-        Users::new(&DefaultsConfig::default())
+        Users(Access::new(&crate::config::DefaultsConfig::default()))
     }
 
     const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

@@ -1,30 +1,49 @@
-//! The broker: configuration, virtual hosts, users, and the registry of live
+//! The broker: configuration, virtual hosts, the access model, and the registry of live
 //! connections. One per process; shared by every connection as `Arc<Broker>`.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::auth::Users;
+use crate::access::{self, Access, AccessError};
 use crate::config::Config;
 use crate::error::{code, AmqpError};
 use crate::queue::{ConnEvent, EventTx};
-use crate::store::{Opened, Store, StoreError};
+use crate::store::{Change, Opened, Store, StoreError};
 use crate::vhost::Vhost;
 
-/// What the broker knows of a live connection (for shutdown and, later, management).
+/// What the broker knows of a live connection: enough to close it, enforce limits and
+/// list it (warrenctl list_connections).
 pub struct ConnectionEntry {
     pub events: EventTx,
-    pub peer: std::net::SocketAddr,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub vhost: String,
+    /// The client's connection_name property, if it gave one.
+    pub name: Option<String>,
+    /// Open channels; the connection task updates it, readers only load it.
+    pub channels: Arc<AtomicUsize>,
+    pub connected_at: SystemTime,
+}
+
+/// A virtual host's description and tags (RabbitMQ's vhost metadata).
+#[derive(Debug, Clone, Default)]
+pub struct VhostMeta {
+    pub description: String,
+    pub tags: Vec<String>,
 }
 
 pub struct Broker {
     pub config: Config,
     /// The data directory's store (None for a broker that keeps nothing, in tests).
     pub store: Option<Arc<Store>>,
-    pub users: Users,
-    vhosts: DashMap<String, Arc<Vhost>>,
+    /// Users, permissions and limits: the single owner of who may do what.
+    pub access: Access,
+    vhosts: DashMap<String, (Arc<Vhost>, VhostMeta)>,
     connections: DashMap<u64, ConnectionEntry>,
     /// Flips to true when the broker starts shutting down; listeners stop accepting.
     shutdown: watch::Sender<bool>,
@@ -53,7 +72,13 @@ impl Broker {
             let vhost = broker
                 .vhosts
                 .entry(name.clone())
-                .or_insert_with(|| Vhost::with_store(name, Some(store.clone())))
+                .or_insert_with(|| {
+                    (
+                        Vhost::with_store(name, Some(store.clone())),
+                        VhostMeta::default(),
+                    )
+                })
+                .0
                 .clone();
             vhost.restore(defs, &mut messages);
         }
@@ -71,10 +96,16 @@ impl Broker {
         let vhosts = DashMap::new();
         vhosts.insert(
             config.defaults.vhost.clone(),
-            Vhost::with_store(&config.defaults.vhost, store.clone()),
+            (
+                Vhost::with_store(&config.defaults.vhost, store.clone()),
+                VhostMeta {
+                    description: "Default virtual host".to_owned(),
+                    tags: Vec::new(),
+                },
+            ),
         );
         Arc::new(Broker {
-            users: Users::new(&config.defaults),
+            access: Access::new(&config.defaults),
             store,
             config,
             vhosts,
@@ -84,7 +115,123 @@ impl Broker {
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<Vhost>> {
-        self.vhosts.get(name).map(|v| v.clone())
+        self.vhosts.get(name).map(|v| v.0.clone())
+    }
+
+    /// All vhosts, sorted by name.
+    pub fn vhosts(&self) -> Vec<(Arc<Vhost>, VhostMeta)> {
+        let mut all: Vec<_> = self.vhosts.iter().map(|e| e.value().clone()).collect();
+        all.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        all
+    }
+
+    /// add_vhost: succeeds (and changes nothing) if it exists, as in RabbitMQ.
+    pub fn add_vhost(&self, name: &str, meta: VhostMeta) -> Result<Arc<Vhost>, AccessError> {
+        if name.is_empty() {
+            return Err(AccessError::Invalid(
+                "virtual host name must not be empty".into(),
+            ));
+        }
+        let vhost = self
+            .vhosts
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                if let Some(s) = &self.store {
+                    s.topology.append(&Change::AddVhost(name.to_owned()));
+                }
+                (Vhost::with_store(name, self.store.clone()), meta)
+            })
+            .0
+            .clone();
+        if let Some(s) = &self.store {
+            s.topology.sync();
+        }
+        Ok(vhost)
+    }
+
+    /// delete_vhost: its connections are closed, its queues deleted, and the
+    /// permissions in it forgotten.
+    pub async fn delete_vhost(&self, name: &str) -> Result<(), AccessError> {
+        let Some((_, (vhost, _))) = self.vhosts.remove(name) else {
+            return Err(AccessError::Invalid(format!(
+                "Virtual host '{name}' does not exist"
+            )));
+        };
+        for c in self.connections.iter().filter(|c| c.vhost == name) {
+            let _ = c.events.send(ConnEvent::Close(AmqpError::new(
+                code::CONNECTION_FORCED,
+                format!("vhost '{name}' is deleted"),
+            )));
+        }
+        for q in vhost.queues() {
+            let _ = vhost.delete_queue(&q, false, false).await;
+        }
+        if let Some(s) = &self.store {
+            s.topology.append(&Change::DeleteVhost(name.to_owned()));
+            s.topology.sync();
+        }
+        self.access.vhost_deleted(name);
+        Ok(())
+    }
+
+    // ---- connections ----
+
+    /// Before connection.open-ok: the user's permissions on the vhost, then the vhost's
+    /// and the user's connection limits (rabbit_reader's order and texts).
+    pub fn admit_connection(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
+        self.access.check_vhost(user, vhost)?;
+        if let Some(max) = access::limit(&self.access.vhost_limits(vhost), "max-connections") {
+            let n = self.connections.iter().filter(|c| c.vhost == vhost).count();
+            if n as u64 >= max {
+                return Err(AmqpError::not_allowed(format!(
+                    "access to vhost '{vhost}' refused for user '{user}': connection limit ({max}) is reached"
+                )));
+            }
+        }
+        let user_limits = self.access.user(user).map(|u| u.limits).unwrap_or_default();
+        if let Some(max) = access::limit(&user_limits, "max-connections") {
+            let n = self.connections.iter().filter(|c| c.user == user).count();
+            if n as u64 >= max {
+                return Err(AmqpError::not_allowed(format!(
+                    "connection refused for user '{user}': user connection limit ({max}) is reached"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Before channel.open-ok: the user's max-channels across all their connections.
+    pub fn admit_channel(&self, user: &str) -> Result<(), AmqpError> {
+        let limits = self.access.user(user).map(|u| u.limits).unwrap_or_default();
+        let Some(max) = access::limit(&limits, "max-channels") else {
+            return Ok(());
+        };
+        let n: usize = self
+            .connections
+            .iter()
+            .filter(|c| c.user == user)
+            .map(|c| c.channels.load(Ordering::Relaxed))
+            .sum();
+        if n as u64 >= max {
+            return Err(AmqpError::not_allowed(format!(
+                "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// queue.declare of a new queue: the vhost's max-queues.
+    pub fn admit_queue(&self, vhost: &Vhost, queue: &str) -> Result<(), AmqpError> {
+        let Some(max) = access::limit(&self.access.vhost_limits(&vhost.name), "max-queues") else {
+            return Ok(());
+        };
+        if vhost.lookup_queue(queue).is_none() && vhost.queues().len() as u64 >= max {
+            return Err(AmqpError::precondition_failed(format!(
+                "cannot declare queue '{queue}': queue limit in vhost '{}' ({max}) is reached",
+                vhost.name
+            )));
+        }
+        Ok(())
     }
 
     pub fn register_connection(&self, id: u64, entry: ConnectionEntry) {
@@ -97,6 +244,27 @@ impl Broker {
 
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Visit every live connection (for listing).
+    pub fn for_each_connection(&self, mut f: impl FnMut(u64, &ConnectionEntry)) {
+        for c in self.connections.iter() {
+            f(*c.key(), c.value());
+        }
+    }
+
+    /// close_connection: closes with 320 CONNECTION_FORCED and the operator's reason.
+    pub fn close_connection(&self, id: u64, reason: &str) -> bool {
+        match self.connections.get(&id) {
+            Some(c) => {
+                let _ = c.events.send(ConnEvent::Close(AmqpError::new(
+                    code::CONNECTION_FORCED,
+                    reason,
+                )));
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {

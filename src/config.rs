@@ -14,6 +14,7 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub defaults: DefaultsConfig,
     pub store: StoreConfig,
+    pub definitions: DefinitionsConfig,
     pub log: LogConfig,
 }
 
@@ -42,6 +43,14 @@ pub struct DefaultsConfig {
     pub password: String,
     /// Users that may only connect from loopback addresses (RabbitMQ's loopback_users).
     pub loopback_users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefinitionsConfig {
+    /// A definitions file (RabbitMQ's JSON export) imported at boot; empty for none.
+    /// RabbitMQ's `load_definitions`. Env: WARREN_DEFINITIONS_LOAD_FILE.
+    pub load_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +86,7 @@ impl Default for Config {
             amqp: AmqpConfig::default(),
             defaults: DefaultsConfig::default(),
             store: StoreConfig::default(),
+            definitions: DefinitionsConfig::default(),
             log: LogConfig::default(),
         }
     }

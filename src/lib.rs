@@ -14,17 +14,23 @@
 //! - [`message`]: a published message, shared by every queue it reaches.
 //! - [`store`]: the data directory: durable topology and persistent messages, with
 //!   group-committed syncs behind publisher confirms.
-//! - [`broker`]: the process-wide state (vhosts, users, live connections).
-//! - [`auth`]: SASL mechanisms and users. [`config`]: configuration loading.
+//! - [`broker`]: the process-wide state (vhosts, the access model, live connections).
+//! - [`access`]: users, password hashes, permissions, topic permissions and limits.
+//! - [`auth`]: SASL mechanisms. [`config`]: configuration loading.
+//! - [`control`]: the control socket `warrenctl` talks to; [`definitions`]: RabbitMQ's
+//!   definitions JSON (export, import, load at boot).
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`error`]: protocol errors as values carrying their reply codes.
 
+pub mod access;
 pub mod arguments;
 pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod control;
+pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod message;

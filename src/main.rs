@@ -90,11 +90,27 @@ fn main() -> std::process::ExitCode {
 
 async fn run(config: Config) -> std::process::ExitCode {
     let started = std::time::Instant::now();
+    // Opening the store takes the data directory's lock: nothing else in it (the
+    // control socket) is touched before that.
     let broker = match warren::broker::Broker::open(config) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("warren: {e}");
             return std::process::ExitCode::from(73); // EX_CANTCREAT
+        }
+    };
+    if let Err(e) = load_definitions(&broker) {
+        eprintln!("warren: {e}");
+        return std::process::ExitCode::from(78); // EX_CONFIG
+    }
+    let control = match warren::control::bind(&broker.config.data_dir).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!(
+                "warren: cannot create the control socket {}: {e}",
+                warren::control::socket_path(&broker.config.data_dir).display()
+            );
+            return std::process::ExitCode::from(71);
         }
     };
     let listener = match warren::server::bind(&broker).await {
@@ -121,11 +137,13 @@ async fn run(config: Config) -> std::process::ExitCode {
     let _ = std::io::stdout().flush();
 
     let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
+    let control = tokio::spawn(warren::control::serve(broker.clone(), control));
     wait_for_signal().await;
     tracing::info!("shutting down");
     broker.freeze_store();
     broker.shut_down();
     let _ = server.await;
+    let _ = control.await;
     // Give connections a moment to deliver their close frames.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     while broker.connection_count() > 0 && tokio::time::Instant::now() < deadline {
@@ -133,6 +151,31 @@ async fn run(config: Config) -> std::process::ExitCode {
     }
     broker.close_store();
     std::process::ExitCode::SUCCESS
+}
+
+/// definitions.load_file: import at boot, before clients can connect. Items that cannot
+/// be applied stop the boot (as in RabbitMQ); unknown keys are only reported.
+fn load_definitions(broker: &warren::broker::Broker) -> Result<(), String> {
+    let path = &broker.config.definitions.load_file;
+    if path.is_empty() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read definitions.load_file {path}: {e}"))?;
+    let doc: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("definitions.load_file {path}: invalid JSON: {e}"))?;
+    let report = warren::definitions::import(broker, &doc);
+    for w in &report.warnings {
+        tracing::warn!("definitions.load_file {path}: {w}");
+    }
+    if !report.errors.is_empty() {
+        return Err(format!(
+            "definitions.load_file {path}: {}",
+            report.errors.join("; ")
+        ));
+    }
+    tracing::info!("imported definitions from {path}");
+    Ok(())
 }
 
 async fn wait_for_signal() {

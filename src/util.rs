@@ -8,7 +8,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// 16 unpredictable bytes, from std's per-process random hash keys (no RNG crate needed
 /// for names that only have to be unique and hard to guess).
-fn random_16() -> [u8; 16] {
+pub fn random_16() -> [u8; 16] {
     let mut out = [0u8; 16];
     for half in out.chunks_mut(8) {
         let mut h = RandomState::new().build_hasher();

@@ -60,6 +60,16 @@ pub struct QueueDecl {
     pub arguments: FieldTable,
 }
 
+/// An exchange as listed and exported.
+pub struct ExchangeInfo {
+    pub name: String,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
 /// Why a publish could not be routed at all (as opposed to routing to nothing).
 pub enum RouteError {
     NoExchange,
@@ -210,6 +220,41 @@ impl Vhost {
 
     pub fn exchange_exists(&self, name: &str) -> bool {
         self.read().exchanges.contains_key(name)
+    }
+
+    /// The type of an exchange, if it exists (topic permissions apply to topic ones).
+    pub fn exchange_kind(&self, name: &str) -> Option<ExchangeKind> {
+        self.read().exchanges.get(name).map(|x| x.kind)
+    }
+
+    /// Every exchange as declared, without its bindings (for listing and export).
+    pub fn exchanges(&self) -> Vec<ExchangeInfo> {
+        let mut all: Vec<ExchangeInfo> = self
+            .read()
+            .exchanges
+            .values()
+            .map(|x| ExchangeInfo {
+                name: x.name.to_string(),
+                kind: x.kind,
+                durable: x.durable,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Every explicit binding, by source exchange then in the order made.
+    pub fn bindings(&self) -> Vec<Binding> {
+        let t = self.read();
+        let mut sources: Vec<&Exchange> = t.exchanges.values().collect();
+        sources.sort_by(|a, b| a.name.cmp(&b.name));
+        sources
+            .into_iter()
+            .flat_map(|x| x.bindings.iter().cloned())
+            .collect()
     }
 
     /// exchange.declare (non-passive), with RabbitMQ's order of checks.

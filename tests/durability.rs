@@ -455,7 +455,7 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
     let broker = Broker::start();
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["--amqp-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(broker.data_dir())
+        .arg(broker.data_dir().unwrap())
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -482,7 +482,7 @@ async fn consumed_segments_are_deleted() {
     for _ in 0..10 {
         confirm_publish(&ch, "q", &vec![body.clone(); 10], persistent()).await;
     }
-    let before = segments(&broker.data_dir()).len();
+    let before = segments(&broker.data_dir().unwrap()).len();
     assert!(before >= 5, "100 KB in 8 KB segments: {before}");
     assert_eq!(drain(&ch, "q").await.len(), 100);
     // The acks are recorded asynchronously; a later publish rolls past them.
@@ -490,7 +490,7 @@ async fn consumed_segments_are_deleted() {
         confirm_publish(&ch, "q", &vec![body.clone(); 10], persistent()).await;
         assert_eq!(drain(&ch, "q").await.len(), 10);
     }
-    let after = segments(&broker.data_dir()).len();
+    let after = segments(&broker.data_dir().unwrap()).len();
     assert!(after <= 3, "consumed segments deleted: {before} -> {after}");
 }
 

@@ -7,6 +7,7 @@ use amq_protocol::protocol::basic::{self, AMQPMethod};
 use amq_protocol::protocol::AMQPClass;
 
 use super::{Channel, ConsumerRef, Session, State, Unacked};
+use crate::access::Perm;
 use crate::error::AmqpError;
 use crate::protocol::{method, short};
 use crate::queue::{Consumer, Delivery, QueueCmd, Settle};
@@ -25,6 +26,7 @@ impl Channel {
                 c.consumer_tag
             )));
         }
+        s.authorize("queue", &name, Perm::Read)?;
         let q = s.vhost.queue_for(&name, s.conn_id)?;
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             Arc::from(crate::util::generated_name("amq.ctag"))
@@ -161,6 +163,7 @@ impl Channel {
 
     pub(super) async fn get(&mut self, s: &mut Session, g: basic::Get) -> Result<(), AmqpError> {
         let name = self.expand_queue(g.queue.as_str())?;
+        s.authorize("queue", &name, Perm::Read)?;
         let q = s.vhost.queue_for(&name, s.conn_id)?;
         check_exclusive(&q, s.conn_id)?;
         let got = q

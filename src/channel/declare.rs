@@ -3,8 +3,9 @@
 use amq_protocol::protocol::{exchange, queue, AMQPClass};
 
 use super::{Channel, Session};
+use crate::access::Perm;
 use crate::error::AmqpError;
-use crate::exchange::Destination;
+use crate::exchange::{Destination, ExchangeKind};
 use crate::protocol::short;
 use crate::queue::{QueueCmd, QueueStats};
 use crate::vhost::{check_exclusive, ExchangeDecl, QueueDecl};
@@ -24,6 +25,18 @@ impl Channel {
             }
             s.vhost.check_exchange(name)?;
         } else {
+            // rabbit_channel: type, then default exchange, then configure permission;
+            // a new exchange with an alternate exchange also needs read on itself and
+            // write on the alternate.
+            if !name.is_empty() && ExchangeKind::parse(d.kind.as_str()).is_some() {
+                s.authorize("exchange", name, Perm::Configure)?;
+                if !s.vhost.exchange_exists(name) {
+                    if let Some(ae) = string_arg(&d.arguments, "alternate-exchange") {
+                        s.authorize("exchange", name, Perm::Read)?;
+                        s.authorize("exchange", &ae, Perm::Write)?;
+                    }
+                }
+            }
             s.vhost.declare_exchange(ExchangeDecl {
                 name,
                 kind: d.kind.as_str(),
@@ -47,7 +60,12 @@ impl Channel {
         s: &mut Session,
         d: exchange::Delete,
     ) -> Result<(), AmqpError> {
-        s.vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+        let name = d.exchange.as_str();
+        // The default and amq.* exchanges are refused before permissions (RabbitMQ).
+        if !name.is_empty() && !name.starts_with("amq.") {
+            s.authorize("exchange", name, Perm::Configure)?;
+        }
+        s.vhost.delete_exchange(name, d.if_unused)?;
         if !d.nowait {
             s.send(
                 self.number,
@@ -62,6 +80,13 @@ impl Channel {
         s: &mut Session,
         b: exchange::Bind,
     ) -> Result<(), AmqpError> {
+        authorize_binding(
+            s,
+            b.source.as_str(),
+            "exchange",
+            b.destination.as_str(),
+            b.routing_key.as_str(),
+        )?;
         let dest = Destination::Exchange(b.destination.as_str().into());
         s.vhost.bind(
             b.source.as_str(),
@@ -84,6 +109,13 @@ impl Channel {
         s: &mut Session,
         u: exchange::Unbind,
     ) -> Result<(), AmqpError> {
+        authorize_binding(
+            s,
+            u.source.as_str(),
+            "exchange",
+            u.destination.as_str(),
+            u.routing_key.as_str(),
+        )?;
         let dest = Destination::Exchange(u.destination.as_str().into());
         s.vhost.unbind(
             u.source.as_str(),
@@ -119,6 +151,16 @@ impl Channel {
                 }
                 n => n.to_owned(),
             };
+            s.authorize("queue", &name, Perm::Configure)?;
+            if s.vhost.lookup_queue(&name).is_none() {
+                // Only a new queue counts against the limit, and only a new queue's
+                // dead-letter exchange is checked (rabbit_channel).
+                s.broker.admit_queue(&s.vhost, &name)?;
+                if let Some(dlx) = string_arg(&d.arguments, "x-dead-letter-exchange") {
+                    s.authorize("queue", &name, Perm::Read)?;
+                    s.authorize("exchange", &dlx, Perm::Write)?;
+                }
+            }
             let decl = QueueDecl {
                 name,
                 durable: d.durable,
@@ -167,6 +209,7 @@ impl Channel {
 
     pub(super) fn queue_bind(&mut self, s: &mut Session, b: queue::Bind) -> Result<(), AmqpError> {
         let (name, key) = self.binding_target(b.queue.as_str(), b.routing_key.as_str())?;
+        authorize_binding(s, b.exchange.as_str(), "queue", &name, &key)?;
         s.vhost.bind(
             b.exchange.as_str(),
             Destination::Queue(name.into()),
@@ -189,6 +232,7 @@ impl Channel {
         u: queue::Unbind,
     ) -> Result<(), AmqpError> {
         let (name, key) = self.binding_target(u.queue.as_str(), u.routing_key.as_str())?;
+        authorize_binding(s, u.exchange.as_str(), "queue", &name, &key)?;
         s.vhost.unbind(
             u.exchange.as_str(),
             Destination::Queue(name.into()),
@@ -209,6 +253,7 @@ impl Channel {
         p: queue::Purge,
     ) -> Result<(), AmqpError> {
         let name = self.expand_queue(p.queue.as_str())?;
+        s.authorize("queue", &name, Perm::Read)?;
         let q = s.vhost.queue_for(&name, s.conn_id)?;
         let n = q
             .ask(|reply| QueueCmd::Purge { reply })
@@ -231,6 +276,7 @@ impl Channel {
         d: queue::Delete,
     ) -> Result<(), AmqpError> {
         let name = self.expand_queue(d.queue.as_str())?;
+        s.authorize("queue", &name, Perm::Configure)?;
         // Deleting a queue that does not exist succeeds with a count of 0 (RabbitMQ).
         let n = match s.vhost.lookup_queue(&name) {
             None => 0,
@@ -250,5 +296,33 @@ impl Channel {
             );
         }
         Ok(())
+    }
+}
+
+/// queue.bind/unbind and exchange.bind/unbind (rabbit_channel:binding_action): write on
+/// the destination, then the default-exchange check, then read on the source and, for
+/// a topic source, topic read on the binding key.
+fn authorize_binding(
+    s: &Session,
+    source: &str,
+    dest_kind: &str,
+    dest: &str,
+    key: &str,
+) -> Result<(), AmqpError> {
+    s.authorize(dest_kind, dest, Perm::Write)?;
+    if source.is_empty() || (dest_kind == "exchange" && dest.is_empty()) {
+        return Ok(()); // the vhost refuses it with RabbitMQ's default-exchange text
+    }
+    s.authorize("exchange", source, Perm::Read)?;
+    s.authorize_topic(source, key, Perm::Read)
+}
+
+/// A string-valued argument naming another resource (alternate or dead-letter exchange).
+fn string_arg(args: &amq_protocol::types::FieldTable, key: &str) -> Option<String> {
+    use amq_protocol::types::AMQPValue;
+    match args.inner().get(key)? {
+        AMQPValue::LongString(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        AMQPValue::ShortString(v) => Some(v.as_str().to_owned()),
+        _ => None,
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{access, basic, channel, confirm, exchange, queue, tx, AMQPClass};
 use bytes::{Bytes, BytesMut};
 
+use crate::access::PublishGrants;
 use crate::error::AmqpError;
 use crate::protocol::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use crate::protocol::method::{self, Method, Publish};
@@ -109,6 +110,8 @@ pub struct Channel {
     confirm: Option<ConfirmState>,
     tx: Option<TxState>,
     routes: RouteCache,
+    /// Write access per exchange, so publishing doesn't match a regex per message.
+    grants: PublishGrants,
     limiter: Arc<ChannelLimiter>,
     /// basic.qos global=false: the prefetch given to consumers created from now on.
     consumer_prefetch: u32,
@@ -131,6 +134,7 @@ impl Channel {
             confirm: None,
             tx: None,
             routes: RouteCache::default(),
+            grants: PublishGrants::default(),
             limiter: Arc::new(ChannelLimiter::default()),
             consumer_prefetch: 0,
             consumers: HashMap::new(),

@@ -8,7 +8,9 @@ use amq_protocol::protocol::{confirm, tx, AMQPClass};
 use bytes::Bytes;
 
 use super::{Channel, Session, Unacked};
+use crate::access::{Grant, Perm};
 use crate::error::{code, rs, AmqpError};
+use crate::exchange::ExchangeKind;
 use crate::message::Message;
 use crate::protocol::method::{self, Publish};
 use crate::protocol::properties::Properties;
@@ -86,6 +88,7 @@ impl Channel {
         props: Properties,
         body: Bytes,
     ) -> Result<(), AmqpError> {
+        self.authorize_publish(s, &p).map_err(|e| e.on(60, 40))?;
         if let Some(claimed) = props.user_id(&properties) {
             if claimed != s.user.as_bytes() {
                 return Err(AmqpError::precondition_failed(format!(
@@ -119,6 +122,42 @@ impl Channel {
             return Ok(());
         }
         self.route_and_enqueue(s, p, properties, props, body)
+    }
+
+    /// Write on the exchange (the default one as `amq.default`), then topic write on the
+    /// routing key if the user has topic permissions there; the verdict is cached per
+    /// exchange until permissions or the topology change.
+    fn authorize_publish(&mut self, s: &Session, p: &Publish) -> Result<(), AmqpError> {
+        let generation = (s.broker.access.generation(), s.vhost.version());
+        let grant = match self.grants.get(generation, &p.exchange) {
+            Some(g) => g,
+            None => {
+                let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
+                s.authorize("exchange", exchange, Perm::Write)?;
+                let topic = s.vhost.exchange_kind(exchange) == Some(ExchangeKind::Topic)
+                    && s.broker
+                        .access
+                        .topic_restricted(&s.user, &s.vhost.name, exchange);
+                let g = if topic {
+                    Grant::TopicCheck
+                } else {
+                    Grant::Allowed
+                };
+                self.grants.put(&p.exchange, g);
+                g
+            }
+        };
+        if grant == Grant::TopicCheck {
+            let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
+            s.broker.access.check_topic(
+                &s.user,
+                &s.vhost.name,
+                exchange,
+                &String::from_utf8_lossy(&p.routing_key),
+                Perm::Write,
+            )?;
+        }
+        Ok(())
     }
 
     fn route_and_enqueue(

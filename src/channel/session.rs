@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::AMQPClass;
 
+use crate::access::Perm;
 use crate::broker::Broker;
+use crate::error::AmqpError;
 use crate::message::Message;
 use crate::protocol::method;
 use crate::protocol::outbuf::OutBuf;
@@ -38,6 +40,23 @@ pub struct Session {
 }
 
 impl Session {
+    /// `perm` access for this connection's user to a resource in its vhost.
+    pub fn authorize(&self, kind: &str, name: &str, perm: Perm) -> Result<(), AmqpError> {
+        self.broker
+            .access
+            .check(&self.user, &self.vhost.name, kind, name, perm)
+    }
+
+    /// Topic permission on a routing key, if `exchange` is a topic exchange.
+    pub fn authorize_topic(&self, exchange: &str, key: &str, perm: Perm) -> Result<(), AmqpError> {
+        if self.vhost.exchange_kind(exchange) != Some(crate::exchange::ExchangeKind::Topic) {
+            return Ok(());
+        }
+        self.broker
+            .access
+            .check_topic(&self.user, &self.vhost.name, exchange, key, perm)
+    }
+
     /// Queue a method frame.
     pub fn send(&mut self, channel: u16, class: AMQPClass) {
         method::encode(&mut self.out.buf, channel, &class);

@@ -187,7 +187,8 @@ impl Connection {
             _ => None,
         };
         let mechanism = start_ok.mechanism.as_str().to_owned();
-        let user = match self.broker.users.authenticate(
+        let user = match crate::auth::authenticate(
+            &self.broker.access,
             &mechanism,
             start_ok.response.as_bytes(),
             self.peer.ip(),
@@ -271,6 +272,10 @@ impl Connection {
                 AmqpError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40),
             ));
         };
+        if let Err(e) = self.broker.admit_connection(&user, vhost_name) {
+            tracing::warn!(peer = %self.peer, user = %user, "connection refused: {}", e.text);
+            return Err(Abort::Close(e.on(10, 40)));
+        }
         self.send0(AMQPClass::Connection(connection::AMQPMethod::OpenOk(
             connection::OpenOk {},
         )));

@@ -50,6 +50,8 @@ pub struct Connection {
     /// The client sent connection.close: after close-ok, wait for it to close the
     /// socket (as RabbitMQ does) rather than racing it with our own close.
     client_closed: bool,
+    /// Open channels, published for listing and the per-user channel limit.
+    channel_count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Serve one accepted socket until it closes.
@@ -67,6 +69,7 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         out: OutBuf::default(),
         writer: writer_tx,
         client_closed: false,
+        channel_count: Arc::default(),
     };
     tracing::info!(peer = %peer, "accepting AMQP connection");
     let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
@@ -152,6 +155,11 @@ impl Connection {
             ConnectionEntry {
                 events: events_tx.clone(),
                 peer: self.peer,
+                user: n.user.clone(),
+                vhost: n.vhost.name.to_string(),
+                name: n.name.clone(),
+                channels: self.channel_count.clone(),
+                connected_at: std::time::SystemTime::now(),
             },
         );
         tracing::info!(
@@ -248,6 +256,8 @@ impl Connection {
                     }
                 }
             }
+            self.channel_count
+                .store(channels.len(), std::sync::atomic::Ordering::Relaxed);
             // Publishes routed in this round go to their queues in one send each, then
             // confirms, then all frames to the writer in one piece.
             s.publishes.flush();
@@ -384,7 +394,12 @@ impl Connection {
                 ))
                 .on(20, 10));
             }
+            self.broker
+                .admit_channel(&s.user)
+                .map_err(|e| e.on(20, 10))?;
             channels.insert(number, Channel::new(number));
+            self.channel_count
+                .store(channels.len(), std::sync::atomic::Ordering::Relaxed);
             s.send(
                 number,
                 AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),

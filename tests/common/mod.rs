@@ -169,9 +169,9 @@ impl Broker {
         format!("amqp://{user}:{pass}@{}/{vhost_encoded}", self.addr)
     }
 
-    /// The spawned warren's data directory.
-    pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().expect("a spawned warren")
+    /// The data directory of a spawned warren (where its control socket is).
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.data_dir.clone()
     }
 
     /// Kill the broker with SIGKILL (a crash); keeps the data directory.

@@ -1,0 +1,158 @@
+//! The control socket: how `warrenctl` talks to a running broker. A Unix domain socket
+//! in the data directory, mode 0600: being able to open it is the credential (no
+//! cookie, no epmd, no node names). The protocol is one JSON [`Request`] per line, one
+//! JSON [`Response`] line back; a connection may send several.
+//!
+//! The broker answers with data (columns and rows, or a JSON document); presentation
+//! (tables, `--formatter json`, the informational line) is the CLI's business.
+
+mod commands;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::broker::Broker;
+
+/// The socket's file name inside the data directory.
+pub const SOCKET_NAME: &str = "warren.sock";
+
+/// Requests larger than this are refused (a definitions import is the big one).
+const MAX_REQUEST: usize = 64 * 1024 * 1024;
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// One command, as rabbitmqctl would take it: name, positional arguments, `-p` vhost,
+/// and `--flag[=value]` options.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Request {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub vhost: Option<String>,
+    #[serde(default)]
+    pub flags: std::collections::BTreeMap<String, String>,
+    /// A document sent along (import_definitions).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+/// The answer: an error with rabbitmqctl's exit code, or data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    /// 0 on success; otherwise rabbitmqctl's exit code for this failure.
+    pub exit_code: u8,
+    /// The error, or a success message to print ("Success").
+    #[serde(default)]
+    pub message: Option<String>,
+    /// Table results: column names and rows of values.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// Document results (export_definitions, status).
+    #[serde(default)]
+    pub document: Option<serde_json::Value>,
+}
+
+impl Response {
+    pub fn error(exit_code: u8, message: impl Into<String>) -> Response {
+        Response {
+            exit_code,
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn message(message: impl Into<String>) -> Response {
+        Response {
+            message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    pub fn table(columns: Vec<String>, rows: Vec<Vec<serde_json::Value>>) -> Response {
+        Response {
+            columns,
+            rows,
+            ..Default::default()
+        }
+    }
+}
+
+/// Create the socket (mode 0600). A socket file left by a broker that is gone is
+/// replaced; one that answers belongs to a running broker, and we refuse to start.
+pub async fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(data_dir);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another warren is running with this data directory (its control socket {} answers)",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(listener)
+}
+
+/// Serve control connections until the broker shuts down; then remove the socket.
+pub async fn serve(broker: Arc<Broker>, listener: UnixListener) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_one(broker.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = std::fs::remove_file(socket_path(&broker.config.data_dir));
+}
+
+async fn serve_one(broker: Arc<Broker>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match lines.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line.len() > MAX_REQUEST => return,
+            Ok(_) => {}
+        }
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => {
+                tracing::info!(command = %req.command, "control request");
+                commands::handle(&broker, req).await
+            }
+            Err(e) => Response::error(64, format!("malformed control request: {e}")),
+        };
+        let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());
+        out.push(b'\n');
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}

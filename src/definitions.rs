@@ -1,0 +1,470 @@
+//! Definitions: users, vhosts, permissions, limits and topology in RabbitMQ's JSON format
+//! (`rabbitmqctl export_definitions`), so that a RabbitMQ export imports into warren with
+//! working passwords and a warren export imports into RabbitMQ. Used by warrenctl's
+//! export/import and by `definitions.load_file` at boot.
+//!
+//! Policies and other runtime parameters are not supported yet: imported ones are
+//! reported and skipped, and exports carry them as empty arrays.
+
+use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
+use serde_json::{json, Map, Value};
+
+use crate::access::{password, Limits};
+use crate::broker::{Broker, VhostMeta};
+use crate::exchange::Destination;
+use crate::vhost::{ExchangeDecl, QueueDecl};
+
+/// What an import did not take. Warnings are things warren ignores on purpose (unknown
+/// keys, policies); errors are items it could not apply (the rest still are).
+#[derive(Debug, Default)]
+pub struct ImportReport {
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+const KNOWN_KEYS: &[&str] = &[
+    "rabbit_version",
+    "rabbitmq_version",
+    "product_name",
+    "product_version",
+    "users",
+    "vhosts",
+    "permissions",
+    "topic_permissions",
+    "parameters",
+    "global_parameters",
+    "policies",
+    "queues",
+    "exchanges",
+    "bindings",
+];
+
+/// The whole broker's definitions.
+pub fn export(broker: &Broker) -> Value {
+    let access = &broker.access;
+    let users: Vec<Value> = access
+        .users()
+        .into_iter()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "password_hash": u.password_hash,
+                "hashing_algorithm": u.hashing_algorithm,
+                "tags": u.tags,
+                "limits": u.limits,
+            })
+        })
+        .collect();
+    let mut vhosts = Vec::new();
+    let mut parameters = Vec::new();
+    let mut exchanges = Vec::new();
+    let mut queues = Vec::new();
+    let mut bindings = Vec::new();
+    for (vhost, meta) in broker.vhosts() {
+        let limits = access.vhost_limits(&vhost.name);
+        vhosts.push(json!({
+            "name": &*vhost.name,
+            "limits": limits.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "metadata": {"description": meta.description, "tags": meta.tags},
+        }));
+        if !limits.is_empty() {
+            parameters.push(json!({
+                "component": "vhost-limits",
+                "name": "limits",
+                "value": limits,
+                "vhost": &*vhost.name,
+            }));
+        }
+        for x in vhost.exchanges() {
+            // The default and amq.* exchanges exist everywhere; RabbitMQ leaves them out.
+            if x.name.is_empty() || x.name.starts_with("amq.") {
+                continue;
+            }
+            let mut e = json!({
+                "name": x.name,
+                "vhost": &*vhost.name,
+                "type": x.kind.as_str(),
+                "durable": x.durable,
+                "auto_delete": x.auto_delete,
+                "arguments": table_to_json(&x.arguments),
+            });
+            // RabbitMQ 3.10 writes `internal` only for internal exchanges.
+            if x.internal {
+                e["internal"] = json!(true);
+            }
+            exchanges.push(e);
+        }
+        let mut qs = vhost.queues();
+        qs.sort_by(|a, b| a.name.cmp(&b.name));
+        for q in qs.iter().filter(|q| q.exclusive_owner.is_none()) {
+            queues.push(json!({
+                "name": &*q.name,
+                "vhost": &*vhost.name,
+                "durable": q.durable,
+                "auto_delete": q.auto_delete,
+                "arguments": table_to_json(&q.arguments),
+                "type": "classic",
+            }));
+        }
+        for b in vhost.bindings() {
+            let (dest_type, dest) = match &b.destination {
+                Destination::Queue(q) => ("queue", q),
+                Destination::Exchange(x) => ("exchange", x),
+            };
+            bindings.push(json!({
+                "source": &*b.source,
+                "vhost": &*vhost.name,
+                "destination": &**dest,
+                "destination_type": dest_type,
+                "routing_key": b.routing_key,
+                "arguments": table_to_json(&b.arguments),
+            }));
+        }
+    }
+    let permissions: Vec<Value> = access
+        .permissions()
+        .into_iter()
+        .map(|(vhost, user, p)| {
+            json!({
+                "user": user,
+                "vhost": vhost,
+                "configure": p.configure.as_str(),
+                "write": p.write.as_str(),
+                "read": p.read.as_str(),
+            })
+        })
+        .collect();
+    let topic_permissions: Vec<Value> = access
+        .topic_permissions()
+        .into_iter()
+        .map(|(vhost, user, t)| {
+            json!({
+                "user": user,
+                "vhost": vhost,
+                "exchange": t.exchange,
+                "write": t.write.as_str(),
+                "read": t.read.as_str(),
+            })
+        })
+        .collect();
+    json!({
+        "rabbit_version": crate::RABBITMQ_COMPAT_VERSION,
+        "rabbitmq_version": crate::RABBITMQ_COMPAT_VERSION,
+        "product_name": "warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "users": users,
+        "vhosts": vhosts,
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "parameters": parameters,
+        "global_parameters": [],
+        "policies": [],
+        "queues": queues,
+        "exchanges": exchanges,
+        "bindings": bindings,
+    })
+}
+
+/// Import definitions, in dependency order. Existing users get the imported hash and
+/// tags; existing queues and exchanges must be equivalent, as with a declare.
+pub fn import(broker: &Broker, defs: &Value) -> ImportReport {
+    let mut r = ImportReport::default();
+    let Some(top) = defs.as_object() else {
+        r.errors.push(
+            "definitions must be a JSON object (as rabbitmqctl export_definitions writes)".into(),
+        );
+        return r;
+    };
+    for key in top.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())) {
+        r.warnings.push(format!("unknown key '{key}' ignored"));
+    }
+    for (key, what) in [
+        ("policies", "policies"),
+        ("global_parameters", "global parameters"),
+    ] {
+        let n = list(top, key).len();
+        if n > 0 {
+            r.warnings
+                .push(format!("{n} {what} ignored (not supported yet)"));
+        }
+    }
+    let access = &broker.access;
+
+    for u in list(top, "users") {
+        let name = str_field(u, "name");
+        let hash = str_field(u, "password_hash");
+        let algorithm = u
+            .get("hashing_algorithm")
+            .and_then(Value::as_str)
+            .unwrap_or(password::SHA256);
+        // Hand-written definitions may carry a plain password (RabbitMQ accepts it).
+        let result = match u.get("password").and_then(Value::as_str) {
+            Some(pass) if hash.is_empty() => {
+                access.insert_user(name, password::hash(pass), password::SHA256.into(), true)
+            }
+            _ => access.insert_user(name, hash.to_owned(), algorithm.to_owned(), true),
+        };
+        let result = result
+            .and_then(|_| access.set_user_tags(name, tags(u.get("tags"))))
+            .and_then(|_| access.set_user_limits(name, limits(u.get("limits"))));
+        if let Err(e) = result {
+            r.errors.push(format!("user '{name}': {e}"));
+        }
+    }
+    for v in list(top, "vhosts") {
+        let name = str_field(v, "name");
+        let meta = VhostMeta {
+            description: v
+                .pointer("/metadata/description")
+                .or_else(|| v.get("description"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            tags: tags(v.pointer("/metadata/tags").or_else(|| v.get("tags"))),
+        };
+        if let Err(e) = broker.add_vhost(name, meta) {
+            r.errors.push(format!("vhost '{name}': {e}"));
+        }
+    }
+    let vhost_exists = |r: &mut ImportReport, what: &str, vhost: &str| {
+        let ok = broker.vhost(vhost).is_some();
+        if !ok {
+            r.errors
+                .push(format!("{what}: vhost '{vhost}' does not exist"));
+        }
+        ok
+    };
+    for p in list(top, "permissions") {
+        let (user, vhost) = (str_field(p, "user"), str_field(p, "vhost"));
+        let what = format!("permissions of user '{user}' in vhost '{vhost}'");
+        if vhost_exists(&mut r, &what, vhost) {
+            if let Err(e) = access.set_permissions(
+                vhost,
+                user,
+                str_field(p, "configure"),
+                str_field(p, "write"),
+                str_field(p, "read"),
+            ) {
+                r.errors.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    for p in list(top, "topic_permissions") {
+        let (user, vhost) = (str_field(p, "user"), str_field(p, "vhost"));
+        let what = format!("topic permissions of user '{user}' in vhost '{vhost}'");
+        if vhost_exists(&mut r, &what, vhost) {
+            if let Err(e) = access.set_topic_permissions(
+                vhost,
+                user,
+                str_field(p, "exchange"),
+                str_field(p, "write"),
+                str_field(p, "read"),
+            ) {
+                r.errors.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    for p in list(top, "parameters") {
+        let (component, vhost) = (str_field(p, "component"), str_field(p, "vhost"));
+        if component != "vhost-limits" {
+            r.warnings.push(format!(
+                "parameter '{}' of component '{component}' in vhost '{vhost}' ignored (not supported yet)",
+                str_field(p, "name")
+            ));
+            continue;
+        }
+        let what = format!("limits of vhost '{vhost}'");
+        if vhost_exists(&mut r, &what, vhost) {
+            if let Err(e) = access.set_vhost_limits(vhost, limits(p.get("value"))) {
+                r.errors.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    for x in list(top, "exchanges") {
+        let (name, vhost_name) = (str_field(x, "name"), str_field(x, "vhost"));
+        let what = format!("exchange '{name}' in vhost '{vhost_name}'");
+        let Some(vhost) = broker.vhost(vhost_name) else {
+            vhost_exists(&mut r, &what, vhost_name);
+            continue;
+        };
+        if name.is_empty() || name.starts_with("amq.") {
+            continue; // every vhost has them
+        }
+        let decl = ExchangeDecl {
+            name,
+            kind: x.get("type").and_then(Value::as_str).unwrap_or("direct"),
+            durable: bool_field(x, "durable", true),
+            auto_delete: bool_field(x, "auto_delete", false),
+            internal: bool_field(x, "internal", false),
+            arguments: json_to_table(x.get("arguments")),
+        };
+        if let Err(e) = vhost.declare_exchange(decl) {
+            r.errors.push(format!("{what}: {}", e.text));
+        }
+    }
+    for q in list(top, "queues") {
+        let (name, vhost_name) = (str_field(q, "name"), str_field(q, "vhost"));
+        let what = format!("queue '{name}' in vhost '{vhost_name}'");
+        let Some(vhost) = broker.vhost(vhost_name) else {
+            vhost_exists(&mut r, &what, vhost_name);
+            continue;
+        };
+        let decl = QueueDecl {
+            name: name.to_owned(),
+            durable: bool_field(q, "durable", true),
+            exclusive: false,
+            auto_delete: bool_field(q, "auto_delete", false),
+            arguments: json_to_table(q.get("arguments")),
+        };
+        // Connection id 0 is never a client's: the queue has no exclusive owner.
+        if let Err(e) = vhost.declare_queue(decl, 0) {
+            r.errors.push(format!("{what}: {}", e.text));
+        }
+    }
+    for b in list(top, "bindings") {
+        let vhost_name = str_field(b, "vhost");
+        let (source, dest) = (str_field(b, "source"), str_field(b, "destination"));
+        let what = format!("binding from '{source}' to '{dest}' in vhost '{vhost_name}'");
+        let Some(vhost) = broker.vhost(vhost_name) else {
+            vhost_exists(&mut r, &what, vhost_name);
+            continue;
+        };
+        let destination = match str_field(b, "destination_type") {
+            "exchange" => Destination::Exchange(dest.into()),
+            _ => Destination::Queue(dest.into()),
+        };
+        if let Err(e) = vhost.bind(
+            source,
+            destination,
+            str_field(b, "routing_key"),
+            json_to_table(b.get("arguments")),
+            0,
+        ) {
+            r.errors.push(format!("{what}: {}", e.text));
+        }
+    }
+    r
+}
+
+fn list<'a>(top: &'a Map<String, Value>, key: &str) -> &'a [Value] {
+    top.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+fn str_field<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn bool_field(v: &Value, key: &str, default: bool) -> bool {
+    v.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// Tags as a list, or as RabbitMQ's older comma-separated string.
+fn tags(v: Option<&Value>) -> Vec<String> {
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A limits object (`{"max-connections": 10}`); non-integer values are dropped.
+pub fn limits(v: Option<&Value>) -> Limits {
+    v.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_i64()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// AMQP arguments as RabbitMQ's exports write them.
+pub fn table_to_json(t: &FieldTable) -> Value {
+    Value::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Timestamp(n) => json!(n),
+        AMQPValue::Float(f) => json!(f),
+        AMQPValue::Double(f) => json!(f),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_to_json).collect()),
+        AMQPValue::FieldTable(t) => table_to_json(t),
+        AMQPValue::DecimalValue(d) => json!(d.value),
+        AMQPValue::Void => Value::Null,
+    }
+}
+
+/// JSON arguments as RabbitMQ's import reads them: strings are long strings, integers
+/// signed 64-bit, objects tables.
+pub fn json_to_table(v: Option<&Value>) -> FieldTable {
+    let mut t = FieldTable::default();
+    if let Some(Value::Object(m)) = v {
+        for (k, v) in m {
+            t.insert(ShortString::from(k.as_str()), json_to_value(v));
+        }
+    }
+    t
+}
+
+fn json_to_value(v: &Value) -> AMQPValue {
+    match v {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => AMQPValue::LongLongInt(i),
+            None => AMQPValue::Double(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
+        Value::Array(a) => AMQPValue::FieldArray(FieldArray::from(
+            a.iter().map(json_to_value).collect::<Vec<_>>(),
+        )),
+        Value::Object(_) => AMQPValue::FieldTable(json_to_table(Some(v))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_round_trip() {
+        let v = json!({"x-message-ttl": 1000, "alternate-exchange": "ae", "x-match": "all",
+                       "nested": {"a": [1, "b", true]}});
+        assert_eq!(table_to_json(&json_to_table(Some(&v))), v);
+    }
+
+    #[test]
+    fn tags_in_both_formats() {
+        assert_eq!(tags(Some(&json!("a, b"))), vec!["a", "b"]);
+        assert_eq!(tags(Some(&json!(["monitoring"]))), vec!["monitoring"]);
+    }
+}

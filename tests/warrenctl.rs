@@ -1,0 +1,308 @@
+//! warrenctl as an operator runs it: each command as a subprocess against a running
+//! broker, checking its output, exit code and effect (over AMQP where it has one), and a
+//! definitions round trip through a real RabbitMQ export. warren only: the commands
+//! talk to warren's control socket.
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Ctl {
+    data_dir: PathBuf,
+}
+
+impl Ctl {
+    fn new(broker: &Broker) -> Option<Ctl> {
+        broker.data_dir().map(|data_dir| Ctl { data_dir })
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .output()
+            .expect("run warrenctl")
+    }
+
+    /// Run, expect success, return stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "warrenctl {args:?} exited {:?}: {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run, expect exit `code`, return stderr.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "warrenctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+fn warren() -> Option<(Broker, Ctl)> {
+    if is_external() {
+        return None;
+    }
+    let broker = Broker::spawn_warren(&[]);
+    let ctl = Ctl::new(&broker)?;
+    Some((broker, ctl))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_can_be_managed_and_log_in() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    assert_eq!(
+        ctl.ok(&["add_user", "alice", "s3cret"]),
+        "Adding user \"alice\" ...\n"
+    );
+    assert!(ctl
+        .fails(&["add_user", "alice", "x"], 70)
+        .contains("User \"alice\" already exists"));
+    ctl.ok(&["set_user_tags", "alice", "monitoring", "management"]);
+    assert_eq!(
+        ctl.ok(&["-q", "list_users"]),
+        "user\ttags\nalice\t[monitoring, management]\nguest\t[administrator]\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["-q", "list_users", "--formatter", "json"])).unwrap();
+    assert_eq!(json[0]["user"], "alice");
+    assert!(ctl
+        .ok(&["authenticate_user", "alice", "s3cret"])
+        .contains("Success"));
+    ctl.fails(&["authenticate_user", "alice", "wrong"], 65);
+
+    ctl.ok(&["set_permissions", "-p", "/", "alice", ".*", ".*", ".*"]);
+    connect(&broker.url_with("alice", "s3cret", "%2f")).await;
+    ctl.ok(&["change_password", "alice", "n3w"]);
+    assert!(try_connect(&broker.url_with("alice", "s3cret", "%2f"))
+        .await
+        .is_err());
+    connect(&broker.url_with("alice", "n3w", "%2f")).await;
+    ctl.ok(&["clear_password", "alice"]);
+    assert!(try_connect(&broker.url_with("alice", "n3w", "%2f"))
+        .await
+        .is_err());
+
+    ctl.ok(&["delete_user", "alice"]);
+    assert!(ctl
+        .fails(&["delete_user", "alice"], 67)
+        .contains("User \"alice\" does not exist"));
+    ctl.fails(&["change_password", "alice", "x"], 67);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vhosts_and_permissions() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    ctl.ok(&["add_vhost", "v1"]);
+    assert_eq!(ctl.ok(&["-q", "list_vhosts"]), "name\n/\nv1\n");
+    ctl.ok(&["add_user", "bob", "pw"]);
+    ctl.ok(&["set_permissions", "-p", "v1", "bob", "^bob-", ".*", ".*"]);
+    assert_eq!(
+        ctl.ok(&["-q", "list_permissions", "-p", "v1"]),
+        "user\tconfigure\twrite\tread\nbob\t^bob-\t.*\t.*\n"
+    );
+    assert_eq!(
+        ctl.ok(&["-q", "list_user_permissions", "bob"]),
+        "vhost\tconfigure\twrite\tread\nv1\t^bob-\t.*\t.*\n"
+    );
+    let e = ctl.fails(&["set_permissions", "-p", "v1", "bob", "(", ".*", ".*"], 65);
+    assert!(e.contains("invalid regular expression '('"), "{e}");
+    ctl.fails(
+        &["set_permissions", "-p", "nope", "bob", ".*", ".*", ".*"],
+        69,
+    );
+    ctl.fails(
+        &["set_permissions", "-p", "v1", "nobody", ".*", ".*", ".*"],
+        67,
+    );
+
+    let conn = connect(&broker.url_with("bob", "pw", "v1")).await;
+    let ch = within(conn.create_channel()).await.unwrap();
+    declare_queue(&ch, "bob-q").await;
+    ctl.ok(&[
+        "set_topic_permissions",
+        "-p",
+        "v1",
+        "bob",
+        "amq.topic",
+        "^a",
+        ".*",
+    ]);
+    assert_eq!(
+        ctl.ok(&["-q", "list_topic_permissions", "-p", "v1"]),
+        "user\texchange\twrite\tread\nbob\tamq.topic\t^a\t.*\n"
+    );
+    ctl.ok(&["clear_permissions", "-p", "v1", "bob"]);
+    assert!(try_connect(&broker.url_with("bob", "pw", "v1"))
+        .await
+        .is_err());
+
+    // Deleting a vhost closes its connections and forgets its queues.
+    ctl.ok(&["delete_vhost", "v1"]);
+    assert_connection_dead(&conn).await;
+    assert_eq!(ctl.ok(&["-q", "list_vhosts"]), "name\n/\n");
+    ctl.fails(&["delete_vhost", "v1"], 65);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_with_columns_and_queue_operations() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    let (conn, ch) = broker.channel().await;
+    declare_queue(&ch, "q1").await;
+    declare_exchange(&ch, "x1", ExchangeKind::Topic).await;
+    bind(&ch, "q1", "x1", "a.#").await;
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        publish(&ch, "", "q1", b"m").await;
+    }
+    within(ch.wait_for_confirms()).await.unwrap();
+
+    assert_eq!(
+        ctl.ok(&["-q", "list_queues", "messages", "name"]),
+        "messages\tname\n3\tq1\n"
+    );
+    assert_eq!(
+        ctl.ok(&["list_queues"]),
+        "Timeout: 60.0 seconds ...\nListing queues for vhost / ...\nname\tmessages\nq1\t3\n"
+    );
+    assert!(ctl
+        .ok(&["-q", "list_exchanges", "name", "type"])
+        .contains("x1\ttopic\n"));
+    assert!(ctl
+        .ok(&["-q", "list_bindings"])
+        .contains("\texchange\tq1\tqueue\tq1\t[]\nx1\texchange\tq1\tqueue\ta.#\t[]\n"));
+    let conns = ctl.ok(&["-q", "list_connections", "user", "channels", "vhost"]);
+    assert_eq!(conns, "user\tchannels\tvhost\nguest\t1\t/\n");
+    ctl.fails(&["list_queues", "bogus"], 64);
+
+    assert!(ctl
+        .ok(&["purge_queue", "q1"])
+        .starts_with("Purging queue 'q1' in vhost '/' ..."));
+    wait_message_count(&ch, "q1", 0).await;
+    ctl.ok(&["delete_queue", "q1"]);
+    assert!(!queue_exists(&conn, "q1").await);
+    ctl.fails(&["delete_queue", "q1"], 69);
+
+    let pid = ctl.ok(&["-q", "list_connections", "pid"]);
+    let pid = pid.lines().nth(1).unwrap().to_owned();
+    ctl.ok(&["close_connection", &pid, "maintenance"]);
+    assert_connection_dead(&conn).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_status_usage_and_unavailable_broker() {
+    let Some((_broker, ctl)) = warren() else {
+        return;
+    };
+    ctl.ok(&["set_vhost_limits", "-p", "/", r#"{"max-queues": 5}"#]);
+    assert_eq!(
+        ctl.ok(&["-q", "list_vhost_limits", "-p", "/"]),
+        "vhost\tlimits\n/\t{\"max-queues\":5}\n"
+    );
+    ctl.fails(&["set_vhost_limits", "-p", "/", "{bad"], 65);
+    ctl.ok(&["clear_vhost_limits", "-p", "/"]);
+    assert!(ctl.ok(&["status"]).contains("product_name: warren"));
+    ctl.ok(&["await_startup"]);
+    ctl.fails(&["set_permissions", "guest"], 64);
+    ctl.fails(&["no_such_command"], 64);
+    assert!(ctl.ok(&["help"]).contains("list_queues"));
+
+    let gone = Ctl {
+        data_dir: std::env::temp_dir().join(unique("no-broker")),
+    };
+    let e = gone.fails(&["list_users"], 69);
+    assert!(e.contains("warren is not running"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_exported_by_rabbitmq_import_and_round_trip() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rabbitmq-3.10-definitions.json");
+    ctl.ok(&["import_definitions", fixture.to_str().unwrap()]);
+
+    // The password hash RabbitMQ made works here.
+    let conn = connect(&broker.url_with("fixture-alice", "alice-secret", "fixture-vh")).await;
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    publish(&ch, "alice.events", "orders.new", b"o").await;
+    within(ch.wait_for_confirms()).await.unwrap();
+    wait_message_count(&ch, "alice.q1", 1).await;
+    // fixture-bob has no password: no login.
+    assert!(
+        try_connect(&broker.url_with("fixture-bob", "", "fixture-vh"))
+            .await
+            .is_err()
+    );
+
+    let out = broker.data_dir().unwrap().join("export.json");
+    ctl.ok(&["export_definitions", out.to_str().unwrap()]);
+    let ours: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let theirs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&fixture).unwrap()).unwrap();
+    for key in [
+        "users",
+        "vhosts",
+        "permissions",
+        "topic_permissions",
+        "parameters",
+        "exchanges",
+        "queues",
+        "bindings",
+    ] {
+        assert_eq!(
+            sorted(&ours[key]),
+            sorted(&theirs[key]),
+            "definitions key {key} differs after the round trip"
+        );
+    }
+}
+
+/// A definitions list in a canonical order (RabbitMQ's is unordered).
+fn sorted(v: &serde_json::Value) -> Vec<String> {
+    let mut items: Vec<String> = v
+        .as_array()
+        .map(|a| a.iter().map(|x| x.to_string()).collect())
+        .unwrap_or_default();
+    items.sort();
+    items
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_load_at_boot() {
+    if is_external() {
+        return;
+    }
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rabbitmq-3.10-definitions.json");
+    let set = format!("definitions.load_file={}", fixture.display());
+    let broker = Broker::spawn_warren(&["--set", &set]);
+    connect(&broker.url_with("fixture-alice", "alice-secret", "fixture-vh")).await;
+}
