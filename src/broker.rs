@@ -2,7 +2,7 @@
 //! connections. One per process; shared by every connection as `Arc<Broker>`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,6 +15,9 @@ use crate::error::{code, AmqpError};
 use crate::queue::{ConnEvent, EventTx};
 use crate::store::{Change, Opened, Store, StoreError};
 use crate::vhost::Vhost;
+
+/// Users, vhosts, permissions and limits, in the data directory.
+const ACCESS_FILE: &str = "access.json";
 
 /// What the broker knows of a live connection: enough to close it, enforce limits and
 /// list it (warrenctl list_connections).
@@ -44,6 +47,8 @@ pub struct Broker {
     /// Users, permissions and limits: the single owner of who may do what.
     pub access: Access,
     vhosts: DashMap<String, (Arc<Vhost>, VhostMeta)>,
+    /// The access generation last written to the data directory.
+    access_saved: AtomicU64,
     connections: DashMap<u64, ConnectionEntry>,
     /// Flips to true when the broker starts shutting down; listeners stop accepting.
     shutdown: watch::Sender<bool>,
@@ -106,6 +111,7 @@ impl Broker {
         );
         Arc::new(Broker {
             access: Access::new(&config.defaults),
+            access_saved: AtomicU64::new(0),
             store,
             config,
             vhosts,
@@ -269,6 +275,82 @@ impl Broker {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Write users, vhosts, permissions and limits to `access.json` in the data
+    /// directory if they changed since the last save (RabbitMQ's definitions format,
+    /// without queues, exchanges and bindings, which the topology log keeps).
+    pub fn save_access(&self) {
+        let Some(store) = &self.store else { return };
+        let generation = self.access.generation();
+        if self.access_saved.swap(generation, Ordering::AcqRel) == generation {
+            return;
+        }
+        let mut doc = crate::definitions::export(self);
+        if let Some(o) = doc.as_object_mut() {
+            for key in ["queues", "exchanges", "bindings"] {
+                o.remove(key);
+            }
+        }
+        let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        if let Err(e) = store.write_file(ACCESS_FILE, &text) {
+            tracing::error!(error = %e, "could not save users and permissions");
+        }
+    }
+
+    /// At start-up: bring back what [`Broker::save_access`] wrote. The saved users
+    /// and permissions replace the defaults, so a deleted guest stays deleted.
+    pub fn restore_access(&self) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let Some(text) = store.read_file(ACCESS_FILE) else {
+            return Ok(());
+        };
+        let doc: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("{ACCESS_FILE} in the data directory is not valid JSON: {e}"))?;
+        let saved = |key: &str, field: &str| -> Vec<String> {
+            doc.get(key)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.get(field).and_then(|f| f.as_str()).map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let users = saved("users", "name");
+        for u in self.access.users() {
+            if !users.contains(&u.name) {
+                let _ = self.access.delete_user(&u.name);
+            }
+        }
+        let permitted: Vec<(String, String)> = doc
+            .get("permissions")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| {
+                        Some((
+                            p.get("vhost")?.as_str()?.to_owned(),
+                            p.get("user")?.as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (vhost, user, _) in self.access.permissions() {
+            if !permitted.contains(&(vhost.clone(), user.clone())) {
+                let _ = self.access.clear_permissions(&vhost, &user);
+            }
+        }
+        let report = crate::definitions::import(self, &doc);
+        if !report.errors.is_empty() {
+            return Err(format!("{ACCESS_FILE}: {}", report.errors.join("; ")));
+        }
+        self.access_saved
+            .store(self.access.generation(), Ordering::Release);
+        Ok(())
     }
 
     /// First step of a shutdown: from now on, queues letting go of messages or being

@@ -99,10 +99,15 @@ async fn run(config: Config) -> std::process::ExitCode {
             return std::process::ExitCode::from(73); // EX_CANTCREAT
         }
     };
+    if let Err(e) = broker.restore_access() {
+        eprintln!("warren: {e}");
+        return std::process::ExitCode::from(73);
+    }
     if let Err(e) = load_definitions(&broker) {
         eprintln!("warren: {e}");
         return std::process::ExitCode::from(78); // EX_CONFIG
     }
+    broker.save_access();
     let control = match warren::control::bind(&broker.config.data_dir).await {
         Ok(l) => l,
         Err(e) => {

@@ -530,3 +530,53 @@ async fn a_graceful_stop_keeps_durable_auto_delete_queues_with_consumers() {
         "shutdown closing its consumer did not auto-delete it"
     );
 }
+
+fn warrenctl(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run warrenctl");
+    assert!(
+        out.status.success(),
+        "warrenctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_vhosts_and_permissions_survive_restart() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    let dir = broker.data_dir().unwrap();
+    warrenctl(&dir, &["add_vhost", "app"]);
+    warrenctl(&dir, &["add_user", "alice", "s3cret"]);
+    warrenctl(&dir, &["set_user_tags", "alice", "administrator"]);
+    warrenctl(
+        &dir,
+        &["set_permissions", "-p", "app", "alice", ".*", ".*", ".*"],
+    );
+    warrenctl(&dir, &["delete_user", "guest"]);
+    {
+        let conn = connect(&broker.url_with("alice", "s3cret", "app")).await;
+        let ch = within(conn.create_channel()).await.unwrap();
+        declare_durable(&ch, "app-q", no_args()).await;
+    }
+    let broker = Broker::spawn_in(broker.crash(), &[]);
+    let users = warrenctl(&dir, &["list_users"]);
+    assert!(users.contains("alice"), "{users}");
+    assert!(
+        !users.contains("guest"),
+        "a deleted default user stays deleted: {users}"
+    );
+    assert!(warrenctl(&dir, &["list_vhosts"]).contains("app"));
+    // The password hash, the permissions and the vhost's queue all came back.
+    let conn = connect(&broker.url_with("alice", "s3cret", "app")).await;
+    assert!(queue_exists(&conn, "app-q").await);
+    assert!(try_connect(&broker.url()).await.is_err(), "guest is gone");
+}

@@ -145,7 +145,10 @@ async fn serve_one(broker: Arc<Broker>, stream: UnixStream) {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
                 tracing::info!(command = %req.command, "control request");
-                commands::handle(&broker, req).await
+                let response = commands::handle(&broker, req).await;
+                // Users, permissions and limits are kept on disk as they change.
+                broker.save_access();
+                response
             }
             Err(e) => Response::error(64, format!("malformed control request: {e}")),
         };

@@ -42,6 +42,7 @@ pub struct Store {
     pub topology: TopologyLog,
     pub messages: Arc<MessageStore>,
     pub node_id: String,
+    dir: PathBuf,
     next_qid: AtomicU64,
     /// Holds the data directory's lock for the broker's lifetime.
     _lock: File,
@@ -77,6 +78,7 @@ impl Store {
             topology,
             messages,
             node_id,
+            dir: dir.to_path_buf(),
             next_qid: AtomicU64::new(snapshot.max_qid() + 1),
             _lock: lock,
         });
@@ -91,6 +93,24 @@ impl Store {
     pub fn freeze(&self) {
         self.topology.freeze();
         self.messages.freeze();
+    }
+
+    /// Replace a small file in the data directory atomically (write, sync, rename).
+    pub fn write_file(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.new"));
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    pub fn read_file(&self, name: &str) -> Option<Vec<u8>> {
+        fs::read(self.dir.join(name)).ok()
     }
 
     /// A new durable queue's id, never reused.
