@@ -473,23 +473,21 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     };
     for (seg, data) in &files {
         record::scan(data, |_, payload| {
-            let mut g = Get::new(payload);
-            if g.u8() != Some(b'M') {
-                return;
-            }
-            let Some(m) = parse_message(&mut g) else {
+            let Some(rec) = parse_message(payload) else {
                 return;
             };
-            r.max_id = r.max_id.max(m.0);
-            let (id, qids, message) = m;
-            let holders: Vec<u64> = qids
-                .into_iter()
+            let id = rec.id;
+            r.max_id = r.max_id.max(id);
+            let holders: Vec<u64> = rec
+                .qids
+                .iter()
+                .copied()
                 .filter(|q| live_qids.contains(q) && !acked.contains(&(*q, id)))
                 .collect();
             if holders.is_empty() {
                 return;
             }
-            let message = Arc::new(message);
+            let message = Arc::new(rec.message(payload));
             r.refs.insert(id, (holders.len() as u32, *seg));
             *r.live.entry(*seg).or_default() += 1;
             for q in holders {
@@ -513,25 +511,47 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     Ok(r)
 }
 
-fn parse_message(g: &mut Get<'_>) -> Option<(u64, Vec<u64>, Message)> {
+/// A message record's id, queues, and where its four byte strings lie in the payload.
+struct MessageRecord {
+    id: u64,
+    qids: Vec<u64>,
+    fields: [std::ops::Range<usize>; 4],
+}
+
+fn parse_message(payload: &[u8]) -> Option<MessageRecord> {
+    let mut g = Get::new(payload);
+    if g.u8()? != b'M' {
+        return None;
+    }
     let id = g.u64()?;
     let n = g.u16()?;
     let mut qids = Vec::with_capacity(n as usize);
     for _ in 0..n {
         qids.push(g.u64()?);
     }
-    let exchange = Bytes::copy_from_slice(g.bytes()?);
-    let routing_key = Bytes::copy_from_slice(g.bytes()?);
-    let properties = Bytes::copy_from_slice(g.bytes()?);
-    let body = Bytes::copy_from_slice(g.bytes()?);
-    let m = Message {
-        exchange,
-        routing_key,
-        properties,
-        body,
-        store_id: Some(id),
+    let base = payload.as_ptr() as usize;
+    let mut field = || {
+        let s = g.bytes()?;
+        let start = s.as_ptr() as usize - base;
+        Some(start..start + s.len())
     };
-    Some((id, qids, m))
+    let fields = [field()?, field()?, field()?, field()?];
+    Some(MessageRecord { id, qids, fields })
+}
+
+impl MessageRecord {
+    /// The message, in one allocation shared by its four parts.
+    fn message(&self, payload: &[u8]) -> Message {
+        let all = Bytes::copy_from_slice(payload);
+        let [e, k, p, b] = self.fields.clone();
+        Message {
+            exchange: all.slice(e),
+            routing_key: all.slice(k),
+            properties: all.slice(p),
+            body: all.slice(b),
+            store_id: Some(self.id),
+        }
+    }
 }
 
 #[cfg(test)]
