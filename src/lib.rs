@@ -16,6 +16,7 @@
 //! - [`auth`]: SASL mechanisms and users. [`config`]: configuration loading.
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`error`]: protocol errors as values carrying their reply codes.
+//! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
 
 pub mod arguments;
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod connection;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod perf;
 pub mod protocol;
 pub mod queue;
 pub mod server;
