@@ -178,7 +178,10 @@ impl Uri {
         if host.is_empty() {
             return Err(format!("no host in URI {s:?}"));
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let vhost = if path.is_empty() {
             "/".to_owned()
         } else {
@@ -500,7 +503,9 @@ impl Conn {
     pub fn confirm_select(&mut self) -> Result<()> {
         self.rpc(
             1,
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select { nowait: false })),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
+                nowait: false,
+            })),
         )?;
         Ok(())
     }
@@ -582,7 +587,10 @@ mod tests {
             ("guest", "gu@st", 5682, "/")
         );
         let u = Uri::parse("amqp://localhost").unwrap();
-        assert_eq!((u.port, u.vhost.as_str(), u.user.as_str()), (5672, "/", "guest"));
+        assert_eq!(
+            (u.port, u.vhost.as_str(), u.user.as_str()),
+            (5672, "/", "guest")
+        );
         let u = Uri::parse("amqp://a:b@h:1/v1").unwrap();
         assert_eq!(u.vhost, "v1");
         assert!(Uri::parse("amqps://h").is_err());

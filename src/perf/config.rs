@@ -14,7 +14,11 @@ use clap::{ArgAction, Parser, ValueEnum};
 )]
 pub struct Args {
     /// Broker URI; the tool connects nowhere else.
-    #[arg(long, short = 'h', default_value = "amqp://guest:guest@127.0.0.1:5672/")]
+    #[arg(
+        long,
+        short = 'h',
+        default_value = "amqp://guest:guest@127.0.0.1:5672/"
+    )]
     pub uri: String,
     /// Producers (each on its own connection).
     #[arg(short = 'x', long = "producers", default_value_t = 1)]
@@ -93,7 +97,7 @@ pub struct Args {
     #[arg(long)]
     pub quiet: bool,
     /// A preset from the scenario table (other flags override it).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, ignore_case = true)]
     pub scenario: Option<Scenario>,
     /// Run the same flags against this second broker too and print the ratios.
     #[arg(long)]
@@ -190,7 +194,16 @@ impl Scenario {
                 "100",
             ],
             // fanout to 10 queues, one consumer each
-            Scenario::E => &["-x1", "-y10", "-s16", "-a", "-t", "fanout", "--bind-count", "10"],
+            Scenario::E => &[
+                "-x1",
+                "-y10",
+                "-s16",
+                "-a",
+                "-t",
+                "fanout",
+                "--bind-count",
+                "10",
+            ],
             // 100 producers, 100 queues, 100 consumers at 100 msg/s each
             Scenario::F => &["-x100", "-y100", "--queues", "100", "-s16", "-a", "-r100"],
             // latency at 1000 msg/s
@@ -252,7 +265,10 @@ impl Args {
 
     fn validate(&self) -> Result<(), String> {
         if self.size < 16 {
-            return Err("-s must be at least 16 (the body carries a timestamp and a sequence number)".into());
+            return Err(
+                "-s must be at least 16 (the body carries a timestamp and a sequence number)"
+                    .into(),
+            );
         }
         if let Some(f) = &self.flag {
             if f != "persistent" {
@@ -298,7 +314,8 @@ impl Args {
 
     /// Messages are counted rather than timed.
     pub fn counted(&self) -> bool {
-        (self.producers == 0 || self.pmessages > 0) && (self.consumers == 0 || self.cmessages > 0)
+        (self.producers == 0 || self.pmessages > 0)
+            && (self.consumers == 0 || self.cmessages > 0)
             && (self.pmessages > 0 || self.cmessages > 0)
     }
 

@@ -47,7 +47,9 @@ pub struct ConsumerResult {
 #[derive(Clone, Copy)]
 enum Expect {
     Method,
-    Header { tag: u64 },
+    Header {
+        tag: u64,
+    },
     Body {
         tag: u64,
         left: u64,
@@ -205,7 +207,9 @@ impl Reader {
             Err(e)
                 if matches!(
                     e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
                 ) =>
             {
                 Ok(false)
@@ -264,7 +268,12 @@ impl Reader {
             if self.closing || self.tally.done() {
                 // Past our count or closing: only the close handshake matters.
                 if kind == FRAME_METHOD {
-                    self.control(ch, &self.buf[pos - size - 1..pos - 1].to_vec())?;
+                    control(
+                        &mut self.sock,
+                        &mut self.close_ok,
+                        ch,
+                        &self.buf[pos - size - 1..pos - 1],
+                    )?;
                 }
                 continue;
             }
@@ -285,10 +294,7 @@ impl Reader {
                         tag: u64::from_be_bytes(a),
                     };
                 }
-                (FRAME_METHOD, _) => {
-                    let p = p.to_vec();
-                    self.control(ch, &p)?;
-                }
+                (FRAME_METHOD, _) => control(&mut self.sock, &mut self.close_ok, ch, p)?,
                 (FRAME_HEADER, Expect::Header { tag }) => {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(p.get(4..12).unwrap_or(&[0; 8]));
@@ -342,33 +348,6 @@ impl Reader {
         Ok(())
     }
 
-    /// A method other than basic.deliver.
-    fn control(&mut self, ch: u16, p: &[u8]) -> Result<(), Error> {
-        if p.len() < 4 {
-            return Ok(());
-        }
-        let arg = &p[4..];
-        match (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])) {
-            (10, 50) => {
-                let _ = self.sock.write_all(&close_ok_frame(0));
-                self.close_ok = true;
-                Err(parse_close(arg, true))
-            }
-            (20, 40) => {
-                let _ = self.sock.write_all(&close_ok_frame(ch));
-                Err(parse_close(arg, false))
-            }
-            (10, 51) => {
-                self.close_ok = true;
-                Ok(())
-            }
-            (60, 30) => Err(Error::Protocol(
-                "the broker cancelled the consumer (queue deleted?)".into(),
-            )),
-            _ => Ok(()),
-        }
-    }
-
     /// connection.close, then drain until close-ok (at most 5 s).
     fn close(&mut self, shared: &Shared) -> Result<(), Error> {
         if !self.tally.acks.is_empty() {
@@ -380,7 +359,9 @@ impl Reader {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.close_ok {
             if Instant::now() > deadline {
-                return Err(Error::Timeout("no connection.close-ok from the broker".into()));
+                return Err(Error::Timeout(
+                    "no connection.close-ok from the broker".into(),
+                ));
             }
             match self.fill() {
                 Ok(true) => self.parse(shared.now_ns(), false)?,
@@ -390,6 +371,36 @@ impl Reader {
             }
         }
         Ok(())
+    }
+}
+
+/// A method other than basic.deliver.
+fn control(sock: &mut TcpStream, close_ok: &mut bool, ch: u16, p: &[u8]) -> Result<(), Error> {
+    if p.len() < 4 {
+        return Ok(());
+    }
+    let arg = &p[4..];
+    match (
+        u16::from_be_bytes([p[0], p[1]]),
+        u16::from_be_bytes([p[2], p[3]]),
+    ) {
+        (10, 50) => {
+            let _ = sock.write_all(&close_ok_frame(0));
+            *close_ok = true;
+            Err(parse_close(arg, true))
+        }
+        (20, 40) => {
+            let _ = sock.write_all(&close_ok_frame(ch));
+            Err(parse_close(arg, false))
+        }
+        (10, 51) => {
+            *close_ok = true;
+            Ok(())
+        }
+        (60, 30) => Err(Error::Protocol(
+            "the broker cancelled the consumer (queue deleted?)".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -414,7 +425,7 @@ mod tests {
         let mut t = Tally::new(spec(true, 1, 0));
         let p1 = 1u64 << 48;
         for (i, s) in [0u64, 1, 2, 5, 6, 4].iter().enumerate() {
-            t.delivered(i as u64 + 1, Some((0, s)), 10, true);
+            t.delivered(i as u64 + 1, Some((0, *s)), 10, true);
         }
         t.delivered(7, Some((0, p1)), 10, true); // producer 1 starts at 0: no gap
         assert_eq!(t.res.seq_gaps, 2); // 3 and 4 missing when 5 arrived
@@ -431,7 +442,8 @@ mod tests {
         }
         // acks at 3 and 6 (multiple), and at 7 because the count is reached
         assert_eq!(t.acks.len(), 3 * 21);
-        let tag_at = |i: usize| u64::from_be_bytes(t.acks[i * 21 + 11..i * 21 + 19].try_into().unwrap());
+        let tag_at =
+            |i: usize| u64::from_be_bytes(t.acks[i * 21 + 11..i * 21 + 19].try_into().unwrap());
         assert_eq!((tag_at(0), tag_at(1), tag_at(2)), (3, 6, 7));
         assert!(t.acks.chunks(21).all(|a| a[19] == 1 && a[20] == FRAME_END));
         let mut single = Tally::new(spec(false, 1, 0));

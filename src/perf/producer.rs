@@ -80,7 +80,11 @@ pub fn template(
 ) -> Template {
     let mut b = Vec::with_capacity(size + 64);
     let (ex, rk) = (exchange.as_bytes(), routing_key.as_bytes());
-    frame_header(&mut b, FRAME_METHOD, 4 + 2 + 1 + ex.len() + 1 + rk.len() + 1);
+    frame_header(
+        &mut b,
+        FRAME_METHOD,
+        4 + 2 + 1 + ex.len() + 1 + rk.len() + 1,
+    );
     b.extend_from_slice(&[0, 60, 0, 40, 0, 0]);
     b.push(ex.len() as u8);
     b.extend_from_slice(ex);
@@ -202,7 +206,12 @@ fn write_all_watching(
                 pos += n;
                 since = Instant::now();
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if link.failed.load(Relaxed) || shared.stopped() && pos == 0 {
                     return Ok(false);
                 }
@@ -235,7 +244,11 @@ fn write_loop(
     for _ in 0..per_batch {
         buf.extend_from_slice(&t.bytes);
     }
-    let interval_ns = if spec.rate > 0.0 { 1e9 / spec.rate } else { 0.0 };
+    let interval_ns = if spec.rate > 0.0 {
+        1e9 / spec.rate
+    } else {
+        0.0
+    };
     let start = shared.now_ns() + spec.stagger_ns;
     let tag = (spec.id as u64) << 48;
     let mut seq: u64 = 0;
@@ -263,7 +276,10 @@ fn write_loop(
                 if last_progress.elapsed() > spec.stall {
                     shared.fail(
                         who,
-                        format!("no publisher confirm for {:?} ({out} unconfirmed)", spec.stall),
+                        format!(
+                            "no publisher confirm for {:?} ({out} unconfirmed)",
+                            spec.stall
+                        ),
                     );
                     break;
                 }
@@ -399,7 +415,12 @@ fn read_loop(
                 return;
             }
             Ok(n) => len += n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -433,9 +454,15 @@ fn read_loop(
             let tag_bits = || -> (u64, bool) {
                 let mut t = [0u8; 8];
                 t.copy_from_slice(arg.get(..8).unwrap_or(&[0; 8]));
-                (u64::from_be_bytes(t), arg.get(8).is_some_and(|b| b & 1 != 0))
+                (
+                    u64::from_be_bytes(t),
+                    arg.get(8).is_some_and(|b| b & 1 != 0),
+                )
             };
-            match (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])) {
+            match (
+                u16::from_be_bytes([p[0], p[1]]),
+                u16::from_be_bytes([p[2], p[3]]),
+            ) {
                 (60, 80) => {
                     let (tag, multiple) = tag_bits();
                     window.settle(tag, multiple);

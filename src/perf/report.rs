@@ -144,10 +144,7 @@ pub fn ratios(a: &Report, b: &Report) -> Vec<(&'static str, f64, f64, Option<f64
 }
 
 pub fn compare_table(a_name: &str, a: &Report, b_name: &str, b: &Report) -> String {
-    let mut out = format!(
-        "{:<30} {:>14} {:>14} {:>8}\n",
-        "", a_name, b_name, "ratio"
-    );
+    let mut out = format!("{:<30} {:>14} {:>14} {:>8}\n", "", a_name, b_name, "ratio");
     for (k, x, y, r) in ratios(a, b) {
         let r = r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
         let _ = writeln!(out, "{k:<30} {x:>14.1} {y:>14.1} {r:>8}");

@@ -64,7 +64,11 @@ impl Topology {
         for q in &self.queues {
             c.queue_declare(q, durable)?;
             if !self.exchange.is_empty() {
-                let key = if args.exchange_type.broadcasts() { "" } else { q };
+                let key = if args.exchange_type.broadcasts() {
+                    ""
+                } else {
+                    q
+                };
                 c.queue_bind(q, &self.exchange, key)?;
             }
         }
@@ -190,7 +194,11 @@ pub fn run(args: &Args) -> Report {
         Duration::from_secs_f64(args.warmup)
     };
     let mut window: Option<(CpuMark, Snapshot)> = None;
-    let mut last = (Instant::now(), shared.counters.snapshot(), CpuMark::take(pid));
+    let mut last = (
+        Instant::now(),
+        shared.counters.snapshot(),
+        CpuMark::take(pid),
+    );
     let mut next_tick = t0 + Duration::from_secs(1);
     let mut drain: Option<(Instant, Option<u64>)> = None;
     loop {
@@ -203,7 +211,15 @@ pub fn run(args: &Args) -> Report {
             next_tick += Duration::from_secs(1);
             let (snap, mark) = (shared.counters.snapshot(), CpuMark::take(pid));
             if !args.quiet {
-                progress(now - t0, &last.1, &snap, ms(now - last.0), &last.2, &mark, pid);
+                progress(
+                    now - t0,
+                    &last.1,
+                    &snap,
+                    ms(now - last.0),
+                    &last.2,
+                    &mark,
+                    pid,
+                );
             }
             last = (now, snap, mark);
         }
@@ -265,7 +281,10 @@ pub fn run(args: &Args) -> Report {
     let received: u64 = cresults.iter().map(|r| r.received).sum();
     let rate = |n: u64, a: u64, s: f64| Val::Num(n.saturating_sub(a) as f64 / s);
     rep.set("sent_msgs", Val::Int(sent));
-    rep.set("sent_msgs_per_s", rate(sent, start_snap.sent, secs(start, p_end)));
+    rep.set(
+        "sent_msgs_per_s",
+        rate(sent, start_snap.sent, secs(start, p_end)),
+    );
     if args.confirm > 0 {
         rep.set("confirmed_msgs", Val::Int(confirmed));
         rep.set(
@@ -336,7 +355,10 @@ pub fn run(args: &Args) -> Report {
             }
         }
         rep.set("publish_msgs_per_s", Val::Num(sent as f64 / secs(t0, at)));
-        rep.set("drain_msgs_per_s", Val::Num(received as f64 / secs(at, c_end)));
+        rep.set(
+            "drain_msgs_per_s",
+            Val::Num(received as f64 / secs(at, c_end)),
+        );
     }
 
     drop(idle);

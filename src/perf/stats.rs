@@ -276,7 +276,10 @@ mod tests {
     #[test]
     fn buckets_are_monotonic_and_tight() {
         let mut last = 0;
-        for v in (0..2_000_000u64).step_by(37).chain([u64::MAX / 3, u64::MAX]) {
+        for v in (0..2_000_000u64)
+            .step_by(37)
+            .chain([u64::MAX / 3, u64::MAX])
+        {
             let b = bucket(v);
             assert!(b >= last, "bucket order at {v}");
             assert!(b < BUCKETS);
