@@ -330,6 +330,11 @@ pub fn run(args: &Args) -> Report {
     if returned > 0 {
         rep.set("returned", Val::Int(returned));
     }
+    let blocked = shared.counters.blocked.load(Relaxed);
+    if blocked > 0 {
+        // connection.blocked: the broker throttled publishers (memory or disk alarm).
+        rep.set("blocked_events", Val::Int(blocked));
+    }
     let reads = sum(|r| r.reads);
     if reads > 0 {
         rep.set("msgs_per_read", Val::Num(received as f64 / reads as f64));
