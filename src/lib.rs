@@ -21,6 +21,7 @@
 //!   definitions JSON (export, import, load at boot).
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`error`]: protocol errors as values carrying their reply codes.
+//! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
 
 pub mod access;
 pub mod arguments;
@@ -34,6 +35,7 @@ pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod message;
+pub mod perf;
 pub mod protocol;
 pub mod queue;
 pub mod server;
