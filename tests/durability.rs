@@ -580,3 +580,25 @@ async fn users_vhosts_and_permissions_survive_restart() {
     assert!(queue_exists(&conn, "app-q").await);
     assert!(try_connect(&broker.url()).await.is_err(), "guest is gone");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_transaction_survives_a_crash() {
+    if skip_external() {
+        return;
+    }
+    let broker = Broker::start();
+    {
+        let (_conn, ch) = broker.channel().await;
+        declare_durable(&ch, "txq", no_args()).await;
+        within(ch.tx_select()).await.unwrap();
+        for b in bodies("t", 3) {
+            publish_props(&ch, "", "txq", b.as_bytes(), persistent()).await;
+        }
+        // commit-ok comes only once the messages are on disk.
+        within(ch.tx_commit()).await.unwrap();
+    }
+    let broker = Broker::spawn_in(broker.crash(), &[]);
+    let (_conn, ch) = broker.channel().await;
+    let got: Vec<String> = drain(&ch, "txq").await.into_iter().map(|m| m.0).collect();
+    assert_eq!(got, bodies("t", 3));
+}

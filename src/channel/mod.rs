@@ -335,7 +335,7 @@ impl Channel {
             }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(c)) => self.confirm_select(s, c.nowait),
             AMQPClass::Tx(tx::AMQPMethod::Select(_)) => self.tx_select(s),
-            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(s),
+            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(s).await,
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => self.tx_rollback(s),
             _ => Err(AmqpError::command_invalid("unimplemented method")),
         }

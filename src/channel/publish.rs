@@ -122,6 +122,7 @@ impl Channel {
             return Ok(());
         }
         self.route_and_enqueue(s, p, properties, props, body)
+            .map(|_| ())
     }
 
     /// Write on the exchange (the default one as `amq.default`), then topic write on the
@@ -167,7 +168,7 @@ impl Channel {
         properties: Bytes,
         props: Properties,
         body: Bytes,
-    ) -> Result<(), AmqpError> {
+    ) -> Result<Option<u64>, AmqpError> {
         let version = s.vhost.version();
         let route = match self.routes.get(version, &p.exchange, &p.routing_key) {
             Some(r) => r,
@@ -285,7 +286,7 @@ impl Channel {
                 s.confirms_due.push(self.number);
             }
         }
-        Ok(())
+        Ok(stored)
     }
 
     /// Write the confirms that are due, in order: acks coalesced with `multiple`, nacks
@@ -360,16 +361,27 @@ impl Channel {
         Ok(())
     }
 
-    pub(super) fn tx_commit(&mut self, s: &mut Session) -> Result<(), AmqpError> {
+    pub(super) async fn tx_commit(&mut self, s: &mut Session) -> Result<(), AmqpError> {
         let Some(state) = self.tx.replace(TxState::default()) else {
             return Err(AmqpError::precondition_failed(
                 "channel is not transactional",
             ));
         };
+        let mut last_stored = None;
         for (p, properties, props, body) in state.publishes {
-            self.route_and_enqueue(s, p, properties, props, body)?;
+            last_stored = self
+                .route_and_enqueue(s, p, properties, props, body)?
+                .or(last_stored);
         }
         s.publishes.flush();
+        // commit-ok means the transaction's persistent messages are on disk.
+        if let (Some(id), Some(store)) = (last_stored, s.vhost.store()) {
+            if !store.messages.wait_synced(id).await {
+                return Err(AmqpError::internal_error(
+                    "the message store failed; the transaction's messages are not safe",
+                ));
+            }
+        }
         for (entries, how) in state.settles {
             self.settle(entries, how);
         }

@@ -82,6 +82,8 @@ pub struct MessageStore {
     /// stopping and everything still queued must come back).
     closed: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Woken after every batch the writer finishes (for [`MessageStore::wait_synced`]).
+    progress: Arc<tokio::sync::Notify>,
 }
 
 impl MessageStore {
@@ -105,6 +107,7 @@ impl MessageStore {
         );
         let synced = Arc::new(AtomicU64::new(recovery.max_id));
         let broken = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(tokio::sync::Notify::new());
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             segment: recovery.next_segment,
@@ -118,6 +121,7 @@ impl MessageStore {
             ahead: BTreeSet::new(),
             synced: synced.clone(),
             broken: broken.clone(),
+            progress: progress.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -130,6 +134,7 @@ impl MessageStore {
             broken,
             closed: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
+            progress,
         });
         Ok((store, recovery.by_queue))
     }
@@ -181,6 +186,20 @@ impl MessageStore {
 
     pub fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Acquire)
+    }
+
+    /// Wait until message `id` is safely stored; false if the store failed first.
+    pub async fn wait_synced(&self, id: u64) -> bool {
+        loop {
+            let progressed = self.progress.notified();
+            if self.synced() >= id {
+                return true;
+            }
+            if self.is_broken() {
+                return false;
+            }
+            progressed.await;
+        }
     }
 
     /// Write and sync everything queued so far (blocking).
@@ -235,6 +254,7 @@ struct Writer {
     ahead: BTreeSet<u64>,
     synced: Arc<AtomicU64>,
     broken: Arc<AtomicBool>,
+    progress: Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
@@ -289,6 +309,7 @@ impl Writer {
                 self.broken.store(true, Ordering::Release);
             }
             // Wake waiting publishers either way: on failure they nack.
+            self.progress.notify_waiters();
             for w in waiters {
                 let _ = w.send(ConnEvent::StoreSynced);
             }
