@@ -31,8 +31,10 @@ use crate::queue::ConnEvent;
 use handshake::{Abort, Negotiated};
 use writer::WriterTx;
 
-/// Initial read buffer; grows for large frames.
-const READ_BUFFER: usize = 16 * 1024;
+/// Read sizes: an idle connection keeps a small buffer; one whose reads fill the buffer
+/// gets bigger reads (fewer syscalls per message), up to the maximum.
+const READ_MIN: usize = 2 * 1024;
+const READ_MAX: usize = 64 * 1024;
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Events handled per wake-up before reading the socket again.
@@ -44,6 +46,8 @@ pub struct Connection {
     peer: SocketAddr,
     reader: OwnedReadHalf,
     rbuf: BytesMut,
+    /// How much room the next read gets (adapts between READ_MIN and READ_MAX).
+    read_size: usize,
     /// Outgoing frames during the handshake (afterwards the session's buffer is used).
     out: OutBuf,
     writer: WriterTx,
@@ -65,7 +69,8 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         broker: broker.clone(),
         peer,
         reader,
-        rbuf: BytesMut::with_capacity(READ_BUFFER),
+        rbuf: BytesMut::with_capacity(READ_MIN),
+        read_size: READ_MIN,
         out: OutBuf::default(),
         writer: writer_tx,
         client_closed: false,
@@ -196,10 +201,11 @@ impl Connection {
         loop {
             let mut result: Result<bool, AmqpError> = Ok(true);
             // Frames are split off the front of the buffer and may live on in queues, so
-            // space is not reclaimed in place: make room for a full-sized read.
-            if self.rbuf.capacity() - self.rbuf.len() < READ_BUFFER / 4 {
-                self.rbuf.reserve(READ_BUFFER);
+            // space is not always reclaimed in place: make room for the next read.
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+                self.rbuf.reserve(self.read_size);
             }
+            let room = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 ev = events_rx.recv() => {
                     let mut next = ev;
@@ -215,7 +221,10 @@ impl Connection {
                 r = self.reader.read_buf(&mut self.rbuf) => {
                     match r {
                         Ok(0) | Err(_) => result = Ok(false),
-                        Ok(_) => {
+                        Ok(got) => {
+                            if got == room {
+                                self.read_size = (self.read_size * 2).min(READ_MAX);
+                            }
                             received = true;
                             result = self.process_frames(&mut s, &mut channels, &n, closing.is_some()).await;
                         }
