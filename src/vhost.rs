@@ -674,6 +674,13 @@ impl Vhost {
                 None
             };
             x.route(routing_key, h, &mut dests);
+            if dests.is_empty() {
+                // rabbit_exchange:process_alternate: an exchange that routes a message
+                // nowhere hands it to its alternate exchange, if it has one.
+                if let Some(ae) = &x.alternate {
+                    dests.push(Destination::Exchange(ae.clone()));
+                }
+            }
             for d in &dests {
                 match d {
                     Destination::Queue(name) => {

@@ -98,6 +98,8 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+    /// `alternate-exchange`: where messages go that this exchange routes nowhere.
+    pub alternate: Option<Arc<str>>,
     /// Outgoing bindings in the order they were made (for listing and unbinding).
     pub bindings: Vec<Binding>,
     router: Router,
@@ -112,12 +114,18 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Exchange {
+        let alternate = arguments
+            .inner()
+            .get("alternate-exchange")
+            .and_then(crate::arguments::as_str)
+            .map(Arc::from);
         Exchange {
             name: Arc::from(name),
             kind,
             durable,
             auto_delete,
             internal,
+            alternate,
             arguments,
             bindings: Vec::new(),
             router: Router::new(kind),
