@@ -375,7 +375,7 @@ impl Broker {
         for c in self.connections.iter() {
             let _ = c.events.send(ConnEvent::Close(AmqpError::new(
                 code::CONNECTION_FORCED,
-                "broker shutdown",
+                "broker forced connection closure with reason 'shutdown'",
             )));
         }
     }

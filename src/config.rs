@@ -77,6 +77,9 @@ impl Default for StoreConfig {
 pub struct LogConfig {
     /// tracing filter: error, warn, info, debug, trace, or a full directive list.
     pub level: String,
+    /// Log to this file (appending) instead of stderr; empty: stderr. SIGHUP reopens it,
+    /// for log rotation. Env: WARREN_LOG_FILE.
+    pub file: String,
 }
 
 impl Default for Config {
@@ -120,6 +123,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".to_owned(),
+            file: String::new(),
         }
     }
 }
@@ -169,11 +173,10 @@ impl Config {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     ConfigError(format!("cannot read config file {}: {e}", path.display()))
                 })?;
-                let table: toml::Table = toml::from_str(&text)
-                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+                let table: toml::Table =
+                    toml::from_str(&text).map_err(|e| file_error(path, &text, &e))?;
                 // Type and unknown-key errors, reported against the file itself.
-                toml::from_str::<Config>(&text)
-                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+                toml::from_str::<Config>(&text).map_err(|e| file_error(path, &text, &e))?;
                 table
             }
         };
@@ -265,6 +268,44 @@ impl Config {
         }
         out
     }
+}
+
+/// A TOML error in the config file as one line: the file, the line, the dotted key, what
+/// is wrong, and where every key is documented. (toml's own Display spans several lines
+/// with a source excerpt, which reads badly in the journal.)
+fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim_end_matches('.');
+    let Some(span) = e.span() else {
+        return ConfigError(format!("config file {}: {message}", path.display()));
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    // The key on that line, qualified by the [section] above it.
+    let section = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'))
+        .filter(|k| !k.is_empty() && !line.starts_with('['));
+    let what = match (section, key) {
+        (Some(s), Some(k)) => format!("{s}.{k}: "),
+        (None, Some(k)) => format!("{k}: "),
+        _ => String::new(),
+    };
+    let hint = if message.starts_with("unknown field") {
+        "remove or fix the key"
+    } else {
+        "fix the value"
+    };
+    ConfigError(format!(
+        "config file {} line {line_no}: {what}{message}; {hint} (config/warren.toml documents every key and its type)",
+        path.display()
+    ))
 }
 
 /// Set one dotted key, typed after the default value of that key.
@@ -382,6 +423,18 @@ mod tests {
             e.0.contains("frame_maxx") && e.0.contains("bad.toml"),
             "{e}"
         );
+        assert!(
+            e.0.contains("line 2: amqp.frame_maxx: unknown field"),
+            "{e}"
+        );
+        assert!(!e.0.contains('\n'), "one line: {e}");
+        std::fs::write(&path, "[amqp]\n# comment\nheartbeat = \"soon\"\n").unwrap();
+        let e = Config::load(Some(&path), &[]).unwrap_err();
+        assert!(e.0.contains("line 3: amqp.heartbeat: invalid type"), "{e}");
+        assert!(!e.0.contains('\n'), "one line: {e}");
+        std::fs::write(&path, "data_dirr = \"/x\"\n").unwrap();
+        let e = Config::load(Some(&path), &[]).unwrap_err();
+        assert!(e.0.contains("line 1: data_dirr: unknown field"), "{e}");
         std::fs::write(&path, "[amqp]\nframe_max = 100\n").unwrap();
         let e = Config::load(Some(&path), &[]).unwrap_err();
         assert!(e.0.contains("amqp.frame_max"), "{e}");

@@ -16,9 +16,11 @@
 //!   group-committed syncs behind publisher confirms.
 //! - [`broker`]: the process-wide state (vhosts, the access model, live connections).
 //! - [`access`]: users, password hashes, permissions, topic permissions and limits.
-//! - [`auth`]: SASL mechanisms. [`config`]: configuration loading.
+//! - [`auth`]: SASL mechanisms. [`config`]: configuration loading. [`logfile`]: `log.file`,
+//!   reopened on SIGHUP.
 //! - [`control`]: the control socket `warrenctl` talks to; [`definitions`]: RabbitMQ's
 //!   definitions JSON (export, import, load at boot).
+//! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`error`]: protocol errors as values carrying their reply codes.
 //! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
@@ -34,11 +36,13 @@ pub mod control;
 pub mod definitions;
 pub mod error;
 pub mod exchange;
+pub mod logfile;
 pub mod message;
 pub mod perf;
 pub mod protocol;
 pub mod queue;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod util;
 pub mod vhost;

@@ -68,12 +68,32 @@ fn main() -> std::process::ExitCode {
     };
     let filter =
         EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let log_file = if config.log.file.is_empty() {
+        use std::io::IsTerminal;
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
+        None
+    } else {
+        let file = match warren::logfile::LogFile::open(std::path::Path::new(&config.log.file)) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!(
+                    "warren: cannot open log.file {}: {e}; create its directory and let warren's user write there, or set log.file = \"\" to log to stderr",
+                    config.log.file
+                );
+                return std::process::ExitCode::from(73);
+            }
+        };
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(file.clone())
+            .with_ansi(false)
+            .init();
+        Some(file)
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -85,52 +105,63 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(70);
         }
     };
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, log_file))
 }
 
-async fn run(config: Config) -> std::process::ExitCode {
+/// A start-up failure: the one line printed on stderr, and the exit code.
+struct Failure(u8, String);
+
+async fn run(config: Config, log_file: Option<warren::logfile::LogFile>) -> std::process::ExitCode {
+    let notifier = warren::service::Notifier::from_env().map(std::sync::Arc::new);
+    match serve(config, notifier.clone(), log_file).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(Failure(code, line)) => {
+            eprintln!("warren: {line}");
+            if let Some(n) = &notifier {
+                // systemctl status shows it next to the failed unit.
+                n.notify(&format!("STATUS=failed to start: {line}"));
+            }
+            std::process::ExitCode::from(code)
+        }
+    }
+}
+
+async fn serve(
+    config: Config,
+    notifier: Option<std::sync::Arc<warren::service::Notifier>>,
+    log_file: Option<warren::logfile::LogFile>,
+) -> Result<(), Failure> {
     let started = std::time::Instant::now();
+    let mut signals = Signals::install()
+        .map_err(|e| Failure(71, format!("cannot install signal handlers: {e}")))?;
     // Opening the store takes the data directory's lock: nothing else in it (the
     // control socket) is touched before that.
-    let broker = match warren::broker::Broker::open(config) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("warren: {e}");
-            return std::process::ExitCode::from(73); // EX_CANTCREAT
-        }
-    };
-    if let Err(e) = broker.restore_access() {
-        eprintln!("warren: {e}");
-        return std::process::ExitCode::from(73);
-    }
-    if let Err(e) = load_definitions(&broker) {
-        eprintln!("warren: {e}");
-        return std::process::ExitCode::from(78); // EX_CONFIG
-    }
+    let broker = warren::broker::Broker::open(config).map_err(|e| Failure(73, e.to_string()))?; // EX_CANTCREAT
+    broker.restore_access().map_err(|e| Failure(73, e))?;
+    load_definitions(&broker).map_err(|e| Failure(78, e))?; // EX_CONFIG
     broker.save_access();
-    let control = match warren::control::bind(&broker.config.data_dir).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "warren: cannot create the control socket {}: {e}",
-                warren::control::socket_path(&broker.config.data_dir).display()
-            );
-            return std::process::ExitCode::from(71);
-        }
-    };
-    let listener = match warren::server::bind(&broker).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "warren: cannot listen on {} (amqp.listen): {e}",
-                broker.config.amqp.listen
-            );
-            return std::process::ExitCode::from(71);
-        }
-    };
+    let control = warren::control::bind(&broker.config.data_dir)
+        .await
+        .map_err(|e| {
+            Failure(
+                71,
+                format!(
+                    "cannot create the control socket {}: {e}",
+                    warren::control::socket_path(&broker.config.data_dir).display()
+                ),
+            )
+        })?;
+    let listener = warren::server::bind(&broker).await.map_err(|e| {
+        Failure(
+            71,
+            warren::server::bind_error(&broker.config.amqp.listen, &e),
+        )
+    })?;
     let addr = warren::server::local_addr(&listener)
         .map(|a| a.to_string())
         .unwrap_or_else(|| broker.config.amqp.listen.clone());
+    let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
+    let control = tokio::spawn(warren::control::serve(broker.clone(), control));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %broker.config.data_dir.display(),
@@ -140,11 +171,18 @@ async fn run(config: Config) -> std::process::ExitCode {
     // One machine-readable line on stdout for scripts and tests.
     println!("warren ready amqp={addr}");
     let _ = std::io::stdout().flush();
+    if let Some(n) = &notifier {
+        n.ready(&format!("AMQP listening on {addr}"));
+        if let Some(every) = warren::service::Notifier::watchdog_interval() {
+            tokio::spawn(n.clone().watchdog(every));
+        }
+    }
 
-    let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
-    let control = tokio::spawn(warren::control::serve(broker.clone(), control));
-    wait_for_signal().await;
+    signals.shutdown_requested(log_file.as_ref()).await;
     tracing::info!("shutting down");
+    if let Some(n) = &notifier {
+        n.stopping();
+    }
     broker.freeze_store();
     broker.shut_down();
     let _ = server.await;
@@ -155,7 +193,8 @@ async fn run(config: Config) -> std::process::ExitCode {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     broker.close_store();
-    std::process::ExitCode::SUCCESS
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// definitions.load_file: import at boot, before clients can connect. Items that cannot
@@ -183,24 +222,54 @@ fn load_definitions(broker: &warren::broker::Broker) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// The signals the broker handles, installed before it reports ready: until a handler
+/// is installed, SIGHUP and SIGTERM would kill the process outright (their default
+/// action), so a supervisor signalling right after readiness would see a crash.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+                hup: signal(SignalKind::hangup())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Wait for SIGTERM or SIGINT (shut down). SIGHUP reopens `log.file` (log rotation)
+    /// and never stops the broker.
+    async fn shutdown_requested(&mut self, log_file: Option<&warren::logfile::LogFile>) {
+        #[cfg(unix)]
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match log_file {
+                    Some(f) => match f.reopen() {
+                        Ok(()) => tracing::info!("SIGHUP received: reopened log file {}", f.path().display()),
+                        Err(e) => tracing::error!("SIGHUP received: cannot reopen log file {}: {e}; still writing to the old one", f.path().display()),
+                    },
+                    None => tracing::info!("SIGHUP received; nothing to reload (no log.file is configured)"),
+                },
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = log_file;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

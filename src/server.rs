@@ -12,6 +12,23 @@ pub async fn bind(broker: &Broker) -> std::io::Result<TcpListener> {
     TcpListener::bind(&broker.config.amqp.listen).await
 }
 
+/// The one line printed when the listener cannot be bound: what is wrong, and what to do.
+pub fn bind_error(listen: &str, e: &std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another process (another warren or RabbitMQ?) is listening there; stop it or set amqp.listen to a free port"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE; use a higher port or grant the capability"
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no local interface has that address; use one of this host's addresses or 0.0.0.0"
+        }
+        _ => "check amqp.listen (host:port)",
+    };
+    format!("cannot listen on {listen} (amqp.listen): {e}; {hint}")
+}
+
 /// Accept connections until the broker shuts down.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     let mut shutdown = broker.shutdown_signal();
@@ -27,7 +44,8 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => break,
+            // wait_for, not changed(): a shutdown before this task first ran must count.
+            _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
         }
     }
 }

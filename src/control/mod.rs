@@ -125,7 +125,8 @@ pub async fn serve(broker: Arc<Broker>, listener: UnixListener) {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            _ = shutdown.changed() => break,
+            // wait_for, not changed(): a shutdown before this task first ran must count.
+            _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
         }
     }
     let _ = std::fs::remove_file(socket_path(&broker.config.data_dir));

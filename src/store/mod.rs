@@ -61,7 +61,7 @@ impl Store {
         let err = |what: &str, e: std::io::Error| {
             StoreError(format!("{what} in data dir {}: {e}", dir.display()))
         };
-        fs::create_dir_all(dir).map_err(|e| err("cannot create", e))?;
+        fs::create_dir_all(dir).map_err(|e| unusable(dir, &e))?;
         let lock = lock(dir)?;
         let node_id = meta(dir)?;
         let (topology, snapshot) =
@@ -119,6 +119,20 @@ impl Store {
     }
 }
 
+/// The data directory cannot be created or written: one line saying so and what to do.
+fn unusable(dir: &Path, e: &std::io::Error) -> StoreError {
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            "give the user warren runs as write access to it (e.g. chown), or set data_dir to a writable directory"
+        }
+        _ => "set data_dir to a directory warren can create and write",
+    };
+    StoreError(format!(
+        "data dir {} is not writable: {e}; {hint}",
+        dir.display()
+    ))
+}
+
 fn lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("warren.lock");
     let mut f = OpenOptions::new()
@@ -127,7 +141,7 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
         .create(true)
         .truncate(false)
         .open(&path)
-        .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| unusable(dir, &e))?;
     if f.try_lock().is_err() {
         let mut pid = String::new();
         let _ = f.read_to_string(&mut pid);

@@ -97,7 +97,13 @@ impl Broker {
 
     /// Spawn warren on an existing data directory (restart tests).
     pub fn spawn_in(data_dir: PathBuf, extra_args: &[&str]) -> Broker {
+        Self::spawn_in_env(data_dir, extra_args, &[])
+    }
+
+    /// Spawn warren on a data directory with extra environment variables.
+    pub fn spawn_in_env(data_dir: PathBuf, extra_args: &[&str], envs: &[(&str, &str)]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            .envs(envs.iter().copied())
             .arg("--amqp-listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")
@@ -152,6 +158,45 @@ impl Broker {
             child: Some(child),
             data_dir: Some(data_dir),
         }
+    }
+
+    /// The process id of a spawned warren.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a spawned warren").id()
+    }
+
+    /// Send a signal (`kill -<name>`) to a spawned warren.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Stop with SIGTERM and wait at most `limit`; panics if warren is still running then.
+    pub fn stop_within(self, limit: Duration) -> (PathBuf, std::process::ExitStatus) {
+        self.signal("TERM");
+        self.wait_within(limit)
+    }
+
+    /// Wait for a spawned warren to exit (after a signal), at most `limit`.
+    pub fn wait_within(mut self, limit: Duration) -> (PathBuf, std::process::ExitStatus) {
+        let mut child = self.child.take().expect("a spawned warren");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for warren") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("warren did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (self.data_dir.take().expect("a spawned warren"), status)
     }
 
     /// AMQP URL of the default vhost with guest/guest.
