@@ -327,6 +327,10 @@ async fn run(broker: &Broker, req: &Request) -> Result {
             let v = need_vhost()?;
             list_queues(req, &v).await
         }
+        "list_consumers" => {
+            let v = need_vhost()?;
+            list_consumers(req, &v).await
+        }
         "list_exchanges" => {
             let v = need_vhost()?;
             let all = [
@@ -549,6 +553,13 @@ fn pid(id: u64) -> String {
     format!("<warren.{id}.0>")
 }
 
+/// A channel's pid in listings: its connection's, with the channel number in place of
+/// the 0 (channel 0 being the connection itself), so list_consumers' channel_pid
+/// matches list_channels' pid.
+fn channel_pid(conn_id: u64, channel: u16) -> String {
+    format!("<warren.{conn_id}.{channel}>")
+}
+
 fn cols(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -632,6 +643,62 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
                 })
                 .collect(),
         );
+    }
+    Ok(Response::table(columns, rows))
+}
+
+/// Every consumer of the vhost's queues, asked of each queue's actor (the consumers'
+/// owner), in queue-name order.
+async fn list_consumers(req: &Request, v: &crate::vhost::Vhost) -> Result {
+    let all = [
+        "queue_name",
+        "channel_pid",
+        "consumer_tag",
+        "ack_required",
+        "prefetch_count",
+        "active",
+        "activity_status",
+        "arguments",
+        "exclusive",
+    ];
+    // rabbitmqctl's defaults: all but activity_status (and warren's exclusive).
+    let default = [
+        "queue_name",
+        "channel_pid",
+        "consumer_tag",
+        "ack_required",
+        "prefetch_count",
+        "active",
+        "arguments",
+    ];
+    let columns = columns(req, &all, &default)?;
+    let mut queues = v.queues();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows = Vec::new();
+    for q in queues {
+        let consumers = q
+            .ask(|reply| QueueCmd::Consumers { reply })
+            .await
+            .unwrap_or_default();
+        for c in consumers {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|col| match col.as_str() {
+                        "queue_name" => json!(&*q.name),
+                        "channel_pid" => json!(channel_pid(c.conn_id, c.channel)),
+                        "consumer_tag" => json!(&*c.tag),
+                        "ack_required" => json!(!c.no_ack),
+                        "prefetch_count" => json!(c.prefetch),
+                        // No single-active-consumer queues yet: every consumer is active.
+                        "active" => json!(true),
+                        "activity_status" => json!("up"),
+                        "exclusive" => json!(c.exclusive),
+                        _ => crate::definitions::table_to_json(&c.arguments),
+                    })
+                    .collect(),
+            );
+        }
     }
     Ok(Response::table(columns, rows))
 }
