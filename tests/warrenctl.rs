@@ -323,7 +323,7 @@ async fn consumers_and_channels_are_listed_like_rabbitmqctl() {
         "q1".into(),
         "c1".into(),
         BasicConsumeOptions::default(),
-        table(vec![("x-priority", AMQPValue::LongInt(5.into()))]),
+        table(vec![("x-priority", AMQPValue::LongInt(5))]),
     ))
     .await
     .unwrap();
