@@ -306,3 +306,155 @@ async fn definitions_load_at_boot() {
     let broker = Broker::spawn_warren(&["--set", &set]);
     connect(&broker.url_with("fixture-alice", "alice-secret", "fixture-vh")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_and_channels_are_listed_like_rabbitmqctl() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    let conn = connect(&broker.url()).await;
+    // Channel 1: prefetch 10, an acking consumer holding two deliveries.
+    let ch1 = within(conn.create_channel()).await.unwrap();
+    within(ch1.basic_qos(10, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    declare_queue(&ch1, "q1").await;
+    let mut c1 = within(ch1.basic_consume(
+        "q1".into(),
+        "c1".into(),
+        BasicConsumeOptions::default(),
+        table(vec![("x-priority", AMQPValue::LongInt(5))]),
+    ))
+    .await
+    .unwrap();
+    // Channel 2: publisher confirms, an auto-ack consumer.
+    let ch2 = within(conn.create_channel()).await.unwrap();
+    within(ch2.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    declare_queue(&ch2, "q2").await;
+    // Kept: lapin cancels a consumer that is dropped.
+    let _c2 = within(ch2.basic_consume(
+        "q2".into(),
+        "c2".into(),
+        BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        },
+        no_args(),
+    ))
+    .await
+    .unwrap();
+    // Channel 3: transactional, global prefetch, nothing else.
+    let ch3 = within(conn.create_channel()).await.unwrap();
+    within(ch3.tx_select()).await.unwrap();
+    within(ch3.basic_qos(7, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    publish(&ch2, "", "q1", b"a").await;
+    publish(&ch2, "", "q1", b"b").await;
+    within(ch2.wait_for_confirms()).await.unwrap();
+    next_delivery(&mut c1).await;
+    next_delivery(&mut c1).await;
+
+    let conn_pid = ctl.ok(&["-q", "list_connections", "pid"]);
+    let conn_pid = conn_pid.lines().nth(1).unwrap();
+    // Channels are named after their connection: <warren.ID.0> has <warren.ID.N>.
+    let ch_pid = |n: u16| conn_pid.replace(".0>", &format!(".{n}>"));
+
+    assert_eq!(
+        ctl.ok(&["list_consumers"]),
+        format!(
+            "Listing consumers in vhost / ...\n\
+             queue_name\tchannel_pid\tconsumer_tag\tack_required\tprefetch_count\tactive\targuments\n\
+             q1\t{}\tc1\ttrue\t10\ttrue\t[{{\"x-priority\",5}}]\n\
+             q2\t{}\tc2\tfalse\t0\ttrue\t[]\n",
+            ch_pid(1),
+            ch_pid(2)
+        )
+    );
+    assert_eq!(
+        ctl.ok(&[
+            "-q",
+            "list_consumers",
+            "consumer_tag",
+            "activity_status",
+            "exclusive"
+        ]),
+        "consumer_tag\tactivity_status\texclusive\nc1\tup\tfalse\nc2\tup\tfalse\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["-q", "list_consumers", "--formatter", "json"])).unwrap();
+    assert_eq!(json[0]["queue_name"], "q1");
+    assert_eq!(json[0]["channel_pid"], ch_pid(1));
+    assert_eq!(json[0]["ack_required"], true);
+    assert_eq!(json[0]["prefetch_count"], 10);
+    assert_eq!(json[0]["arguments"]["x-priority"], 5);
+    assert_eq!(json[1]["consumer_tag"], "c2");
+    assert_eq!(json[1]["ack_required"], false);
+    ctl.ok(&["add_vhost", "v2"]);
+    assert_eq!(
+        ctl.ok(&["list_consumers", "-p", "v2", "queue_name"]),
+        "Listing consumers in vhost v2 ...\nqueue_name\n"
+    );
+    ctl.fails(&["list_consumers", "bogus"], 64);
+
+    assert_eq!(
+        ctl.ok(&["list_channels"]),
+        format!(
+            "Listing channels ...\n\
+             pid\tuser\tconsumer_count\tmessages_unacknowledged\n\
+             {}\tguest\t1\t2\n{}\tguest\t1\t0\n{}\tguest\t0\t0\n",
+            ch_pid(1),
+            ch_pid(2),
+            ch_pid(3)
+        )
+    );
+    assert_eq!(
+        ctl.ok(&[
+            "-q",
+            "list_channels",
+            "number",
+            "connection",
+            "vhost",
+            "confirm",
+            "transactional",
+            "prefetch_count",
+            "global_prefetch_count",
+        ]),
+        format!(
+            "number\tconnection\tvhost\tconfirm\ttransactional\tprefetch_count\tglobal_prefetch_count\n\
+             1\t{conn_pid}\t/\tfalse\tfalse\t10\t0\n\
+             2\t{conn_pid}\t/\ttrue\tfalse\t0\t0\n\
+             3\t{conn_pid}\t/\tfalse\ttrue\t0\t7\n"
+        )
+    );
+    let json: serde_json::Value = serde_json::from_str(&ctl.ok(&[
+        "-q",
+        "list_channels",
+        "--formatter",
+        "json",
+        "name",
+        "messages_unacknowledged",
+    ]))
+    .unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    assert!(
+        json[0]["name"].as_str().unwrap().ends_with(" (1)"),
+        "{json}"
+    );
+    assert_eq!(json[0]["messages_unacknowledged"], 2);
+    ctl.fails(&["list_channels", "bogus"], 64);
+
+    // Closing a channel removes it and its consumer from both listings.
+    within(ch1.close(200, "bye".into())).await.unwrap();
+    assert_eq!(
+        ctl.ok(&["-q", "list_consumers", "consumer_tag"]),
+        "consumer_tag\nc2\n"
+    );
+    assert_eq!(
+        ctl.ok(&["-q", "list_channels", "number", "consumer_count"]),
+        "number\tconsumer_count\n2\t1\n3\t0\n"
+    );
+    drop(ch3);
+}

@@ -65,9 +65,11 @@ const COMMANDS: &[Spec] = &[
     ("list_topic_permissions", "[-p <vhost>]", (0, 0), "Listing topic permissions for vhost \"{vhost}\" ...", "Lists topic permissions in a vhost"),
     ("list_user_topic_permissions", "<username>", (1, 1), "Listing topic permissions for user \"{0}\" ...", "Lists a user's topic permissions"),
     ("list_queues", "[-p <vhost>] [<column> ...]", (0, usize::MAX), "Timeout: 60.0 seconds ...\nListing queues for vhost {vhost} ...", "Lists queues (columns: name messages messages_ready messages_unacknowledged consumers durable auto_delete exclusive arguments ...)"),
+    ("list_consumers", "[-p <vhost>] [<column> ...]", (0, usize::MAX), "Listing consumers in vhost {vhost} ...", "Lists consumers (columns: queue_name channel_pid consumer_tag ack_required prefetch_count active activity_status arguments exclusive)"),
     ("list_exchanges", "[-p <vhost>] [<column> ...]", (0, usize::MAX), "Listing exchanges for vhost {vhost} ...", "Lists exchanges (columns: name type durable auto_delete internal arguments)"),
     ("list_bindings", "[-p <vhost>] [<column> ...]", (0, usize::MAX), "Listing bindings for vhost {vhost}...", "Lists bindings"),
     ("list_connections", "[<column> ...]", (0, usize::MAX), "Listing connections ...", "Lists connections (columns: pid name user vhost peer_host peer_port channels state ...)"),
+    ("list_channels", "[<column> ...]", (0, usize::MAX), "Listing channels ...", "Lists channels (columns: pid name connection number user vhost consumer_count messages_unacknowledged prefetch_count global_prefetch_count confirm transactional ...)"),
     ("purge_queue", "[-p <vhost>] <queue>", (1, 1), "Purging queue '{0}' in vhost '{vhost}' ...", "Removes all ready messages from a queue"),
     ("delete_queue", "[-p <vhost>] <queue> [--if-empty] [--if-unused]", (1, 1), "Deleting queue '{0}' on vhost '{vhost}' ...", "Deletes a queue"),
     ("close_connection", "<pid|name> <explanation>", (1, 2), "Closing connection {0}, reason: {1}...", "Closes a connection with 320 CONNECTION_FORCED"),
@@ -78,14 +80,6 @@ const COMMANDS: &[Spec] = &[
 
 /// Commands rabbitmqctl has that warren does not (yet), so runbooks fail clearly.
 const NOT_YET: &[(&str, &str)] = &[
-    (
-        "list_channels",
-        "per-channel listing is not implemented yet; list_connections channels gives counts",
-    ),
-    (
-        "list_consumers",
-        "consumer listing is not implemented yet; list_queues name consumers gives counts",
-    ),
     ("set_policy", "policies are not supported yet"),
     ("list_policies", "policies are not supported yet"),
 ];

@@ -101,6 +101,24 @@ struct ConsumerRef {
     no_ack: bool,
 }
 
+/// One channel as listings show it (rabbitmqctl list_channels), taken by its
+/// connection task when asked.
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
+    pub number: u16,
+    pub consumer_count: usize,
+    pub messages_unacknowledged: usize,
+    /// basic.qos global=false: the prefetch new consumers get.
+    pub prefetch_count: u32,
+    /// basic.qos global=true: the prefetch shared by the channel's consumers.
+    pub global_prefetch_count: u32,
+    pub confirm: bool,
+    pub transactional: bool,
+    pub messages_unconfirmed: u64,
+    pub messages_uncommitted: usize,
+    pub acks_uncommitted: usize,
+}
+
 pub struct Channel {
     pub number: u16,
     /// Unique id of this channel instance (numbers are reused after close).
@@ -375,6 +393,27 @@ impl Channel {
         self.tx = None;
         self.assembly = Assembly::Idle;
         waits
+    }
+
+    /// What list_channels shows of this channel.
+    pub fn info(&self) -> ChannelInfo {
+        let (messages_uncommitted, acks_uncommitted) = self
+            .tx
+            .as_ref()
+            .map(|t| t.uncommitted())
+            .unwrap_or_default();
+        ChannelInfo {
+            number: self.number,
+            consumer_count: self.consumers.len(),
+            messages_unacknowledged: self.unacked.len(),
+            prefetch_count: self.consumer_prefetch,
+            global_prefetch_count: self.limiter.global_prefetch(),
+            confirm: self.confirm.is_some(),
+            transactional: self.tx.is_some(),
+            messages_unconfirmed: self.confirm.as_ref().map_or(0, |c| c.unconfirmed()),
+            messages_uncommitted,
+            acks_uncommitted,
+        }
     }
 
     /// Ask every queue this channel consumes from to try delivering again.

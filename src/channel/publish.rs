@@ -70,6 +70,13 @@ enum Outcome {
     Nack,
 }
 
+impl ConfirmState {
+    /// Publishes whose confirm is not on the wire yet.
+    pub(super) fn unconfirmed(&self) -> u64 {
+        self.published - self.sent
+    }
+}
+
 /// A transaction's pending work, applied at commit.
 #[derive(Default)]
 pub(super) struct TxState {
@@ -77,6 +84,16 @@ pub(super) struct TxState {
     /// Settlements taken out of the unacked list at ack time (so tags are checked then),
     /// applied at commit or put back at rollback.
     settles: Vec<(Vec<Unacked>, Settle)>,
+}
+
+impl TxState {
+    /// Publishes and acknowledgements waiting for tx.commit.
+    pub(super) fn uncommitted(&self) -> (usize, usize) {
+        (
+            self.publishes.len(),
+            self.settles.iter().map(|(u, _)| u.len()).sum(),
+        )
+    }
 }
 
 impl Channel {

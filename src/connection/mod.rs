@@ -550,6 +550,16 @@ impl Connection {
                     ch.flush_confirms(s);
                 }
             }
+            ConnEvent::ListChannels(reply) => {
+                // Channels we are closing (waiting for close-ok) are not listed.
+                let mut infos: Vec<_> = channels
+                    .values()
+                    .filter(|c| c.state == State::Open)
+                    .map(Channel::info)
+                    .collect();
+                infos.sort_by_key(|i| i.number);
+                let _ = reply.send(infos);
+            }
             ConnEvent::Close(e) => return Err(e),
         }
         Ok(())

@@ -10,7 +10,7 @@ use super::{Request, Response};
 use crate::access::{AccessError, Limits};
 use crate::broker::{Broker, VhostMeta};
 use crate::exchange::Destination;
-use crate::queue::{QueueCmd, QueueStats};
+use crate::queue::{ConnEvent, QueueCmd, QueueStats};
 
 /// rabbitmqctl's exit codes.
 pub const EX_USAGE: u8 = 64;
@@ -327,6 +327,10 @@ async fn run(broker: &Broker, req: &Request) -> Result {
             let v = need_vhost()?;
             list_queues(req, &v).await
         }
+        "list_consumers" => {
+            let v = need_vhost()?;
+            list_consumers(req, &v).await
+        }
         "list_exchanges" => {
             let v = need_vhost()?;
             let all = [
@@ -459,6 +463,7 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                 rows.into_iter().map(|(_, r)| r).collect(),
             ))
         }
+        "list_channels" => list_channels(broker, req).await,
         "close_connection" => {
             let target = arg(req, 0)?;
             let reason = req
@@ -549,6 +554,13 @@ fn pid(id: u64) -> String {
     format!("<warren.{id}.0>")
 }
 
+/// A channel's pid in listings: its connection's, with the channel number in place of
+/// the 0 (channel 0 being the connection itself), so list_consumers' channel_pid
+/// matches list_channels' pid.
+fn channel_pid(conn_id: u64, channel: u16) -> String {
+    format!("<warren.{conn_id}.{channel}>")
+}
+
 fn cols(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
 }
@@ -632,6 +644,133 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
                 })
                 .collect(),
         );
+    }
+    Ok(Response::table(columns, rows))
+}
+
+/// Every consumer of the vhost's queues, asked of each queue's actor (the consumers'
+/// owner), in queue-name order.
+async fn list_consumers(req: &Request, v: &crate::vhost::Vhost) -> Result {
+    let all = [
+        "queue_name",
+        "channel_pid",
+        "consumer_tag",
+        "ack_required",
+        "prefetch_count",
+        "active",
+        "activity_status",
+        "arguments",
+        "exclusive",
+    ];
+    // rabbitmqctl's defaults: all but activity_status (and warren's exclusive).
+    let default = [
+        "queue_name",
+        "channel_pid",
+        "consumer_tag",
+        "ack_required",
+        "prefetch_count",
+        "active",
+        "arguments",
+    ];
+    let columns = columns(req, &all, &default)?;
+    let mut queues = v.queues();
+    queues.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rows = Vec::new();
+    for q in queues {
+        let consumers = q
+            .ask(|reply| QueueCmd::Consumers { reply })
+            .await
+            .unwrap_or_default();
+        for c in consumers {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|col| match col.as_str() {
+                        "queue_name" => json!(&*q.name),
+                        "channel_pid" => json!(channel_pid(c.conn_id, c.channel)),
+                        "consumer_tag" => json!(&*c.tag),
+                        "ack_required" => json!(!c.no_ack),
+                        "prefetch_count" => json!(c.prefetch),
+                        // No single-active-consumer queues yet: every consumer is active.
+                        "active" => json!(true),
+                        "activity_status" => json!("up"),
+                        "exclusive" => json!(c.exclusive),
+                        _ => crate::definitions::table_to_json(&c.arguments),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(Response::table(columns, rows))
+}
+
+/// How long list_channels waits for a connection to describe its channels; one that
+/// is stuck is left out rather than holding up the listing.
+const CHANNELS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Every open channel of every connection. Each connection task owns its channels and
+/// answers [`ConnEvent::ListChannels`] between frames, so the listing costs the
+/// message path nothing (RabbitMQ asks each channel process the same way).
+async fn list_channels(broker: &Broker, req: &Request) -> Result {
+    let all = [
+        "pid",
+        "name",
+        "connection",
+        "number",
+        "user",
+        "vhost",
+        "transactional",
+        "confirm",
+        "consumer_count",
+        "messages_unacknowledged",
+        "messages_unconfirmed",
+        "messages_uncommitted",
+        "acks_uncommitted",
+        "prefetch_count",
+        "global_prefetch_count",
+    ];
+    let default = ["pid", "user", "consumer_count", "messages_unacknowledged"];
+    let columns = columns(req, &all, &default)?;
+    let mut asked = Vec::new();
+    broker.for_each_connection(|id, c| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if c.events.send(ConnEvent::ListChannels(tx)).is_ok() {
+            let name = format!("{} -> {}", c.peer, broker.config.amqp.listen);
+            asked.push((id, c.user.clone(), c.vhost.clone(), name, rx));
+        }
+    });
+    asked.sort_by_key(|a| a.0);
+    let deadline = tokio::time::Instant::now() + CHANNELS_TIMEOUT;
+    let mut rows = Vec::new();
+    for (id, user, vhost, name, rx) in asked {
+        // A connection that closed meanwhile drops the question: it has no channels.
+        let Ok(Ok(infos)) = tokio::time::timeout_at(deadline, rx).await else {
+            continue;
+        };
+        for ch in infos {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|col| match col.as_str() {
+                        "pid" => json!(channel_pid(id, ch.number)),
+                        "name" => json!(format!("{name} ({})", ch.number)),
+                        "connection" => json!(pid(id)),
+                        "number" => json!(ch.number),
+                        "user" => json!(user),
+                        "vhost" => json!(vhost),
+                        "transactional" => json!(ch.transactional),
+                        "confirm" => json!(ch.confirm),
+                        "consumer_count" => json!(ch.consumer_count),
+                        "messages_unacknowledged" => json!(ch.messages_unacknowledged),
+                        "messages_unconfirmed" => json!(ch.messages_unconfirmed),
+                        "messages_uncommitted" => json!(ch.messages_uncommitted),
+                        "acks_uncommitted" => json!(ch.acks_uncommitted),
+                        "prefetch_count" => json!(ch.prefetch_count),
+                        _ => json!(ch.global_prefetch_count),
+                    })
+                    .collect(),
+            );
+        }
     }
     Ok(Response::table(columns, rows))
 }

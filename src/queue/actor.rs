@@ -16,7 +16,8 @@ use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::ready::{Entry, Ready};
 use super::stored::{StoreLink, Stored};
 use super::{
-    ConnEvent, Consumer, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats, Settle,
+    ConnEvent, Consumer, ConsumerInfo, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats,
+    Settle,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -254,6 +255,22 @@ impl QueueActor {
                     self.expire(now);
                 }
                 let _ = reply.send(self.stats());
+            }
+            QueueCmd::Consumers { reply } => {
+                let _ = reply.send(
+                    self.consumers
+                        .iter()
+                        .map(|c| ConsumerInfo {
+                            tag: c.tag.clone(),
+                            conn_id: c.conn_id,
+                            channel: c.channel,
+                            no_ack: c.no_ack,
+                            exclusive: c.exclusive,
+                            prefetch: c.prefetch,
+                            arguments: c.arguments.clone(),
+                        })
+                        .collect(),
+                );
             }
             QueueCmd::Delete {
                 if_unused,

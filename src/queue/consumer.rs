@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -31,6 +31,10 @@ pub enum ConnEvent {
     StoreSynced,
     /// Close the connection (broker shutdown, management action).
     Close(AmqpError),
+    /// warrenctl list_channels: the connection describes its open channels. Asked of
+    /// the connection task, their owner, so nothing on the message path keeps
+    /// statistics for it.
+    ListChannels(oneshot::Sender<Vec<crate::channel::ChannelInfo>>),
 }
 
 pub type EventTx = mpsc::UnboundedSender<ConnEvent>;
@@ -74,6 +78,10 @@ impl ChannelLimiter {
 
     pub fn is_active(&self) -> bool {
         self.active.load(Ordering::Acquire)
+    }
+
+    pub fn global_prefetch(&self) -> u32 {
+        self.global_prefetch.load(Ordering::Acquire)
     }
 
     pub fn set_global_prefetch(&self, n: u32) {

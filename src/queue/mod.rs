@@ -57,6 +57,20 @@ pub struct QueueStats {
     pub consumers: u32,
 }
 
+/// One consumer as listings show it (rabbitmqctl list_consumers).
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    pub tag: Arc<str>,
+    /// The connection and channel number the consumer belongs to.
+    pub conn_id: u64,
+    pub channel: u16,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch in effect (0 = none).
+    pub prefetch: u32,
+    pub arguments: FieldTable,
+}
+
 pub enum QueueCmd {
     Publish(Arc<Message>),
     PublishBatch(Vec<Arc<Message>>),
@@ -96,6 +110,11 @@ pub enum QueueCmd {
     },
     Stats {
         reply: oneshot::Sender<QueueStats>,
+    },
+    /// warrenctl list_consumers: the queue's consumers as they are now. Unlike
+    /// `Stats`, asking does not count as use for `x-expires`.
+    Consumers {
+        reply: oneshot::Sender<Vec<ConsumerInfo>>,
     },
     Delete {
         if_unused: bool,
