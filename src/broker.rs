@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::access::{self, Access, AccessError};
+use crate::alarm::AlarmState;
 use crate::config::Config;
 use crate::error::{code, AmqpError};
 use crate::queue::{ConnEvent, EventTx};
@@ -52,6 +53,8 @@ pub struct Broker {
     connections: DashMap<u64, ConnectionEntry>,
     /// Flips to true when the broker starts shutting down; listeners stop accepting.
     shutdown: watch::Sender<bool>,
+    /// Resource alarms in effect, published by [`crate::alarm::monitor`].
+    alarms: Arc<watch::Sender<AlarmState>>,
 }
 
 impl Broker {
@@ -117,6 +120,7 @@ impl Broker {
             vhosts,
             connections: DashMap::new(),
             shutdown: watch::channel(false).0,
+            alarms: Arc::new(watch::channel(AlarmState::default()).0),
         })
     }
 
@@ -271,6 +275,21 @@ impl Broker {
             }
             None => false,
         }
+    }
+
+    /// Watch the resource alarms (connections block publishers while one is raised).
+    pub fn alarms(&self) -> watch::Receiver<AlarmState> {
+        self.alarms.subscribe()
+    }
+
+    /// Start sampling memory and disk (the broker binary does; tests of other parts
+    /// don't need to).
+    pub fn start_alarm_monitor(&self) {
+        tokio::spawn(crate::alarm::monitor(
+            self.config.alarms.clone(),
+            self.config.data_dir.clone(),
+            self.alarms.clone(),
+        ));
     }
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {

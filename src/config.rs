@@ -14,6 +14,7 @@ pub struct Config {
     pub amqp: AmqpConfig,
     pub defaults: DefaultsConfig,
     pub store: StoreConfig,
+    pub alarms: AlarmsConfig,
     pub definitions: DefinitionsConfig,
     pub log: LogConfig,
 }
@@ -55,6 +56,30 @@ pub struct DefinitionsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct AlarmsConfig {
+    /// Publishers are blocked above this fraction of the machine's (or cgroup's) memory.
+    pub memory_high_watermark: f64,
+    /// An absolute limit in bytes instead of the fraction (0: use the fraction).
+    pub memory_high_watermark_absolute: u64,
+    /// Publishers are blocked when the data directory's disk has less free space, bytes.
+    pub disk_free_limit: u64,
+    /// How often usage is sampled, milliseconds.
+    pub check_interval_ms: u64,
+}
+
+impl Default for AlarmsConfig {
+    fn default() -> Self {
+        AlarmsConfig {
+            memory_high_watermark: 0.6,
+            memory_high_watermark_absolute: 0,
+            disk_free_limit: 50_000_000,
+            check_interval_ms: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     /// Sync (fdatasync) persistent messages before confirming them. Turning it off
     /// trades crash safety for speed: confirmed messages may be lost on a crash.
@@ -89,6 +114,7 @@ impl Default for Config {
             amqp: AmqpConfig::default(),
             defaults: DefaultsConfig::default(),
             store: StoreConfig::default(),
+            alarms: AlarmsConfig::default(),
             definitions: DefinitionsConfig::default(),
             log: LogConfig::default(),
         }

@@ -21,11 +21,13 @@
 //! - [`control`]: the control socket `warrenctl` talks to; [`definitions`]: RabbitMQ's
 //!   definitions JSON (export, import, load at boot).
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
+//! - [`alarm`]: memory and disk alarms that block publishers while they last.
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`error`]: protocol errors as values carrying their reply codes.
 //! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
 
 pub mod access;
+pub mod alarm;
 pub mod arguments;
 pub mod auth;
 pub mod broker;

@@ -160,6 +160,7 @@ async fn serve(
     let addr = warren::server::local_addr(&listener)
         .map(|a| a.to_string())
         .unwrap_or_else(|| broker.config.amqp.listen.clone());
+    broker.start_alarm_monitor();
     let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
     let control = tokio::spawn(warren::control::serve(broker.clone(), control));
     tracing::info!(

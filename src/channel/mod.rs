@@ -283,6 +283,7 @@ impl Channel {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
                 self.assembly = Assembly::Header(p);
+                s.published = true;
                 return Ok(());
             }
             Method::Ack {

@@ -37,6 +37,8 @@ pub struct Session {
     pub publishes: PublishBatch,
     /// Channels that have publisher confirms to send at flush.
     pub confirms_due: Vec<u16>,
+    /// The connection has published: resource alarms block it (see `alarm.rs`).
+    pub published: bool,
 }
 
 impl Session {

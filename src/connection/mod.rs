@@ -186,6 +186,7 @@ impl Connection {
             exclusive_queues: Vec::new(),
             publishes: PublishBatch::default(),
             confirms_due: Vec::new(),
+            published: false,
         };
         let mut channels: HashMap<u16, Channel> = HashMap::new();
         let heartbeat = n.heartbeat;
@@ -195,6 +196,12 @@ impl Connection {
         let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (mut sent, mut received, mut silent_ticks) = (false, false, 0u32);
+        // Resource alarms: while one is raised, a connection that publishes is not read
+        // from (consumers on other connections keep draining); see alarm.rs.
+        let mut alarms = self.broker.alarms();
+        let mut alarm = *alarms.borrow_and_update();
+        let mut alarms_open = true;
+        let mut blocked = false;
         let mut closing: Option<Instant> = None;
         let mut end = End::Closed;
 
@@ -218,7 +225,13 @@ impl Connection {
                         next = events_rx.try_recv().ok();
                     }
                 }
-                r = self.reader.read_buf(&mut self.rbuf) => {
+                changed = alarms.changed(), if alarms_open => {
+                    match changed {
+                        Ok(()) => alarm = *alarms.borrow_and_update(),
+                        Err(_) => alarms_open = false,
+                    }
+                }
+                r = self.reader.read_buf(&mut self.rbuf), if !blocked => {
                     match r {
                         Ok(0) | Err(_) => result = Ok(false),
                         Ok(got) => {
@@ -239,7 +252,8 @@ impl Connection {
                         if !sent {
                             frame::heartbeat(&mut s.out.buf);
                         }
-                        silent_ticks = if received { 0 } else { silent_ticks + 1 };
+                        // A blocked connection is not read, so its silence proves nothing.
+                        silent_ticks = if received || blocked { 0 } else { silent_ticks + 1 };
                         if silent_ticks >= 4 && closing.is_none() {
                             tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {heartbeat}s");
                             break;
@@ -267,6 +281,31 @@ impl Connection {
             }
             self.channel_count
                 .store(channels.len(), std::sync::atomic::Ordering::Relaxed);
+            if alarm.any() && s.published && !blocked && closing.is_none() {
+                blocked = true;
+                tracing::warn!(peer = %self.peer, "connection blocked: {}", alarm.reason());
+                if s.caps.connection_blocked {
+                    s.send(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::Blocked(
+                            connection::Blocked {
+                                reason: short(alarm.reason()),
+                            },
+                        )),
+                    );
+                }
+            } else if !alarm.any() && blocked {
+                blocked = false;
+                tracing::info!(peer = %self.peer, "connection unblocked");
+                if s.caps.connection_blocked {
+                    s.send(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::Unblocked(
+                            connection::Unblocked {},
+                        )),
+                    );
+                }
+            }
             // Publishes routed in this round go to their queues in one send each, then
             // confirms, then all frames to the writer in one piece.
             s.publishes.flush();

@@ -509,6 +509,7 @@ impl RawConn {
             ("basic.nack".into(), Value::Bool(true)),
             ("publisher_confirms".into(), Value::Bool(true)),
             ("consumer_cancel_notify".into(), Value::Bool(true)),
+            ("connection.blocked".into(), Value::Bool(true)),
         ]);
         let args = Enc::new()
             .table(&[
