@@ -7,6 +7,7 @@
 mod consume;
 mod declare;
 mod publish;
+mod sender_selected;
 pub mod session;
 
 use std::collections::{HashMap, VecDeque};

@@ -101,6 +101,16 @@ impl Properties {
         parse_field_table(&raw[start..end]).ok().map(|(_, t)| t)
     }
 
+    /// Whether the publisher sent a headers table (a flag test, no parsing).
+    pub fn has_headers(&self) -> bool {
+        self.headers.is_some()
+    }
+
+    /// The headers table's payload (after its length prefix), undecoded.
+    pub fn headers_payload<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
+        self.headers.map(|(s, e)| &raw[s + 4..e])
+    }
+
     pub fn user_id<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
         self.user_id.map(|(s, e)| &raw[s..e])
     }
@@ -198,8 +208,22 @@ pub fn parse_expiration(v: &[u8]) -> Result<u64, String> {
 /// other property's bytes are copied unchanged. `headers` is the table's payload (no
 /// length prefix). `None` if `raw` is malformed.
 pub fn rewrite_headers_drop_expiration(raw: &[u8], headers: &[u8]) -> Option<Vec<u8>> {
+    rewrite(raw, headers, true)
+}
+
+/// The same property list with a new headers table (`headers` is its payload); every
+/// other property's bytes are copied unchanged. `None` if `raw` is malformed.
+pub fn rewrite_headers(raw: &[u8], headers: &[u8]) -> Option<Vec<u8>> {
+    rewrite(raw, headers, false)
+}
+
+fn rewrite(raw: &[u8], headers: &[u8], drop_expiration: bool) -> Option<Vec<u8>> {
     let (flags, spans) = spans(raw)?;
-    let new_flags = (flags | HEADERS) & !EXPIRATION;
+    let new_flags = if drop_expiration {
+        (flags | HEADERS) & !EXPIRATION
+    } else {
+        flags | HEADERS
+    };
     let mut out = Vec::with_capacity(raw.len() + headers.len() + 4);
     out.extend_from_slice(&new_flags.to_be_bytes());
     for bit in (2..16).rev() {
@@ -207,7 +231,7 @@ pub fn rewrite_headers_drop_expiration(raw: &[u8], headers: &[u8]) -> Option<Vec
         if flag == HEADERS {
             out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
             out.extend_from_slice(headers);
-        } else if flag == EXPIRATION {
+        } else if flag == EXPIRATION && drop_expiration {
             continue;
         } else if let Some((s, e)) = spans[bit] {
             out.extend_from_slice(&raw[s..e]);
