@@ -101,3 +101,174 @@ async fn cc_that_is_not_an_array_closes_the_channel_406() {
         .await;
     delete_queues(&conn, &[&q]).await;
 }
+
+// ---- single active consumer ----
+
+async fn declare_sac(ch: &Channel, q: &str) -> Queue {
+    within(ch.queue_declare(
+        q.into(),
+        QueueDeclareOptions::default(),
+        table(vec![("x-single-active-consumer", AMQPValue::Boolean(true))]),
+    ))
+    .await
+    .expect("queue.declare")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_active_consumer_only_the_first_receives_until_it_goes_away() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let q = unique("sac");
+    declare_sac(&ch, &q).await;
+    let ch1 = within(conn.create_channel()).await.unwrap();
+    let ch2 = within(conn.create_channel()).await.unwrap();
+    let mut first = consume(&ch1, &q, true).await;
+    // The second consume is accepted (consume-ok) and waits.
+    let mut second = consume(&ch2, &q, true).await;
+    let ok = declare_sac(&ch, &q).await;
+    assert_eq!(
+        ok.consumer_count(),
+        2,
+        "declare-ok counts waiting consumers too"
+    );
+    for i in 0..4 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    for i in 0..4 {
+        assert_eq!(body_str(&next_delivery(&mut first).await), format!("m{i}"));
+    }
+    assert_no_delivery(&mut second).await;
+    // The active consumer goes: the next one takes over.
+    within(ch1.basic_cancel(first.tag().as_str().into(), BasicCancelOptions::default()))
+        .await
+        .unwrap();
+    publish(&ch, "", &q, b"after").await;
+    assert_eq!(body_str(&next_delivery(&mut second).await), "after");
+    delete_queues(&conn, &[&q]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_active_consumer_refuses_an_exclusive_consume_403() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let q = unique("sac-x");
+    declare_sac(&ch, &q).await;
+    let ch2 = within(conn.create_channel()).await.unwrap();
+    let r = within(ch2.basic_consume(
+        q.as_str().into(),
+        "".into(),
+        BasicConsumeOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        no_args(),
+    ))
+    .await;
+    assert_channel_closed(
+        r,
+        403,
+        &format!("ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use"),
+    );
+    delete_queues(&conn, &[&q]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_active_consumer_argument_must_be_a_boolean() {
+    let broker = Broker::start();
+    let (_conn, ch) = broker.channel().await;
+    let q = unique("sac-bad");
+    let r = within(ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions::default(),
+        table(vec![("x-single-active-consumer", lstr("yes"))]),
+    ))
+    .await;
+    assert_channel_closed(
+        r,
+        406,
+        &format!(
+            "PRECONDITION_FAILED - invalid arg 'x-single-active-consumer' for queue '{q}' in \
+             vhost '/': {{unacceptable_type,longstr}}"
+        ),
+    );
+}
+
+// ---- consumer priorities ----
+
+async fn consume_prio(ch: &Channel, q: &str, priority: i32) -> Consumer {
+    within(ch.basic_consume(
+        q.into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        table(vec![("x-priority", AMQPValue::LongInt(priority))]),
+    ))
+    .await
+    .expect("basic.consume")
+}
+
+async fn prefetch_channel(conn: &Connection, n: u16) -> Channel {
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.basic_qos(n, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    ch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_consumers_receive_first_lower_ones_only_when_they_are_full() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let q = unique("prio");
+    declare_queue(&ch, &q).await;
+    let (ch_low, ch_hi1, ch_hi2) = (
+        prefetch_channel(&conn, 10).await,
+        prefetch_channel(&conn, 2).await,
+        prefetch_channel(&conn, 2).await,
+    );
+    let mut low = consume_prio(&ch_low, &q, 1).await;
+    let mut hi1 = consume_prio(&ch_hi1, &q, 10).await;
+    let mut hi2 = consume_prio(&ch_hi2, &q, 10).await;
+    for i in 0..4 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    // Round-robin among the two high ones; none for the low one while they have room.
+    let mut hi = Vec::new();
+    for _ in 0..2 {
+        hi.push(body_str(&next_delivery(&mut hi1).await));
+        hi.push(body_str(&next_delivery(&mut hi2).await));
+    }
+    hi.sort();
+    assert_eq!(hi, ["m0", "m1", "m2", "m3"]);
+    assert_no_delivery(&mut low).await;
+    // Both high consumers are at their prefetch: the low one gets the overflow.
+    publish(&ch, "", &q, b"overflow").await;
+    let d = next_delivery(&mut low).await;
+    assert_eq!(body_str(&d), "overflow");
+    within(d.ack(BasicAckOptions::default())).await.unwrap();
+    delete_queues(&conn, &[&q]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_priority_must_be_an_integer() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let q = unique("prio-bad");
+    declare_queue(&ch, &q).await;
+    let ch2 = within(conn.create_channel()).await.unwrap();
+    let r = within(ch2.basic_consume(
+        q.as_str().into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        table(vec![("x-priority", lstr("high"))]),
+    ))
+    .await;
+    assert_channel_closed(
+        r,
+        406,
+        &format!(
+            "PRECONDITION_FAILED - invalid arg 'x-priority' for queue '{q}' in vhost '/': \
+             \"expected integer, got longstr\""
+        ),
+    );
+    delete_queues(&conn, &[&q]).await;
+}

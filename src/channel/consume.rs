@@ -33,6 +33,17 @@ impl Channel {
         } else {
             Arc::from(c.consumer_tag.as_str())
         };
+        // rabbit_amqqueue:check_consume_arguments: x-priority must be an integer (3.10's text).
+        let priority = match c.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => crate::arguments::as_i64(v).ok_or_else(|| {
+                AmqpError::precondition_failed(format!(
+                    "invalid arg 'x-priority' for {}: \"expected integer, got {}\"",
+                    q.describe(),
+                    crate::arguments::type_name(v)
+                ))
+            })?,
+        };
         let consumer = Consumer {
             uid: crate::util::next_id(),
             tag: tag.clone(),
@@ -45,6 +56,7 @@ impl Channel {
             prefetch: self.consumer_prefetch,
             limiter: self.limiter.clone(),
             arguments: c.arguments,
+            priority,
             in_flight: 0,
         };
         match q.ask(|reply| QueueCmd::Consume { consumer, reply }).await {
