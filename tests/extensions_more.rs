@@ -272,3 +272,153 @@ async fn consumer_priority_must_be_an_integer() {
     );
     delete_queues(&conn, &[&q]).await;
 }
+
+// ---- direct reply-to ----
+
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_rewrites_reply_to_and_delivers_the_reply_to_the_requester() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let requests = unique("rpc");
+    declare_queue(&ch, &requests).await;
+    let client = within(conn.create_channel()).await.unwrap();
+    let mut replies = consume(&client, REPLY_TO, true).await;
+    publish_props(
+        &client,
+        "",
+        &requests,
+        b"ping",
+        BasicProperties::default().with_reply_to(REPLY_TO.into()),
+    )
+    .await;
+    wait_message_count(&ch, &requests, 1).await;
+    let req = get(&ch, &requests, true).await.unwrap();
+    let reply_key = req
+        .delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .expect("reply_to kept")
+        .as_str()
+        .to_owned();
+    assert!(
+        reply_key.starts_with("amq.rabbitmq.reply-to."),
+        "rewritten to a reply key: {reply_key}"
+    );
+    // The server answers on another connection, through the default exchange.
+    let (_server_conn, server) = broker.channel().await;
+    publish(&server, "", &reply_key, b"pong").await;
+    let d = next_delivery(&mut replies).await;
+    assert_eq!(body_str(&d), "pong");
+    assert_eq!(d.routing_key.as_str(), reply_key);
+    assert_eq!(d.exchange.as_str(), "");
+    // The pseudo-queue can be declared passively.
+    let ok = within(client.queue_declare(
+        REPLY_TO.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        no_args(),
+    ))
+    .await
+    .expect("passive declare of amq.rabbitmq.reply-to");
+    assert_eq!((ok.message_count(), ok.consumer_count()), (0, 1));
+    delete_queues(&conn, &[&requests]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_reply_to_consumer_must_be_no_ack_406() {
+    let broker = Broker::start();
+    let (_conn, ch) = broker.channel().await;
+    let r = within(ch.basic_consume(
+        REPLY_TO.into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        no_args(),
+    ))
+    .await;
+    assert_channel_closed(
+        r,
+        406,
+        "PRECONDITION_FAILED - reply consumer cannot acknowledge",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_with_direct_reply_to_before_consuming_it_closes_the_channel_406() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let q = unique("rpc-early");
+    declare_queue(&ch, &q).await;
+    let ch2 = within(conn.create_channel()).await.unwrap();
+    let watch = ChannelWatch::new(&ch2).await;
+    publish_props(
+        &ch2,
+        "",
+        &q,
+        b"x",
+        BasicProperties::default().with_reply_to(REPLY_TO.into()),
+    )
+    .await;
+    watch
+        .assert_closed(
+            406,
+            "PRECONDITION_FAILED - fast reply consumer does not exist",
+        )
+        .await;
+    assert_eq!(message_count(&ch, &q).await, 0);
+    delete_queues(&conn, &[&q]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mandatory_reply_is_delivered_and_also_returned_as_unroutable() {
+    let broker = Broker::start();
+    let (conn, client) = broker.channel().await;
+    let mut replies = consume(&client, REPLY_TO, true).await;
+    let reply_key = {
+        let q = unique("rpc-m");
+        declare_queue(&client, &q).await;
+        publish_props(
+            &client,
+            "",
+            &q,
+            b"req",
+            BasicProperties::default().with_reply_to(REPLY_TO.into()),
+        )
+        .await;
+        wait_message_count(&client, &q, 1).await;
+        let m = get(&client, &q, true).await.unwrap();
+        delete_queues(&conn, &[&q]).await;
+        m.delivery
+            .properties
+            .reply_to()
+            .clone()
+            .unwrap()
+            .to_string()
+    };
+    let (_c2, server) = broker.channel().await;
+    within(server.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    let confirm = within(server.basic_publish(
+        "".into(),
+        reply_key.as_str().into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        b"pong",
+        BasicProperties::default(),
+    ))
+    .await
+    .unwrap();
+    let c = within(confirm).await.unwrap();
+    assert!(c.is_ack());
+    // rabbit_exchange:route: reply keys are delivered aside and route to no queue.
+    let returned = c.take_message().expect("basic.return");
+    assert_eq!(returned.reply_code, 312);
+    assert_eq!(body_str(&next_delivery(&mut replies).await), "pong");
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{confirm, tx, AMQPClass};
 use bytes::Bytes;
 
-use super::{sender_selected, Channel, Session, Unacked};
+use super::{reply_to, sender_selected, Channel, Session, Unacked};
 use crate::access::{Grant, Perm};
 use crate::error::{code, rs, AmqpError};
 use crate::exchange::ExchangeKind;
@@ -135,6 +135,14 @@ impl Channel {
                     ss.stripped.unwrap_or((properties, props))
                 }
             };
+        // Direct reply-to: `reply_to: amq.rabbitmq.reply-to` names this channel's consumer.
+        let (properties, props) =
+            match reply_to::rewrite(&properties, &props, self.reply_consumer.as_ref())
+                .map_err(|e| e.on(60, 40))?
+            {
+                Some(rewritten) => rewritten,
+                None => (properties, props),
+            };
         if let Some(tx) = &mut self.tx {
             // Checked now so a bad exchange fails the publish, not the commit.
             let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
@@ -197,6 +205,22 @@ impl Channel {
         body: Bytes,
         extra_keys: Vec<String>,
     ) -> Result<Option<u64>, AmqpError> {
+        if p.exchange.is_empty() && reply_to::reply_id_bytes(&p.routing_key).is_some() {
+            // A reply: straight to the requester's channel. No queue is involved, so
+            // for everything else (mandatory, confirms) the publish routed nowhere,
+            // as in RabbitMQ (rabbit_exchange:route's virtual reply queues).
+            let key = String::from_utf8_lossy(&p.routing_key);
+            s.broker.reply_to.deliver(
+                &key,
+                Arc::new(Message {
+                    exchange: p.exchange.clone(),
+                    routing_key: p.routing_key.clone(),
+                    properties: properties.clone(),
+                    body: body.clone(),
+                    store_id: None,
+                }),
+            );
+        }
         let version = s.vhost.version();
         // A route with CC/BCC keys depends on the message: never from or into the cache.
         let cached = if extra_keys.is_empty() {
