@@ -51,6 +51,8 @@ pub struct Broker {
     /// The access generation last written to the data directory.
     access_saved: AtomicU64,
     connections: DashMap<u64, ConnectionEntry>,
+    /// Direct reply-to consumers by reply id (see `channel/reply_to.rs`).
+    pub reply_to: Arc<crate::channel::reply_to::Registry>,
     /// Flips to true when the broker starts shutting down; listeners stop accepting.
     shutdown: watch::Sender<bool>,
     /// Resource alarms in effect, published by [`crate::alarm::monitor`].
@@ -119,6 +121,7 @@ impl Broker {
             config,
             vhosts,
             connections: DashMap::new(),
+            reply_to: Arc::default(),
             shutdown: watch::channel(false).0,
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
         })

@@ -648,6 +648,20 @@ impl Vhost {
         headers: &mut dyn FnMut() -> Option<FieldTable>,
         out: &mut Vec<Arc<QueueHandle>>,
     ) -> Result<bool, RouteError> {
+        self.route_keys(exchange, &[routing_key], headers, out)
+    }
+
+    /// [`Vhost::route`] with several routing keys at once (the publish's own plus its
+    /// `CC`/`BCC` ones): each exchange on the way matches every key, and falls back to
+    /// its alternate exchange only when no key matched (rabbit_exchange:route with a
+    /// message's list of routing keys). Each queue is in `out` once.
+    pub fn route_keys(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Arc<QueueHandle>>,
+    ) -> Result<bool, RouteError> {
         let t = self.read();
         let x = t.exchanges.get(exchange).ok_or(RouteError::NoExchange)?;
         if x.internal {
@@ -655,7 +669,13 @@ impl Vhost {
         }
         if exchange.is_empty() {
             // The default exchange: implicitly bound to every queue by its name.
-            out.extend(t.queues.get(routing_key).cloned());
+            for key in routing_keys {
+                if let Some(q) = t.queues.get(*key) {
+                    if !out.iter().any(|o| o.id == q.id) {
+                        out.push(q.clone());
+                    }
+                }
+            }
             return Ok(true);
         }
         let mut cacheable = true;
@@ -673,7 +693,9 @@ impl Vhost {
             } else {
                 None
             };
-            x.route(routing_key, h, &mut dests);
+            for key in routing_keys {
+                x.route(key, h, &mut dests);
+            }
             if dests.is_empty() {
                 // rabbit_exchange:process_alternate: an exchange that routes a message
                 // nowhere hands it to its alternate exchange, if it has one.

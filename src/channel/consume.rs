@@ -6,7 +6,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::basic::{self, AMQPMethod};
 use amq_protocol::protocol::AMQPClass;
 
-use super::{Channel, ConsumerRef, Session, State, Unacked};
+use super::{reply_to, Channel, ConsumerRef, Session, State, Unacked};
 use crate::access::Perm;
 use crate::error::AmqpError;
 use crate::protocol::{method, short};
@@ -19,6 +19,9 @@ impl Channel {
         s: &mut Session,
         c: basic::Consume,
     ) -> Result<(), AmqpError> {
+        if c.queue.as_str() == reply_to::NAME {
+            return self.consume_reply_to(s, c);
+        }
         let name = self.expand_queue(c.queue.as_str())?;
         if self.consumers.contains_key(c.consumer_tag.as_str()) {
             return Err(AmqpError::not_allowed(format!(
@@ -33,6 +36,17 @@ impl Channel {
         } else {
             Arc::from(c.consumer_tag.as_str())
         };
+        // rabbit_amqqueue:check_consume_arguments: x-priority must be an integer (3.10's text).
+        let priority = match c.arguments.inner().get("x-priority") {
+            None => 0,
+            Some(v) => crate::arguments::as_i64(v).ok_or_else(|| {
+                AmqpError::precondition_failed(format!(
+                    "invalid arg 'x-priority' for {}: \"expected integer, got {}\"",
+                    q.describe(),
+                    crate::arguments::type_name(v)
+                ))
+            })?,
+        };
         let consumer = Consumer {
             uid: crate::util::next_id(),
             tag: tag.clone(),
@@ -45,6 +59,7 @@ impl Channel {
             prefetch: self.consumer_prefetch,
             limiter: self.limiter.clone(),
             arguments: c.arguments,
+            priority,
             in_flight: 0,
         };
         match q.ask(|reply| QueueCmd::Consume { consumer, reply }).await {
@@ -71,7 +86,61 @@ impl Channel {
         Ok(())
     }
 
+    /// basic.consume of `amq.rabbitmq.reply-to` (rabbit_channel's reply_consumer).
+    fn consume_reply_to(&mut self, s: &mut Session, c: basic::Consume) -> Result<(), AmqpError> {
+        if self.consumers.contains_key(c.consumer_tag.as_str()) {
+            return Err(AmqpError::not_allowed(format!(
+                "attempt to reuse consumer tag '{}'",
+                c.consumer_tag
+            )));
+        }
+        if !c.no_ack {
+            return Err(AmqpError::precondition_failed(
+                "reply consumer cannot acknowledge",
+            ));
+        }
+        if self.reply_consumer.is_some() {
+            return Err(AmqpError::precondition_failed("reply consumer already set"));
+        }
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            Arc::from(crate::util::generated_name("amq.ctag"))
+        } else {
+            Arc::from(c.consumer_tag.as_str())
+        };
+        self.reply_consumer = Some(s.broker.reply_to.register(
+            tag.clone(),
+            s.events.clone(),
+            self.uid,
+            self.number,
+        ));
+        if !c.nowait {
+            s.send(
+                self.number,
+                AMQPClass::Basic(AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: short(&*tag),
+                })),
+            );
+        }
+        Ok(())
+    }
+
     pub(super) fn cancel(&mut self, s: &mut Session, c: basic::Cancel) -> Result<(), AmqpError> {
+        if self
+            .reply_consumer
+            .as_ref()
+            .is_some_and(|r| *r.tag == *c.consumer_tag.as_str())
+        {
+            self.reply_consumer = None;
+            if !c.nowait {
+                s.send(
+                    self.number,
+                    AMQPClass::Basic(AMQPMethod::CancelOk(basic::CancelOk {
+                        consumer_tag: c.consumer_tag,
+                    })),
+                );
+            }
+            return Ok(());
+        }
         match self.consumers.get(c.consumer_tag.as_str()) {
             // The queue answers through our event stream, behind any deliveries it
             // already sent, so cancel-ok follows them (see `cancel_ok`).
@@ -125,6 +194,9 @@ impl Channel {
 
     /// A delivery from a queue: give it a delivery tag and write it out.
     pub fn deliver(&mut self, s: &mut Session, d: Delivery) {
+        if d.queue_id == reply_to::NO_QUEUE {
+            return self.deliver_reply(s, d);
+        }
         let consumer = match self.consumers.get(&d.consumer_tag) {
             Some(c) if self.state == State::Open => c,
             _ => {
@@ -155,6 +227,30 @@ impl Channel {
             d.consumer_tag.as_bytes(),
             tag,
             d.redelivered,
+            &m.exchange,
+            &m.routing_key,
+        );
+        m.write_content(&mut s.out, self.number, s.frame_max);
+    }
+
+    /// A reply for this channel's direct reply-to consumer: no ack, nothing to requeue.
+    fn deliver_reply(&mut self, s: &mut Session, d: Delivery) {
+        let live = self
+            .reply_consumer
+            .as_ref()
+            .is_some_and(|r| r.tag == d.consumer_tag);
+        if !live || self.state != State::Open {
+            return;
+        }
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        let m = &d.message;
+        method::encode_deliver(
+            &mut s.out.buf,
+            self.number,
+            d.consumer_tag.as_bytes(),
+            tag,
+            false,
             &m.exchange,
             &m.routing_key,
         );

@@ -138,6 +138,21 @@ impl Channel {
         s: &mut Session,
         d: queue::Declare,
     ) -> Result<(), AmqpError> {
+        if d.passive && s.broker.reply_to.exists(d.queue.as_str()) {
+            // The direct reply-to pseudo-queue (and live reply ids): RabbitMQ answers
+            // 0 messages, 1 consumer (rabbit_channel:return_queue_declare_ok(_, _, 0, 1)).
+            if !d.nowait {
+                s.send(
+                    self.number,
+                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                        queue: d.queue,
+                        message_count: 0,
+                        consumer_count: 1,
+                    })),
+                );
+            }
+            return Ok(());
+        }
         let q = if d.passive {
             let name = self.expand_queue(d.queue.as_str())?;
             s.vhost.queue_for(&name, s.conn_id)?

@@ -7,6 +7,8 @@
 mod consume;
 mod declare;
 mod publish;
+pub mod reply_to;
+mod sender_selected;
 pub mod session;
 
 use std::collections::{HashMap, VecDeque};
@@ -140,6 +142,8 @@ pub struct Channel {
     queues: HashMap<u64, Arc<QueueHandle>>,
     /// For the empty-queue-name shortcut (RabbitMQ's most_recently_declared_queue).
     last_queue: Option<String>,
+    /// The direct reply-to consumer, if the channel consumes `amq.rabbitmq.reply-to`.
+    reply_consumer: Option<reply_to::ReplyConsumer>,
 }
 
 impl Channel {
@@ -160,6 +164,7 @@ impl Channel {
             unacked: VecDeque::new(),
             queues: HashMap::new(),
             last_queue: None,
+            reply_consumer: None,
         }
     }
 
@@ -390,6 +395,7 @@ impl Channel {
         }
         self.queues.clear();
         self.consumers.clear();
+        self.reply_consumer = None;
         self.unacked.clear();
         self.tx = None;
         self.assembly = Assembly::Idle;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{confirm, tx, AMQPClass};
 use bytes::Bytes;
 
-use super::{Channel, Session, Unacked};
+use super::{reply_to, sender_selected, Channel, Session, Unacked};
 use crate::access::{Grant, Perm};
 use crate::error::{code, rs, AmqpError};
 use crate::exchange::ExchangeKind;
@@ -80,7 +80,7 @@ impl ConfirmState {
 /// A transaction's pending work, applied at commit.
 #[derive(Default)]
 pub(super) struct TxState {
-    publishes: Vec<(Publish, Bytes, Properties, Bytes)>,
+    publishes: Vec<(Publish, Bytes, Properties, Bytes, Vec<String>)>,
     /// Settlements taken out of the unacked list at ack time (so tags are checked then),
     /// applied at commit or put back at rollback.
     settles: Vec<(Vec<Unacked>, Settle)>,
@@ -125,6 +125,24 @@ impl Channel {
                 .on(60, 40));
             }
         }
+        // Sender-selected distribution: CC/BCC keys route too, and BCC is not delivered.
+        let mut extra_keys = Vec::new();
+        let (properties, props) =
+            match sender_selected::parse(&properties, &props).map_err(|e| e.on(60, 40))? {
+                None => (properties, props),
+                Some(ss) => {
+                    extra_keys = ss.keys;
+                    ss.stripped.unwrap_or((properties, props))
+                }
+            };
+        // Direct reply-to: `reply_to: amq.rabbitmq.reply-to` names this channel's consumer.
+        let (properties, props) =
+            match reply_to::rewrite(&properties, &props, self.reply_consumer.as_ref())
+                .map_err(|e| e.on(60, 40))?
+            {
+                Some(rewritten) => rewritten,
+                None => (properties, props),
+            };
         if let Some(tx) = &mut self.tx {
             // Checked now so a bad exchange fails the publish, not the commit.
             let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
@@ -135,10 +153,10 @@ impl Channel {
                 ))
                 .on(60, 40));
             }
-            tx.publishes.push((p, properties, props, body));
+            tx.publishes.push((p, properties, props, body, extra_keys));
             return Ok(());
         }
-        self.route_and_enqueue(s, p, properties, props, body)
+        self.route_and_enqueue(s, p, properties, props, body, extra_keys)
             .map(|_| ())
     }
 
@@ -185,19 +203,48 @@ impl Channel {
         properties: Bytes,
         props: Properties,
         body: Bytes,
+        extra_keys: Vec<String>,
     ) -> Result<Option<u64>, AmqpError> {
+        if p.exchange.is_empty() && reply_to::reply_id_bytes(&p.routing_key).is_some() {
+            // A reply: straight to the requester's channel. No queue is involved, so
+            // for everything else (mandatory, confirms) the publish routed nowhere,
+            // as in RabbitMQ (rabbit_exchange:route's virtual reply queues).
+            let key = String::from_utf8_lossy(&p.routing_key);
+            s.broker.reply_to.deliver(
+                &key,
+                Arc::new(Message {
+                    exchange: p.exchange.clone(),
+                    routing_key: p.routing_key.clone(),
+                    properties: properties.clone(),
+                    body: body.clone(),
+                    store_id: None,
+                }),
+            );
+        }
         let version = s.vhost.version();
-        let route = match self.routes.get(version, &p.exchange, &p.routing_key) {
+        // A route with CC/BCC keys depends on the message: never from or into the cache.
+        let cached = if extra_keys.is_empty() {
+            self.routes.get(version, &p.exchange, &p.routing_key)
+        } else {
+            None
+        };
+        let route = match cached {
             Some(r) => r,
             None => {
                 let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
                 let key = String::from_utf8_lossy(&p.routing_key);
+                let mut keys = Vec::with_capacity(1 + extra_keys.len());
+                keys.push(&*key);
+                keys.extend(extra_keys.iter().map(String::as_str));
                 let mut queues = Vec::new();
                 let mut headers = || props.headers(&properties);
-                match s.vhost.route(exchange, &key, &mut headers, &mut queues) {
+                match s
+                    .vhost
+                    .route_keys(exchange, &keys, &mut headers, &mut queues)
+                {
                     Ok(cacheable) => {
                         let route: Route = queues.into();
-                        if cacheable {
+                        if cacheable && extra_keys.is_empty() {
                             self.routes.put(&p.exchange, &p.routing_key, route.clone());
                         }
                         route
@@ -385,9 +432,9 @@ impl Channel {
             ));
         };
         let mut last_stored = None;
-        for (p, properties, props, body) in state.publishes {
+        for (p, properties, props, body, extra_keys) in state.publishes {
             last_stored = self
-                .route_and_enqueue(s, p, properties, props, body)?
+                .route_and_enqueue(s, p, properties, props, body, extra_keys)?
                 .or(last_stored);
         }
         s.publishes.flush();

@@ -32,6 +32,7 @@ pub struct Properties {
     pub priority: Option<u8>,
     expiration: Option<(usize, usize)>,
     user_id: Option<(usize, usize)>,
+    reply_to: Option<(usize, usize)>,
 }
 
 impl Properties {
@@ -85,8 +86,9 @@ impl Properties {
                 }
                 EXPIRATION => p.expiration = Some(shortstr(&mut pos)?),
                 USER_ID => p.user_id = Some(shortstr(&mut pos)?),
-                CONTENT_TYPE | CONTENT_ENCODING | CORRELATION_ID | REPLY_TO | MESSAGE_ID | TYPE
-                | APP_ID | CLUSTER_ID => {
+                REPLY_TO => p.reply_to = Some(shortstr(&mut pos)?),
+                CONTENT_TYPE | CONTENT_ENCODING | CORRELATION_ID | MESSAGE_ID | TYPE | APP_ID
+                | CLUSTER_ID => {
                     shortstr(&mut pos)?;
                 }
                 _ => return None,
@@ -101,8 +103,22 @@ impl Properties {
         parse_field_table(&raw[start..end]).ok().map(|(_, t)| t)
     }
 
+    /// Whether the publisher sent a headers table (a flag test, no parsing).
+    pub fn has_headers(&self) -> bool {
+        self.headers.is_some()
+    }
+
+    /// The headers table's payload (after its length prefix), undecoded.
+    pub fn headers_payload<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
+        self.headers.map(|(s, e)| &raw[s + 4..e])
+    }
+
     pub fn user_id<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
         self.user_id.map(|(s, e)| &raw[s..e])
+    }
+
+    pub fn reply_to<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
+        self.reply_to.map(|(s, e)| &raw[s..e])
     }
 
     pub fn expiration<'a>(&self, raw: &'a [u8]) -> Option<&'a [u8]> {
@@ -198,8 +214,22 @@ pub fn parse_expiration(v: &[u8]) -> Result<u64, String> {
 /// other property's bytes are copied unchanged. `headers` is the table's payload (no
 /// length prefix). `None` if `raw` is malformed.
 pub fn rewrite_headers_drop_expiration(raw: &[u8], headers: &[u8]) -> Option<Vec<u8>> {
+    rewrite(raw, headers, true)
+}
+
+/// The same property list with a new headers table (`headers` is its payload); every
+/// other property's bytes are copied unchanged. `None` if `raw` is malformed.
+pub fn rewrite_headers(raw: &[u8], headers: &[u8]) -> Option<Vec<u8>> {
+    rewrite(raw, headers, false)
+}
+
+fn rewrite(raw: &[u8], headers: &[u8], drop_expiration: bool) -> Option<Vec<u8>> {
     let (flags, spans) = spans(raw)?;
-    let new_flags = (flags | HEADERS) & !EXPIRATION;
+    let new_flags = if drop_expiration {
+        (flags | HEADERS) & !EXPIRATION
+    } else {
+        flags | HEADERS
+    };
     let mut out = Vec::with_capacity(raw.len() + headers.len() + 4);
     out.extend_from_slice(&new_flags.to_be_bytes());
     for bit in (2..16).rev() {
@@ -207,8 +237,26 @@ pub fn rewrite_headers_drop_expiration(raw: &[u8], headers: &[u8]) -> Option<Vec
         if flag == HEADERS {
             out.extend_from_slice(&(headers.len() as u32).to_be_bytes());
             out.extend_from_slice(headers);
-        } else if flag == EXPIRATION {
+        } else if flag == EXPIRATION && drop_expiration {
             continue;
+        } else if let Some((s, e)) = spans[bit] {
+            out.extend_from_slice(&raw[s..e]);
+        }
+    }
+    Some(out)
+}
+
+/// The same property list with `reply_to` set to `value` (at most 255 bytes); every
+/// other property's bytes are copied unchanged. `None` if `raw` is malformed.
+pub fn rewrite_reply_to(raw: &[u8], value: &[u8]) -> Option<Vec<u8>> {
+    let (flags, spans) = spans(raw)?;
+    let value = &value[..value.len().min(255)];
+    let mut out = Vec::with_capacity(raw.len() + value.len() + 1);
+    out.extend_from_slice(&(flags | REPLY_TO).to_be_bytes());
+    for bit in (2..16).rev() {
+        if 1u16 << bit == REPLY_TO {
+            out.push(value.len() as u8);
+            out.extend_from_slice(value);
         } else if let Some((s, e)) = spans[bit] {
             out.extend_from_slice(&raw[s..e]);
         }

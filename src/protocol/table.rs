@@ -36,20 +36,38 @@ fn value_len(v: &[u8]) -> Option<usize> {
 }
 
 /// The fields of a table payload (the bytes after its 4-byte length), in wire order.
-pub fn fields(mut payload: &[u8]) -> Option<Vec<RawField<'_>>> {
-    let mut out = Vec::new();
-    while !payload.is_empty() {
-        let klen = payload[0] as usize;
-        let key = payload.get(1..1 + klen)?;
-        let rest = &payload[1 + klen..];
-        let vlen = value_len(rest)?;
-        out.push(RawField {
-            key,
-            value: &rest[..vlen],
-        });
-        payload = &rest[vlen..];
-    }
-    Some(out)
+pub fn fields(payload: &[u8]) -> Option<Vec<RawField<'_>>> {
+    iter(payload).collect()
+}
+
+/// The fields of a table payload one by one, without allocating; an item is `None`
+/// (and the last) where the table is malformed.
+pub fn iter(mut payload: &[u8]) -> impl Iterator<Item = Option<RawField<'_>>> {
+    std::iter::from_fn(move || {
+        if payload.is_empty() {
+            return None;
+        }
+        let field = (|| {
+            let klen = payload[0] as usize;
+            let key = payload.get(1..1 + klen)?;
+            let rest = &payload[1 + klen..];
+            let vlen = value_len(rest)?;
+            Some((key, rest, vlen))
+        })();
+        match field {
+            Some((key, rest, vlen)) => {
+                payload = &rest[vlen..];
+                Some(Some(RawField {
+                    key,
+                    value: &rest[..vlen],
+                }))
+            }
+            None => {
+                payload = &[];
+                Some(None)
+            }
+        }
+    })
 }
 
 /// The items (tagged values) of an array value (`A` tag included).

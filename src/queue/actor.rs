@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
+use super::dispatch::Consumers;
 use super::ready::{Entry, Ready};
 use super::stored::{StoreLink, Stored};
 use super::{
@@ -48,9 +49,8 @@ pub(super) struct QueueActor {
     /// Ready messages, by priority then id (see `ready.rs`).
     ready: Ready,
     unacked: HashMap<u64, Unacked>,
-    consumers: Vec<Consumer>,
-    /// Round-robin position among consumers.
-    next_consumer: usize,
+    /// In delivery order: priorities, round-robin, single active consumer.
+    consumers: Consumers,
     next_id: u64,
     /// Auto-delete applies only once the queue has had a consumer.
     had_consumer: bool,
@@ -86,6 +86,7 @@ impl QueueActor {
                 exchange,
                 routing_key: args.dead_letter_routing_key.clone(),
             });
+        let single_active = args.single_active_consumer;
         let mut actor = QueueActor {
             handle: Arc::downgrade(handle),
             name: handle.name.clone(),
@@ -97,8 +98,7 @@ impl QueueActor {
             args,
             dead_letter,
             unacked: HashMap::new(),
-            consumers: Vec::new(),
-            next_consumer: 0,
+            consumers: Consumers::new(single_active),
             next_id: 1,
             had_consumer: false,
             deleted: false,
@@ -532,6 +532,13 @@ impl QueueActor {
     }
 
     fn add_consumer(&mut self, consumer: Consumer) -> Result<(), AmqpError> {
+        if consumer.exclusive && self.consumers.single_active() {
+            // rabbit_amqqueue_process: exclusive_consume_unavailable.
+            return Err(AmqpError::access_refused(format!(
+                "{} in exclusive use",
+                self.describe()
+            )));
+        }
         if self.consumers.iter().any(|c| c.exclusive)
             || (consumer.exclusive && !self.consumers.is_empty())
         {
@@ -541,7 +548,7 @@ impl QueueActor {
             )));
         }
         self.touch();
-        self.consumers.push(consumer);
+        self.consumers.add(consumer);
         self.had_consumer = true;
         Ok(())
     }
@@ -553,7 +560,7 @@ impl QueueActor {
                 continue;
             };
             if let Some(cuid) = u.consumer_uid {
-                if let Some(c) = self.consumers.iter_mut().find(|c| c.uid == cuid) {
+                if let Some(c) = self.consumers.by_uid(cuid) {
                     c.in_flight = c.in_flight.saturating_sub(1);
                 }
             }
@@ -596,7 +603,7 @@ impl QueueActor {
 
     /// Stop for good: consumers are told (basic.cancel), messages dropped.
     fn shut_down(&mut self) {
-        for c in self.consumers.drain(..) {
+        for c in self.consumers.take_all() {
             let _ = c.events.send(ConnEvent::ConsumerCancelled {
                 channel_uid: c.channel_uid,
                 consumer_tag: c.tag.clone(),
@@ -620,16 +627,11 @@ impl QueueActor {
         let mut expired = Vec::new();
         let mut first_deliveries = Vec::new();
         while budget > 0 && !self.ready.is_empty() {
-            let n = self.consumers.len();
-            let Some(i) = (0..n)
-                .map(|k| (self.next_consumer + k) % n)
-                .find(|&i| self.consumers[i].try_take())
-            else {
+            let Some(i) = self.consumers.pick() else {
                 break;
             };
-            self.next_consumer = (i + 1) % n;
             let Some(e) = self.ready.pop_live(now, &mut expired) else {
-                self.consumers[i].untake();
+                self.consumers.untake(i);
                 break;
             };
             if let (Some(st), false) = (&e.stored, e.redelivered) {

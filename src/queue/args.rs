@@ -37,6 +37,8 @@ pub struct QueueArgs {
     pub dead_letter_routing_key: Option<Arc<str>>,
     /// `x-max-priority`: the highest priority level (levels are 0..=max).
     pub max_priority: Option<u8>,
+    /// `x-single-active-consumer`: one consumer receives at a time (see `dispatch.rs`).
+    pub single_active_consumer: bool,
 }
 
 impl QueueArgs {
@@ -62,6 +64,10 @@ impl QueueArgs {
             dead_letter_exchange: string("x-dead-letter-exchange"),
             dead_letter_routing_key: string("x-dead-letter-routing-key"),
             max_priority: int("x-max-priority").map(|p| p.min(MAX_PRIORITY as u64) as u8),
+            single_active_consumer: matches!(
+                t.get("x-single-active-consumer"),
+                Some(AMQPValue::Boolean(true))
+            ),
         }
     }
 
@@ -167,6 +173,11 @@ pub fn validate(
             None => return Err(invalid("x-overflow", unacceptable(v))),
             Some("drop-head" | "reject-publish" | "reject-publish-dlx") => {}
             Some(_) => return Err(invalid("x-overflow", "invalid_overflow".to_owned())),
+        }
+    }
+    if let Some(v) = t.get("x-single-active-consumer") {
+        if !matches!(v, AMQPValue::Boolean(_)) {
+            return Err(invalid("x-single-active-consumer", unacceptable(v)));
         }
     }
     Ok(())

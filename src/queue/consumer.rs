@@ -133,6 +133,9 @@ pub struct Consumer {
     pub prefetch: u32,
     pub limiter: Arc<ChannelLimiter>,
     pub arguments: FieldTable,
+    /// `x-priority` from the consume arguments (0 without): higher priorities receive
+    /// first (see `dispatch.rs`).
+    pub priority: i64,
     /// Unacknowledged deliveries to this consumer; owned by the queue.
     pub in_flight: u32,
 }

@@ -5,7 +5,8 @@
 //!
 //! RabbitMQ's queue extensions live beside the core, one concept per file: `args`
 //! (validation and parsing of x-arguments), `ready` (the ready list, with priority
-//! levels), `admission` (reject-publish), `dead_letter` (x-death and republishing);
+//! levels), `admission` (reject-publish), `dead_letter` (x-death and republishing),
+//! `dispatch` (consumer priorities, single active consumer);
 //! TTL and x-expires are timers in the actor.
 
 mod actor;
@@ -13,6 +14,7 @@ pub mod admission;
 pub mod args;
 pub mod consumer;
 pub mod dead_letter;
+mod dispatch;
 mod ready;
 mod stored;
 
