@@ -9,16 +9,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::dispatch::Consumers;
 use super::ready::{Entry, Ready};
 use super::stored::{StoreLink, Stored};
 use super::{
-    ConnEvent, Consumer, ConsumerInfo, Delivery, EventTx, GetOk, QueueCmd, QueueHandle, QueueStats,
-    Settle,
+    ConnEvent, Consumer, ConsumerInfo, Delivery, EventTx, GetOk, Inbox, QueueCmd, QueueHandle,
+    QueueStats, Settle,
 };
 use crate::error::AmqpError;
 use crate::message::Message;
@@ -26,8 +24,9 @@ use crate::protocol::properties;
 use crate::store::Recovered;
 use crate::vhost::Vhost;
 
-/// Commands handled before delivering, and deliveries made before yielding: bounds the
-/// time one busy queue holds a worker thread.
+/// Work (commands; a published message counts as one) handled before delivering, and
+/// deliveries made before yielding: bounds the time one busy queue holds a worker thread
+/// and keeps deliveries going while publishes pour in.
 const BURST: usize = 256;
 const DELIVER_BUDGET: usize = 512;
 
@@ -64,6 +63,14 @@ pub(super) struct QueueActor {
     store: Option<StoreLink>,
 }
 
+/// How much work a command is, for bounding a burst.
+fn weight(cmd: &QueueCmd) -> usize {
+    match cmd {
+        QueueCmd::PublishBatch(ms) => ms.len(),
+        _ => 1,
+    }
+}
+
 /// What woke the actor.
 enum Wake {
     Cmd(Option<QueueCmd>),
@@ -77,7 +84,7 @@ impl QueueActor {
         vhost: Weak<Vhost>,
         store: Option<StoreLink>,
         recovered: Vec<Recovered>,
-        rx: mpsc::UnboundedReceiver<QueueCmd>,
+        rx: Inbox,
     ) {
         let dead_letter = args
             .dead_letter_exchange
@@ -111,7 +118,7 @@ impl QueueActor {
         tokio::spawn(actor.run(rx));
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<QueueCmd>) {
+    async fn run(mut self, mut rx: Inbox) {
         loop {
             let wake = match self.deadline() {
                 None => Wake::Cmd(rx.recv().await),
@@ -123,13 +130,9 @@ impl QueueActor {
             match wake {
                 Wake::Cmd(None) => break,
                 Wake::Cmd(Some(cmd)) => {
+                    let mut work = weight(&cmd);
                     self.handle(cmd);
-                    for _ in 0..BURST {
-                        match rx.try_recv() {
-                            Ok(cmd) => self.handle(cmd),
-                            Err(_) => break,
-                        }
-                    }
+                    self.handle_burst(&mut rx, &mut work);
                 }
                 Wake::Timer => self.on_timer(),
             }
@@ -138,9 +141,7 @@ impl QueueActor {
                 // More could go out but the budget ran out: let others run, then go on
                 // (commands that arrived meanwhile are handled first).
                 tokio::task::yield_now().await;
-                while let Ok(cmd) = rx.try_recv() {
-                    self.handle(cmd);
-                }
+                self.handle_burst(&mut rx, &mut 0);
             }
             self.flush_store();
             if self.deleted {
@@ -149,6 +150,17 @@ impl QueueActor {
         }
         self.flush_store();
         tracing::debug!(queue = %self.name, "queue actor stopped");
+    }
+
+    /// Handle what is waiting, up to [`BURST`] units of work (a message published is one
+    /// unit), so that a flood of publishes can't keep deliveries (and the consumers whose
+    /// acks would let more go out) waiting.
+    fn handle_burst(&mut self, rx: &mut Inbox, work: &mut usize) {
+        while *work < BURST {
+            let Some(cmd) = rx.try_recv() else { break };
+            *work += weight(&cmd);
+            self.handle(cmd);
+        }
     }
 
     fn handle(&mut self, cmd: QueueCmd) {

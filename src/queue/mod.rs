@@ -153,6 +153,39 @@ pub struct QueueHandle {
     /// here before enqueueing (see `admission.rs`).
     admission: Option<Arc<Admission>>,
     tx: mpsc::UnboundedSender<QueueCmd>,
+    /// The lane for settlements (see [`Inbox`]).
+    urgent: mpsc::UnboundedSender<QueueCmd>,
+}
+
+/// A queue actor's mailbox: two lanes. Settlements (acks, nacks, rejects) and credit
+/// kicks have their own lane, always emptied before the other one, so a consumer's acks
+/// are never stuck behind a flood of publishes (which would starve it of prefetch credit
+/// while the queue grows). Everything else keeps its order in the main lane; since the
+/// settlement lane is emptied first, a command never overtakes a settlement sent before it.
+pub(crate) struct Inbox {
+    urgent: mpsc::UnboundedReceiver<QueueCmd>,
+    main: mpsc::UnboundedReceiver<QueueCmd>,
+}
+
+impl Inbox {
+    /// The next command; `None` once the queue's handle is gone.
+    pub(crate) async fn recv(&mut self) -> Option<QueueCmd> {
+        if let Ok(cmd) = self.urgent.try_recv() {
+            return Some(cmd);
+        }
+        tokio::select! {
+            biased;
+            cmd = self.urgent.recv() => cmd,
+            cmd = self.main.recv() => cmd,
+        }
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Option<QueueCmd> {
+        self.urgent
+            .try_recv()
+            .ok()
+            .or_else(|| self.main.try_recv().ok())
+    }
 }
 
 static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
@@ -172,7 +205,9 @@ pub struct QueueSpec {
 impl QueueHandle {
     /// Start a queue's actor. Must run inside the tokio runtime.
     pub fn spawn(spec: QueueSpec, vhost: Weak<Vhost>, vhost_name: Arc<str>) -> Arc<QueueHandle> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, main) = mpsc::unbounded_channel();
+        let (urgent_tx, urgent) = mpsc::unbounded_channel();
+        let rx = Inbox { urgent, main };
         let args = QueueArgs::parse(&spec.arguments);
         let admission = args.admission_control().then(|| {
             Arc::new(Admission::new(
@@ -192,6 +227,7 @@ impl QueueHandle {
             store_qid: spec.store_qid,
             admission,
             tx,
+            urgent: urgent_tx,
         });
         let store = match (
             spec.store_qid,
@@ -211,7 +247,10 @@ impl QueueHandle {
 
     /// Send a command; false if the queue is gone (deleted), which callers may ignore.
     pub fn send(&self, cmd: QueueCmd) -> bool {
-        self.tx.send(cmd).is_ok()
+        match cmd {
+            QueueCmd::Settle { .. } | QueueCmd::Kick => self.urgent.send(cmd).is_ok(),
+            _ => self.tx.send(cmd).is_ok(),
+        }
     }
 
     /// Ask the queue something and wait for the answer; `None` if it was deleted.
