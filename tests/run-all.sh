@@ -20,4 +20,4 @@ step "cargo test (unit + integration)"
 cargo test --no-fail-fast -- --test-threads 4
 
 step "cross-client conformance suite"
-WARREN_BIN="$PWD/target/debug/warren" tests/clients/run.sh
+WARREN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/warren" tests/clients/run.sh
