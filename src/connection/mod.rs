@@ -308,6 +308,7 @@ impl Connection {
             }
             // Publishes routed in this round go to their queues in one send each, then
             // confirms, then all frames to the writer in one piece.
+            let published = !s.publishes.is_empty();
             s.publishes.flush();
             for n in std::mem::take(&mut s.confirms_due) {
                 if let Some(ch) = channels.get_mut(&n) {
@@ -317,6 +318,12 @@ impl Connection {
             if !s.out.is_empty() {
                 let _ = self.writer.send(s.out.take());
                 sent = true;
+            }
+            if published {
+                // The queues just woken sit in this worker's next-task slot, which other
+                // workers can't steal: step aside so they (and the consumers they wake) run
+                // now instead of after this publisher's next reads.
+                tokio::task::yield_now().await;
             }
         }
 
