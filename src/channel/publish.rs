@@ -290,20 +290,18 @@ impl Channel {
                 m.write_content(&mut s.out, self.number, s.frame_max);
             }
         } else {
-            let mut admitted = Vec::with_capacity(route.len());
-            let mut refused_dlx = Vec::new();
+            // Queues that refuse it (full reject-publish queues; see queue/admission.rs).
+            // Empty, and so never allocated, for the common publish.
+            let mut refusing: Vec<&Arc<QueueHandle>> = Vec::new();
             for q in route.iter() {
                 if let Some(a) = q.admission() {
                     if !a.try_admit(body.len() as u64) {
                         refused = true;
-                        if a.dead_letter {
-                            refused_dlx.push(q);
-                        }
-                        continue;
+                        refusing.push(q);
                     }
                 }
-                admitted.push(q);
             }
+            let admitted = |q: &&Arc<QueueHandle>| !refusing.iter().any(|r| r.id == q.id);
             let mut m = Message {
                 exchange: p.exchange,
                 routing_key: p.routing_key,
@@ -313,14 +311,19 @@ impl Channel {
             };
             // Persistent messages for durable queues go to the store; their confirm
             // waits for its sync.
+            let mut skip_durable = false;
             if props.persistent() {
                 if let Some(store) = s.vhost.store() {
-                    let qids: Vec<u64> = admitted.iter().filter_map(|q| q.store_qid).collect();
+                    let qids: Vec<u64> = route
+                        .iter()
+                        .filter(admitted)
+                        .filter_map(|q| q.store_qid)
+                        .collect();
                     if !qids.is_empty() {
                         if store.messages.is_broken() {
                             // Refused, not accepted in memory only: the publisher retries.
                             refused = true;
-                            admitted.retain(|q| q.store_qid.is_none());
+                            skip_durable = true;
                         } else {
                             let waiter = self.confirm.is_some().then_some(&s.events);
                             let id = store.messages.persist(qids, &m, waiter);
@@ -331,9 +334,14 @@ impl Channel {
                 }
             }
             let m = Arc::new(m);
-            for q in admitted {
-                s.publishes.push(q, m.clone());
+            for q in route.iter().filter(admitted) {
+                if !(skip_durable && q.store_qid.is_some()) {
+                    s.publishes.push(q, m.clone());
+                }
             }
+            let refused_dlx = refusing
+                .iter()
+                .filter(|q| q.admission().is_some_and(|a| a.dead_letter));
             for q in refused_dlx {
                 q.send(QueueCmd::Refused(m.clone()));
             }
