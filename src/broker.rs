@@ -72,11 +72,7 @@ impl Broker {
             store,
             snapshot,
             mut messages,
-        } = Store::open(
-            &config.data_dir,
-            config.store.fsync,
-            config.store.segment_size,
-        )?;
+        } = Store::open(&config.data_dir, &config.store)?;
         let broker = Self::build(config, Some(store.clone()));
         for (name, defs) in &snapshot.vhosts {
             let vhost = broker

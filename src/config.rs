@@ -86,6 +86,10 @@ pub struct StoreConfig {
     pub fsync: bool,
     /// Size at which the message journal starts a new segment file, bytes.
     pub segment_size: u64,
+    /// A durable queue keeps the bodies of about this many of its oldest ready persistent
+    /// messages in memory; later ones stay only on disk (an index entry in memory) and are
+    /// read back as the queue drains, so a deep backlog costs disk, not RAM.
+    pub resident_messages: u64,
 }
 
 impl Default for StoreConfig {
@@ -93,6 +97,7 @@ impl Default for StoreConfig {
         StoreConfig {
             fsync: true,
             segment_size: 64 * 1024 * 1024,
+            resident_messages: 4096,
         }
     }
 }
@@ -239,8 +244,14 @@ impl Config {
                 "must be between 1 and 536870912 bytes",
             );
         }
-        if self.store.segment_size < 4096 {
-            return bad("store.segment_size", "must be at least 4096 bytes");
+        if !(4096..=1 << 30).contains(&self.store.segment_size) {
+            return bad(
+                "store.segment_size",
+                "must be between 4096 and 1073741824 bytes",
+            );
+        }
+        if self.store.resident_messages == 0 {
+            return bad("store.resident_messages", "must be at least 1");
         }
         if self.defaults.vhost.is_empty() {
             return bad("defaults.vhost", "must not be empty");

@@ -611,6 +611,9 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
         "messages",
         "messages_ready",
         "messages_unacknowledged",
+        "messages_ready_ram",
+        "messages_unacknowledged_ram",
+        "messages_ram",
         "consumers",
         "vhost",
         "type",
@@ -637,6 +640,12 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
                     "messages" => json!(stats.messages_ready + stats.messages_unacked),
                     "messages_ready" => json!(stats.messages_ready),
                     "messages_unacknowledged" => json!(stats.messages_unacked),
+                    // Unacked messages are always in memory; paged-out ready ones are not.
+                    "messages_ready_ram" => json!(stats.messages_ready - stats.messages_paged_out),
+                    "messages_unacknowledged_ram" => json!(stats.messages_unacked),
+                    "messages_ram" => json!(
+                        stats.messages_ready - stats.messages_paged_out + stats.messages_unacked
+                    ),
                     "consumers" => json!(stats.consumers),
                     "vhost" => json!(&*v.name),
                     "type" => json!("classic"),

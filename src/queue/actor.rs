@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::dispatch::Consumers;
-use super::ready::{Entry, Ready};
+use super::ready::{Entry, Pager, Ready, Restored};
 use super::stored::{StoreLink, Stored};
 use super::{
     ConnEvent, Consumer, ConsumerInfo, Delivery, EventTx, GetOk, Inbox, QueueCmd, QueueHandle,
@@ -99,7 +99,11 @@ impl QueueActor {
             name: handle.name.clone(),
             vhost,
             auto_delete: handle.auto_delete,
-            ready: Ready::new(args.max_priority, handle.admission.clone()),
+            ready: Ready::new(
+                args.max_priority,
+                handle.admission.clone(),
+                store.as_ref().map(|s| Pager::new(s.store.clone())),
+            ),
             may_expire: args.message_ttl.is_some(),
             idle_deadline: None,
             args,
@@ -136,6 +140,7 @@ impl QueueActor {
                 }
                 Wake::Timer => self.on_timer(),
             }
+            self.ready.page_out();
             self.flush_store();
             while !self.deleted && self.deliver() {
                 // More could go out but the budget ran out: let others run, then go on
@@ -255,7 +260,7 @@ impl QueueActor {
             }
             QueueCmd::Purge { reply } => {
                 // Like RabbitMQ, purge removes ready messages only; unacked ones stay.
-                let n = self.ready.drain().len() as u32;
+                let n = self.ready.drain() as u32;
                 let _ = reply.send(n);
             }
             QueueCmd::Stats { reply } => {
@@ -266,6 +271,7 @@ impl QueueActor {
                 if let Some(now) = self.now() {
                     self.expire(now);
                 }
+                self.ready.page_out();
                 let _ = reply.send(self.stats());
             }
             QueueCmd::Consumers { reply } => {
@@ -372,10 +378,11 @@ impl QueueActor {
     /// A message's lifetime in this queue: the lower of the queue's TTL and its own
     /// `expiration` (rabbit_basic:msg_ttl, rabbit_amqqueue_process:calculate_msg_expiry).
     fn ttl_of(&self, m: &Message) -> Option<u64> {
-        match (
-            self.args.message_ttl,
-            properties::expiration_ms(&m.properties),
-        ) {
+        self.ttl_with(properties::expiration_ms(&m.properties))
+    }
+
+    fn ttl_with(&self, expiration_ms: Option<u64>) -> Option<u64> {
+        match (self.args.message_ttl, expiration_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -425,6 +432,7 @@ impl QueueActor {
             messages_ready: self.ready.len() as u32,
             messages_unacked: self.unacked.len() as u32,
             consumers: self.consumers.len() as u32,
+            messages_paged_out: self.ready.paged() as u32,
         }
     }
 
@@ -451,25 +459,25 @@ impl QueueActor {
 
     /// A message found in the store at start-up.
     fn restore(&mut self, r: Recovered) {
+        let Some(store) = &self.store else { return };
+        let stored = store.token(r.store_id);
         let id = self.next_id;
         self.next_id += 1;
         let priority = match self.args.max_priority {
-            Some(_) => self
-                .ready
-                .level_for(properties::priority(&r.message.properties).unwrap_or(0)),
+            Some(_) => self.ready.level_for(r.priority.unwrap_or(0)),
             None => 0,
         };
-        let expires = self.ttl_of(&r.message).map(|ms| {
+        let expires = self.ttl_with(r.expiration_ms).map(|ms| {
             self.may_expire = true;
             Instant::now() + Duration::from_millis(ms)
         });
-        let stored = self.store.as_ref().map(|s| s.token(r.store_id));
-        self.ready.requeue(Entry {
+        self.ready.restore(Restored {
             id,
             message: r.message,
+            bytes: r.size,
             redelivered: r.delivered,
-            expires,
             priority,
+            expires,
             stored,
         });
     }

@@ -57,6 +57,8 @@ pub struct QueueStats {
     pub messages_ready: u32,
     pub messages_unacked: u32,
     pub consumers: u32,
+    /// Ready messages whose bodies are only on disk (see `ready.rs`).
+    pub messages_paged_out: u32,
 }
 
 /// One consumer as listings show it (rabbitmqctl list_consumers).

@@ -5,14 +5,28 @@
 //! Invariant: within a level, every unacked id is lower than every later-published ready
 //! id, because delivery always takes a level's head. Requeue inserts by id, which puts a
 //! message back exactly where it was within its priority.
+//!
+//! Paging: a durable queue keeps the bodies of only its oldest ready persistent messages
+//! in memory (`store.resident_messages`). A message published while the queue is longer
+//! than that is paged out once the store has written it (its entry keeps an index slot,
+//! not the body); taking a paged message off the head reads it back from the store,
+//! together with the paged messages behind it, so a draining backlog costs one read per
+//! batch. Everything that takes a message out ([`Ready::pop_front`] and friends) hands
+//! back a resident [`Entry`]; only [`Ready::drain`] (purge, delete) doesn't need bodies.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::admission::Admission;
+use super::stored::Stored;
 use crate::message::Message;
+use crate::store::MessageStore;
 
+/// Paged messages read back in one go when the head reaches them.
+const PAGE_IN_BATCH: usize = 512;
+
+/// A message taken out of (or going into) the ready list, with its body.
 pub(super) struct Entry {
     pub id: u64,
     pub message: Arc<Message>,
@@ -24,37 +38,116 @@ pub(super) struct Entry {
     pub priority: u8,
     /// Set when the message is in the store on this (durable) queue's behalf: dropping
     /// the entry, wherever the queue lets go of it, records that (see `stored.rs`).
-    pub stored: Option<super::stored::Stored>,
+    pub stored: Option<Stored>,
 }
 
 impl Entry {
-    pub fn bytes(&self) -> u64 {
-        self.message.body.len() as u64
-    }
-
     pub fn expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|at| at <= now)
     }
 }
 
+/// A ready message as the list holds it: the body only while it is resident.
+struct Queued {
+    id: u64,
+    /// None: paged out; `stored` says where to read it back.
+    message: Option<Arc<Message>>,
+    bytes: u32,
+    redelivered: bool,
+    priority: u8,
+    expires: Option<Instant>,
+    stored: Option<Stored>,
+}
+
+impl Queued {
+    fn expired(&self, now: Instant) -> bool {
+        self.expires.is_some_and(|at| at <= now)
+    }
+
+    fn into_entry(self, message: Arc<Message>) -> Entry {
+        Entry {
+            id: self.id,
+            message,
+            redelivered: self.redelivered,
+            expires: self.expires,
+            priority: self.priority,
+            stored: self.stored,
+        }
+    }
+}
+
+impl From<Entry> for Queued {
+    fn from(e: Entry) -> Queued {
+        Queued {
+            id: e.id,
+            bytes: e.message.body.len() as u32,
+            message: Some(e.message),
+            redelivered: e.redelivered,
+            priority: e.priority,
+            expires: e.expires,
+            stored: e.stored,
+        }
+    }
+}
+
+/// A message found in the store at start-up, as the queue restores it.
+pub(super) struct Restored {
+    pub id: u64,
+    pub message: Option<Arc<Message>>,
+    pub bytes: u32,
+    pub redelivered: bool,
+    pub priority: u8,
+    pub expires: Option<Instant>,
+    pub stored: Stored,
+}
+
+/// A durable queue's link to the store for paging.
+pub(super) struct Pager {
+    store: Arc<MessageStore>,
+    /// Bodies kept in memory at the head of the queue.
+    resident: usize,
+    /// Messages to page out once the store has written them: (level, entry id, store id),
+    /// in publish order.
+    pending: VecDeque<(u8, u64, u64)>,
+}
+
+impl Pager {
+    pub fn new(store: Arc<MessageStore>) -> Pager {
+        Pager {
+            resident: store.resident(),
+            store,
+            pending: VecDeque::new(),
+        }
+    }
+}
+
 pub(super) struct Ready {
     /// Indexed by priority; delivery takes from the highest non-empty level.
-    levels: Vec<VecDeque<Entry>>,
+    levels: Vec<VecDeque<Queued>>,
     len: usize,
     bytes: u64,
+    /// Messages whose bodies are only on disk.
+    paged: usize,
     /// Shared with publishers of a reject-publish queue; kept in step with `len`/`bytes`
     /// for messages leaving or re-entering (publishers reserve the arrivals).
     admission: Option<Arc<Admission>>,
+    pager: Option<Pager>,
 }
 
 impl Ready {
-    pub fn new(max_priority: Option<u8>, admission: Option<Arc<Admission>>) -> Ready {
+    pub fn new(
+        max_priority: Option<u8>,
+        admission: Option<Arc<Admission>>,
+        pager: Option<Pager>,
+    ) -> Ready {
         let levels = max_priority.map_or(1, |p| p as usize + 1);
         Ready {
             levels: (0..levels).map(|_| VecDeque::new()).collect(),
             len: 0,
             bytes: 0,
+            paged: 0,
             admission,
+            pager,
         }
     }
 
@@ -70,6 +163,11 @@ impl Ready {
         self.bytes
     }
 
+    /// How many ready messages have their bodies only on disk.
+    pub fn paged(&self) -> usize {
+        self.paged
+    }
+
     /// A priority queue's level for a message priority.
     pub fn level_for(&self, priority: u8) -> u8 {
         priority.min((self.levels.len() - 1) as u8)
@@ -78,36 +176,138 @@ impl Ready {
     /// A newly published message (already admitted by its publisher).
     pub fn push_back(&mut self, e: Entry) {
         self.len += 1;
-        self.bytes += e.bytes();
+        self.bytes += e.message.body.len() as u64;
+        if let (Some(p), Some(st)) = (&mut self.pager, &e.stored) {
+            if self.len > p.resident {
+                p.pending.push_back((e.priority, e.id, st.id));
+            }
+        }
         let level = e.priority as usize;
-        self.levels[level].push_back(e);
+        self.levels[level].push_back(e.into());
+    }
+
+    /// A message from the store at start-up (in id order, so it goes at the back).
+    pub fn restore(&mut self, r: Restored) {
+        self.len += 1;
+        self.bytes += r.bytes as u64;
+        if let Some(a) = &self.admission {
+            a.add(1, r.bytes as u64);
+        }
+        if r.message.is_none() {
+            self.paged += 1;
+        }
+        self.levels[r.priority as usize].push_back(Queued {
+            id: r.id,
+            message: r.message,
+            bytes: r.bytes,
+            redelivered: r.redelivered,
+            priority: r.priority,
+            expires: r.expires,
+            stored: Some(r.stored),
+        });
     }
 
     /// A message coming back (requeue): to its original place in its level.
     pub fn requeue(&mut self, e: Entry) {
+        let bytes = e.message.body.len() as u64;
         self.len += 1;
-        self.bytes += e.bytes();
+        self.bytes += bytes;
         if let Some(a) = &self.admission {
-            a.add(1, e.bytes());
+            a.add(1, bytes);
         }
         let level = &mut self.levels[e.priority as usize];
         let at = level.partition_point(|x| x.id < e.id);
-        level.insert(at, e);
+        level.insert(at, e.into());
     }
 
-    fn taken(&mut self, e: &Entry) {
-        self.len -= 1;
-        self.bytes -= e.bytes();
-        if let Some(a) = &self.admission {
-            a.release(1, e.bytes());
+    /// Page out what the store has written of the messages waiting for it, except those
+    /// that have meanwhile come near the head. Called once per burst.
+    pub fn page_out(&mut self) {
+        let Some(p) = &mut self.pager else { return };
+        if p.pending.is_empty() {
+            return;
+        }
+        let synced = p.store.synced();
+        let keep = p.resident / 2;
+        while let Some(&(level, id, store_id)) = p.pending.front() {
+            if store_id > synced {
+                break;
+            }
+            p.pending.pop_front();
+            let level = &mut self.levels[level as usize];
+            let at = level.partition_point(|x| x.id < id);
+            if at < keep {
+                continue;
+            }
+            if let Some(q) = level.get_mut(at).filter(|q| q.id == id) {
+                if q.message.take().is_some() {
+                    self.paged += 1;
+                }
+            }
+        }
+    }
+
+    /// Read back the paged messages at the head of `level` (up to a batch). Those the
+    /// store can't give back (it logged why) are dropped.
+    fn page_in(&mut self, level: usize) {
+        let Some(p) = &self.pager else { return };
+        let l = &mut self.levels[level];
+        let n = l.len().min(PAGE_IN_BATCH);
+        let (positions, ids): (Vec<usize>, Vec<u64>) = l
+            .iter()
+            .take(n)
+            .enumerate()
+            .filter(|(_, q)| q.message.is_none())
+            .filter_map(|(i, q)| Some((i, q.stored.as_ref()?.id)))
+            .unzip();
+        let read = p.store.read(&ids);
+        let mut lost = Vec::new();
+        for (i, m) in positions.into_iter().zip(read) {
+            match m {
+                Some(m) => l[i].message = Some(Arc::new(m)),
+                None => lost.push(i),
+            }
+            self.paged -= 1;
+        }
+        for i in lost.into_iter().rev() {
+            if let Some(q) = l.remove(i) {
+                self.len -= 1;
+                self.bytes -= q.bytes as u64;
+                if let Some(a) = &self.admission {
+                    a.release(1, q.bytes as u64);
+                }
+            }
+        }
+    }
+
+    /// Take the head of `level`, reading it back first if it is paged.
+    fn take(&mut self, level: usize) -> Option<Entry> {
+        loop {
+            let head = self.levels[level].front()?;
+            if head.message.is_none() {
+                self.page_in(level);
+                continue;
+            }
+            let q = self.levels[level].pop_front()?;
+            self.len -= 1;
+            self.bytes -= q.bytes as u64;
+            if let Some(a) = &self.admission {
+                a.release(1, q.bytes as u64);
+            }
+            let message = q.message.clone()?;
+            return Some(q.into_entry(message));
         }
     }
 
     /// The next message to deliver.
     pub fn pop_front(&mut self) -> Option<Entry> {
-        let e = self.levels.iter_mut().rev().find_map(|l| l.pop_front())?;
-        self.taken(&e);
-        Some(e)
+        loop {
+            let level = self.levels.iter().rposition(|l| !l.is_empty())?;
+            // A level can empty itself while paging in (messages the store lost).
+            if let Some(e) = self.take(level) {
+                return Some(e);
+            }
+        }
     }
 
     /// The next live message, putting the expired ones met on the way in `expired`.
@@ -125,10 +325,10 @@ impl Ready {
     /// only; a message behind a longer-lived one waits, but is never delivered).
     pub fn pop_expired(&mut self, now: Instant, expired: &mut Vec<Entry>) {
         for i in 0..self.levels.len() {
-            while self.levels[i].front().is_some_and(|e| e.expired(now)) {
-                if let Some(e) = self.levels[i].pop_front() {
-                    self.taken(&e);
-                    expired.push(e);
+            while self.levels[i].front().is_some_and(|q| q.expired(now)) {
+                match self.take(i) {
+                    Some(e) => expired.push(e),
+                    None => break,
                 }
             }
         }
@@ -139,14 +339,21 @@ impl Ready {
         self.levels.iter().filter_map(|l| l.front()?.expires).min()
     }
 
-    /// Remove everything (purge, delete).
-    pub fn drain(&mut self) -> Vec<Entry> {
-        let all: Vec<Entry> = self.levels.iter_mut().flat_map(|l| l.drain(..)).collect();
+    /// Remove everything (purge, delete); returns how many went.
+    pub fn drain(&mut self) -> usize {
+        for l in &mut self.levels {
+            l.clear();
+        }
+        if let Some(p) = &mut self.pager {
+            p.pending.clear();
+        }
         if let Some(a) = &self.admission {
             a.release(self.len as u64, self.bytes);
         }
+        let n = self.len;
         self.len = 0;
         self.bytes = 0;
-        all
+        self.paged = 0;
+        n
     }
 }

@@ -13,6 +13,10 @@
 //!
 //! A segment whose messages have all been let go of by every queue is deleted.
 //!
+//! The writer keeps an index of where every live message lies (segment, offset, length),
+//! shared with readers: a deep queue keeps only its oldest messages' bodies in memory and
+//! reads the rest back with [`MessageStore::read`] as it drains (see `queue/ready.rs`).
+//!
 //! Records (payloads, inside [`super::record`] framing):
 //! - `M` id, queue ids, exchange, routing key, properties, body
 //! - `A` queue id, message ids (let go of)
@@ -21,6 +25,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -30,7 +35,9 @@ use bytes::Bytes;
 
 use super::codec::{Get, Put};
 use super::record;
+use crate::config::StoreConfig;
 use crate::message::Message;
+use crate::protocol::properties;
 use crate::queue::{ConnEvent, EventTx};
 
 const SEGMENT_EXT: &str = "seg";
@@ -66,10 +73,31 @@ pub type RecoveredByQueue = HashMap<u64, Vec<Recovered>>;
 /// A message found on disk at start-up, for one queue.
 pub struct Recovered {
     pub store_id: u64,
-    pub message: Arc<Message>,
+    /// Its body, for the oldest messages of each queue (see `StoreConfig::resident_messages`);
+    /// the rest stay on disk until the queue reaches them.
+    pub message: Option<Arc<Message>>,
+    /// Body length, priority and `expiration` property: what a queue needs of a message
+    /// it does not hold in memory.
+    pub size: u32,
+    pub priority: Option<u8>,
+    pub expiration_ms: Option<u64>,
     /// It had been delivered before the restart: it comes back redelivered.
     pub delivered: bool,
 }
+
+/// Where a live message lies, and how many queues still hold it.
+#[derive(Debug, Clone, Copy)]
+struct Ref {
+    holders: u32,
+    segment: u32,
+    /// The record's payload: offset in the segment file, and length.
+    offset: u64,
+    len: u32,
+}
+
+/// Live messages by id, written by the writer thread once per batch, read by queues
+/// paging messages back in.
+type Index = Arc<Mutex<HashMap<u64, Ref>>>;
 
 pub struct MessageStore {
     tx: Mutex<Option<mpsc::Sender<Op>>>,
@@ -84,6 +112,10 @@ pub struct MessageStore {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Woken after every batch the writer finishes (for [`MessageStore::wait_synced`]).
     progress: Arc<tokio::sync::Notify>,
+    index: Index,
+    dir: PathBuf,
+    /// Per durable queue, how many ready bodies stay in memory.
+    resident: usize,
 }
 
 impl MessageStore {
@@ -92,30 +124,23 @@ impl MessageStore {
     pub fn open(
         dir: &Path,
         live_qids: &HashSet<u64>,
-        fsync: bool,
-        segment_size: u64,
+        config: &StoreConfig,
     ) -> io::Result<(Arc<MessageStore>, RecoveredByQueue)> {
         fs::create_dir_all(dir)?;
         let started = std::time::Instant::now();
-        let recovery = recover(dir, live_qids)?;
-        let count: usize = recovery.by_queue.values().map(Vec::len).sum();
-        tracing::info!(
-            messages = count,
-            queues = recovery.by_queue.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "message store recovered"
-        );
+        let mut recovery = recover(dir, live_qids)?;
         let synced = Arc::new(AtomicU64::new(recovery.max_id));
         let broken = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(tokio::sync::Notify::new());
+        let index: Index = Arc::new(Mutex::new(std::mem::take(&mut recovery.refs)));
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             segment: recovery.next_segment,
             file: open_segment(dir, recovery.next_segment)?,
             written: 0,
-            segment_size,
-            fsync,
-            refs: recovery.refs,
+            segment_size: config.segment_size,
+            fsync: config.fsync,
+            index: index.clone(),
             live: recovery.live,
             watermark: recovery.max_id,
             ahead: BTreeSet::new(),
@@ -135,8 +160,104 @@ impl MessageStore {
             closed: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
             progress,
+            index,
+            dir: dir.to_path_buf(),
+            resident: config.resident_messages.try_into().unwrap_or(usize::MAX),
         });
-        Ok((store, recovery.by_queue))
+        let mut by_queue = recovery.by_queue;
+        store.load_resident(&mut by_queue);
+        let count: usize = by_queue.values().map(Vec::len).sum();
+        tracing::info!(
+            messages = count,
+            queues = by_queue.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "message store recovered"
+        );
+        Ok((store, by_queue))
+    }
+
+    /// Per durable queue, how many ready bodies stay in memory.
+    pub fn resident(&self) -> usize {
+        self.resident
+    }
+
+    /// Read the bodies of each queue's oldest recovered messages.
+    fn load_resident(&self, by_queue: &mut RecoveredByQueue) {
+        for msgs in by_queue.values_mut() {
+            let n = msgs.len().min(self.resident);
+            let ids: Vec<u64> = msgs[..n].iter().map(|m| m.store_id).collect();
+            for (m, read) in msgs.iter_mut().zip(self.read(&ids)) {
+                m.message = read.map(Arc::new);
+            }
+        }
+    }
+
+    /// Read live messages back from disk, in the order of `ids`; `None` for one that is
+    /// not in the store (or can't be read: logged). Records close together in a segment
+    /// are read with one `pread`.
+    pub fn read(&self, ids: &[u64]) -> Vec<Option<Message>> {
+        let refs: Vec<Option<Ref>> = {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            ids.iter().map(|id| index.get(id).copied()).collect()
+        };
+        let mut out: Vec<Option<Message>> = ids.iter().map(|_| None).collect();
+        // Visit in disk order, coalescing neighbours into spans.
+        let mut order: Vec<usize> = (0..ids.len()).filter(|&i| refs[i].is_some()).collect();
+        order.sort_unstable_by_key(|&i| refs[i].map(|r| (r.segment, r.offset)));
+        let mut file: Option<(u32, File)> = None;
+        let mut i = 0;
+        while i < order.len() {
+            let Some(first) = refs[order[i]] else { break };
+            let start = first.offset - record::HEADER as u64;
+            let mut end = first.offset + first.len as u64;
+            let mut j = i + 1;
+            while let Some(r) = order.get(j).and_then(|&k| refs[k]) {
+                let r_start = r.offset - record::HEADER as u64;
+                if r.segment != first.segment || r_start > end + SPAN_GAP || r_start < start {
+                    break;
+                }
+                end = end.max(r.offset + r.len as u64);
+                j += 1;
+            }
+            if file.as_ref().map(|f| f.0) != Some(first.segment) {
+                file = match File::open(segment_path(&self.dir, first.segment as u64)) {
+                    Ok(f) => Some((first.segment, f)),
+                    Err(e) => {
+                        tracing::error!(error = %e, segment = first.segment, "cannot open a segment to read messages back");
+                        i = j;
+                        continue;
+                    }
+                };
+            }
+            let Some((_, f)) = &file else { break };
+            let mut span = vec![0u8; (end - start) as usize];
+            if let Err(e) = f.read_exact_at(&mut span, start) {
+                tracing::error!(error = %e, segment = first.segment, offset = start, "cannot read messages back from the store");
+                i = j;
+                continue;
+            }
+            let span = Bytes::from(span);
+            for &k in &order[i..j] {
+                let Some(r) = refs[k] else { continue };
+                let at = (r.offset - record::HEADER as u64 - start) as usize;
+                out[k] = record::payload_at(&span, at)
+                    .and_then(|p| {
+                        let rec = parse_message(&span[p.clone()])?;
+                        (rec.id == ids[k]).then(|| rec.message_in(&span, p.start))
+                    })
+                    .or_else(|| {
+                        tracing::error!(
+                            segment = r.segment,
+                            offset = r.offset,
+                            id = ids[k],
+                            "stored message is corrupt; it is lost"
+                        );
+                        None
+                    });
+            }
+            i = j;
+        }
+        out
     }
 
     fn send(&self, op: Op) -> bool {
@@ -226,6 +347,9 @@ impl MessageStore {
     }
 }
 
+/// Records at most this far apart are read back with one `pread`.
+const SPAN_GAP: u64 = 64 * 1024;
+
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016}.{SEGMENT_EXT}"))
 }
@@ -244,8 +368,8 @@ struct Writer {
     written: u64,
     segment_size: u64,
     fsync: bool,
-    /// Live messages: queues still holding each, and its segment.
-    refs: HashMap<u64, (u32, u64)>,
+    /// Live messages: queues still holding each, and where it lies.
+    index: Index,
     /// Live messages per segment.
     live: HashMap<u64, u64>,
     /// Ids arrive out of order (publishers number them on their own threads): the
@@ -263,6 +387,7 @@ impl Writer {
         while let Ok(first) = rx.recv() {
             buf.clear();
             let mut ids = Vec::new();
+            let mut fresh = Vec::new();
             let mut waiters: Vec<EventTx> = Vec::new();
             let mut flushes = Vec::new();
             let mut acks = Vec::new();
@@ -270,7 +395,7 @@ impl Writer {
             while let Some(op) = next {
                 match op {
                     Op::Persist(p) => {
-                        self.encode_message(&mut buf, &p);
+                        fresh.push(self.encode_message(&mut buf, &p));
                         ids.push(p.id);
                         if let Some(w) = p.waiter {
                             if !waiters.iter().any(|x| x.same_channel(&w)) {
@@ -303,6 +428,18 @@ impl Writer {
                 };
             }
             let stored = self.write(&buf, !ids.is_empty() || !flushes.is_empty());
+            {
+                // Index what was written (before the watermark says it can be read back),
+                // then let go of what queues released.
+                let shared = self.index.clone();
+                let mut index = shared.lock().unwrap_or_else(|e| e.into_inner());
+                if stored {
+                    index.extend(fresh);
+                }
+                for id in acks {
+                    self.release(&mut index, id);
+                }
+            }
             if stored {
                 self.advance(ids);
             } else {
@@ -313,9 +450,6 @@ impl Writer {
             for w in waiters {
                 let _ = w.send(ConnEvent::StoreSynced);
             }
-            for id in acks {
-                self.release(id);
-            }
             if self.written >= self.segment_size {
                 self.roll();
             }
@@ -325,7 +459,9 @@ impl Writer {
         }
     }
 
-    fn encode_message(&mut self, buf: &mut Vec<u8>, p: &Persist) {
+    /// Append a message record to the batch; returns its index entry.
+    fn encode_message(&mut self, buf: &mut Vec<u8>, p: &Persist) -> (u64, Ref) {
+        let start = buf.len() + record::HEADER;
         record::append_with(buf, |o| {
             o.put_u8(b'M');
             o.put_u64(p.id);
@@ -336,8 +472,14 @@ impl Writer {
             o.put_bytes(&p.properties);
             o.put_bytes(&p.body);
         });
-        self.refs.insert(p.id, (p.qids.len() as u32, self.segment));
         *self.live.entry(self.segment).or_default() += 1;
+        let r = Ref {
+            holders: p.qids.len() as u32,
+            segment: self.segment as u32,
+            offset: self.written + start as u64,
+            len: (buf.len() - start) as u32,
+        };
+        (p.id, r)
     }
 
     fn write(&mut self, buf: &[u8], sync: bool) -> bool {
@@ -373,16 +515,16 @@ impl Writer {
     }
 
     /// One queue let go of message `id`; when none holds it, its segment may go.
-    fn release(&mut self, id: u64) {
-        let Some((holders, segment)) = self.refs.get_mut(&id) else {
+    fn release(&mut self, index: &mut HashMap<u64, Ref>, id: u64) {
+        let Some(r) = index.get_mut(&id) else {
             return;
         };
-        *holders -= 1;
-        if *holders > 0 {
+        r.holders -= 1;
+        if r.holders > 0 {
             return;
         }
-        let segment = *segment;
-        self.refs.remove(&id);
+        let segment = r.segment as u64;
+        index.remove(&id);
         if let Some(n) = self.live.get_mut(&segment) {
             *n -= 1;
             if *n == 0 && segment != self.segment {
@@ -420,7 +562,7 @@ impl Writer {
 
 struct Recovery {
     by_queue: HashMap<u64, Vec<Recovered>>,
-    refs: HashMap<u64, (u32, u64)>,
+    refs: HashMap<u64, Ref>,
     live: HashMap<u64, u64>,
     max_id: u64,
     next_segment: u64,
@@ -444,28 +586,17 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Replay the journal: first every segment's acks and delivery marks, then its
-/// messages, keeping those some live queue still holds.
+/// Replay the journal, one segment in memory at a time: first every segment's acks and
+/// delivery marks (truncating a torn tail), then its messages, indexing those some live
+/// queue still holds. Bodies are not kept: queues read back what they need.
 fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     let segs = segments(dir)?;
-    let mut files = Vec::with_capacity(segs.len());
+    let mut acked: HashSet<(u64, u64)> = HashSet::new();
+    let mut delivered: HashSet<(u64, u64)> = HashSet::new();
     for &n in &segs {
         let path = segment_path(dir, n);
         let data = fs::read(&path)?;
-        let report = record::scan(&data, |_, _| {});
-        record::report(&path, data.len(), &report);
-        if report.valid_len < data.len() {
-            let f = OpenOptions::new().write(true).open(&path)?;
-            f.set_len(report.valid_len as u64)?;
-            f.sync_all()?;
-        }
-        files.push((n, data));
-    }
-
-    let mut acked: HashSet<(u64, u64)> = HashSet::new();
-    let mut delivered: HashSet<(u64, u64)> = HashSet::new();
-    for (_, data) in &files {
-        record::scan(data, |_, payload| {
+        let report = record::scan(&data, |_, payload| {
             let mut g = Get::new(payload);
             let (Some(kind @ (b'A' | b'D')), Some(qid), Some(n)) = (g.u8(), g.u64(), g.u32())
             else {
@@ -483,6 +614,12 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
                 };
             }
         });
+        record::report(&path, data.len(), &report);
+        if report.valid_len < data.len() {
+            let f = OpenOptions::new().write(true).open(&path)?;
+            f.set_len(report.valid_len as u64)?;
+            f.sync_all()?;
+        }
     }
 
     let mut r = Recovery {
@@ -492,8 +629,9 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
         max_id: 0,
         next_segment: segs.last().map_or(1, |n| n + 1),
     };
-    for (seg, data) in &files {
-        record::scan(data, |_, payload| {
+    for &seg in &segs {
+        let data = fs::read(segment_path(dir, seg))?;
+        record::scan(&data, |at, payload| {
             let Some(rec) = parse_message(payload) else {
                 return;
             };
@@ -508,22 +646,36 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
             if holders.is_empty() {
                 return;
             }
-            let message = Arc::new(rec.message(payload));
-            r.refs.insert(id, (holders.len() as u32, *seg));
-            *r.live.entry(*seg).or_default() += 1;
+            let [_, _, props, body] = rec.fields.clone();
+            let props = &payload[props];
+            let (priority, expiration_ms) = (
+                properties::priority(props),
+                properties::expiration_ms(props),
+            );
+            r.refs.insert(
+                id,
+                Ref {
+                    holders: holders.len() as u32,
+                    segment: seg as u32,
+                    offset: (at + record::HEADER) as u64,
+                    len: payload.len() as u32,
+                },
+            );
+            *r.live.entry(seg).or_default() += 1;
             for q in holders {
                 r.by_queue.entry(q).or_default().push(Recovered {
                     store_id: id,
-                    message: message.clone(),
+                    message: None,
+                    size: body.len() as u32,
+                    priority,
+                    expiration_ms,
                     delivered: delivered.contains(&(q, id)),
                 });
             }
         });
-    }
-    // Fully consumed segments go now.
-    for (seg, _) in &files {
-        if !r.live.contains_key(seg) {
-            let _ = fs::remove_file(segment_path(dir, *seg));
+        // A fully consumed segment goes now.
+        if !r.live.contains_key(&seg) {
+            let _ = fs::remove_file(segment_path(dir, seg));
         }
     }
     for msgs in r.by_queue.values_mut() {
@@ -561,15 +713,15 @@ fn parse_message(payload: &[u8]) -> Option<MessageRecord> {
 }
 
 impl MessageRecord {
-    /// The message, in one allocation shared by its four parts.
-    fn message(&self, payload: &[u8]) -> Message {
-        let all = Bytes::copy_from_slice(payload);
-        let [e, k, p, b] = self.fields.clone();
+    /// The message, sharing `buf` (where its payload starts at `at`) for its four parts.
+    fn message_in(&self, buf: &Bytes, at: usize) -> Message {
+        let part = |r: &std::ops::Range<usize>| buf.slice(at + r.start..at + r.end);
+        let [e, k, p, b] = &self.fields;
         Message {
-            exchange: all.slice(e),
-            routing_key: all.slice(k),
-            properties: all.slice(p),
-            body: all.slice(b),
+            exchange: part(e),
+            routing_key: part(k),
+            properties: part(p),
+            body: part(b),
             store_id: Some(self.id),
         }
     }
@@ -589,6 +741,14 @@ mod tests {
         }
     }
 
+    fn cfg(fsync: bool, segment_size: u64) -> StoreConfig {
+        StoreConfig {
+            fsync,
+            segment_size,
+            ..StoreConfig::default()
+        }
+    }
+
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("warren-store-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
@@ -599,7 +759,7 @@ mod tests {
     fn recovers_unacked_messages_in_order_with_delivery_marks() {
         let dir = tmp("recover");
         let live: HashSet<u64> = [1, 2].into();
-        let (s, rec) = MessageStore::open(&dir, &live, true, 1 << 20).unwrap();
+        let (s, rec) = MessageStore::open(&dir, &live, &cfg(true, 1 << 20)).unwrap();
         assert!(rec.is_empty());
         let a = s.persist(vec![1, 2], &msg("a"), None);
         let b = s.persist(vec![1], &msg("b"), None);
@@ -609,21 +769,24 @@ mod tests {
         s.flush();
         assert_eq!(s.synced(), c);
         drop(s); // no close(): as after a crash
-        let (_s, rec) = MessageStore::open(&dir, &live, true, 1 << 20).unwrap();
+        let (_s, rec) = MessageStore::open(&dir, &live, &cfg(true, 1 << 20)).unwrap();
         let q1: Vec<_> = rec[&1]
             .iter()
-            .map(|r| (&r.message.body[..], r.delivered))
+            .map(|r| (r.message.as_ref().unwrap().body.clone(), r.delivered))
             .collect();
-        assert_eq!(q1, vec![(&b"b"[..], true), (&b"c"[..], false)]);
+        assert_eq!(
+            q1,
+            vec![(Bytes::from("b"), true), (Bytes::from("c"), false)]
+        );
         assert_eq!(rec[&2].len(), 1);
-        assert_eq!(rec[&2][0].message.store_id, Some(a));
+        assert_eq!(rec[&2][0].store_id, a);
     }
 
     #[test]
     fn fully_acked_segments_are_deleted() {
         let dir = tmp("gc");
         let live: HashSet<u64> = [7].into();
-        let (s, _) = MessageStore::open(&dir, &live, false, 64).unwrap();
+        let (s, _) = MessageStore::open(&dir, &live, &cfg(false, 64)).unwrap();
         let ids: Vec<u64> = (0..20)
             .map(|i| {
                 let id = s.persist(vec![7], &msg(&format!("m{i}")), None);
@@ -639,7 +802,7 @@ mod tests {
         let after = segments(&dir).unwrap().len();
         assert!(after <= 2, "consumed segments deleted: {after} of {before}");
         drop(s);
-        let (_s, rec) = MessageStore::open(&dir, &live, false, 64).unwrap();
+        let (_s, rec) = MessageStore::open(&dir, &live, &cfg(false, 64)).unwrap();
         assert_eq!(rec[&7].len(), 1);
     }
 }

@@ -57,23 +57,22 @@ pub struct Opened {
 }
 
 impl Store {
-    pub fn open(dir: &Path, fsync: bool, segment_size: u64) -> Result<Opened, StoreError> {
+    pub fn open(dir: &Path, config: &crate::config::StoreConfig) -> Result<Opened, StoreError> {
         let err = |what: &str, e: std::io::Error| {
             StoreError(format!("{what} in data dir {}: {e}", dir.display()))
         };
         fs::create_dir_all(dir).map_err(|e| unusable(dir, &e))?;
         let lock = lock(dir)?;
         let node_id = meta(dir)?;
-        let (topology, snapshot) =
-            TopologyLog::open(dir, fsync).map_err(|e| err("cannot read the topology log", e))?;
+        let (topology, snapshot) = TopologyLog::open(dir, config.fsync)
+            .map_err(|e| err("cannot read the topology log", e))?;
         let live: HashSet<u64> = snapshot
             .vhosts
             .values()
             .flat_map(|v| v.queues.values().map(|q| q.qid))
             .collect();
-        let (messages, recovered) =
-            MessageStore::open(&dir.join("messages"), &live, fsync, segment_size)
-                .map_err(|e| err("cannot read the message store", e))?;
+        let (messages, recovered) = MessageStore::open(&dir.join("messages"), &live, config)
+            .map_err(|e| err("cannot read the message store", e))?;
         let store = Arc::new(Store {
             topology,
             messages,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// No record is larger than this (a 512 MiB message plus its metadata).
 const MAX_RECORD: usize = 600 * 1024 * 1024;
-const HEADER: usize = 8;
+pub const HEADER: usize = 8;
 
 pub fn append(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -35,6 +35,12 @@ fn valid_at(data: &[u8], pos: usize) -> Option<usize> {
     }
     let payload = data.get(pos + HEADER..pos + HEADER + len)?;
     (crc32fast::hash(payload) == crc).then_some(len)
+}
+
+/// Where the payload of the valid record at `pos` lies in `data`, if it is valid.
+pub fn payload_at(data: &[u8], pos: usize) -> Option<std::ops::Range<usize>> {
+    let len = valid_at(data, pos)?;
+    Some(pos + HEADER..pos + HEADER + len)
 }
 
 /// What a scan found wrong.
