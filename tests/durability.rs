@@ -712,3 +712,48 @@ async fn a_recovered_backlog_stays_on_disk_until_consumed() {
     assert!(got == want, "priority order, FIFO within a priority");
     assert_eq!(queue_ram(&broker, "deep"), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_backlogs_page_out_too_and_are_gone_after_a_restart() {
+    if skip_external() {
+        return;
+    }
+    let args = ["--set", "store.resident_messages=40"];
+    let broker = Broker::spawn_warren(&args);
+    let all = deep_bodies(2000);
+    let (conn, ch) = broker.channel().await;
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    // A non-durable queue, and a durable one holding transient and persistent messages.
+    declare_queue(&ch, "plain").await;
+    declare_durable(&ch, "mixed", no_args()).await;
+    confirm_publish(&ch, "plain", &all, BasicProperties::default()).await;
+    for (i, chunk) in all.chunks(100).enumerate() {
+        let props = if i % 2 == 0 {
+            BasicProperties::default()
+        } else {
+            persistent()
+        };
+        confirm_publish(&ch, "mixed", chunk, props).await;
+    }
+    assert!(queue_ram(&broker, "plain").1 <= 40);
+    assert!(queue_ram(&broker, "mixed").1 <= 40);
+    let got: Vec<String> = drain(&ch, "plain").await.into_iter().map(|m| m.0).collect();
+    assert!(got == all, "transient backlog back in order");
+    drop((ch, conn));
+
+    let (dir, status) = broker.stop();
+    assert!(status.success());
+    let broker = Broker::spawn_in(dir, &args);
+    let (_conn, ch) = broker.channel().await;
+    let want: Vec<String> = all
+        .chunks(100)
+        .skip(1)
+        .step_by(2)
+        .flatten()
+        .cloned()
+        .collect();
+    let got: Vec<String> = drain(&ch, "mixed").await.into_iter().map(|m| m.0).collect();
+    assert!(got == want, "only the persistent ones survive, in order");
+}

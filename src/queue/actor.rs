@@ -59,7 +59,7 @@ pub(super) struct QueueActor {
     may_expire: bool,
     /// `x-expires`: when the queue, unused until then, deletes itself.
     idle_deadline: Option<Instant>,
-    /// A durable queue's link to the message store.
+    /// The link to the message store (journaling for a durable queue; paging for all).
     store: Option<StoreLink>,
 }
 
@@ -102,7 +102,9 @@ impl QueueActor {
             ready: Ready::new(
                 args.max_priority,
                 handle.admission.clone(),
-                store.as_ref().map(|s| Pager::new(s.store.clone())),
+                store
+                    .as_ref()
+                    .map(|s| Pager::new(s.store.clone(), s.tokens.clone())),
             ),
             may_expire: args.message_ttl.is_some(),
             idle_deadline: None,
@@ -234,8 +236,11 @@ impl QueueActor {
                 self.touch();
                 let mut expired = Vec::new();
                 let got = self.ready.pop_live(self.now(), &mut expired).map(|e| {
-                    if let (Some(st), false, Some(s)) = (&e.stored, e.redelivered, &self.store) {
-                        s.store.delivered(s.qid, vec![st.id]);
+                    if let (Some(id), false) = (
+                        e.stored.as_ref().and_then(|s| s.durable_id()),
+                        e.redelivered,
+                    ) {
+                        self.mark_delivered(vec![id]);
                     }
                     let got = GetOk {
                         msg_id: e.id,
@@ -445,22 +450,22 @@ impl QueueActor {
 
     /// The store token for a persistent message, if this queue is durable.
     fn token(&self, message: &Message) -> Option<Stored> {
-        let store = self.store.as_ref()?;
-        Some(store.token(message.store_id?))
+        self.store.as_ref()?.token(message.store_id?)
     }
 
     /// Record first deliveries of stored messages, so that after a crash they come back
     /// flagged redelivered.
     fn mark_delivered(&self, ids: Vec<u64>) {
         if let Some(s) = &self.store {
-            s.store.delivered(s.qid, ids);
+            s.delivered(ids);
         }
     }
 
     /// A message found in the store at start-up.
     fn restore(&mut self, r: Recovered) {
-        let Some(store) = &self.store else { return };
-        let stored = store.token(r.store_id);
+        let Some(stored) = self.store.as_ref().and_then(|s| s.token(r.store_id)) else {
+            return;
+        };
         let id = self.next_id;
         self.next_id += 1;
         let priority = match self.args.max_priority {
@@ -654,8 +659,11 @@ impl QueueActor {
                 self.consumers.untake(i);
                 break;
             };
-            if let (Some(st), false) = (&e.stored, e.redelivered) {
-                first_deliveries.push(st.id);
+            if let (Some(id), false) = (
+                e.stored.as_ref().and_then(|s| s.durable_id()),
+                e.redelivered,
+            ) {
+                first_deliveries.push(id);
             }
             let c = &self.consumers[i];
             let d = Delivery {

@@ -231,13 +231,11 @@ impl QueueHandle {
             tx,
             urgent: urgent_tx,
         });
-        let store = match (
-            spec.store_qid,
-            vhost.upgrade().and_then(|v| v.store().cloned()),
-        ) {
-            (Some(qid), Some(s)) => Some(stored::StoreLink::new(s.messages.clone(), qid)),
-            _ => None,
-        };
+        // Every queue of a broker with a store can page out; durable ones also journal.
+        let store = vhost
+            .upgrade()
+            .and_then(|v| v.store().cloned())
+            .map(|s| stored::StoreLink::new(s.messages.clone(), spec.store_qid));
         actor::QueueActor::start(&handle, args, vhost, store, spec.recovered, rx);
         handle
     }

@@ -6,10 +6,11 @@
 //! id, because delivery always takes a level's head. Requeue inserts by id, which puts a
 //! message back exactly where it was within its priority.
 //!
-//! Paging: a durable queue keeps the bodies of only its oldest ready persistent messages
-//! in memory (`store.resident_messages`). A message published while the queue is longer
-//! than that is paged out once the store has written it (its entry keeps an index slot,
-//! not the body); taking a paged message off the head reads it back from the store,
+//! Paging: a queue keeps the bodies of only its oldest ready messages in memory
+//! (`store.resident_messages`). A message published while the queue is longer than that
+//! is paged out once the store has written it (a persistent message of a durable queue is
+//! there already; others get a transient copy, dropped at restart); its entry keeps the
+//! store id, not the body; taking a paged message off the head reads it back from the store,
 //! together with the paged messages behind it, so a draining backlog costs one read per
 //! batch. Everything that takes a message out ([`Ready::pop_front`] and friends) hands
 //! back a resident [`Entry`]; only [`Ready::drain`] (purge, delete) doesn't need bodies.
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::admission::Admission;
-use super::stored::Stored;
+use super::stored::{Stored, Tokens};
 use crate::message::Message;
 use crate::store::MessageStore;
 
@@ -101,9 +102,10 @@ pub(super) struct Restored {
     pub stored: Stored,
 }
 
-/// A durable queue's link to the store for paging.
+/// A queue's link to the store for paging.
 pub(super) struct Pager {
     store: Arc<MessageStore>,
+    tokens: Tokens,
     /// Bodies kept in memory at the head of the queue.
     resident: usize,
     /// Messages to page out once the store has written them: (level, entry id, store id),
@@ -112,10 +114,11 @@ pub(super) struct Pager {
 }
 
 impl Pager {
-    pub fn new(store: Arc<MessageStore>) -> Pager {
+    pub fn new(store: Arc<MessageStore>, tokens: Tokens) -> Pager {
         Pager {
             resident: store.resident(),
             store,
+            tokens,
             pending: VecDeque::new(),
         }
     }
@@ -174,12 +177,17 @@ impl Ready {
     }
 
     /// A newly published message (already admitted by its publisher).
-    pub fn push_back(&mut self, e: Entry) {
+    pub fn push_back(&mut self, mut e: Entry) {
         self.len += 1;
         self.bytes += e.message.body.len() as u64;
-        if let (Some(p), Some(st)) = (&mut self.pager, &e.stored) {
+        if let Some(p) = &mut self.pager {
             if self.len > p.resident {
-                p.pending.push_back((e.priority, e.id, st.id));
+                // Not in the store on this queue's behalf yet (transient, or a
+                // non-durable queue): write a copy that only paging uses.
+                let stored = e.stored.get_or_insert_with(|| {
+                    p.tokens.transient(p.store.persist_transient(&e.message))
+                });
+                p.pending.push_back((e.priority, e.id, stored.id()));
             }
         }
         let level = e.priority as usize;
@@ -258,7 +266,7 @@ impl Ready {
             .take(n)
             .enumerate()
             .filter(|(_, q)| q.message.is_none())
-            .filter_map(|(i, q)| Some((i, q.stored.as_ref()?.id)))
+            .filter_map(|(i, q)| Some((i, q.stored.as_ref()?.id())))
             .unzip();
         let read = p.store.read(&ids);
         let mut lost = Vec::new();

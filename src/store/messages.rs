@@ -19,6 +19,8 @@
 //!
 //! Records (payloads, inside [`super::record`] framing):
 //! - `M` id, queue ids, exchange, routing key, properties, body
+//! - `T` id, (no queues), exchange, routing key, properties, body: a transient copy
+//!   written only to page a message out of a queue's memory; never recovered, never synced
 //! - `A` queue id, message ids (let go of)
 //! - `D` queue id, message ids (delivered at least once)
 
@@ -49,6 +51,8 @@ enum Op {
         qid: u64,
         ids: Vec<u64>,
     },
+    /// Transient copies let go of: nothing to journal, just the index.
+    Release(Vec<u64>),
     Delivered {
         qid: u64,
         ids: Vec<u64>,
@@ -59,6 +63,7 @@ enum Op {
 
 struct Persist {
     id: u64,
+    /// Empty for a transient copy.
     qids: Vec<u64>,
     exchange: Bytes,
     routing_key: Bytes,
@@ -287,6 +292,32 @@ impl MessageStore {
         id
     }
 
+    /// Write a transient copy of a message so a queue can drop its body from memory
+    /// (read back with [`MessageStore::read`] once [`MessageStore::synced`] covers it).
+    pub fn persist_transient(&self, m: &Message) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
+        let op = Op::Persist(Box::new(Persist {
+            id,
+            qids: Vec::new(),
+            exchange: m.exchange.clone(),
+            routing_key: m.routing_key.clone(),
+            properties: m.properties.clone(),
+            body: m.body.clone(),
+            waiter: None,
+        }));
+        if !self.send(op) {
+            self.broken.store(true, Ordering::Release);
+        }
+        id
+    }
+
+    /// A queue let go of these transient copies.
+    pub fn release(&self, ids: Vec<u64>) {
+        if !ids.is_empty() && !self.closed.load(Ordering::Acquire) {
+            self.send(Op::Release(ids));
+        }
+    }
+
     /// A durable queue let go of these messages for good.
     pub fn ack(&self, qid: u64, ids: Vec<u64>) {
         if !ids.is_empty() && !self.closed.load(Ordering::Acquire) {
@@ -387,6 +418,7 @@ impl Writer {
         while let Ok(first) = rx.recv() {
             buf.clear();
             let mut ids = Vec::new();
+            let mut durable = false;
             let mut fresh = Vec::new();
             let mut waiters: Vec<EventTx> = Vec::new();
             let mut flushes = Vec::new();
@@ -396,6 +428,7 @@ impl Writer {
                 match op {
                     Op::Persist(p) => {
                         fresh.push(self.encode_message(&mut buf, &p));
+                        durable |= !p.qids.is_empty();
                         ids.push(p.id);
                         if let Some(w) = p.waiter {
                             if !waiters.iter().any(|x| x.same_channel(&w)) {
@@ -412,6 +445,7 @@ impl Writer {
                         });
                         acks.extend(ids);
                     }
+                    Op::Release(ids) => acks.extend(ids),
                     Op::Delivered { qid, ids } => record::append_with(&mut buf, |o| {
                         o.put_u8(b'D');
                         o.put_u64(qid);
@@ -427,7 +461,7 @@ impl Writer {
                     None
                 };
             }
-            let stored = self.write(&buf, !ids.is_empty() || !flushes.is_empty());
+            let stored = self.write(&buf, durable || !flushes.is_empty());
             {
                 // Index what was written (before the watermark says it can be read back),
                 // then let go of what queues released.
@@ -463,7 +497,7 @@ impl Writer {
     fn encode_message(&mut self, buf: &mut Vec<u8>, p: &Persist) -> (u64, Ref) {
         let start = buf.len() + record::HEADER;
         record::append_with(buf, |o| {
-            o.put_u8(b'M');
+            o.put_u8(if p.qids.is_empty() { b'T' } else { b'M' });
             o.put_u64(p.id);
             o.put_u16(p.qids.len() as u16);
             p.qids.iter().for_each(|q| o.put_u64(*q));
@@ -474,7 +508,7 @@ impl Writer {
         });
         *self.live.entry(self.segment).or_default() += 1;
         let r = Ref {
-            holders: p.qids.len() as u32,
+            holders: p.qids.len().max(1) as u32,
             segment: self.segment as u32,
             offset: self.written + start as u64,
             len: (buf.len() - start) as u32,
@@ -637,6 +671,9 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
             };
             let id = rec.id;
             r.max_id = r.max_id.max(id);
+            if !rec.durable {
+                return;
+            }
             let holders: Vec<u64> = rec
                 .qids
                 .iter()
@@ -687,15 +724,19 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
 /// A message record's id, queues, and where its four byte strings lie in the payload.
 struct MessageRecord {
     id: u64,
+    /// `M`, not a transient `T` copy.
+    durable: bool,
     qids: Vec<u64>,
     fields: [std::ops::Range<usize>; 4],
 }
 
 fn parse_message(payload: &[u8]) -> Option<MessageRecord> {
     let mut g = Get::new(payload);
-    if g.u8()? != b'M' {
-        return None;
-    }
+    let durable = match g.u8()? {
+        b'M' => true,
+        b'T' => false,
+        _ => return None,
+    };
     let id = g.u64()?;
     let n = g.u16()?;
     let mut qids = Vec::with_capacity(n as usize);
@@ -709,7 +750,12 @@ fn parse_message(payload: &[u8]) -> Option<MessageRecord> {
         Some(start..start + s.len())
     };
     let fields = [field()?, field()?, field()?, field()?];
-    Some(MessageRecord { id, qids, fields })
+    Some(MessageRecord {
+        id,
+        durable,
+        qids,
+        fields,
+    })
 }
 
 impl MessageRecord {
