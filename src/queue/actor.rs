@@ -145,14 +145,14 @@ impl QueueActor {
                 }
                 Wake::Timer => self.on_timer(),
             }
-            self.ready.page_out();
-            self.flush_store();
             while !self.deleted && self.deliver() {
                 // More could go out but the budget ran out: let others run, then go on
                 // (commands that arrived meanwhile are handled first).
                 tokio::task::yield_now().await;
                 self.handle_burst(&mut rx, &mut 0);
             }
+            // After deliveries: what is still deep in the queue now pages out.
+            self.ready.page_out();
             self.flush_store();
             self.publish_gauges();
             if self.deleted {
