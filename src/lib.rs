@@ -23,6 +23,8 @@
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
 //! - [`alarm`]: memory and disk alarms that block publishers while they last.
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
+//! - [`policy`]: policies and operator policies: validation, matching, and how they
+//!   merge with a queue's own arguments.
 //! - [`error`]: protocol errors as values carrying their reply codes.
 //! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
 
@@ -41,6 +43,7 @@ pub mod exchange;
 pub mod logfile;
 pub mod message;
 pub mod perf;
+pub mod policy;
 pub mod protocol;
 pub mod queue;
 pub mod server;

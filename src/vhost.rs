@@ -12,8 +12,10 @@ use amq_protocol::types::FieldTable;
 
 use crate::arguments::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
 use crate::error::{rs, AmqpError};
+use crate::policy::{Kind, Policy, PolicySet};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
-use crate::queue::{QueueHandle, QueueSpec};
+use crate::queue::args::QueueArgs;
+use crate::queue::{QueueCmd, QueueHandle, QueueSpec};
 use crate::store::topology::{BindingDef, ExchangeDef, QueueDef, VhostDefs};
 use crate::store::{Change, Recovered, Store};
 
@@ -41,6 +43,21 @@ pub struct Vhost {
     me: Weak<Vhost>,
     /// Where durable changes and persistent messages go (None: nothing is kept).
     store: Option<Arc<Store>>,
+    /// Policies and operator policies (see `policy.rs`): read when a queue or exchange
+    /// is created, written by set/clear, which then push the change to what matches.
+    /// Taken after `topology` when both are needed, never across an await.
+    policies: RwLock<PolicySet>,
+    /// Defaults for queues created here that do not come from their arguments.
+    queue_defaults: RwLock<QueueDefaults>,
+}
+
+/// Broker-wide settings every queue of a vhost starts with (from the configuration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueDefaults {
+    /// `amqp.consumer_timeout` in ms (None: off).
+    pub consumer_timeout: Option<u64>,
+    /// `amqp.consumer_timeout_action = "close_channel"`: RabbitMQ's behaviour.
+    pub timeout_closes_channel: bool,
 }
 
 pub struct ExchangeDecl<'a> {
@@ -96,6 +113,8 @@ impl Vhost {
             version: AtomicU64::new(1),
             me: me.clone(),
             store,
+            policies: RwLock::default(),
+            queue_defaults: RwLock::default(),
         })
     }
 
@@ -146,6 +165,7 @@ impl Vhost {
                 arguments: q.arguments.clone(),
                 store_qid: Some(q.qid),
                 recovered: messages.remove(&q.qid).unwrap_or_default(),
+                queue_args: self.queue_args(name, &q.arguments),
             };
             t.queues.insert(
                 name.clone(),
@@ -321,17 +341,16 @@ impl Vhost {
                 },
             });
         }
-        t.exchanges.insert(
-            d.name.to_owned(),
-            Exchange::new(
-                d.name,
-                kind,
-                d.durable,
-                d.auto_delete,
-                d.internal,
-                d.arguments,
-            ),
+        let mut x = Exchange::new(
+            d.name,
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments,
         );
+        self.apply_exchange_policy(&mut x);
+        t.exchanges.insert(d.name.to_owned(), x);
         drop(t);
         self.sync_log();
         Ok(())
@@ -399,6 +418,93 @@ impl Vhost {
         }
         for x in emptied {
             self.remove_exchange(t, &x);
+        }
+    }
+
+    // ---- policies ----
+
+    fn policy_set(&self) -> std::sync::RwLockReadGuard<'_, PolicySet> {
+        self.policies.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Set the defaults queues created from now on start with (the broker does, at start).
+    pub fn set_queue_defaults(&self, d: QueueDefaults) {
+        *self.queue_defaults.write().unwrap_or_else(|e| e.into_inner()) = d;
+    }
+
+    /// What a queue named `name` declared with `declared` runs with: its arguments
+    /// merged with the policies that match it, and the broker's defaults.
+    fn queue_args(&self, name: &str, declared: &FieldTable) -> QueueArgs {
+        let effective = self.policy_set().queue_arguments(name, declared);
+        let defaults = *self.queue_defaults.read().unwrap_or_else(|e| e.into_inner());
+        let mut args = QueueArgs::parse(&effective);
+        if args.consumer_timeout.is_none() {
+            args.consumer_timeout = defaults.consumer_timeout;
+        }
+        args.timeout_closes_channel = defaults.timeout_closes_channel;
+        args
+    }
+
+    fn apply_exchange_policy(&self, x: &mut Exchange) {
+        x.alternate = self
+            .policy_set()
+            .alternate_exchange(&x.name, &x.arguments)
+            .map(Arc::from);
+    }
+
+    /// Add or replace a policy, then apply the policies to every queue and exchange.
+    pub fn set_policy(&self, kind: Kind, policy: Policy) {
+        let ignored = crate::policy::ignored_keys(&policy.definition);
+        if !ignored.is_empty() {
+            tracing::info!(
+                vhost = %self.name,
+                policy = %policy.name,
+                keys = ?ignored,
+                "policy keys accepted but without effect in warren (no mirroring, no lazy mode, no streams)"
+            );
+        }
+        self.policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .of_mut(kind)
+            .insert(policy.name.clone(), policy);
+        self.apply_policies();
+    }
+
+    /// Remove a policy; false if there is none of that name.
+    pub fn clear_policy(&self, kind: Kind, name: &str) -> bool {
+        let removed = self
+            .policies
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .of_mut(kind)
+            .remove(name)
+            .is_some();
+        if removed {
+            self.apply_policies();
+        }
+        removed
+    }
+
+    /// The policies of a kind, by name.
+    pub fn policies(&self, kind: Kind) -> Vec<Policy> {
+        self.policy_set().of(kind).values().cloned().collect()
+    }
+
+    /// Re-evaluate every queue and exchange after a policy change (rabbit_policy's
+    /// update_matched_objects): exchanges get their alternate exchange again, queues
+    /// their effective arguments (the actor applies them: see `QueueCmd::ArgsChanged`).
+    fn apply_policies(&self) {
+        let queues: Vec<Arc<QueueHandle>> = {
+            let mut t = self.write();
+            for x in t.exchanges.values_mut() {
+                self.apply_exchange_policy(x);
+            }
+            t.queues.values().cloned().collect()
+        };
+        for q in queues {
+            let args = self.queue_args(&q.name, &q.arguments);
+            q.send(QueueCmd::ArgsChanged(Box::new(args)));
         }
     }
 
@@ -480,9 +586,10 @@ impl Vhost {
             durable,
             exclusive_owner: owner,
             auto_delete: d.auto_delete,
-            arguments: d.arguments,
             store_qid,
             recovered: Vec::new(),
+            queue_args: self.queue_args(&d.name, &d.arguments),
+            arguments: d.arguments,
         };
         let q = QueueHandle::spawn(spec, self.me.clone(), self.name.clone());
         t.queues.insert(d.name, q.clone());

@@ -203,6 +203,7 @@ impl Channel {
                 // Consumer gone (server-side cancel raced it): give the message back.
                 if let Some(q) = self.queues.get(&d.queue_id) {
                     q.send(QueueCmd::Settle {
+                        channel_uid: self.uid,
                         ids: vec![d.msg_id],
                         how: Settle::Requeue,
                     });
@@ -370,7 +371,11 @@ impl Channel {
             }
         }
         for (q, ids) in per_queue {
-            q.send(QueueCmd::Settle { ids, how });
+            q.send(QueueCmd::Settle {
+                channel_uid: self.uid,
+                ids,
+                how,
+            });
         }
         if self.limiter.release(counted) {
             // The channel was at its global prefetch: other queues may be waiting on it.

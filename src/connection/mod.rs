@@ -607,6 +607,17 @@ impl Connection {
                 let _ = reply.send(infos);
             }
             ConnEvent::Close(e) => return Err(e),
+            ConnEvent::CloseChannel { channel_uid, error } => {
+                if let Some((&number, ch)) = channels
+                    .iter_mut()
+                    .find(|(_, c)| c.uid == channel_uid && c.state == State::Open)
+                {
+                    tracing::warn!(peer = %self.peer, channel = number, "channel error: {}", error.text);
+                    ch.teardown();
+                    ch.state = State::Closing;
+                    s.send(number, channel_close_method(&error));
+                }
+            }
         }
         Ok(())
     }

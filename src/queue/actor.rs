@@ -5,13 +5,14 @@
 //! Time-based rules (message TTL, `x-expires`) are one timer: the actor sleeps until the
 //! earliest deadline only when it has one, so a queue without them never looks at a clock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::dispatch::Consumers;
+use super::quorum;
 use super::ready::{Entry, Pager, Ready, Restored};
 use super::stored::{StoreLink, Stored};
 use super::{
@@ -36,6 +37,9 @@ struct Unacked {
     channel_uid: u64,
     /// The consumer whose credit it holds (None for basic.get).
     consumer_uid: Option<u64>,
+    /// When the consumer timeout fires for it (None: no timeout). Also tells this
+    /// delivery from a later one of the same message in `timeouts`.
+    timeout_at: Option<Instant>,
 }
 
 pub(super) struct QueueActor {
@@ -61,6 +65,10 @@ pub(super) struct QueueActor {
     idle_deadline: Option<Instant>,
     /// The link to the message store (journaling for a durable queue; paging for all).
     store: Option<StoreLink>,
+    /// Consumer timeouts of unacked deliveries, in delivery order (so in deadline
+    /// order): (deadline, message id). Entries whose delivery was settled meanwhile are
+    /// skipped when they come up.
+    timeouts: VecDeque<(Instant, u64)>,
 }
 
 /// How much work a command is, for bounding a burst.
@@ -101,7 +109,7 @@ impl QueueActor {
             auto_delete: handle.auto_delete,
             ready: Ready::new(
                 args.max_priority,
-                handle.admission.clone(),
+                handle.admission.get().cloned(),
                 store
                     .as_ref()
                     .map(|s| Pager::new(s.store.clone(), s.tokens.clone())),
@@ -116,6 +124,7 @@ impl QueueActor {
             had_consumer: false,
             deleted: false,
             store,
+            timeouts: VecDeque::new(),
         };
         actor.touch();
         for r in recovered {
@@ -215,7 +224,11 @@ impl QueueActor {
                 });
                 self.consumers_changed();
             }
-            QueueCmd::Settle { ids, how } => self.settle(ids, how),
+            QueueCmd::Settle {
+                channel_uid,
+                ids,
+                how,
+            } => self.settle(Some(channel_uid), ids, how),
             QueueCmd::ChannelDown { channel_uid, done } => {
                 self.consumers.retain(|c| c.channel_uid != channel_uid);
                 self.requeue_channel(channel_uid);
@@ -249,12 +262,17 @@ impl QueueActor {
                         remaining: self.ready.len() as u32,
                     };
                     if !no_ack {
+                        let timeout_at = self.timeout_deadline();
+                        if let Some(at) = timeout_at {
+                            self.timeouts.push_back((at, e.id));
+                        }
                         self.unacked.insert(
                             e.id,
                             Unacked {
                                 entry: e,
                                 channel_uid,
                                 consumer_uid: None,
+                                timeout_at,
                             },
                         );
                     }
@@ -319,6 +337,77 @@ impl QueueActor {
             QueueCmd::Kick => {}
             QueueCmd::Touch => self.touch(),
             QueueCmd::Refused(m) => self.dead_letter_messages(vec![m], Reason::Maxlen),
+            QueueCmd::ArgsChanged(args) => self.args_changed(*args),
+        }
+    }
+
+    /// A policy changed what the queue runs with (rabbit_amqqueue_process:
+    /// process_args_policy): limits, TTL, expiry and dead-lettering take effect now; a
+    /// lower length limit drops (dead-letters) from the head at once, paged messages
+    /// included. Per-message expiry already fixed stays, as in RabbitMQ.
+    fn args_changed(&mut self, new: QueueArgs) {
+        let new = QueueArgs {
+            // Declared-only properties: a policy can't change them.
+            max_priority: self.args.max_priority,
+            single_active_consumer: self.args.single_active_consumer,
+            ..new
+        };
+        let old = std::mem::replace(&mut self.args, new);
+        self.dead_letter = self
+            .args
+            .dead_letter_exchange
+            .clone()
+            .map(|exchange| DeadLetterTarget {
+                exchange,
+                routing_key: self.args.dead_letter_routing_key.clone(),
+            });
+        if self.args.message_ttl.is_some() {
+            self.may_expire = true;
+        }
+        if old.expires != self.args.expires {
+            self.idle_deadline = None;
+            self.touch();
+        }
+        self.update_admission();
+        if self.over_limit() {
+            let mut dropped = Vec::new();
+            while self.over_limit() {
+                match self.ready.pop_front() {
+                    Some(e) => dropped.push(e),
+                    None => break,
+                }
+            }
+            self.dead_letter(dropped, Reason::Maxlen);
+        }
+    }
+
+    /// Keep reject-publish admission in step with the arguments: installed the first
+    /// time a policy asks for it, reconfigured or disabled afterwards.
+    fn update_admission(&mut self) {
+        let Some(handle) = self.handle.upgrade() else {
+            return;
+        };
+        let wanted = self.args.admission_control();
+        let dlx = self.args.overflow == Overflow::RejectPublishDlx;
+        match handle.admission.get() {
+            Some(a) => {
+                if wanted && !a.enabled() {
+                    a.reset(self.ready.len() as u64, self.ready.bytes());
+                }
+                a.reconfigure(wanted, self.args.max_length, self.args.max_length_bytes, dlx);
+            }
+            None if wanted => {
+                let a = Arc::new(super::admission::Admission::new(
+                    self.args.max_length,
+                    self.args.max_length_bytes,
+                    dlx,
+                ));
+                a.reset(self.ready.len() as u64, self.ready.bytes());
+                if handle.admission.set(a.clone()).is_ok() {
+                    self.ready.set_admission(a);
+                }
+            }
+            None => {}
         }
     }
 
@@ -341,10 +430,8 @@ impl QueueActor {
         } else {
             None
         };
-        match (expiry, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let timeout = self.timeouts.front().map(|t| t.0);
+        [expiry, idle, timeout].into_iter().flatten().min()
     }
 
     fn on_timer(&mut self) {
@@ -352,10 +439,64 @@ impl QueueActor {
         if self.may_expire {
             self.expire(now);
         }
+        self.consumer_timeouts(now);
         if self.consumers.is_empty() && self.idle_deadline.is_some_and(|at| at <= now) {
             tracing::debug!(queue = %self.name, "queue expired (x-expires)");
             self.remove_from_vhost();
             self.shut_down();
+        }
+    }
+
+    /// Deliveries left unacknowledged past the consumer timeout. Warren's default
+    /// requeues each such delivery (its consumer keeps its channel; a late ack of it is
+    /// ignored); with `amqp.consumer_timeout_action = "close_channel"` the consumer's
+    /// channel is closed as RabbitMQ does, which requeues everything it had unacked.
+    fn consumer_timeouts(&mut self, now: Instant) {
+        let mut requeue = Vec::new();
+        let mut closed: Vec<u64> = Vec::new();
+        while let Some(&(at, id)) = self.timeouts.front() {
+            if at > now {
+                break;
+            }
+            self.timeouts.pop_front();
+            let Some(u) = self.unacked.get(&id).filter(|u| u.timeout_at == Some(at)) else {
+                continue;
+            };
+            let timeout_ms = self.args.consumer_timeout.unwrap_or(0);
+            let consumer = u.consumer_uid.and_then(|c| self.consumers.by_uid(c));
+            match consumer {
+                Some(c) if self.args.timeout_closes_channel => {
+                    if !closed.contains(&c.channel_uid) {
+                        closed.push(c.channel_uid);
+                        tracing::warn!(
+                            queue = %self.name,
+                            channel = c.channel,
+                            timeout_ms,
+                            "consumer timeout: closing the channel"
+                        );
+                        let _ = c.events.send(ConnEvent::CloseChannel {
+                            channel_uid: c.channel_uid,
+                            error: AmqpError::precondition_failed(format!(
+                                "delivery acknowledgement on channel {} timed out. Timeout value \
+                                 used: {timeout_ms} ms. This timeout value can be configured, see \
+                                 consumers doc guide to learn more",
+                                c.channel
+                            )),
+                        });
+                    }
+                }
+                _ => {
+                    tracing::warn!(
+                        queue = %self.name,
+                        timeout_ms,
+                        "consumer timeout: delivery not acknowledged in time, requeued"
+                    );
+                    requeue.push(id);
+                }
+            }
+        }
+        if !requeue.is_empty() {
+            self.settle(None, requeue, Settle::Requeue);
         }
     }
 
@@ -578,9 +719,17 @@ impl QueueActor {
         Ok(())
     }
 
-    fn settle(&mut self, ids: Vec<u64>, how: Settle) {
+    /// Settle deliveries. `channel`, when given, is the channel settling them: a
+    /// delivery that has meanwhile gone to another channel (requeued by a consumer
+    /// timeout, then redelivered) is not its to settle.
+    fn settle(&mut self, channel: Option<u64>, ids: Vec<u64>, how: Settle) {
         let mut dead = Vec::new();
+        let mut limit_exceeded = Vec::new();
         for id in ids {
+            if channel.is_some_and(|ch| self.unacked.get(&id).is_some_and(|u| u.channel_uid != ch))
+            {
+                continue;
+            }
             let Some(u) = self.unacked.remove(&id) else {
                 continue;
             };
@@ -590,16 +739,46 @@ impl QueueActor {
                 }
             }
             match how {
-                Settle::Requeue => {
-                    let mut e = u.entry;
-                    e.redelivered = true;
-                    self.ready.requeue(e);
-                }
+                Settle::Requeue => match self.returned(u.entry) {
+                    Ok(mut e) => {
+                        e.redelivered = true;
+                        self.ready.requeue(e);
+                    }
+                    Err(e) => limit_exceeded.push(e),
+                },
                 Settle::Discard => dead.push(u.entry),
                 Settle::Ack => {}
             }
         }
         self.dead_letter(dead, Reason::Rejected);
+        self.dead_letter(limit_exceeded, Reason::DeliveryLimit);
+    }
+
+    /// A delivery comes back to a quorum queue: one more failed delivery for it. Err
+    /// when that exceeds the delivery limit (see `quorum.rs`).
+    fn returned(&self, mut e: Entry) -> Result<Entry, Entry> {
+        if !self.args.quorum {
+            return Ok(e);
+        }
+        let count = quorum::delivery_count(&e.message) + 1;
+        if self
+            .args
+            .delivery_limit
+            .is_some_and(|limit| count as u64 > limit)
+        {
+            return Err(e);
+        }
+        if let Some(m) = quorum::with_delivery_count(&e.message, count) {
+            e.message = Arc::new(m);
+        }
+        Ok(e)
+    }
+
+    /// When a delivery made now times out, if the queue has a consumer timeout.
+    fn timeout_deadline(&self) -> Option<Instant> {
+        self.args
+            .consumer_timeout
+            .map(|ms| Instant::now() + Duration::from_millis(ms))
     }
 
     fn requeue_channel(&mut self, channel_uid: u64) {
@@ -609,7 +788,7 @@ impl QueueActor {
             .filter(|(_, u)| u.channel_uid == channel_uid)
             .map(|(id, _)| *id)
             .collect();
-        self.settle(ids, Settle::Requeue);
+        self.settle(None, ids, Settle::Requeue);
     }
 
     fn maybe_auto_delete(&mut self) {
@@ -636,6 +815,7 @@ impl QueueActor {
         }
         self.ready.drain();
         self.unacked.clear();
+        self.timeouts.clear();
         self.deleted = true;
     }
 
@@ -651,6 +831,8 @@ impl QueueActor {
         let now = self.now();
         let mut expired = Vec::new();
         let mut first_deliveries = Vec::new();
+        // One clock read per batch, not per message.
+        let timeout_at = self.timeout_deadline();
         while budget > 0 && !self.ready.is_empty() {
             let Some(i) = self.consumers.pick() else {
                 break;
@@ -676,12 +858,16 @@ impl QueueActor {
                 redelivered: e.redelivered,
             };
             if !c.no_ack {
+                if let Some(at) = timeout_at {
+                    self.timeouts.push_back((at, e.id));
+                }
                 self.unacked.insert(
                     e.id,
                     Unacked {
                         entry: e,
                         channel_uid: c.channel_uid,
                         consumer_uid: Some(c.uid),
+                        timeout_at,
                     },
                 );
             }
