@@ -39,6 +39,14 @@ fn arg(req: &Request, i: usize) -> Result<&str> {
     })
 }
 
+fn policy_kind(command: &str) -> crate::policy::Kind {
+    if command.contains("operator") {
+        crate::policy::Kind::Operator
+    } else {
+        crate::policy::Kind::Policy
+    }
+}
+
 fn ok() -> Result {
     Ok(Response::default())
 }
@@ -249,6 +257,64 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             json!(p.configure.as_str()),
                             json!(p.write.as_str()),
                             json!(p.read.as_str()),
+                        ]
+                    })
+                    .collect(),
+            ))
+        }
+        "set_policy" | "set_operator_policy" => {
+            need_vhost()?;
+            let kind = policy_kind(&req.command);
+            let definition: Value = serde_json::from_str(arg(req, 2)?).map_err(|e| {
+                Response::error(EX_DATAERR, format!("Could not parse JSON document: {e}"))
+            })?;
+            let priority = match req.flags.get("priority") {
+                None => 0,
+                Some(p) => p.parse::<i64>().map_err(|_| {
+                    Response::error(EX_DATAERR, format!("\"{p}\" priority must be a number"))
+                })?,
+            };
+            let apply_to = req.flags.get("apply-to").map_or("all", String::as_str);
+            broker
+                .set_policy(
+                    kind,
+                    &vhost,
+                    arg(req, 0)?,
+                    arg(req, 1)?,
+                    &definition,
+                    priority,
+                    apply_to,
+                )
+                .map_err(|e| Response::error(EX_DATAERR, format!("Validation failed\n\n{e}")))?;
+            ok()
+        }
+        "clear_policy" | "clear_operator_policy" => {
+            need_vhost()?;
+            if !broker.clear_policy(policy_kind(&req.command), &vhost, arg(req, 0)?) {
+                return Err(Response::error(EX_DATAERR, "Parameter does not exist"));
+            }
+            ok()
+        }
+        "list_policies" | "list_operator_policies" => {
+            need_vhost()?;
+            let kind = if req.command == "list_policies" {
+                crate::policy::Kind::Policy
+            } else {
+                crate::policy::Kind::Operator
+            };
+            Ok(Response::table(
+                cols(&["vhost", "name", "pattern", "apply-to", "definition", "priority"]),
+                broker
+                    .list_policies(kind, Some(&vhost))
+                    .into_iter()
+                    .map(|p| {
+                        vec![
+                            json!(p.vhost),
+                            json!(p.name),
+                            json!(p.pattern),
+                            json!(p.apply_to.as_str()),
+                            json!(p.definition),
+                            json!(p.priority),
                         ]
                     })
                     .collect(),
