@@ -28,7 +28,8 @@ const POLICIES_FILE: &str = "policies.json";
 /// The queue settings that come from the configuration.
 fn queue_defaults(config: &Config) -> crate::vhost::QueueDefaults {
     crate::vhost::QueueDefaults {
-        consumer_timeout: (config.amqp.consumer_timeout > 0).then_some(config.amqp.consumer_timeout),
+        consumer_timeout: (config.amqp.consumer_timeout > 0)
+            .then_some(config.amqp.consumer_timeout),
         timeout_closes_channel: config.amqp.consumer_timeout_action == "close_channel",
     }
 }
@@ -436,7 +437,7 @@ impl Broker {
             .filter(|(v, _)| vhost.is_none_or(|n| *v.name == *n))
             .flat_map(|(v, _)| v.policies(kind))
             .collect();
-        all.sort_by(|a, b| b.priority.cmp(&a.priority));
+        all.sort_by_key(|p| std::cmp::Reverse(p.priority));
         all
     }
 
@@ -474,7 +475,12 @@ impl Broker {
             ("policies", PolicyKind::Policy),
             ("operator_policies", PolicyKind::Operator),
         ] {
-            for p in doc.get(key).and_then(|v| v.as_array()).into_iter().flatten() {
+            for p in doc
+                .get(key)
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
                 let (vhost, name) = (json_str(p, "vhost"), json_str(p, "name"));
                 if let Err(e) = self.set_policy(
                     kind,

@@ -183,12 +183,10 @@ pub fn import(broker: &Broker, defs: &Value) -> ImportReport {
     for key in top.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())) {
         r.warnings.push(format!("unknown key '{key}' ignored"));
     }
-    for (key, what) in [("global_parameters", "global parameters")] {
-        let n = list(top, key).len();
-        if n > 0 {
-            r.warnings
-                .push(format!("{n} {what} ignored (not supported yet)"));
-        }
+    let n = list(top, "global_parameters").len();
+    if n > 0 {
+        r.warnings
+            .push(format!("{n} global parameters ignored (not supported yet)"));
     }
     let access = &broker.access;
 
@@ -296,8 +294,7 @@ pub fn import(broker: &Broker, defs: &Value) -> ImportReport {
                 .or_else(|| v.as_str().and_then(|s| s.parse().ok())),
         };
         let Some(priority) = priority else {
-            r.errors
-                .push(format!("{what}: priority must be a number"));
+            r.errors.push(format!("{what}: priority must be a number"));
             continue;
         };
         if let Err(e) = broker.set_policy(

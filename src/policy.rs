@@ -67,7 +67,9 @@ impl ApplyTo {
 pub enum Target {
     Exchange,
     /// A queue, with whether it is a quorum queue (for `apply-to: quorum_queues`).
-    Queue { quorum: bool },
+    Queue {
+        quorum: bool,
+    },
 }
 
 /// One validated policy.
@@ -166,9 +168,7 @@ fn validate_key(key: &str, v: &Value) -> Result<(), String> {
         "max-in-memory-length" | "max-in-memory-bytes" if !non_negative(v, 0) => {
             bad("maximum memory in bytes")
         }
-        "queue-mode" if !matches!(v.as_str(), Some("default" | "lazy")) => {
-            bad("queue-mode value")
-        }
+        "queue-mode" if !matches!(v.as_str(), Some("default" | "lazy")) => bad("queue-mode value"),
         "overflow"
             if !matches!(
                 v.as_str(),
@@ -179,7 +179,10 @@ fn validate_key(key: &str, v: &Value) -> Result<(), String> {
         }
         "delivery-limit" if !non_negative(v, 0) => bad("delivery limit"),
         "queue-leader-locator"
-            if !matches!(v.as_str(), Some("client-local" | "random" | "least-leaders")) =>
+            if !matches!(
+                v.as_str(),
+                Some("client-local" | "random" | "least-leaders")
+            ) =>
         {
             bad("queue leader locator value")
         }
@@ -341,7 +344,12 @@ impl PolicySet {
         if self.is_empty() {
             return declared.clone();
         }
-        let (p, o) = self.matching(name, Target::Queue { quorum: is_quorum(declared) });
+        let (p, o) = self.matching(
+            name,
+            Target::Queue {
+                quorum: is_quorum(declared),
+            },
+        );
         effective_queue_arguments(declared, p, o)
     }
 
@@ -429,7 +437,10 @@ pub fn effective_queue_arguments(
         let value = match t.get(arg.as_str()) {
             None => from_policy,
             Some(own) if MIN_KEYS.contains(key) => {
-                match (crate::arguments::as_i64(own), crate::arguments::as_i64(&from_policy)) {
+                match (
+                    crate::arguments::as_i64(own),
+                    crate::arguments::as_i64(&from_policy),
+                ) {
                     (Some(a), Some(p)) if p < a => from_policy,
                     _ => own.clone(),
                 }
@@ -443,7 +454,10 @@ pub fn effective_queue_arguments(
 
 /// An exchange's alternate exchange: its own argument, else the policy's
 /// (rabbit_policy:get_arg/3; operator policies have no `alternate-exchange`).
-pub fn effective_alternate_exchange(declared: &FieldTable, policy: Option<&Policy>) -> Option<String> {
+pub fn effective_alternate_exchange(
+    declared: &FieldTable,
+    policy: Option<&Policy>,
+) -> Option<String> {
     if let Some(own) = declared
         .inner()
         .get("alternate-exchange")
@@ -499,12 +513,28 @@ mod tests {
             err(Kind::Operator, json!({"dead-letter-exchange": "dlx"})),
             "[{<<\"dead-letter-exchange\">>,<<\"dlx\">>}] are not recognised policy settings"
         );
-        assert!(Policy::new(Kind::Policy, "/", "p", "(", "all", &json!({"expires": 1}), 0)
-            .unwrap_err()
-            .contains("is not a valid regular expression"));
-        assert!(Policy::new(Kind::Policy, "/", "p", ".*", "things", &json!({"expires": 1}), 0)
-            .unwrap_err()
-            .starts_with("apply-to 'things' unrecognised"));
+        assert!(Policy::new(
+            Kind::Policy,
+            "/",
+            "p",
+            "(",
+            "all",
+            &json!({"expires": 1}),
+            0
+        )
+        .unwrap_err()
+        .contains("is not a valid regular expression"));
+        assert!(Policy::new(
+            Kind::Policy,
+            "/",
+            "p",
+            ".*",
+            "things",
+            &json!({"expires": 1}),
+            0
+        )
+        .unwrap_err()
+        .starts_with("apply-to 'things' unrecognised"));
     }
 
     #[test]
@@ -576,8 +606,20 @@ mod tests {
 
     #[test]
     fn numeric_limits_take_the_lowest_of_argument_policy_and_operator_policy() {
-        let p = policy(Kind::Policy, "p", ".*", json!({"max-length": 10, "message-ttl": 500}), 0);
-        let o = policy(Kind::Operator, "o", ".*", json!({"max-length": 3, "message-ttl": 1000}), 0);
+        let p = policy(
+            Kind::Policy,
+            "p",
+            ".*",
+            json!({"max-length": 10, "message-ttl": 500}),
+            0,
+        );
+        let o = policy(
+            Kind::Operator,
+            "o",
+            ".*",
+            json!({"max-length": 3, "message-ttl": 1000}),
+            0,
+        );
         let declared = table(&[("x-max-length", AMQPValue::LongInt(5))]);
         let eff = effective_queue_arguments(&declared, Some(&p), Some(&o));
         assert_eq!(get_i(&eff, "x-max-length"), Some(3));
@@ -620,7 +662,13 @@ mod tests {
 
     #[test]
     fn alternate_exchange_argument_wins_over_policy() {
-        let p = policy(Kind::Policy, "p", ".*", json!({"alternate-exchange": "pol"}), 0);
+        let p = policy(
+            Kind::Policy,
+            "p",
+            ".*",
+            json!({"alternate-exchange": "pol"}),
+            0,
+        );
         assert_eq!(
             effective_alternate_exchange(&FieldTable::default(), Some(&p)).as_deref(),
             Some("pol")

@@ -12,8 +12,8 @@ use amq_protocol::types::FieldTable;
 
 use crate::arguments::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
 use crate::error::{rs, AmqpError};
-use crate::policy::{Kind, Policy, PolicySet};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::policy::{Kind, Policy, PolicySet};
 use crate::queue::args::QueueArgs;
 use crate::queue::{QueueCmd, QueueHandle, QueueSpec};
 use crate::store::topology::{BindingDef, ExchangeDef, QueueDef, VhostDefs};
@@ -429,14 +429,20 @@ impl Vhost {
 
     /// Set the defaults queues created from now on start with (the broker does, at start).
     pub fn set_queue_defaults(&self, d: QueueDefaults) {
-        *self.queue_defaults.write().unwrap_or_else(|e| e.into_inner()) = d;
+        *self
+            .queue_defaults
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = d;
     }
 
     /// What a queue named `name` declared with `declared` runs with: its arguments
     /// merged with the policies that match it, and the broker's defaults.
     fn queue_args(&self, name: &str, declared: &FieldTable) -> QueueArgs {
         let effective = self.policy_set().queue_arguments(name, declared);
-        let defaults = *self.queue_defaults.read().unwrap_or_else(|e| e.into_inner());
+        let defaults = *self
+            .queue_defaults
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
         let mut args = QueueArgs::parse(&effective);
         if args.consumer_timeout.is_none() {
             args.consumer_timeout = defaults.consumer_timeout;

@@ -71,7 +71,9 @@ fn longstr(v: Option<AMQPValue>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numeric_limits_take_the_lower_of_argument_and_policy_other_keys_the_argument() {
-    let Some((broker, dir)) = warren(&[]) else { return };
+    let Some((broker, dir)) = warren(&[]) else {
+        return;
+    };
     ctl_ok(
         &dir,
         &[
@@ -85,8 +87,20 @@ async fn numeric_limits_take_the_lower_of_argument_and_policy_other_keys_the_arg
     );
     let (conn, ch) = broker.channel().await;
     // Argument 5, policy 2: 2 wins. Argument 1, policy 2: 1 wins.
-    declare_args(&ch, "lim.a", false, vec![("x-max-length", AMQPValue::LongInt(5))]).await;
-    declare_args(&ch, "lim.b", false, vec![("x-max-length", AMQPValue::LongInt(1))]).await;
+    declare_args(
+        &ch,
+        "lim.a",
+        false,
+        vec![("x-max-length", AMQPValue::LongInt(5))],
+    )
+    .await;
+    declare_args(
+        &ch,
+        "lim.b",
+        false,
+        vec![("x-max-length", AMQPValue::LongInt(1))],
+    )
+    .await;
     // Not matched by the pattern: no limit.
     declare_args(&ch, "other.c", false, vec![]).await;
     for q in ["lim.a", "lim.b", "other.c"] {
@@ -119,15 +133,27 @@ async fn numeric_limits_take_the_lower_of_argument_and_policy_other_keys_the_arg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_policy_caps_the_policy_limit_at_its_lower_value() {
-    let Some((broker, dir)) = warren(&[]) else { return };
+    let Some((broker, dir)) = warren(&[]) else {
+        return;
+    };
     ctl_ok(&dir, &["set_policy", "p", "^op", r#"{"max-length": 5}"#]);
     ctl_ok(
         &dir,
-        &["set_operator_policy", "o", "^op\\.low", r#"{"max-length": 2}"#],
+        &[
+            "set_operator_policy",
+            "o",
+            "^op\\.low",
+            r#"{"max-length": 2}"#,
+        ],
     );
     ctl_ok(
         &dir,
-        &["set_operator_policy", "o2", "^op\\.high", r#"{"max-length": 10}"#],
+        &[
+            "set_operator_policy",
+            "o2",
+            "^op\\.high",
+            r#"{"max-length": 10}"#,
+        ],
     );
     let (_conn, ch) = broker.channel().await;
     declare_args(&ch, "op.low", false, vec![]).await;
@@ -139,7 +165,12 @@ async fn operator_policy_caps_the_policy_limit_at_its_lower_value() {
     // Operator policies accept only the numeric limits.
     let out = ctl(
         &dir,
-        &["set_operator_policy", "bad", ".*", r#"{"dead-letter-exchange": "x"}"#],
+        &[
+            "set_operator_policy",
+            "bad",
+            ".*",
+            r#"{"dead-letter-exchange": "x"}"#,
+        ],
     );
     assert_eq!(out.status.code(), Some(65));
     assert!(String::from_utf8_lossy(&out.stderr).contains("are not recognised policy settings"));
@@ -155,7 +186,10 @@ async fn policy_set_and_cleared_applies_to_an_existing_queue_including_paged_mes
     declare_args(&ch, "deep", true, vec![]).await;
     publish_n(&ch, "deep", 200).await;
     wait_message_count(&ch, "deep", 200).await;
-    ctl_ok(&dir, &["set_policy", "cap", "^deep$", r#"{"max-length": 5}"#]);
+    ctl_ok(
+        &dir,
+        &["set_policy", "cap", "^deep$", r#"{"max-length": 5}"#],
+    );
     // drop-head: the newest five remain.
     wait_message_count(&ch, "deep", 5).await;
     let first = get(&ch, "deep", true).await.expect("a message");
@@ -167,14 +201,19 @@ async fn policy_set_and_cleared_applies_to_an_existing_queue_including_paged_mes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_ttl_and_alternate_exchange_policies_take_effect() {
-    let Some((broker, dir)) = warren(&[]) else { return };
+    let Some((broker, dir)) = warren(&[]) else {
+        return;
+    };
     let (_conn, ch) = broker.channel().await;
     declare_args(&ch, "ttl.q", false, vec![]).await;
     declare_exchange(&ch, "ae", ExchangeKind::Fanout).await;
     declare_exchange(&ch, "main-x", ExchangeKind::Direct).await;
     declare_args(&ch, "unrouted", false, vec![]).await;
     bind(&ch, "unrouted", "ae", "").await;
-    ctl_ok(&dir, &["set_policy", "ttl", "^ttl\\.", r#"{"message-ttl": 100}"#]);
+    ctl_ok(
+        &dir,
+        &["set_policy", "ttl", "^ttl\\.", r#"{"message-ttl": 100}"#],
+    );
     ctl_ok(
         &dir,
         &[
@@ -199,13 +238,33 @@ async fn message_ttl_and_alternate_exchange_policies_take_effect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
-    let Some((broker, dir)) = warren(&[]) else { return };
+    let Some((broker, dir)) = warren(&[]) else {
+        return;
+    };
     {
         let (_conn, ch) = broker.channel().await;
         declare_args(&ch, "kept", true, vec![]).await;
     }
-    ctl_ok(&dir, &["set_policy", "keep", "^kept$", r#"{"max-length": 3}"#, "--priority", "7"]);
-    ctl_ok(&dir, &["set_operator_policy", "opkeep", "^kept$", r#"{"max-length": 2}"#]);
+    ctl_ok(
+        &dir,
+        &[
+            "set_policy",
+            "keep",
+            "^kept$",
+            r#"{"max-length": 3}"#,
+            "--priority",
+            "7",
+        ],
+    );
+    ctl_ok(
+        &dir,
+        &[
+            "set_operator_policy",
+            "opkeep",
+            "^kept$",
+            r#"{"max-length": 2}"#,
+        ],
+    );
     let (dir, status) = broker.stop_within(Duration::from_secs(15));
     assert!(status.success());
     let broker = Broker::spawn_in(dir.clone(), &[]);
@@ -214,7 +273,10 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
     assert_eq!(v[0]["name"], "keep");
     assert_eq!(v[0]["priority"], 7);
     assert_eq!(v[0]["definition"]["max-length"], 3);
-    let listed = ctl_ok(&dir, &["list_operator_policies", "--formatter", "json", "-q"]);
+    let listed = ctl_ok(
+        &dir,
+        &["list_operator_policies", "--formatter", "json", "-q"],
+    );
     assert!(listed.contains("opkeep"), "{listed}");
     let (_conn, ch) = broker.channel().await;
     publish_n(&ch, "kept", 6).await;
@@ -223,10 +285,19 @@ async fn policies_survive_a_restart_and_apply_to_recovered_queues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warrenctl_policy_commands_speak_rabbitmqctl() {
-    let Some((_broker, dir)) = warren(&[]) else { return };
+    let Some((_broker, dir)) = warren(&[]) else {
+        return;
+    };
     let out = ctl_ok(
         &dir,
-        &["set_policy", "p1", "^a", r#"{"max-length":1}"#, "--priority", "3"],
+        &[
+            "set_policy",
+            "p1",
+            "^a",
+            r#"{"max-length":1}"#,
+            "--priority",
+            "3",
+        ],
     );
     assert_eq!(
         out.trim(),
@@ -234,14 +305,26 @@ async fn warrenctl_policy_commands_speak_rabbitmqctl() {
     );
     ctl_ok(
         &dir,
-        &["set_policy", "ha", ".*", r#"{"ha-mode":"all","queue-mode":"lazy"}"#],
+        &[
+            "set_policy",
+            "ha",
+            ".*",
+            r#"{"ha-mode":"all","queue-mode":"lazy"}"#,
+        ],
     );
     let table = ctl_ok(&dir, &["list_policies"]);
     let mut lines = table.lines();
     assert_eq!(lines.next(), Some(r#"Listing policies for vhost "/" ..."#));
     assert_eq!(
         lines.next().map(|l| l.split('\t').collect::<Vec<_>>()),
-        Some(vec!["vhost", "name", "pattern", "apply-to", "definition", "priority"])
+        Some(vec![
+            "vhost",
+            "name",
+            "pattern",
+            "apply-to",
+            "definition",
+            "priority"
+        ])
     );
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 2, "{table}");
@@ -259,7 +342,14 @@ async fn warrenctl_policy_commands_speak_rabbitmqctl() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("Could not parse JSON document"));
     let bad = ctl(
         &dir,
-        &["set_policy", "bad", ".*", r#"{"expires":1}"#, "--apply-to", "things"],
+        &[
+            "set_policy",
+            "bad",
+            ".*",
+            r#"{"expires":1}"#,
+            "--apply-to",
+            "things",
+        ],
     );
     assert!(String::from_utf8_lossy(&bad.stderr).contains("apply-to 'things' unrecognised"));
 
@@ -269,7 +359,10 @@ async fn warrenctl_policy_commands_speak_rabbitmqctl() {
     assert_ne!(missing.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("Parameter does not exist"));
 
-    let out = ctl_ok(&dir, &["set_operator_policy", "o", ".*", r#"{"expires":60000}"#]);
+    let out = ctl_ok(
+        &dir,
+        &["set_operator_policy", "o", ".*", r#"{"expires":60000}"#],
+    );
     assert!(out.starts_with(r#"Setting operator policy override "o" for pattern ".*""#));
     ctl_ok(&dir, &["clear_operator_policy", "o"]);
     let listed = ctl_ok(&dir, &["list_operator_policies", "-q"]);
@@ -278,10 +371,21 @@ async fn warrenctl_policy_commands_speak_rabbitmqctl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn definitions_export_and_import_carry_policies() {
-    let Some((_broker, dir)) = warren(&[]) else { return };
+    let Some((_broker, dir)) = warren(&[]) else {
+        return;
+    };
     ctl_ok(
         &dir,
-        &["set_policy", "dl", "^work", r#"{"dead-letter-exchange":"dlx","max-length":10}"#, "--apply-to", "queues", "--priority", "2"],
+        &[
+            "set_policy",
+            "dl",
+            "^work",
+            r#"{"dead-letter-exchange":"dlx","max-length":10}"#,
+            "--apply-to",
+            "queues",
+            "--priority",
+            "2",
+        ],
     );
     let export = ctl_ok(&dir, &["export_definitions", "-"]);
     let v: serde_json::Value = serde_json::from_str(&export).unwrap();
@@ -304,7 +408,9 @@ async fn definitions_export_and_import_carry_policies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_delivery_limit_counts_returns_and_dead_letters_with_reason_delivery_limit() {
-    let Some((broker, dir)) = warren(&[]) else { return };
+    let Some((broker, dir)) = warren(&[]) else {
+        return;
+    };
     let (_conn, ch) = broker.channel().await;
     declare_exchange(&ch, "poison-dlx", ExchangeKind::Fanout).await;
     declare_args(&ch, "poison-dl", false, vec![]).await;
@@ -352,7 +458,14 @@ async fn quorum_delivery_limit_counts_returns_and_dead_letters_with_reason_deliv
     // The same limit from a policy (delivery-limit 0: the first return is too many).
     ctl_ok(
         &dir,
-        &["set_policy", "dl", "^qq2$", r#"{"delivery-limit":0,"dead-letter-exchange":"poison-dlx"}"#, "--apply-to", "quorum_queues"],
+        &[
+            "set_policy",
+            "dl",
+            "^qq2$",
+            r#"{"delivery-limit":0,"dead-letter-exchange":"poison-dlx"}"#,
+            "--apply-to",
+            "quorum_queues",
+        ],
     );
     declare_args(&ch, "qq2", true, vec![("x-queue-type", lstr("quorum"))]).await;
     publish(&ch, "", "qq2", b"poison2").await;
@@ -369,14 +482,19 @@ async fn wait_get(ch: &Channel, q: &str) -> BasicGetMessage {
         if let Some(m) = get(ch, q, false).await {
             return m;
         }
-        assert!(std::time::Instant::now() < deadline, "nothing arrived on {q}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing arrived on {q}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_timeout_requeues_the_stuck_delivery_by_default() {
-    let Some((broker, _dir)) = warren(&[]) else { return };
+    let Some((broker, _dir)) = warren(&[]) else {
+        return;
+    };
     let (_conn, ch) = broker.channel().await;
     // x-consumer-timeout overrides the 30-minute default for this queue.
     declare_args(

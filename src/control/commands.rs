@@ -303,7 +303,14 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                 crate::policy::Kind::Operator
             };
             Ok(Response::table(
-                cols(&["vhost", "name", "pattern", "apply-to", "definition", "priority"]),
+                cols(&[
+                    "vhost",
+                    "name",
+                    "pattern",
+                    "apply-to",
+                    "definition",
+                    "priority",
+                ]),
                 broker
                     .list_policies(kind, Some(&vhost))
                     .into_iter()

@@ -353,14 +353,14 @@ impl QueueActor {
             ..new
         };
         let old = std::mem::replace(&mut self.args, new);
-        self.dead_letter = self
-            .args
-            .dead_letter_exchange
-            .clone()
-            .map(|exchange| DeadLetterTarget {
-                exchange,
-                routing_key: self.args.dead_letter_routing_key.clone(),
-            });
+        self.dead_letter =
+            self.args
+                .dead_letter_exchange
+                .clone()
+                .map(|exchange| DeadLetterTarget {
+                    exchange,
+                    routing_key: self.args.dead_letter_routing_key.clone(),
+                });
         if self.args.message_ttl.is_some() {
             self.may_expire = true;
         }
@@ -394,7 +394,12 @@ impl QueueActor {
                 if wanted && !a.enabled() {
                     a.reset(self.ready.len() as u64, self.ready.bytes());
                 }
-                a.reconfigure(wanted, self.args.max_length, self.args.max_length_bytes, dlx);
+                a.reconfigure(
+                    wanted,
+                    self.args.max_length,
+                    self.args.max_length_bytes,
+                    dlx,
+                );
             }
             None if wanted => {
                 let a = Arc::new(super::admission::Admission::new(

@@ -32,7 +32,10 @@ pub enum ConnEvent {
     /// Close the connection (broker shutdown, management action).
     Close(AmqpError),
     /// Close one channel with this error (a consumer timeout in RabbitMQ's mode).
-    CloseChannel { channel_uid: u64, error: AmqpError },
+    CloseChannel {
+        channel_uid: u64,
+        error: AmqpError,
+    },
     /// warrenctl list_channels: the connection describes its open channels. Asked of
     /// the connection task, their owner, so nothing on the message path keeps
     /// statistics for it.
