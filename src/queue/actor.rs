@@ -5,7 +5,7 @@
 //! Time-based rules (message TTL, `x-expires`) are one timer: the actor sleeps until the
 //! earliest deadline only when it has one, so a queue without them never looks at a clock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,8 +37,7 @@ struct Unacked {
     channel_uid: u64,
     /// The consumer whose credit it holds (None for basic.get).
     consumer_uid: Option<u64>,
-    /// When the consumer timeout fires for it (None: no timeout). Also tells this
-    /// delivery from a later one of the same message in `timeouts`.
+    /// When the consumer timeout fires for it (None: no timeout).
     timeout_at: Option<Instant>,
 }
 
@@ -65,10 +64,10 @@ pub(super) struct QueueActor {
     idle_deadline: Option<Instant>,
     /// The link to the message store (journaling for a durable queue; paging for all).
     store: Option<StoreLink>,
-    /// Consumer timeouts of unacked deliveries, in delivery order (so in deadline
-    /// order): (deadline, message id). Entries whose delivery was settled meanwhile are
-    /// skipped when they come up.
-    timeouts: VecDeque<(Instant, u64)>,
+    /// When to look for unacked deliveries past their consumer timeout; set while
+    /// there are deliveries that can time out. A periodic scan rather than a per-delivery
+    /// timer: it costs nothing per message and its memory is the unacked map's.
+    timeout_scan: Option<Instant>,
 }
 
 /// How much work a command is, for bounding a burst.
@@ -124,7 +123,7 @@ impl QueueActor {
             had_consumer: false,
             deleted: false,
             store,
-            timeouts: VecDeque::new(),
+            timeout_scan: None,
         };
         actor.touch();
         for r in recovered {
@@ -263,9 +262,7 @@ impl QueueActor {
                     };
                     if !no_ack {
                         let timeout_at = self.timeout_deadline();
-                        if let Some(at) = timeout_at {
-                            self.timeouts.push_back((at, e.id));
-                        }
+                        self.arm_timeout_scan();
                         self.unacked.insert(
                             e.id,
                             Unacked {
@@ -435,7 +432,7 @@ impl QueueActor {
         } else {
             None
         };
-        let timeout = self.timeouts.front().map(|t| t.0);
+        let timeout = self.timeout_scan;
         [expiry, idle, timeout].into_iter().flatten().min()
     }
 
@@ -444,7 +441,9 @@ impl QueueActor {
         if self.may_expire {
             self.expire(now);
         }
-        self.consumer_timeouts(now);
+        if self.timeout_scan.is_some_and(|at| at <= now) {
+            self.consumer_timeouts(now);
+        }
         if self.consumers.is_empty() && self.idle_deadline.is_some_and(|at| at <= now) {
             tracing::debug!(queue = %self.name, "queue expired (x-expires)");
             self.remove_from_vhost();
@@ -457,18 +456,18 @@ impl QueueActor {
     /// ignored); with `amqp.consumer_timeout_action = "close_channel"` the consumer's
     /// channel is closed as RabbitMQ does, which requeues everything it had unacked.
     fn consumer_timeouts(&mut self, now: Instant) {
+        let timeout_ms = self.args.consumer_timeout.unwrap_or(0);
         let mut requeue = Vec::new();
         let mut closed: Vec<u64> = Vec::new();
-        while let Some(&(at, id)) = self.timeouts.front() {
-            if at > now {
-                break;
-            }
-            self.timeouts.pop_front();
-            let Some(u) = self.unacked.get(&id).filter(|u| u.timeout_at == Some(at)) else {
-                continue;
-            };
-            let timeout_ms = self.args.consumer_timeout.unwrap_or(0);
-            let consumer = u.consumer_uid.and_then(|c| self.consumers.by_uid(c));
+        let mut late: Vec<(u64, Option<u64>)> = self
+            .unacked
+            .iter()
+            .filter(|(_, u)| u.timeout_at.is_some_and(|at| at <= now))
+            .map(|(id, u)| (*id, u.consumer_uid))
+            .collect();
+        late.sort_unstable();
+        for (id, consumer_uid) in late {
+            let consumer = consumer_uid.and_then(|c| self.consumers.by_uid(c));
             match consumer {
                 Some(c) if self.args.timeout_closes_channel => {
                     if !closed.contains(&c.channel_uid) {
@@ -489,6 +488,10 @@ impl QueueActor {
                             )),
                         });
                     }
+                    // Once is enough: the channel's teardown requeues it.
+                    if let Some(u) = self.unacked.get_mut(&id) {
+                        u.timeout_at = None;
+                    }
                 }
                 _ => {
                     tracing::warn!(
@@ -502,6 +505,18 @@ impl QueueActor {
         }
         if !requeue.is_empty() {
             self.settle(None, requeue, Settle::Requeue);
+        }
+        self.timeout_scan = None;
+        if self.unacked.values().any(|u| u.timeout_at.is_some()) {
+            self.arm_timeout_scan();
+        }
+    }
+
+    /// Deliveries that can time out were made: make sure a scan is due, one timeout
+    /// period from now but at most a second (so a delivery is caught at most that late).
+    fn arm_timeout_scan(&mut self) {
+        if let (Some(ms), None) = (self.args.consumer_timeout, self.timeout_scan) {
+            self.timeout_scan = Some(Instant::now() + Duration::from_millis(ms.min(1000)));
         }
     }
 
@@ -820,7 +835,7 @@ impl QueueActor {
         }
         self.ready.drain();
         self.unacked.clear();
-        self.timeouts.clear();
+        self.timeout_scan = None;
         self.deleted = true;
     }
 
@@ -863,9 +878,6 @@ impl QueueActor {
                 redelivered: e.redelivered,
             };
             if !c.no_ack {
-                if let Some(at) = timeout_at {
-                    self.timeouts.push_back((at, e.id));
-                }
                 self.unacked.insert(
                     e.id,
                     Unacked {
@@ -886,6 +898,9 @@ impl QueueActor {
             // A closed connection's channels are torn down via ChannelDown, which
             // requeues what we just marked unacked; nothing to do on failure here.
             let _ = tx.send(ConnEvent::Deliveries(ds));
+        }
+        if timeout_at.is_some() && !self.unacked.is_empty() {
+            self.arm_timeout_scan();
         }
         self.mark_delivered(first_deliveries);
         self.dead_letter(expired, Reason::Expired);
