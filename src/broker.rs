@@ -198,6 +198,8 @@ impl Broker {
             s.topology.sync();
         }
         self.access.vhost_deleted(name);
+        // Its policies went with it.
+        self.save_policies();
         Ok(())
     }
 

@@ -104,7 +104,7 @@ pub fn export(broker: &Broker) -> Value {
                 "durable": q.durable,
                 "auto_delete": q.auto_delete,
                 "arguments": table_to_json(&q.arguments),
-                "type": "classic",
+                "type": if crate::policy::is_quorum(&q.arguments) { "quorum" } else { "classic" },
             }));
         }
         for b in vhost.bindings() {

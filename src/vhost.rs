@@ -492,6 +492,14 @@ impl Vhost {
         removed
     }
 
+    /// The names of the policy and operator policy that apply to a queue or exchange
+    /// (rabbitmqctl's `policy` and `operator_policy` columns).
+    pub fn policy_names(&self, name: &str, target: crate::policy::Target) -> [Option<String>; 2] {
+        let set = self.policy_set();
+        let (p, o) = set.matching(name, target);
+        [p.map(|p| p.name.clone()), o.map(|o| o.name.clone())]
+    }
+
     /// The policies of a kind, by name.
     pub fn policies(&self, kind: Kind) -> Vec<Policy> {
         self.policy_set().of(kind).values().cloned().collect()

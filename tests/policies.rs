@@ -554,3 +554,75 @@ async fn consumer_timeout_close_channel_action_is_rabbitmqs_behaviour() {
     let ch2 = within(conn.create_channel()).await.unwrap();
     wait_message_count(&ch2, "stuck", 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reject_publish_from_a_policy_nacks_publishers_of_a_live_queue_until_cleared() {
+    let Some((broker, dir)) = warren(&[]) else {
+        return;
+    };
+    let (_conn, ch) = broker.channel().await;
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    declare_args(&ch, "bounded", false, vec![]).await;
+    publish_n(&ch, "bounded", 2).await;
+    wait_message_count(&ch, "bounded", 2).await;
+    ctl_ok(
+        &dir,
+        &[
+            "set_policy",
+            "rp",
+            "^bounded$",
+            r#"{"max-length": 2, "overflow": "reject-publish"}"#,
+        ],
+    );
+    // The queue names its policy in list_queues.
+    let listed = ctl_ok(
+        &dir,
+        &["-q", "list_queues", "name", "policy", "--formatter", "json"],
+    );
+    let l: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(l[0]["policy"], "rp", "{listed}");
+    let confirm = |body: &'static [u8]| {
+        let ch = ch.clone();
+        async move {
+            within(ch.basic_publish(
+                "".into(),
+                "bounded".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            ))
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+        }
+    };
+    // Full: refused (nack), the queue keeps its two.
+    assert!(confirm(b"refused").await.is_nack());
+    assert_eq!(message_count(&ch, "bounded").await, 2);
+    // Room again after a get.
+    get(&ch, "bounded", true).await.expect("a message");
+    assert!(confirm(b"fits").await.is_ack());
+    assert!(confirm(b"refused again").await.is_nack());
+    ctl_ok(&dir, &["clear_policy", "rp"]);
+    assert!(confirm(b"no limit now").await.is_ack());
+    wait_message_count(&ch, "bounded", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expires_policy_deletes_an_unused_existing_queue() {
+    let Some((broker, dir)) = warren(&[]) else {
+        return;
+    };
+    let (conn, ch) = broker.channel().await;
+    declare_args(&ch, "idle.q", false, vec![]).await;
+    declare_args(&ch, "busy.q", false, vec![]).await;
+    let _c = consume(&ch, "busy.q", false).await;
+    ctl_ok(&dir, &["set_policy", "exp", "\\.q$", r#"{"expires": 200}"#]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!queue_exists(&conn, "idle.q").await);
+    // In use by a consumer: kept.
+    assert!(queue_exists(&conn, "busy.q").await);
+}

@@ -431,6 +431,10 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             "internal" => json!(x.internal),
                             "arguments" => crate::definitions::table_to_json(&x.arguments),
                             "vhost" => json!(&*v.name),
+                            "policy" => json!(v
+                                .policy_names(&x.name, crate::policy::Target::Exchange)[0]
+                                .as_deref()
+                                .unwrap_or("")),
                             _ => json!(""),
                         })
                         .collect()
@@ -691,12 +695,17 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
         "vhost",
         "type",
         "state",
+        "policy",
+        "operator_policy",
     ];
     let columns = columns(req, &all, &["name", "messages"])?;
     let mut queues = v.queues();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = Vec::with_capacity(queues.len());
     for q in queues {
+        let quorum = crate::policy::is_quorum(&q.arguments);
+        let [policy, operator_policy] =
+            v.policy_names(&q.name, crate::policy::Target::Queue { quorum });
         let stats = q
             .ask(|reply| QueueCmd::Stats { reply })
             .await
@@ -721,7 +730,9 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
                     ),
                     "consumers" => json!(stats.consumers),
                     "vhost" => json!(&*v.name),
-                    "type" => json!("classic"),
+                    "type" => json!(if quorum { "quorum" } else { "classic" }),
+                    "policy" => json!(policy.as_deref().unwrap_or("")),
+                    "operator_policy" => json!(operator_policy.as_deref().unwrap_or("")),
                     _ => json!("running"),
                 })
                 .collect(),
