@@ -13,6 +13,9 @@ use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::dispatch::Consumers;
 use super::quorum;
+
+mod consumer_timeout;
+mod reconfigure;
 use super::ready::{Entry, Pager, Ready, Restored};
 use super::stored::{StoreLink, Stored};
 use super::{
@@ -338,81 +341,6 @@ impl QueueActor {
         }
     }
 
-    /// A policy changed what the queue runs with (rabbit_amqqueue_process:
-    /// process_args_policy): limits, TTL, expiry and dead-lettering take effect now; a
-    /// lower length limit drops (dead-letters) from the head at once, paged messages
-    /// included. Per-message expiry already fixed stays, as in RabbitMQ.
-    fn args_changed(&mut self, new: QueueArgs) {
-        let new = QueueArgs {
-            // Declared-only properties: a policy can't change them.
-            max_priority: self.args.max_priority,
-            single_active_consumer: self.args.single_active_consumer,
-            ..new
-        };
-        let old = std::mem::replace(&mut self.args, new);
-        self.dead_letter =
-            self.args
-                .dead_letter_exchange
-                .clone()
-                .map(|exchange| DeadLetterTarget {
-                    exchange,
-                    routing_key: self.args.dead_letter_routing_key.clone(),
-                });
-        if self.args.message_ttl.is_some() {
-            self.may_expire = true;
-        }
-        if old.expires != self.args.expires {
-            self.idle_deadline = None;
-            self.touch();
-        }
-        self.update_admission();
-        if self.over_limit() {
-            let mut dropped = Vec::new();
-            while self.over_limit() {
-                match self.ready.pop_front() {
-                    Some(e) => dropped.push(e),
-                    None => break,
-                }
-            }
-            self.dead_letter(dropped, Reason::Maxlen);
-        }
-    }
-
-    /// Keep reject-publish admission in step with the arguments: installed the first
-    /// time a policy asks for it, reconfigured or disabled afterwards.
-    fn update_admission(&mut self) {
-        let Some(handle) = self.handle.upgrade() else {
-            return;
-        };
-        let wanted = self.args.admission_control();
-        let dlx = self.args.overflow == Overflow::RejectPublishDlx;
-        match handle.admission.get() {
-            Some(a) => {
-                if wanted && !a.enabled() {
-                    a.reset(self.ready.len() as u64, self.ready.bytes());
-                }
-                a.reconfigure(
-                    wanted,
-                    self.args.max_length,
-                    self.args.max_length_bytes,
-                    dlx,
-                );
-            }
-            None if wanted => {
-                let a = Arc::new(super::admission::Admission::new(
-                    self.args.max_length,
-                    self.args.max_length_bytes,
-                    dlx,
-                ));
-                a.reset(self.ready.len() as u64, self.ready.bytes());
-                if handle.admission.set(a.clone()).is_ok() {
-                    self.ready.set_admission(a);
-                }
-            }
-            None => {}
-        }
-    }
-
     // ---- time: message TTL and x-expires ----
 
     /// The clock, for queues whose messages can expire (others never read it).
@@ -448,75 +376,6 @@ impl QueueActor {
             tracing::debug!(queue = %self.name, "queue expired (x-expires)");
             self.remove_from_vhost();
             self.shut_down();
-        }
-    }
-
-    /// Deliveries left unacknowledged past the consumer timeout. Warren's default
-    /// requeues each such delivery (its consumer keeps its channel; a late ack of it is
-    /// ignored); with `amqp.consumer_timeout_action = "close_channel"` the consumer's
-    /// channel is closed as RabbitMQ does, which requeues everything it had unacked.
-    fn consumer_timeouts(&mut self, now: Instant) {
-        let timeout_ms = self.args.consumer_timeout.unwrap_or(0);
-        let mut requeue = Vec::new();
-        let mut closed: Vec<u64> = Vec::new();
-        let mut late: Vec<(u64, Option<u64>)> = self
-            .unacked
-            .iter()
-            .filter(|(_, u)| u.timeout_at.is_some_and(|at| at <= now))
-            .map(|(id, u)| (*id, u.consumer_uid))
-            .collect();
-        late.sort_unstable();
-        for (id, consumer_uid) in late {
-            let consumer = consumer_uid.and_then(|c| self.consumers.by_uid(c));
-            match consumer {
-                Some(c) if self.args.timeout_closes_channel => {
-                    if !closed.contains(&c.channel_uid) {
-                        closed.push(c.channel_uid);
-                        tracing::warn!(
-                            queue = %self.name,
-                            channel = c.channel,
-                            timeout_ms,
-                            "consumer timeout: closing the channel"
-                        );
-                        let _ = c.events.send(ConnEvent::CloseChannel {
-                            channel_uid: c.channel_uid,
-                            error: AmqpError::precondition_failed(format!(
-                                "delivery acknowledgement on channel {} timed out. Timeout value \
-                                 used: {timeout_ms} ms. This timeout value can be configured, see \
-                                 consumers doc guide to learn more",
-                                c.channel
-                            )),
-                        });
-                    }
-                    // Once is enough: the channel's teardown requeues it.
-                    if let Some(u) = self.unacked.get_mut(&id) {
-                        u.timeout_at = None;
-                    }
-                }
-                _ => {
-                    tracing::warn!(
-                        queue = %self.name,
-                        timeout_ms,
-                        "consumer timeout: delivery not acknowledged in time, requeued"
-                    );
-                    requeue.push(id);
-                }
-            }
-        }
-        if !requeue.is_empty() {
-            self.settle(None, requeue, Settle::Requeue);
-        }
-        self.timeout_scan = None;
-        if self.unacked.values().any(|u| u.timeout_at.is_some()) {
-            self.arm_timeout_scan();
-        }
-    }
-
-    /// Deliveries that can time out were made: make sure a scan is due, one timeout
-    /// period from now but at most a second (so a delivery is caught at most that late).
-    fn arm_timeout_scan(&mut self) {
-        if let (Some(ms), None) = (self.args.consumer_timeout, self.timeout_scan) {
-            self.timeout_scan = Some(Instant::now() + Duration::from_millis(ms.min(1000)));
         }
     }
 
@@ -759,7 +618,7 @@ impl QueueActor {
                 }
             }
             match how {
-                Settle::Requeue => match self.returned(u.entry) {
+                Settle::Requeue => match quorum::returned(&self.args, u.entry) {
                     Ok(mut e) => {
                         e.redelivered = true;
                         self.ready.requeue(e);
@@ -772,33 +631,6 @@ impl QueueActor {
         }
         self.dead_letter(dead, Reason::Rejected);
         self.dead_letter(limit_exceeded, Reason::DeliveryLimit);
-    }
-
-    /// A delivery comes back to a quorum queue: one more failed delivery for it. Err
-    /// when that exceeds the delivery limit (see `quorum.rs`).
-    fn returned(&self, mut e: Entry) -> Result<Entry, Entry> {
-        if !self.args.quorum {
-            return Ok(e);
-        }
-        let count = quorum::delivery_count(&e.message) + 1;
-        if self
-            .args
-            .delivery_limit
-            .is_some_and(|limit| count as u64 > limit)
-        {
-            return Err(e);
-        }
-        if let Some(m) = quorum::with_delivery_count(&e.message, count) {
-            e.message = Arc::new(m);
-        }
-        Ok(e)
-    }
-
-    /// When a delivery made now times out, if the queue has a consumer timeout.
-    fn timeout_deadline(&self) -> Option<Instant> {
-        self.args
-            .consumer_timeout
-            .map(|ms| Instant::now() + Duration::from_millis(ms))
     }
 
     fn requeue_channel(&mut self, channel_uid: u64) {

@@ -8,6 +8,10 @@
 //! The count lives in the message's own headers, so nothing is added to queue entries
 //! and classic queues pay nothing. It is not kept across a broker restart.
 
+use std::sync::Arc;
+
+use super::args::QueueArgs;
+use super::ready::Entry;
 use crate::message::Message;
 use crate::protocol::properties;
 use crate::protocol::table::{self, RawField};
@@ -43,4 +47,23 @@ pub(super) fn with_delivery_count(m: &Message, count: i64) -> Option<Message> {
         body: m.body.clone(),
         store_id: m.store_id,
     })
+}
+
+/// A delivery comes back to the queue: for a quorum queue, one more failed delivery.
+/// Err when that exceeds the delivery limit (the caller dead-letters it).
+pub(super) fn returned(args: &QueueArgs, mut e: Entry) -> Result<Entry, Entry> {
+    if !args.quorum {
+        return Ok(e);
+    }
+    let count = delivery_count(&e.message) + 1;
+    if args
+        .delivery_limit
+        .is_some_and(|limit| count as u64 > limit)
+    {
+        return Err(e);
+    }
+    if let Some(m) = with_delivery_count(&e.message, count) {
+        e.message = Arc::new(m);
+    }
+    Ok(e)
 }
