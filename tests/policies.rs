@@ -505,6 +505,11 @@ async fn consumer_timeout_requeues_the_stuck_delivery_by_default() {
     )
     .await;
     publish(&ch, "", "slow", b"job").await;
+    // A channel-wide prefetch of 1: the redelivery needs the timed-out delivery's
+    // credit back.
+    within(ch.basic_qos(1, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
     let mut c = consume(&ch, "slow", false).await;
     let first = next_delivery(&mut c).await;
     assert!(!first.redelivered);
@@ -512,7 +517,8 @@ async fn consumer_timeout_requeues_the_stuck_delivery_by_default() {
     let again = next_delivery(&mut c).await;
     assert!(again.redelivered);
     assert_eq!(&again.data[..], b"job");
-    // The late ack of the first delivery is harmless; acking the redelivery settles it.
+    // The late ack of the first delivery is accepted and does nothing (no 406 unknown
+    // delivery tag); acking the redelivery settles it.
     within(ch.basic_ack(first.delivery_tag, BasicAckOptions::default()))
         .await
         .unwrap();

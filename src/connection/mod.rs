@@ -607,6 +607,15 @@ impl Connection {
                 let _ = reply.send(infos);
             }
             ConnEvent::Close(e) => return Err(e),
+            ConnEvent::DeliveryTimedOut {
+                channel_uid,
+                queue_id,
+                msg_id,
+            } => {
+                if let Some(ch) = channels.values_mut().find(|c| c.uid == channel_uid) {
+                    ch.delivery_timed_out(queue_id, msg_id);
+                }
+            }
             ConnEvent::CloseChannel { channel_uid, error } => {
                 if let Some((&number, ch)) = channels
                     .iter_mut()

@@ -264,8 +264,9 @@ impl QueueActor {
                         remaining: self.ready.len() as u32,
                     };
                     if !no_ack {
-                        let timeout_at = self.timeout_deadline();
-                        self.arm_timeout_scan();
+                        // basic.get deliveries have no consumer to time out (and no
+                        // connection to tell): only consumers' deliveries do.
+                        let timeout_at = None;
                         self.unacked.insert(
                             e.id,
                             Unacked {

@@ -36,6 +36,13 @@ pub enum ConnEvent {
         channel_uid: u64,
         error: AmqpError,
     },
+    /// A consumer timeout requeued this delivery: the channel forgets it, and a late
+    /// ack or reject of its tag is accepted and ignored.
+    DeliveryTimedOut {
+        channel_uid: u64,
+        queue_id: u64,
+        msg_id: u64,
+    },
     /// warrenctl list_channels: the connection describes its open channels. Asked of
     /// the connection task, their owner, so nothing on the message path keeps
     /// statistics for it.

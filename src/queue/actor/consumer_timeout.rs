@@ -12,13 +12,15 @@ use crate::error::AmqpError;
 
 impl QueueActor {
     /// Deliveries left unacknowledged past the consumer timeout. Warren's default
-    /// requeues each such delivery (its consumer keeps its channel; a late ack of it is
-    /// ignored); with `amqp.consumer_timeout_action = "close_channel"` the consumer's
+    /// requeues each such delivery: its channel stays open and is told
+    /// ([`ConnEvent::DeliveryTimedOut`]) so that the client's late ack of that delivery
+    /// tag is accepted and ignored, and the channel's prefetch credit comes back. With `amqp.consumer_timeout_action = "close_channel"` the consumer's
     /// channel is closed as RabbitMQ does, which requeues everything it had unacked.
     pub(super) fn consumer_timeouts(&mut self, now: Instant) {
         let timeout_ms = self.args.consumer_timeout.unwrap_or(0);
         let mut requeue = Vec::new();
         let mut closed: Vec<u64> = Vec::new();
+        let queue_id = self.handle.upgrade().map(|h| h.id).unwrap_or_default();
         let mut late: Vec<(u64, Option<u64>)> = self
             .unacked
             .iter()
@@ -53,12 +55,20 @@ impl QueueActor {
                         u.timeout_at = None;
                     }
                 }
-                _ => {
+                c => {
                     tracing::warn!(
                         queue = %self.name,
                         timeout_ms,
                         "consumer timeout: delivery not acknowledged in time, requeued"
                     );
+                    // Sent before any redelivery of it, on the same connection queue.
+                    if let Some(c) = c {
+                        let _ = c.events.send(ConnEvent::DeliveryTimedOut {
+                            channel_uid: c.channel_uid,
+                            queue_id,
+                            msg_id: id,
+                        });
+                    }
                     requeue.push(id);
                 }
             }
