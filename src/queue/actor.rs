@@ -136,13 +136,28 @@ impl QueueActor {
     }
 
     async fn run(mut self, mut rx: Inbox) {
+        // One timer for the actor's life, moved only when the deadline changes: a busy
+        // queue with a steady deadline (the consumer-timeout scan, a TTL head) does not
+        // register a timer on every wake.
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let wake = match self.deadline() {
                 None => Wake::Cmd(rx.recv().await),
-                Some(at) => tokio::select! {
-                    cmd = rx.recv() => Wake::Cmd(cmd),
-                    _ = tokio::time::sleep_until(at.into()) => Wake::Timer,
-                },
+                Some(at) => {
+                    if armed != Some(at) {
+                        timer.as_mut().reset(at.into());
+                        armed = Some(at);
+                    }
+                    tokio::select! {
+                        cmd = rx.recv() => Wake::Cmd(cmd),
+                        _ = &mut timer => {
+                            armed = None;
+                            Wake::Timer
+                        }
+                    }
+                }
             };
             match wake {
                 Wake::Cmd(None) => break,
