@@ -22,6 +22,7 @@
 //!   definitions JSON (export, import, load at boot).
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
 //! - [`alarm`]: memory and disk alarms that block publishers while they last.
+//! - [`metrics`]: message counters, queue gauges, and the Prometheus endpoint.
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`policy`]: policies and operator policies: validation, matching, and how they
 //!   merge with a queue's own arguments.
@@ -42,6 +43,7 @@ pub mod error;
 pub mod exchange;
 pub mod logfile;
 pub mod message;
+pub mod metrics;
 pub mod perf;
 pub mod policy;
 pub mod protocol;

@@ -14,19 +14,20 @@ pub async fn bind(broker: &Broker) -> std::io::Result<TcpListener> {
 
 /// The one line printed when the listener cannot be bound: what is wrong, and what to do.
 pub fn bind_error(listen: &str, e: &std::io::Error) -> String {
+    bind_error_for("amqp.listen", listen, e)
+}
+
+/// [`bind_error`] for the listener configured by `key`.
+pub fn bind_error_for(key: &str, listen: &str, e: &std::io::Error) -> String {
     let hint = match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            "another process (another warren or RabbitMQ?) is listening there; stop it or set amqp.listen to a free port"
-        }
-        std::io::ErrorKind::PermissionDenied => {
-            "ports below 1024 need root or CAP_NET_BIND_SERVICE; use a higher port or grant the capability"
-        }
-        std::io::ErrorKind::AddrNotAvailable => {
-            "no local interface has that address; use one of this host's addresses or 0.0.0.0"
-        }
-        _ => "check amqp.listen (host:port)",
+        std::io::ErrorKind::AddrInUse => format!(
+            "another process (another warren or RabbitMQ?) is listening there; stop it or set {key} to a free port"
+        ),
+        std::io::ErrorKind::PermissionDenied => "ports below 1024 need root or CAP_NET_BIND_SERVICE; use a higher port or grant the capability".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable => "no local interface has that address; use one of this host's addresses or 0.0.0.0".to_owned(),
+        _ => format!("check {key} (host:port)"),
     };
-    format!("cannot listen on {listen} (amqp.listen): {e}; {hint}")
+    format!("cannot listen on {listen} ({key}): {e}; {hint}")
 }
 
 /// Accept connections until the broker shuts down.

@@ -187,6 +187,7 @@ impl Connection {
             publishes: PublishBatch::default(),
             confirms_due: Vec::new(),
             published: false,
+            tally: Default::default(),
         };
         let mut channels: HashMap<u16, Channel> = HashMap::new();
         let heartbeat = n.heartbeat;
@@ -315,6 +316,7 @@ impl Connection {
                     ch.flush_confirms(&mut s);
                 }
             }
+            s.tally.flush(&self.broker.counters);
             if !s.out.is_empty() {
                 let _ = self.writer.send(s.out.take());
                 sent = true;
@@ -326,6 +328,7 @@ impl Connection {
                 tokio::task::yield_now().await;
             }
         }
+        s.tally.flush(&self.broker.counters);
 
         if !s.out.is_empty() {
             let _ = self.writer.send(s.out.take());

@@ -71,6 +71,8 @@ pub(super) struct QueueActor {
     /// there are deliveries that can time out. A periodic scan rather than a per-delivery
     /// timer: it costs nothing per message and its memory is the unacked map's.
     timeout_scan: Option<Instant>,
+    /// Shared with the handle: where this actor publishes its counts.
+    gauges: Arc<crate::metrics::QueueGauges>,
 }
 
 /// How much work a command is, for bounding a burst.
@@ -125,6 +127,7 @@ impl QueueActor {
             next_id: 1,
             had_consumer: false,
             deleted: false,
+            gauges: handle.gauges.clone(),
             store,
             timeout_scan: None,
         };
@@ -177,6 +180,7 @@ impl QueueActor {
                 self.handle_burst(&mut rx, &mut 0);
             }
             self.flush_store();
+            self.publish_gauges();
             if self.deleted {
                 break;
             }
@@ -475,6 +479,17 @@ impl QueueActor {
             consumers: self.consumers.len() as u32,
             messages_paged_out: self.ready.paged() as u32,
         }
+    }
+
+    /// Make this burst's outcome visible to scrapes (see `metrics`).
+    fn publish_gauges(&self) {
+        self.gauges.set(
+            self.ready.len(),
+            self.unacked.len(),
+            self.consumers.len(),
+            self.ready.paged(),
+            self.ready.bytes(),
+        );
     }
 
     /// Report to the store what this queue let go of (see `stored.rs`).

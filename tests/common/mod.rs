@@ -66,6 +66,8 @@ pub struct Broker {
     addr: String,
     child: Option<Child>,
     data_dir: Option<PathBuf>,
+    /// The Prometheus endpoint's address, when it is on.
+    metrics_addr: Option<String>,
 }
 
 impl Broker {
@@ -79,6 +81,7 @@ impl Broker {
                     addr,
                     child: None,
                     data_dir: None,
+                    metrics_addr: None,
                 };
             }
         }
@@ -103,6 +106,8 @@ impl Broker {
     /// Spawn warren on a data directory with extra environment variables.
     pub fn spawn_in_env(data_dir: PathBuf, extra_args: &[&str], envs: &[(&str, &str)]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            // Many brokers run at once: the Prometheus port is picked too, not 15692.
+            .env("WARREN_METRICS_LISTEN", "127.0.0.1:0")
             .envs(envs.iter().copied())
             .arg("--amqp-listen")
             .arg("127.0.0.1:0")
@@ -129,6 +134,7 @@ impl Broker {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut metrics_addr = None;
         let addr = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -139,6 +145,9 @@ impl Broker {
                 Ok(line) => {
                     if let Some(rest) = line.trim().strip_prefix("warren ready amqp=") {
                         break rest.trim().to_string();
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("warren listening prometheus=") {
+                        metrics_addr = Some(rest.trim().to_string());
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -157,7 +166,15 @@ impl Broker {
             addr,
             child: Some(child),
             data_dir: Some(data_dir),
+            metrics_addr,
         }
+    }
+
+    /// The Prometheus endpoint (host:port) of a spawned warren.
+    pub fn metrics_addr(&self) -> &str {
+        self.metrics_addr
+            .as_deref()
+            .expect("a spawned warren with metrics.listen set")
     }
 
     /// The process id of a spawned warren.
