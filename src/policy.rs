@@ -103,6 +103,7 @@ const POLICY_KEYS: &[&str] = &[
     "max-segment-size",
     "queue-leader-locator",
     "initial-cluster-size",
+    "consumer-timeout",
 ];
 
 const OPERATOR_KEYS: &[&str] = &[
@@ -137,6 +138,7 @@ const QUEUE_KEYS: &[&str] = &[
     "dead-letter-exchange",
     "dead-letter-routing-key",
     "delivery-limit",
+    "consumer-timeout",
 ];
 
 /// Erlang's `~p` of a JSON value, as RabbitMQ's validation messages print it.
@@ -188,6 +190,7 @@ fn validate_key(key: &str, v: &Value) -> Result<(), String> {
         }
         "initial-cluster-size" if !non_negative(v, 0) => bad("cluster size"),
         "max-segment-size" if !non_negative(v, 0) => bad("segment size"),
+        "consumer-timeout" if !non_negative(v, 0) => bad("consumer timeout"),
         _ => Ok(()),
     }
 }

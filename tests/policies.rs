@@ -632,3 +632,26 @@ async fn expires_policy_deletes_an_unused_existing_queue() {
     // In use by a consumer: kept.
     assert!(queue_exists(&conn, "busy.q").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_timeout_policy_applies_to_a_live_queue() {
+    let Some((broker, dir)) = warren(&[]) else {
+        return;
+    };
+    let (_conn, ch) = broker.channel().await;
+    declare_args(&ch, "timed.q", false, vec![]).await;
+    ctl_ok(
+        &dir,
+        &[
+            "set_policy",
+            "ct",
+            "^timed\\.",
+            r#"{"consumer-timeout": 300}"#,
+        ],
+    );
+    publish(&ch, "", "timed.q", b"job").await;
+    let mut c = consume(&ch, "timed.q", false).await;
+    assert!(!next_delivery(&mut c).await.redelivered);
+    // Requeued after 300 ms, not after the 30-minute default.
+    assert!(next_delivery(&mut c).await.redelivered);
+}
