@@ -160,6 +160,12 @@ impl Ready {
         }
     }
 
+    /// Admission installed on a live queue by a policy (see the actor's
+    /// `update_admission`).
+    pub fn set_admission(&mut self, a: Arc<Admission>) {
+        self.admission = Some(a);
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
