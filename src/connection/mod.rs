@@ -28,6 +28,7 @@ use crate::protocol::method::{self, Method};
 use crate::protocol::outbuf::OutBuf;
 use crate::protocol::short;
 use crate::queue::ConnEvent;
+use crate::util::IdHash;
 use handshake::{Abort, Negotiated};
 use writer::WriterTx;
 
@@ -189,7 +190,7 @@ impl Connection {
             published: false,
             tally: Default::default(),
         };
-        let mut channels: HashMap<u16, Channel> = HashMap::new();
+        let mut channels: HashMap<u16, Channel, IdHash> = HashMap::default();
         let heartbeat = n.heartbeat;
         // Heartbeats go out after heartbeat/2 of silence; a peer silent for two full
         // intervals (four ticks) is gone.
@@ -357,7 +358,7 @@ impl Connection {
     async fn process_frames(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel>,
+        channels: &mut HashMap<u16, Channel, IdHash>,
         n: &Negotiated,
         closing: bool,
     ) -> Result<bool, AmqpError> {
@@ -391,7 +392,7 @@ impl Connection {
     async fn handle_frame(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel>,
+        channels: &mut HashMap<u16, Channel, IdHash>,
         n: &Negotiated,
         f: Frame,
     ) -> Result<bool, AmqpError> {
@@ -505,7 +506,7 @@ impl Connection {
     async fn handle_channel0(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel>,
+        channels: &mut HashMap<u16, Channel, IdHash>,
         f: Frame,
     ) -> Result<bool, AmqpError> {
         if f.kind != FRAME_METHOD {
@@ -564,7 +565,7 @@ impl Connection {
     fn handle_event(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel>,
+        channels: &mut HashMap<u16, Channel, IdHash>,
         ev: ConnEvent,
     ) -> Result<(), AmqpError> {
         match ev {
