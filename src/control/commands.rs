@@ -426,6 +426,10 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                 "state",
                 "protocol",
                 "connected_at",
+                "ssl",
+                "ssl_protocol",
+                "ssl_cipher",
+                "peer_cert_subject",
             ];
             let columns = columns(req, &all, &["user", "peer_host", "peer_port", "state"])?;
             let mut rows = Vec::new();
@@ -452,6 +456,12 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             "channels" => json!(c.channels.load(Ordering::Relaxed)),
                             "state" => json!("running"),
                             "protocol" => json!("AMQP 0-9-1"),
+                            "ssl" => json!(c.tls.is_some()),
+                            "ssl_protocol" => json!(c.tls.as_ref().map(|t| t.protocol)),
+                            "ssl_cipher" => json!(c.tls.as_ref().map(|t| t.cipher.clone())),
+                            "peer_cert_subject" => {
+                                json!(c.tls.as_ref().and_then(|t| t.peer_cert_subject.clone()))
+                            }
                             _ => json!(at),
                         })
                         .collect(),

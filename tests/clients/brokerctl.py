@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # lines shown in pytest's terminal summary (see conftest.pytest_terminal_summary)
 REPORT_LINES: list = []
 
-READY_RE = re.compile(r"^warren ready amqp=([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)\s*$")
+READY_RE = re.compile(r"^warren ready amqp=([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)(?: amqps=(\S+):(\d+))?\s*$")
 
 
 @dataclass

@@ -64,6 +64,7 @@ pub fn unique(prefix: &str) -> String {
 pub struct Broker {
     url: String,
     addr: String,
+    tls_addr: Option<String>,
     child: Option<Child>,
     data_dir: Option<PathBuf>,
 }
@@ -77,6 +78,7 @@ impl Broker {
                 return Broker {
                     url,
                     addr,
+                    tls_addr: None,
                     child: None,
                     data_dir: None,
                 };
@@ -129,7 +131,7 @@ impl Broker {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        let addr = loop {
+        let (addr, tls_addr) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let _ = child.kill();
@@ -137,8 +139,14 @@ impl Broker {
             }
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
+                    // "warren ready amqp=HOST:PORT[ amqps=HOST:PORT]"
                     if let Some(rest) = line.trim().strip_prefix("warren ready amqp=") {
-                        break rest.trim().to_string();
+                        let mut words = rest.split_whitespace();
+                        let amqp = words.next().unwrap_or_default().to_string();
+                        let amqps = words
+                            .find_map(|w| w.strip_prefix("amqps="))
+                            .map(str::to_string);
+                        break (amqp, amqps);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -155,9 +163,15 @@ impl Broker {
         Broker {
             url: format!("amqp://guest:guest@{addr}/%2f"),
             addr,
+            tls_addr,
             child: Some(child),
             data_dir: Some(data_dir),
         }
+    }
+
+    /// The amqps listener's address, when the broker was started with `[tls]`.
+    pub fn tls_addr(&self) -> Option<&str> {
+        self.tls_addr.as_deref()
     }
 
     /// The process id of a spawned warren.
