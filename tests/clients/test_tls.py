@@ -149,6 +149,36 @@ def test_client_certificate_from_another_ca_is_refused(tls_broker, pki, uniq):
         conn.close()
 
 
+JAVA_SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "java", "TlsClient.java")
+
+
+@pytest.fixture(scope="module")
+def java_tls(tls_broker, pki, tmp_path_factory):
+    """Compile and run java/TlsClient.java once; its stdout has a PASS/FAIL line per check."""
+    from test_java_client import classpath
+
+    for tool in ("javac", "java", "openssl"):
+        if not shutil.which(tool):
+            pytest.fail("%s not found (tests/clients/install-deps.sh installs it)" % tool)
+    out = tmp_path_factory.mktemp("javatls")
+    cert, key = pki["client"]
+    p12 = str(out / "client.p12")
+    openssl("pkcs12", "-export", "-in", cert, "-inkey", key, "-out", p12, "-passout", "pass:secret")
+    cp = classpath()
+    comp = subprocess.run(["javac", "-nowarn", "-d", str(out), "-cp", os.pathsep.join(cp), JAVA_SRC],
+                          capture_output=True, text=True, timeout=180)
+    assert comp.returncode == 0, "javac failed:\n" + comp.stdout + comp.stderr
+    run = subprocess.run(["java", "-cp", os.pathsep.join([str(out)] + cp), "TlsClient",
+                          str(tls_broker.tls_port), pki["ca"].ca, p12, "secret"],
+                         capture_output=True, text=True, timeout=180)
+    return run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("check", ["server_only_tls_plain_login", "mutual_tls_external_login"])
+def test_java_client(java_tls, check):
+    assert "PASS " + check in java_tls.splitlines(), java_tls
+
+
 def test_server_from_an_untrusted_ca_is_refused_by_the_client(tls_broker, pki):
     # pika lets the ssl module's verification error through as it is.
     with pytest.raises((pika.exceptions.AMQPConnectionError, ssl.SSLError)):
