@@ -70,6 +70,7 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
                     let (broker, tls) = (broker.clone(), tls.clone());
                     tokio::spawn(async move {
                         if let Some((stream, info)) = tls.accept(socket, peer).await {

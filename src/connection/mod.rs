@@ -77,7 +77,6 @@ pub async fn serve_tls(
     peer: SocketAddr,
     tls: PeerTls,
 ) {
-    let _ = stream.get_ref().0.set_nodelay(true);
     // The TLS session is one state machine for both directions, so its halves share it
     // through tokio's split (a lock per read or write call, on this path only).
     let (reader, write_half) = tokio::io::split(stream);

@@ -447,7 +447,11 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             "pid" => json!(pid(id)),
                             "name" => json!(c.name.clone().unwrap_or_else(|| format!(
                                 "{} -> {}",
-                                c.peer, broker.config.amqp.listen
+                                c.peer,
+                                match c.tls {
+                                    Some(_) => &broker.config.tls.listen,
+                                    None => &broker.config.amqp.listen,
+                                }
                             ))),
                             "user" => json!(c.user),
                             "vhost" => json!(c.vhost),
