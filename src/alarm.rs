@@ -84,6 +84,9 @@ pub fn free_disk(path: &Path) -> Option<u64> {
     (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
 }
 
+/// Growth of resident memory after which the monitor returns freed memory to the OS.
+const TRIM_STEP: u64 = 64 << 20;
+
 /// Sample usage every interval and publish alarm changes on `tx`.
 pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender<AlarmState>>) {
     let limit = memory_limit(&cfg);
@@ -91,14 +94,20 @@ pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender
         tracing::info!(limit_bytes = l, "memory high watermark");
     }
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.check_interval_ms.max(10)));
+    // Resident memory right after the last trim.
+    let mut trimmed_at = resident_memory().unwrap_or(0);
     loop {
         tick.tick().await;
-        if tx.borrow().memory {
-            // Freed memory stays resident until the allocator returns it; give it back
-            // so the alarm can see the drop once consumers have drained the queues.
+        // Freed memory stays resident until the allocator returns it: a queue that pages
+        // a backlog out, or consumers draining one, free many small blocks between live
+        // ones that glibc keeps. Give it back when the alarm is on (so the alarm sees the
+        // drop) and whenever resident memory has grown by TRIM_STEP since the last trim.
+        let mut used = resident_memory();
+        if tx.borrow().memory || used.is_some_and(|u| u > trimmed_at + TRIM_STEP) {
             trim();
+            used = resident_memory();
+            trimmed_at = used.unwrap_or(0);
         }
-        let used = resident_memory();
         let free = free_disk(&data_dir);
         let state = AlarmState {
             memory: matches!((used, limit), (Some(u), Some(l)) if u > l),

@@ -59,6 +59,8 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     /// Resource alarms in effect, published by [`crate::alarm::monitor`].
     alarms: Arc<watch::Sender<AlarmState>>,
+    /// Message counters since start (see `metrics`).
+    pub counters: crate::metrics::Global,
 }
 
 impl Broker {
@@ -122,6 +124,7 @@ impl Broker {
             reply_to: Arc::default(),
             shutdown: watch::channel(false).0,
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
+            counters: Default::default(),
         })
     }
 
@@ -255,6 +258,14 @@ impl Broker {
 
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Channels open on all connections.
+    pub fn channel_count(&self) -> usize {
+        self.connections
+            .iter()
+            .map(|c| c.channels.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Visit every live connection (for listing).

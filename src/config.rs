@@ -18,6 +18,23 @@ pub struct Config {
     pub definitions: DefinitionsConfig,
     pub log: LogConfig,
     pub tls: TlsConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Prometheus endpoint (`/metrics`, `/metrics/per-object`), host:port; empty: off.
+    /// RabbitMQ's rabbitmq_prometheus port. Env: WARREN_METRICS_LISTEN.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "0.0.0.0:15692".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,6 +194,7 @@ impl Default for Config {
             definitions: DefinitionsConfig::default(),
             log: LogConfig::default(),
             tls: TlsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -292,6 +310,12 @@ impl Config {
             && !self.amqp.listen.contains(':')
         {
             return bad("amqp.listen", "expected host:port");
+        }
+        if !self.metrics.listen.is_empty() && !self.metrics.listen.contains(':') {
+            return bad(
+                "metrics.listen",
+                "expected host:port, or empty to turn it off",
+            );
         }
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
             return bad(

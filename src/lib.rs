@@ -23,6 +23,7 @@
 //!   definitions JSON (export, import, load at boot).
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
 //! - [`alarm`]: memory and disk alarms that block publishers while they last.
+//! - [`metrics`]: message counters, queue gauges, and the Prometheus endpoint.
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`error`]: protocol errors as values carrying their reply codes.
 //! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
@@ -41,6 +42,7 @@ pub mod error;
 pub mod exchange;
 pub mod logfile;
 pub mod message;
+pub mod metrics;
 pub mod perf;
 pub mod protocol;
 pub mod queue;

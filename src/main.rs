@@ -177,6 +177,26 @@ async fn serve(
     } else {
         None
     };
+    // The Prometheus endpoint, if configured: a port in use is a start-up failure too.
+    let metrics = if broker.config.metrics.listen.is_empty() {
+        None
+    } else {
+        let listen = &broker.config.metrics.listen;
+        let l = warren::metrics::http::bind(listen).await.map_err(|e| {
+            Failure(
+                71,
+                warren::server::bind_error_for("metrics.listen", listen, &e),
+            )
+        })?;
+        Some(l)
+    };
+    if let Some(l) = metrics {
+        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!("Prometheus metrics on http://{at}/metrics");
+        // Before the ready line, so tests that wait for it know this port.
+        println!("warren listening prometheus={at}");
+        tokio::spawn(warren::metrics::http::serve(broker.clone(), l));
+    }
     broker.start_alarm_monitor();
     let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
     let (tls, tls_server, tls_addr) = match tls {

@@ -30,12 +30,8 @@ pub fn bind_error_for(key: &str, listen: &str, e: &std::io::Error) -> String {
         std::io::ErrorKind::AddrInUse => format!(
             "another process (another warren or RabbitMQ?) is listening there; stop it or set {key} to a free port"
         ),
-        std::io::ErrorKind::PermissionDenied => {
-            "ports below 1024 need root or CAP_NET_BIND_SERVICE; use a higher port or grant the capability".to_owned()
-        }
-        std::io::ErrorKind::AddrNotAvailable => {
-            "no local interface has that address; use one of this host's addresses or 0.0.0.0".to_owned()
-        }
+        std::io::ErrorKind::PermissionDenied => "ports below 1024 need root or CAP_NET_BIND_SERVICE; use a higher port or grant the capability".to_owned(),
+        std::io::ErrorKind::AddrNotAvailable => "no local interface has that address; use one of this host's addresses or 0.0.0.0".to_owned(),
         _ => format!("check {key} (host:port)"),
     };
     format!("cannot listen on {listen} ({key}): {e}; {hint}")

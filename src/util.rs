@@ -52,3 +52,31 @@ mod tests {
         assert_eq!(a.len(), "amq.gen-".len() + 22);
     }
 }
+
+/// Hashes the broker's own integer ids (store message ids, queue ids) with one multiply
+/// instead of SipHash. The keys are sequential numbers the broker assigns, never client
+/// input, so flooding resistance buys nothing; the store's index and recovery hash one
+/// per message, where SipHash was the largest cost.
+#[derive(Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(*b as u64);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: the multiply spreads sequential ids into the high bits,
+        // which hashbrown uses for its control bytes.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// [`std::collections::HashMap`]'s `S` for maps keyed by broker-assigned ids.
+pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;

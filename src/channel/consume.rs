@@ -212,6 +212,13 @@ impl Channel {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
+        s.tally.delivered += 1;
+        s.tally.redelivered += d.redelivered as u64;
+        if consumer.no_ack {
+            s.tally.delivered_consume_auto_ack += 1;
+        } else {
+            s.tally.delivered_consume_manual_ack += 1;
+        }
         if !consumer.no_ack {
             self.unacked.push_back(Unacked {
                 tag,
@@ -271,6 +278,7 @@ impl Channel {
             .await
             .ok_or_else(|| AmqpError::not_found(format!("no {}", q.describe())))?;
         let Some(got) = got else {
+            s.tally.get_empty += 1;
             s.send(
                 self.number,
                 AMQPClass::Basic(AMQPMethod::GetEmpty(basic::GetEmpty {})),
@@ -279,6 +287,13 @@ impl Channel {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
+        s.tally.delivered += 1;
+        s.tally.redelivered += got.redelivered as u64;
+        if g.no_ack {
+            s.tally.delivered_get_auto_ack += 1;
+        } else {
+            s.tally.delivered_get_manual_ack += 1;
+        }
         if !g.no_ack {
             self.queues.insert(q.id, q.clone());
             self.unacked.push_back(Unacked {
@@ -322,11 +337,12 @@ impl Channel {
 
     pub(super) fn ack(
         &mut self,
-        _s: &mut Session,
+        s: &mut Session,
         tag: u64,
         multiple: bool,
     ) -> Result<(), AmqpError> {
         let entries = self.take_unacked(tag, multiple).map_err(|e| e.on(60, 80))?;
+        s.tally.acknowledged += entries.len() as u64;
         if self.in_tx() {
             self.tx_stash(entries, Settle::Ack);
         } else {

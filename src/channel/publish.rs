@@ -106,6 +106,10 @@ impl Channel {
         body: Bytes,
     ) -> Result<(), AmqpError> {
         self.authorize_publish(s, &p).map_err(|e| e.on(60, 40))?;
+        s.tally.received += 1;
+        if self.confirm.is_some() {
+            s.tally.received_confirm += 1;
+        }
         if let Some(claimed) = props.user_id(&properties) {
             if claimed != s.user.as_bytes() {
                 return Err(AmqpError::precondition_failed(format!(
@@ -272,6 +276,11 @@ impl Channel {
         let mut stored = None;
         if route.is_empty() {
             if p.mandatory {
+                s.tally.unroutable_returned += 1;
+            } else {
+                s.tally.unroutable_dropped += 1;
+            }
+            if p.mandatory {
                 method::encode_return(
                     &mut s.out.buf,
                     self.number,
@@ -290,6 +299,7 @@ impl Channel {
                 m.write_content(&mut s.out, self.number, s.frame_max);
             }
         } else {
+            s.tally.routed += 1;
             // Queues that refuse it (full reject-publish queues; see queue/admission.rs).
             // Empty, and so never allocated, for the common publish.
             let mut refusing: Vec<&Arc<QueueHandle>> = Vec::new();
@@ -375,6 +385,7 @@ impl Channel {
             };
             // Everything before the first pending publish is simply acked.
             if limit - 1 > c.sent {
+                s.tally.confirmed += limit - 1 - c.sent;
                 let multiple = limit - 1 - c.sent > 1;
                 method::encode_confirm(&mut s.out.buf, self.number, limit - 1, multiple, false);
                 c.sent = limit - 1;

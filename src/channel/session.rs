@@ -39,6 +39,8 @@ pub struct Session {
     pub confirms_due: Vec<u16>,
     /// The connection has published: resource alarms block it (see `alarm.rs`).
     pub published: bool,
+    /// Message counts of this read, added to the broker's totals at flush.
+    pub tally: crate::metrics::Tally,
 }
 
 impl Session {

@@ -229,6 +229,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             publishes: PublishBatch::default(),
             confirms_due: Vec::new(),
             published: false,
+            tally: Default::default(),
         };
         let mut channels: HashMap<u16, Channel> = HashMap::new();
         let heartbeat = n.heartbeat;
@@ -357,6 +358,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                     ch.flush_confirms(&mut s);
                 }
             }
+            s.tally.flush(&self.broker.counters);
             if !s.out.is_empty() {
                 let _ = self.writer.send(s.out.take());
                 sent = true;
@@ -368,6 +370,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                 tokio::task::yield_now().await;
             }
         }
+        s.tally.flush(&self.broker.counters);
 
         if !s.out.is_empty() {
             let _ = self.writer.send(s.out.take());

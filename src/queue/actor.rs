@@ -61,6 +61,8 @@ pub(super) struct QueueActor {
     idle_deadline: Option<Instant>,
     /// The link to the message store (journaling for a durable queue; paging for all).
     store: Option<StoreLink>,
+    /// Shared with the handle: where this actor publishes its counts.
+    gauges: Arc<crate::metrics::QueueGauges>,
 }
 
 /// How much work a command is, for bounding a burst.
@@ -115,6 +117,7 @@ impl QueueActor {
             next_id: 1,
             had_consumer: false,
             deleted: false,
+            gauges: handle.gauges.clone(),
             store,
         };
         actor.touch();
@@ -151,6 +154,7 @@ impl QueueActor {
                 self.handle_burst(&mut rx, &mut 0);
             }
             self.flush_store();
+            self.publish_gauges();
             if self.deleted {
                 break;
             }
@@ -439,6 +443,17 @@ impl QueueActor {
             consumers: self.consumers.len() as u32,
             messages_paged_out: self.ready.paged() as u32,
         }
+    }
+
+    /// Make this burst's outcome visible to scrapes (see `metrics`).
+    fn publish_gauges(&self) {
+        self.gauges.set(
+            self.ready.len(),
+            self.unacked.len(),
+            self.consumers.len(),
+            self.ready.paged(),
+            self.ready.bytes(),
+        );
     }
 
     /// Report to the store what this queue let go of (see `stored.rs`).

@@ -157,6 +157,8 @@ pub struct QueueHandle {
     tx: mpsc::UnboundedSender<QueueCmd>,
     /// The lane for settlements (see [`Inbox`]).
     urgent: mpsc::UnboundedSender<QueueCmd>,
+    /// Counts for monitoring, kept current by the actor.
+    pub gauges: Arc<crate::metrics::QueueGauges>,
 }
 
 /// A queue actor's mailbox: two lanes. Settlements (acks, nacks, rejects) and credit
@@ -230,6 +232,7 @@ impl QueueHandle {
             admission,
             tx,
             urgent: urgent_tx,
+            gauges: Arc::default(),
         });
         // Every queue of a broker with a store can page out; durable ones also journal.
         let store = vhost

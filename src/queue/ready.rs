@@ -253,6 +253,10 @@ impl Ready {
                 }
             }
         }
+        // A burst of publishes can queue many page-outs at once; don't keep that capacity.
+        if p.pending.capacity() > 8192 && p.pending.len() < p.pending.capacity() / 4 {
+            p.pending.shrink_to(p.pending.len() * 2);
+        }
     }
 
     /// Read back the paged messages at the head of `level` (up to a batch). Those the

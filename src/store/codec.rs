@@ -63,6 +63,10 @@ impl<'a> Get<'a> {
         Some(head)
     }
 
+    /// The next `n` bytes as they are.
+    pub fn raw(&mut self, n: usize) -> Option<&'a [u8]> {
+        self.take(n)
+    }
     pub fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }

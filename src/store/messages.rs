@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +41,7 @@ use crate::config::StoreConfig;
 use crate::message::Message;
 use crate::protocol::properties;
 use crate::queue::{ConnEvent, EventTx};
+use crate::util::IdHash;
 
 const SEGMENT_EXT: &str = "seg";
 
@@ -95,14 +96,16 @@ pub struct Recovered {
 struct Ref {
     holders: u32,
     segment: u32,
-    /// The record's payload: offset in the segment file, and length.
-    offset: u64,
+    /// The record's payload: offset in the segment file, and length. A segment ends at
+    /// the first batch past `store.segment_size` (at most 1 GiB), so offsets fit 32 bits
+    /// and the entry stays 16 bytes: the index holds one per live message.
+    offset: u32,
     len: u32,
 }
 
 /// Live messages by id, written by the writer thread once per batch, read by queues
 /// paging messages back in.
-type Index = Arc<Mutex<HashMap<u64, Ref>>>;
+type Index = Arc<Mutex<HashMap<u64, Ref, IdHash>>>;
 
 pub struct MessageStore {
     tx: Mutex<Option<mpsc::Sender<Op>>>,
@@ -213,15 +216,15 @@ impl MessageStore {
         let mut i = 0;
         while i < order.len() {
             let Some(first) = refs[order[i]] else { break };
-            let start = first.offset - record::HEADER as u64;
-            let mut end = first.offset + first.len as u64;
+            let start = first.offset as u64 - record::HEADER as u64;
+            let mut end = first.offset as u64 + first.len as u64;
             let mut j = i + 1;
             while let Some(r) = order.get(j).and_then(|&k| refs[k]) {
-                let r_start = r.offset - record::HEADER as u64;
+                let r_start = r.offset as u64 - record::HEADER as u64;
                 if r.segment != first.segment || r_start > end + SPAN_GAP || r_start < start {
                     break;
                 }
-                end = end.max(r.offset + r.len as u64);
+                end = end.max(r.offset as u64 + r.len as u64);
                 j += 1;
             }
             if file.as_ref().map(|f| f.0) != Some(first.segment) {
@@ -244,7 +247,7 @@ impl MessageStore {
             let span = Bytes::from(span);
             for &k in &order[i..j] {
                 let Some(r) = refs[k] else { continue };
-                let at = (r.offset - record::HEADER as u64 - start) as usize;
+                let at = (r.offset as u64 - record::HEADER as u64 - start) as usize;
                 out[k] = record::payload_at(&span, at)
                     .and_then(|p| {
                         let rec = parse_message(&span[p.clone()])?;
@@ -510,7 +513,7 @@ impl Writer {
         let r = Ref {
             holders: p.qids.len().max(1) as u32,
             segment: self.segment as u32,
-            offset: self.written + start as u64,
+            offset: (self.written + start as u64) as u32,
             len: (buf.len() - start) as u32,
         };
         (p.id, r)
@@ -549,7 +552,7 @@ impl Writer {
     }
 
     /// One queue let go of message `id`; when none holds it, its segment may go.
-    fn release(&mut self, index: &mut HashMap<u64, Ref>, id: u64) {
+    fn release(&mut self, index: &mut HashMap<u64, Ref, IdHash>, id: u64) {
         let Some(r) = index.get_mut(&id) else {
             return;
         };
@@ -596,7 +599,7 @@ impl Writer {
 
 struct Recovery {
     by_queue: HashMap<u64, Vec<Recovered>>,
-    refs: HashMap<u64, Ref>,
+    refs: HashMap<u64, Ref, IdHash>,
     live: HashMap<u64, u64>,
     max_id: u64,
     next_segment: u64,
@@ -625,12 +628,20 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// queue still holds. Bodies are not kept: queues read back what they need.
 fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     let segs = segments(dir)?;
-    let mut acked: HashSet<(u64, u64)> = HashSet::new();
-    let mut delivered: HashSet<(u64, u64)> = HashSet::new();
+    let mut acked: HashSet<(u64, u64), IdHash> = HashSet::default();
+    let mut delivered: HashSet<(u64, u64), IdHash> = HashSet::default();
+    // One buffer for every segment: a fresh one each time costs a page fault per page.
+    let mut data = Vec::new();
+    // Message records seen, to size the index once (growing it rehashes a million entries).
+    let mut stored = 0;
     for &n in &segs {
         let path = segment_path(dir, n);
-        let data = fs::read(&path)?;
+        read_into(&path, &mut data)?;
         let report = record::scan(&data, |_, payload| {
+            if payload.first() == Some(&b'M') {
+                stored += 1;
+                return;
+            }
             let mut g = Get::new(payload);
             let (Some(kind @ (b'A' | b'D')), Some(qid), Some(n)) = (g.u8(), g.u64(), g.u32())
             else {
@@ -658,13 +669,14 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
 
     let mut r = Recovery {
         by_queue: HashMap::new(),
-        refs: HashMap::new(),
+        refs: HashMap::with_capacity_and_hasher(stored, IdHash::default()),
         live: HashMap::new(),
         max_id: 0,
         next_segment: segs.last().map_or(1, |n| n + 1),
     };
     for &seg in &segs {
-        let data = fs::read(segment_path(dir, seg))?;
+        read_into(&segment_path(dir, seg), &mut data)?;
+        let mut seg_live = 0;
         record::scan(&data, |at, payload| {
             let Some(rec) = parse_message(payload) else {
                 return;
@@ -674,13 +686,9 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
             if !rec.durable {
                 return;
             }
-            let holders: Vec<u64> = rec
-                .qids
-                .iter()
-                .copied()
-                .filter(|q| live_qids.contains(q) && !acked.contains(&(*q, id)))
-                .collect();
-            if holders.is_empty() {
+            let holds = |q: &u64| live_qids.contains(q) && !acked.contains(&(*q, id));
+            let holders = rec.queues().filter(holds).count();
+            if holders == 0 {
                 return;
             }
             let [_, _, props, body] = rec.fields.clone();
@@ -692,14 +700,14 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
             r.refs.insert(
                 id,
                 Ref {
-                    holders: holders.len() as u32,
+                    holders: holders as u32,
                     segment: seg as u32,
-                    offset: (at + record::HEADER) as u64,
+                    offset: (at + record::HEADER) as u32,
                     len: payload.len() as u32,
                 },
             );
-            *r.live.entry(seg).or_default() += 1;
-            for q in holders {
+            seg_live += 1;
+            for q in rec.queues().filter(holds) {
                 r.by_queue.entry(q).or_default().push(Recovered {
                     store_id: id,
                     message: None,
@@ -711,7 +719,9 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
             }
         });
         // A fully consumed segment goes now.
-        if !r.live.contains_key(&seg) {
+        if seg_live > 0 {
+            r.live.insert(seg, seg_live);
+        } else {
             let _ = fs::remove_file(segment_path(dir, seg));
         }
     }
@@ -721,16 +731,25 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     Ok(r)
 }
 
+/// Read a whole file into `buf`, reusing its allocation.
+fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    File::open(path)?.read_to_end(buf)?;
+    Ok(())
+}
+
 /// A message record's id, queues, and where its four byte strings lie in the payload.
-struct MessageRecord {
+struct MessageRecord<'a> {
     id: u64,
     /// `M`, not a transient `T` copy.
     durable: bool,
-    qids: Vec<u64>,
+    /// The queue ids, 8 bytes each (read with [`MessageRecord::queues`]; recovery parses
+    /// a million of these, so no allocation per record).
+    qids: &'a [u8],
     fields: [std::ops::Range<usize>; 4],
 }
 
-fn parse_message(payload: &[u8]) -> Option<MessageRecord> {
+fn parse_message(payload: &[u8]) -> Option<MessageRecord<'_>> {
     let mut g = Get::new(payload);
     let durable = match g.u8()? {
         b'M' => true,
@@ -739,10 +758,7 @@ fn parse_message(payload: &[u8]) -> Option<MessageRecord> {
     };
     let id = g.u64()?;
     let n = g.u16()?;
-    let mut qids = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        qids.push(g.u64()?);
-    }
+    let qids = g.raw(n as usize * 8)?;
     let base = payload.as_ptr() as usize;
     let mut field = || {
         let s = g.bytes()?;
@@ -758,7 +774,15 @@ fn parse_message(payload: &[u8]) -> Option<MessageRecord> {
     })
 }
 
-impl MessageRecord {
+impl MessageRecord<'_> {
+    fn queues(&self) -> impl Iterator<Item = u64> + '_ {
+        self.qids.chunks_exact(8).map(|c| {
+            let mut id = [0; 8];
+            id.copy_from_slice(c);
+            u64::from_le_bytes(id)
+        })
+    }
+
     /// The message, sharing `buf` (where its payload starts at `at`) for its four parts.
     fn message_in(&self, buf: &Bytes, at: usize) -> Message {
         let part = |r: &std::ops::Range<usize>| buf.slice(at + r.start..at + r.end);

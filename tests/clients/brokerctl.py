@@ -112,6 +112,8 @@ def start_warren(timeout: float = 10.0, extra_args: tuple = ()) -> Broker:
     stderr = open(log_path, "wb")
     proc = subprocess.Popen(
         [binary, "--amqp-listen", "127.0.0.1:0", "--data-dir", data_dir, *extra_args],
+        # Several brokers may run at once: pick the Prometheus port too.
+        env={**os.environ, "WARREN_METRICS_LISTEN": "127.0.0.1:0"},
         stdout=subprocess.PIPE,
         stderr=stderr,
         stdin=subprocess.DEVNULL,

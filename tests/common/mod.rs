@@ -67,6 +67,8 @@ pub struct Broker {
     tls_addr: Option<String>,
     child: Option<Child>,
     data_dir: Option<PathBuf>,
+    /// The Prometheus endpoint's address, when it is on.
+    metrics_addr: Option<String>,
 }
 
 impl Broker {
@@ -81,6 +83,7 @@ impl Broker {
                     tls_addr: None,
                     child: None,
                     data_dir: None,
+                    metrics_addr: None,
                 };
             }
         }
@@ -105,6 +108,8 @@ impl Broker {
     /// Spawn warren on a data directory with extra environment variables.
     pub fn spawn_in_env(data_dir: PathBuf, extra_args: &[&str], envs: &[(&str, &str)]) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
+            // Many brokers run at once: the Prometheus port is picked too, not 15692.
+            .env("WARREN_METRICS_LISTEN", "127.0.0.1:0")
             .envs(envs.iter().copied())
             .arg("--amqp-listen")
             .arg("127.0.0.1:0")
@@ -131,6 +136,7 @@ impl Broker {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut metrics_addr = None;
         let (addr, tls_addr) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -147,6 +153,9 @@ impl Broker {
                             .find_map(|w| w.strip_prefix("amqps="))
                             .map(str::to_string);
                         break (amqp, amqps);
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("warren listening prometheus=") {
+                        metrics_addr = Some(rest.trim().to_string());
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -166,12 +175,20 @@ impl Broker {
             tls_addr,
             child: Some(child),
             data_dir: Some(data_dir),
+            metrics_addr,
         }
     }
 
     /// The amqps listener's address, when the broker was started with `[tls]`.
     pub fn tls_addr(&self) -> Option<&str> {
         self.tls_addr.as_deref()
+    }
+
+    /// The Prometheus endpoint (host:port) of a spawned warren.
+    pub fn metrics_addr(&self) -> &str {
+        self.metrics_addr
+            .as_deref()
+            .expect("a spawned warren with metrics.listen set")
     }
 
     /// The process id of a spawned warren.

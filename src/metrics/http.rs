@@ -1,0 +1,87 @@
+//! The Prometheus endpoint's HTTP server: GET `/metrics` and `/metrics/per-object`,
+//! one response per connection. Scrapers need nothing more, so this is a few lines of
+//! tokio rather than an HTTP stack.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::broker::Broker;
+
+/// Longest request head accepted.
+const HEAD_MAX: usize = 16 * 1024;
+/// A client that hasn't sent its request by then is dropped.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve scrapes until the broker shuts down.
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                tokio::spawn(handle(broker.clone(), stream));
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn handle(broker: Arc<Broker>, mut stream: TcpStream) {
+    let Ok(Some(head)) = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await else {
+        return;
+    };
+    let mut words = head.split(' ');
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => ("200 OK", render(&broker, false).await),
+        ("GET" | "HEAD", "/metrics/per-object") => ("200 OK", render(&broker, true).await),
+        ("GET" | "HEAD", _) => ("404 Not Found", "Not Found\n".to_owned()),
+        _ => ("405 Method Not Allowed", "Method Not Allowed\n".to_owned()),
+    };
+    let header = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(header.as_bytes()).await;
+    if method != "HEAD" {
+        let _ = stream.write_all(body.as_bytes()).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// A scrape of many queues takes milliseconds: off the workers that run queues.
+async fn render(broker: &Arc<Broker>, per_object: bool) -> String {
+    let b = broker.clone();
+    tokio::task::spawn_blocking(move || super::prometheus::render(&b, per_object))
+        .await
+        .unwrap_or_default()
+}
+
+/// The request line of a request whose head has fully arrived; None if the client went
+/// away or sent more than [`HEAD_MAX`] without ending its head.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]);
+            return head.lines().next().map(str::to_owned);
+        }
+        if buf.len() > HEAD_MAX {
+            return None;
+        }
+        let mut chunk = [0u8; 2048];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}

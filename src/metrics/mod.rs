@@ -1,0 +1,110 @@
+//! What the broker counts for monitoring, and the Prometheus endpoint that shows it.
+//!
+//! Counting stays off the hot path's shared cache lines: a connection counts in a plain
+//! [`Tally`] while it handles a read and adds it to the broker's atomic [`Global`] once
+//! per read; a queue actor writes its [`QueueGauges`] once per burst. A scrape only loads
+//! atomics, so it never waits on (or wakes) a queue, however many there are.
+
+pub mod http;
+pub mod prometheus;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// Declares the message counters once, as RabbitMQ's `rabbitmq_global_messages_*`
+/// names them: the atomic totals, the per-connection tally, and the list a scrape walks.
+macro_rules! counters {
+    ($($field:ident: $help:literal,)*) => {
+        /// Message counters for the whole broker since it started.
+        #[derive(Debug, Default)]
+        pub struct Global {
+            $(pub $field: AtomicU64,)*
+        }
+
+        /// A connection's counts since its last flush into [`Global`].
+        #[derive(Debug, Default)]
+        pub struct Tally {
+            $(pub $field: u64,)*
+        }
+
+        impl Tally {
+            /// Add the counts to `global` and start again from zero.
+            pub fn flush(&mut self, global: &Global) {
+                $(if self.$field != 0 {
+                    global.$field.fetch_add(std::mem::take(&mut self.$field), Relaxed);
+                })*
+            }
+        }
+
+        impl Global {
+            /// (metric name suffix, help text, value) for each counter.
+            pub fn read(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($field), $help, self.$field.load(Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    received: "Total number of messages received from publishers",
+    received_confirm: "Total number of messages received from publishers expecting confirmations",
+    routed: "Total number of messages routed to queues or streams",
+    unroutable_dropped: "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+    unroutable_returned: "Total number of messages published as mandatory into an exchange and returned to the publisher as unroutable",
+    confirmed: "Total number of messages confirmed to publishers",
+    delivered: "Total number of messages delivered to consumers",
+    delivered_consume_auto_ack: "Total number of messages delivered to consumers using basic.consume with automatic acknowledgment",
+    delivered_consume_manual_ack: "Total number of messages delivered to consumers using basic.consume with manual acknowledgment",
+    delivered_get_auto_ack: "Total number of messages delivered to consumers using basic.get with automatic acknowledgment",
+    delivered_get_manual_ack: "Total number of messages delivered to consumers using basic.get with manual acknowledgment",
+    get_empty: "Total number of times basic.get operations fetched no message",
+    redelivered: "Total number of messages redelivered to consumers",
+    acknowledged: "Total number of messages acknowledged by consumers",
+}
+
+/// A queue's current counts, written by its actor after each burst of work (the actor
+/// is their only writer) and read by scrapes and listings without asking the actor.
+#[derive(Debug, Default)]
+pub struct QueueGauges {
+    pub ready: AtomicU32,
+    pub unacked: AtomicU32,
+    pub consumers: AtomicU32,
+    /// Ready messages whose bodies are only on disk.
+    pub paged_out: AtomicU32,
+    /// Bytes of the ready messages' bodies.
+    pub ready_bytes: AtomicU64,
+}
+
+impl QueueGauges {
+    pub fn set(&self, ready: usize, unacked: usize, consumers: usize, paged: usize, bytes: u64) {
+        self.ready.store(ready as u32, Relaxed);
+        self.unacked.store(unacked as u32, Relaxed);
+        self.consumers.store(consumers as u32, Relaxed);
+        self.paged_out.store(paged as u32, Relaxed);
+        self.ready_bytes.store(bytes, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_adds_to_the_totals_once_and_starts_over() {
+        let g = Global::default();
+        let mut t = Tally {
+            received: 3,
+            acknowledged: 2,
+            ..Tally::default()
+        };
+        t.flush(&g);
+        t.flush(&g);
+        t.received += 1;
+        t.flush(&g);
+        let read: std::collections::HashMap<_, _> =
+            g.read().into_iter().map(|(k, _, v)| (k, v)).collect();
+        assert_eq!(read["received"], 4);
+        assert_eq!(read["acknowledged"], 2);
+        assert_eq!(read["routed"], 0);
+        assert_eq!(t.received, 0);
+    }
+}
