@@ -27,12 +27,16 @@ pub struct MetricsConfig {
     /// Prometheus endpoint (`/metrics`, `/metrics/per-object`), host:port; empty: off.
     /// RabbitMQ's rabbitmq_prometheus port. Env: WARREN_METRICS_LISTEN.
     pub listen: String,
+    /// The same endpoint over HTTPS with the `[tls]` certificate settings, host:port;
+    /// empty: off. RabbitMQ's prometheus.ssl.port (15691). Env: WARREN_METRICS_TLS_LISTEN.
+    pub tls_listen: String,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "0.0.0.0:15692".to_owned(),
+            tls_listen: String::new(),
         }
     }
 }
@@ -316,6 +320,20 @@ impl Config {
                 "metrics.listen",
                 "expected host:port, or empty to turn it off",
             );
+        }
+        if !self.metrics.tls_listen.is_empty() {
+            if !self.metrics.tls_listen.contains(':') {
+                return bad(
+                    "metrics.tls_listen",
+                    "expected host:port, or empty to turn it off",
+                );
+            }
+            if !self.tls.enabled() {
+                return bad(
+                    "metrics.tls_listen",
+                    "HTTPS uses the [tls] certificate: set tls.certfile and tls.keyfile",
+                );
+            }
         }
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
             return bad(

@@ -197,6 +197,24 @@ async fn serve(
         println!("warren listening prometheus={at}");
         tokio::spawn(warren::metrics::http::serve(broker.clone(), l));
     }
+    // The same over HTTPS, with the [tls] certificate (config.rs made sure it is set).
+    if let (false, Some((tls, _, _))) = (broker.config.metrics.tls_listen.is_empty(), &tls) {
+        let listen = &broker.config.metrics.tls_listen;
+        let l = warren::metrics::http::bind(listen).await.map_err(|e| {
+            Failure(
+                71,
+                warren::server::bind_error_for("metrics.tls_listen", listen, &e),
+            )
+        })?;
+        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!("Prometheus metrics on https://{at}/metrics");
+        println!("warren listening prometheus_tls={at}");
+        tokio::spawn(warren::metrics::http::serve_tls(
+            broker.clone(),
+            l,
+            tls.clone(),
+        ));
+    }
     broker.start_alarm_monitor();
     let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
     let (tls, tls_server, tls_addr) = match tls {

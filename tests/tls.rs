@@ -462,13 +462,74 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
     round_trip(&still).await;
 }
 
+/// GET a path over HTTPS, trusting `ca_pem`; returns the whole response.
+async fn https_get(addr: &str, ca_pem: &str, path: &str) -> std::io::Result<String> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn prometheus_over_https_uses_the_tls_certificate() {
+    let dir = Dir::new();
+    let ca = Ca::new("metrics CA");
+    let (cert, key) = ca.issue(&[(DnType::CommonName, "localhost")], false);
+    let sets = [
+        "tls.listen=127.0.0.1:0".to_owned(),
+        format!("tls.certfile={}", dir.write("server.pem", &cert)),
+        format!("tls.keyfile={}", dir.write("server.key", &key)),
+        "metrics.listen=127.0.0.1:0".to_owned(),
+        "metrics.tls_listen=127.0.0.1:0".to_owned(),
+    ];
+    let args: Vec<String> = sets
+        .iter()
+        .flat_map(|a| ["--set".to_owned(), a.clone()])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let broker = Broker::spawn_warren(&args);
+    let addr = broker
+        .metrics_tls_addr()
+        .expect("warren listening prometheus_tls=")
+        .to_owned();
+    let resp = within(https_get(&addr, &ca.pem(), "/metrics"))
+        .await
+        .expect("https scrape");
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(resp.contains("rabbitmq_identity_info"), "{resp}");
+    // A client that does not trust the certificate gets no metrics.
+    let other = Ca::new("other");
+    assert!(within(https_get(&addr, &other.pem(), "/metrics"))
+        .await
+        .is_err());
+}
+
 #[test]
 fn bad_tls_settings_stop_the_start_with_the_key_named() {
     let dir = Dir::new();
     let data = dir.path("data");
     let run = |sets: &[&str]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
-        cmd.args(["--amqp-listen", "127.0.0.1:0", "--data-dir", &data]);
+        cmd.args(["--amqp-listen", "127.0.0.1:0", "--data-dir", &data])
+            .env("WARREN_METRICS_LISTEN", "127.0.0.1:0");
         for s in sets {
             cmd.args(["--set", s]);
         }
@@ -492,6 +553,9 @@ fn bad_tls_settings_stop_the_start_with_the_key_named() {
     let (code, err) = run(&["tls.verify=verify_maybe"]);
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("tls.verify"), "{err}");
+    let (code, err) = run(&["metrics.tls_listen=127.0.0.1:0"]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("metrics.tls_listen"), "{err}");
     let (code, err) = run(&["tls.versions=tlsv1.1"]);
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("tls.versions"), "{err}");

@@ -65,6 +65,7 @@ pub struct Broker {
     url: String,
     addr: String,
     tls_addr: Option<String>,
+    metrics_tls_addr: Option<String>,
     child: Option<Child>,
     data_dir: Option<PathBuf>,
     /// The Prometheus endpoint's address, when it is on.
@@ -81,6 +82,7 @@ impl Broker {
                     url,
                     addr,
                     tls_addr: None,
+                    metrics_tls_addr: None,
                     child: None,
                     data_dir: None,
                     metrics_addr: None,
@@ -137,6 +139,7 @@ impl Broker {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut metrics_addr = None;
+        let mut metrics_tls_addr = None;
         let (addr, tls_addr) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -157,6 +160,10 @@ impl Broker {
                     if let Some(rest) = line.trim().strip_prefix("warren listening prometheus=") {
                         metrics_addr = Some(rest.trim().to_string());
                     }
+                    if let Some(rest) = line.trim().strip_prefix("warren listening prometheus_tls=")
+                    {
+                        metrics_tls_addr = Some(rest.trim().to_string());
+                    }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
@@ -173,6 +180,7 @@ impl Broker {
             url: format!("amqp://guest:guest@{addr}/%2f"),
             addr,
             tls_addr,
+            metrics_tls_addr,
             child: Some(child),
             data_dir: Some(data_dir),
             metrics_addr,
@@ -182,6 +190,11 @@ impl Broker {
     /// The amqps listener's address, when the broker was started with `[tls]`.
     pub fn tls_addr(&self) -> Option<&str> {
         self.tls_addr.as_deref()
+    }
+
+    /// The HTTPS Prometheus endpoint, when started with `metrics.tls_listen`.
+    pub fn metrics_tls_addr(&self) -> Option<&str> {
+        self.metrics_tls_addr.as_deref()
     }
 
     /// The Prometheus endpoint (host:port) of a spawned warren.
