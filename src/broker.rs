@@ -13,12 +13,26 @@ use crate::access::{self, Access, AccessError};
 use crate::alarm::AlarmState;
 use crate::config::Config;
 use crate::error::{code, AmqpError};
+use crate::policy::{Kind as PolicyKind, Policy};
 use crate::queue::{ConnEvent, EventTx};
 use crate::store::{Change, Opened, Store, StoreError};
 use crate::vhost::Vhost;
 
 /// Users, vhosts, permissions and limits, in the data directory.
 const ACCESS_FILE: &str = "access.json";
+
+/// Policies and operator policies, in the data directory: `{"policies": [...],
+/// "operator_policies": [...]}`, each item as RabbitMQ's definitions write a policy.
+const POLICIES_FILE: &str = "policies.json";
+
+/// The queue settings that come from the configuration.
+fn queue_defaults(config: &Config) -> crate::vhost::QueueDefaults {
+    crate::vhost::QueueDefaults {
+        consumer_timeout: (config.amqp.consumer_timeout > 0)
+            .then_some(config.amqp.consumer_timeout),
+        timeout_closes_channel: config.amqp.consumer_timeout_action == "close_channel",
+    }
+}
 
 /// What the broker knows of a live connection: enough to close it, enforce limits and
 /// list it (warrenctl list_connections).
@@ -82,12 +96,7 @@ impl Broker {
             let vhost = broker
                 .vhosts
                 .entry(name.clone())
-                .or_insert_with(|| {
-                    (
-                        Vhost::with_store(name, Some(store.clone())),
-                        VhostMeta::default(),
-                    )
-                })
+                .or_insert_with(|| (broker.new_vhost(name), VhostMeta::default()))
                 .0
                 .clone();
             vhost.restore(defs, &mut messages);
@@ -102,12 +111,21 @@ impl Broker {
         Ok(broker)
     }
 
+    /// A new vhost object with the broker's queue defaults.
+    fn new_vhost(&self, name: &str) -> Arc<Vhost> {
+        let v = Vhost::with_store(name, self.store.clone());
+        v.set_queue_defaults(queue_defaults(&self.config));
+        v
+    }
+
     fn build(config: Config, store: Option<Arc<Store>>) -> Arc<Broker> {
         let vhosts = DashMap::new();
+        let default_vhost = Vhost::with_store(&config.defaults.vhost, store.clone());
+        default_vhost.set_queue_defaults(queue_defaults(&config));
         vhosts.insert(
             config.defaults.vhost.clone(),
             (
-                Vhost::with_store(&config.defaults.vhost, store.clone()),
+                default_vhost,
                 VhostMeta {
                     description: "Default virtual host".to_owned(),
                     tags: Vec::new(),
@@ -153,7 +171,7 @@ impl Broker {
                 if let Some(s) = &self.store {
                     s.topology.append(&Change::AddVhost(name.to_owned()));
                 }
-                (Vhost::with_store(name, self.store.clone()), meta)
+                (self.new_vhost(name), meta)
             })
             .0
             .clone();
@@ -185,6 +203,8 @@ impl Broker {
             s.topology.sync();
         }
         self.access.vhost_deleted(name);
+        // Its policies went with it.
+        self.save_policies();
         Ok(())
     }
 
@@ -319,7 +339,8 @@ impl Broker {
         }
         let mut doc = crate::definitions::export(self);
         if let Some(o) = doc.as_object_mut() {
-            for key in ["queues", "exchanges", "bindings"] {
+            // Topology is in the topology log, policies in their own file.
+            for key in ["queues", "exchanges", "bindings", "policies"] {
                 o.remove(key);
             }
         }
@@ -384,6 +405,114 @@ impl Broker {
         Ok(())
     }
 
+    // ---- policies ----
+
+    /// set_policy / set_operator_policy: validate (RabbitMQ's texts), store, apply to
+    /// what matches now, and save. Errors are the validation message.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_policy(
+        &self,
+        kind: PolicyKind,
+        vhost: &str,
+        name: &str,
+        pattern: &str,
+        definition: &serde_json::Value,
+        priority: i64,
+        apply_to: &str,
+    ) -> Result<(), String> {
+        let v = self
+            .vhost(vhost)
+            .ok_or_else(|| format!("Virtual host '{vhost}' does not exist"))?;
+        let policy = Policy::new(kind, vhost, name, pattern, apply_to, definition, priority)?;
+        v.set_policy(kind, policy);
+        tracing::info!(
+            "Successfully set policy '{name}' matching {apply_to} names in virtual host '{vhost}' using pattern '{pattern}'"
+        );
+        self.save_policies();
+        Ok(())
+    }
+
+    /// clear_policy / clear_operator_policy; false if there was no such policy.
+    pub fn clear_policy(&self, kind: PolicyKind, vhost: &str, name: &str) -> bool {
+        let cleared = self
+            .vhost(vhost)
+            .is_some_and(|v| v.clear_policy(kind, name));
+        if cleared {
+            self.save_policies();
+        }
+        cleared
+    }
+
+    /// A vhost's policies of a kind (all vhosts for `None`), highest priority first as
+    /// rabbitmqctl lists them.
+    pub fn list_policies(&self, kind: PolicyKind, vhost: Option<&str>) -> Vec<Policy> {
+        let mut all: Vec<Policy> = self
+            .vhosts()
+            .into_iter()
+            .filter(|(v, _)| vhost.is_none_or(|n| *v.name == *n))
+            .flat_map(|(v, _)| v.policies(kind))
+            .collect();
+        all.sort_by_key(|p| std::cmp::Reverse(p.priority));
+        all
+    }
+
+    /// Write every vhost's policies to the data directory.
+    fn save_policies(&self) {
+        let Some(store) = &self.store else { return };
+        let json = |kind| {
+            self.list_policies(kind, None)
+                .iter()
+                .map(Policy::to_json)
+                .collect::<Vec<_>>()
+        };
+        let doc = serde_json::json!({
+            "policies": json(PolicyKind::Policy),
+            "operator_policies": json(PolicyKind::Operator),
+        });
+        let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        if let Err(e) = store.write_file(POLICIES_FILE, &text) {
+            tracing::error!(error = %e, "could not save policies");
+        }
+    }
+
+    /// At start-up: bring back the policies [`Broker::save_policies`] wrote, applying
+    /// them to the recovered queues and exchanges.
+    pub fn restore_policies(&self) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let Some(text) = store.read_file(POLICIES_FILE) else {
+            return Ok(());
+        };
+        let doc: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("{POLICIES_FILE} in the data directory is not valid JSON: {e}"))?;
+        for (key, kind) in [
+            ("policies", PolicyKind::Policy),
+            ("operator_policies", PolicyKind::Operator),
+        ] {
+            for p in doc
+                .get(key)
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+            {
+                let (vhost, name) = (json_str(p, "vhost"), json_str(p, "name"));
+                if let Err(e) = self.set_policy(
+                    kind,
+                    vhost,
+                    name,
+                    json_str(p, "pattern"),
+                    p.get("definition").unwrap_or(&serde_json::Value::Null),
+                    p.get("priority").and_then(|v| v.as_i64()).unwrap_or(0),
+                    p.get("apply-to").and_then(|v| v.as_str()).unwrap_or("all"),
+                ) {
+                    tracing::warn!(policy = name, vhost, "saved policy not restored: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// First step of a shutdown: from now on, queues letting go of messages or being
     /// deleted as their consumers disconnect is not recorded, so what is queued now is
     /// there at the next start.
@@ -410,4 +539,8 @@ impl Broker {
             )));
         }
     }
+}
+
+fn json_str<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
+    v.get(key).and_then(|x| x.as_str()).unwrap_or_default()
 }

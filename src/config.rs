@@ -56,6 +56,13 @@ pub struct AmqpConfig {
     pub max_message_size: u64,
     /// Seconds a client has to complete the handshake.
     pub handshake_timeout: u64,
+    /// Milliseconds a delivery may stay unacknowledged (RabbitMQ's consumer_timeout,
+    /// default 30 minutes; 0 disables). Queues override it with `x-consumer-timeout`.
+    pub consumer_timeout: u64,
+    /// What a consumer timeout does: "requeue" (warren's default: the stuck delivery
+    /// goes back to its queue, the channel stays open) or "close_channel" (RabbitMQ's
+    /// behaviour: 406 PRECONDITION_FAILED on the channel).
+    pub consumer_timeout_action: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +219,8 @@ impl Default for AmqpConfig {
             heartbeat: 60,
             max_message_size: 16 * 1024 * 1024,
             handshake_timeout: 10,
+            consumer_timeout: 1_800_000,
+            consumer_timeout_action: "requeue".to_owned(),
         }
     }
 }
@@ -339,6 +348,15 @@ impl Config {
             return bad(
                 "amqp.max_message_size",
                 "must be between 1 and 536870912 bytes",
+            );
+        }
+        if !matches!(
+            self.amqp.consumer_timeout_action.as_str(),
+            "requeue" | "close_channel"
+        ) {
+            return bad(
+                "amqp.consumer_timeout_action",
+                "expected \"requeue\" or \"close_channel\"",
             );
         }
         if !(4096..=1 << 30).contains(&self.store.segment_size) {

@@ -3,8 +3,9 @@
 //! working passwords and a warren export imports into RabbitMQ. Used by warrenctl's
 //! export/import and by `definitions.load_file` at boot.
 //!
-//! Policies and other runtime parameters are not supported yet: imported ones are
-//! reported and skipped, and exports carry them as empty arrays.
+//! Policies are exported and imported (operator policies are not part of RabbitMQ's
+//! definitions, so neither of warren's). Runtime parameters other than vhost limits,
+//! and global parameters, are not supported yet: imported ones are reported and skipped.
 
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{json, Map, Value};
@@ -15,7 +16,7 @@ use crate::exchange::Destination;
 use crate::vhost::{ExchangeDecl, QueueDecl};
 
 /// What an import did not take. Warnings are things warren ignores on purpose (unknown
-/// keys, policies); errors are items it could not apply (the rest still are).
+/// keys, unsupported parameters); errors are items it could not apply (the rest still are).
 #[derive(Debug, Default)]
 pub struct ImportReport {
     pub warnings: Vec<String>,
@@ -103,7 +104,7 @@ pub fn export(broker: &Broker) -> Value {
                 "durable": q.durable,
                 "auto_delete": q.auto_delete,
                 "arguments": table_to_json(&q.arguments),
-                "type": "classic",
+                "type": if crate::policy::is_quorum(&q.arguments) { "quorum" } else { "classic" },
             }));
         }
         for b in vhost.bindings() {
@@ -158,7 +159,11 @@ pub fn export(broker: &Broker) -> Value {
         "topic_permissions": topic_permissions,
         "parameters": parameters,
         "global_parameters": [],
-        "policies": [],
+        "policies": broker
+            .list_policies(crate::policy::Kind::Policy, None)
+            .iter()
+            .map(crate::policy::Policy::to_json)
+            .collect::<Vec<_>>(),
         "queues": queues,
         "exchanges": exchanges,
         "bindings": bindings,
@@ -178,15 +183,10 @@ pub fn import(broker: &Broker, defs: &Value) -> ImportReport {
     for key in top.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())) {
         r.warnings.push(format!("unknown key '{key}' ignored"));
     }
-    for (key, what) in [
-        ("policies", "policies"),
-        ("global_parameters", "global parameters"),
-    ] {
-        let n = list(top, key).len();
-        if n > 0 {
-            r.warnings
-                .push(format!("{n} {what} ignored (not supported yet)"));
-        }
+    let n = list(top, "global_parameters").len();
+    if n > 0 {
+        r.warnings
+            .push(format!("{n} global parameters ignored (not supported yet)"));
     }
     let access = &broker.access;
 
@@ -278,6 +278,35 @@ pub fn import(broker: &Broker, defs: &Value) -> ImportReport {
             if let Err(e) = access.set_vhost_limits(vhost, limits(p.get("value"))) {
                 r.errors.push(format!("{what}: {e}"));
             }
+        }
+    }
+    for p in list(top, "policies") {
+        let (name, vhost) = (str_field(p, "name"), str_field(p, "vhost"));
+        let what = format!("policy '{name}' in vhost '{vhost}'");
+        if !vhost_exists(&mut r, &what, vhost) {
+            continue;
+        }
+        // RabbitMQ writes the priority as a number; hand-written files may quote it.
+        let priority = match p.get("priority") {
+            None => Some(0),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok())),
+        };
+        let Some(priority) = priority else {
+            r.errors.push(format!("{what}: priority must be a number"));
+            continue;
+        };
+        if let Err(e) = broker.set_policy(
+            crate::policy::Kind::Policy,
+            vhost,
+            name,
+            str_field(p, "pattern"),
+            p.get("definition").unwrap_or(&Value::Null),
+            priority,
+            p.get("apply-to").and_then(Value::as_str).unwrap_or("all"),
+        ) {
+            r.errors.push(format!("{what}: {e}"));
         }
     }
     for x in list(top, "exchanges") {

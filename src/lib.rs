@@ -25,6 +25,8 @@
 //! - [`alarm`]: memory and disk alarms that block publishers while they last.
 //! - [`metrics`]: message counters, queue gauges, and the Prometheus endpoint.
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
+//! - [`policy`]: policies and operator policies: validation, matching, and how they
+//!   merge with a queue's own arguments.
 //! - [`error`]: protocol errors as values carrying their reply codes.
 //! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
 
@@ -44,6 +46,7 @@ pub mod logfile;
 pub mod message;
 pub mod metrics;
 pub mod perf;
+pub mod policy;
 pub mod protocol;
 pub mod queue;
 pub mod server;

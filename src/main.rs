@@ -138,6 +138,7 @@ async fn serve(
     // control socket) is touched before that.
     let broker = warren::broker::Broker::open(config).map_err(|e| Failure(73, e.to_string()))?; // EX_CANTCREAT
     broker.restore_access().map_err(|e| Failure(73, e))?;
+    broker.restore_policies().map_err(|e| Failure(73, e))?;
     load_definitions(&broker).map_err(|e| Failure(78, e))?; // EX_CONFIG
     broker.save_access();
     let control = warren::control::bind(&broker.config.data_dir)

@@ -13,9 +13,13 @@ use amq_protocol::types::FieldTable;
 use crate::arguments::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
 use crate::error::{rs, AmqpError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::policy::PolicySet;
 use crate::queue::{QueueHandle, QueueSpec};
 use crate::store::topology::{BindingDef, ExchangeDef, QueueDef, VhostDefs};
 use crate::store::{Change, Recovered, Store};
+
+mod policies;
+pub use policies::QueueDefaults;
 
 /// Exchanges every vhost has (RabbitMQ's set), all durable.
 const STANDARD_EXCHANGES: &[(&str, ExchangeKind, bool)] = &[
@@ -41,6 +45,12 @@ pub struct Vhost {
     me: Weak<Vhost>,
     /// Where durable changes and persistent messages go (None: nothing is kept).
     store: Option<Arc<Store>>,
+    /// Policies and operator policies (see `policy.rs`): read when a queue or exchange
+    /// is created, written by set/clear, which then push the change to what matches.
+    /// Taken after `topology` when both are needed, never across an await.
+    policies: RwLock<PolicySet>,
+    /// Defaults for queues created here that do not come from their arguments.
+    queue_defaults: RwLock<QueueDefaults>,
 }
 
 pub struct ExchangeDecl<'a> {
@@ -96,6 +106,8 @@ impl Vhost {
             version: AtomicU64::new(1),
             me: me.clone(),
             store,
+            policies: RwLock::default(),
+            queue_defaults: RwLock::default(),
         })
     }
 
@@ -146,6 +158,7 @@ impl Vhost {
                 arguments: q.arguments.clone(),
                 store_qid: Some(q.qid),
                 recovered: messages.remove(&q.qid).unwrap_or_default(),
+                queue_args: self.queue_args(name, &q.arguments),
             };
             t.queues.insert(
                 name.clone(),
@@ -321,17 +334,16 @@ impl Vhost {
                 },
             });
         }
-        t.exchanges.insert(
-            d.name.to_owned(),
-            Exchange::new(
-                d.name,
-                kind,
-                d.durable,
-                d.auto_delete,
-                d.internal,
-                d.arguments,
-            ),
+        let mut x = Exchange::new(
+            d.name,
+            kind,
+            d.durable,
+            d.auto_delete,
+            d.internal,
+            d.arguments,
         );
+        self.apply_exchange_policy(&mut x);
+        t.exchanges.insert(d.name.to_owned(), x);
         drop(t);
         self.sync_log();
         Ok(())
@@ -480,9 +492,10 @@ impl Vhost {
             durable,
             exclusive_owner: owner,
             auto_delete: d.auto_delete,
-            arguments: d.arguments,
             store_qid,
             recovered: Vec::new(),
+            queue_args: self.queue_args(&d.name, &d.arguments),
+            arguments: d.arguments,
         };
         let q = QueueHandle::spawn(spec, self.me.clone(), self.name.clone());
         t.queues.insert(d.name, q.clone());

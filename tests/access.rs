@@ -513,3 +513,57 @@ fn non_loopback_address() -> Option<std::net::IpAddr> {
     let ip = s.local_addr().ok()?.ip();
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_permissions_cover_cc_and_bcc_routing_keys() {
+    let broker = Broker::start();
+    let t = Tenant::new(&broker);
+    t.grant(CONFIGURE, WRITE, READ);
+    admin(
+        &broker,
+        &[
+            "set_topic_permissions",
+            "-p",
+            &t.vhost,
+            &t.user,
+            "amq.topic",
+            "^allowed\\.",
+            ".*",
+        ],
+    );
+    let text = |key: &str| {
+        format!(
+            "ACCESS_REFUSED - access to topic '{key}' in exchange 'amq.topic' in vhost '{}' refused for user '{}'",
+            t.vhost, t.user
+        )
+    };
+    let cc = |header: &str, key: &str| {
+        BasicProperties::default().with_headers(table(vec![(
+            header,
+            AMQPValue::FieldArray(FieldArray::from(vec![lstr(key)])),
+        )]))
+    };
+    let (conn, ch) = t.as_user().await;
+    for header in ["CC", "BCC"] {
+        let ch = if header == "CC" {
+            ch.clone()
+        } else {
+            fresh_channel(&conn).await
+        };
+        within(ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+        publish_props(
+            &ch,
+            "amq.topic",
+            "allowed.x",
+            b"ok",
+            cc(header, "allowed.y"),
+        )
+        .await;
+        within(ch.wait_for_confirms()).await.unwrap();
+        let watch = ChannelWatch::new(&ch).await;
+        publish_props(&ch, "amq.topic", "allowed.x", b"no", cc(header, "denied.y")).await;
+        watch.assert_closed(403, &text("denied.y")).await;
+    }
+}

@@ -62,6 +62,56 @@ async fn cc_and_bcc_add_routing_keys_and_each_queue_gets_the_message_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_route_by_their_cc_keys_unless_a_dead_letter_routing_key_is_set() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let dlx = unique("dlx");
+    let (by_key, by_cc) = (unique("by-key"), unique("by-cc"));
+    declare_exchange(&ch, &dlx, ExchangeKind::Direct).await;
+    declare_queue(&ch, &by_key).await;
+    declare_queue(&ch, &by_cc).await;
+    bind(&ch, &by_key, &dlx, "k.main").await;
+    bind(&ch, &by_cc, &dlx, "k.cc").await;
+    let (plain, fixed) = (unique("dl-plain"), unique("dl-fixed"));
+    for (q, rk) in [(&plain, None), (&fixed, Some("k.main"))] {
+        let mut args = vec![("x-dead-letter-exchange", lstr(&dlx))];
+        if let Some(rk) = rk {
+            args.push(("x-dead-letter-routing-key", lstr(rk)));
+        }
+        within(ch.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions::default(),
+            table(args),
+        ))
+        .await
+        .unwrap();
+    }
+    let props = with_headers(vec![("CC", keys(&["k.cc"]))]);
+    for q in [&plain, &fixed] {
+        // Published to the queue by name (the default exchange), CC naming a key the
+        // DLX routes.
+        publish_props(&ch, "", q, b"dead", props.clone()).await;
+        wait_message_count(&ch, q, 1).await;
+        let m = get(&ch, q, false).await.unwrap();
+        within(ch.basic_reject(
+            m.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        ))
+        .await
+        .unwrap();
+    }
+    // Without x-dead-letter-routing-key, the message's routing key is the queue name
+    // (bound nowhere on the DLX) and its CC key reaches by-cc; with one, only that key
+    // routes (and CC is dropped), as RabbitMQ does.
+    wait_message_count(&ch, &by_cc, 1).await;
+    wait_message_count(&ch, &by_key, 1).await;
+    let m = get(&ch, &by_key, true).await.unwrap();
+    assert_eq!(header(&m, "CC"), None);
+    delete_queues(&conn, &[&plain, &fixed, &by_key, &by_cc]).await;
+    delete_exchanges(&conn, &[&dlx]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cc_routes_on_the_default_exchange_and_is_not_cached_for_the_next_publish() {
     let broker = Broker::start();
     let (conn, ch) = broker.channel().await;

@@ -75,14 +75,17 @@ const COMMANDS: &[Spec] = &[
     ("close_connection", "<pid|name> <explanation>", (1, 2), "Closing connection {0}, reason: {1}...", "Closes a connection with 320 CONNECTION_FORCED"),
     ("export_definitions", "<path>|-", (1, 1), "Exporting definitions in JSON to a file at \"{0}\" ...", "Writes users, vhosts, permissions and topology as RabbitMQ's JSON"),
     ("import_definitions", "<path>|-", (1, 1), "Importing definitions in JSON from a file at \"{0}\" ...", "Imports RabbitMQ-format definitions"),
+    ("set_policy", "[-p <vhost>] [--priority <priority>] [--apply-to <apply-to>] <name> <pattern> <definition>", (3, 3), "Setting policy \"{0}\" for pattern \"{1}\" to \"{2}\" with priority \"{priority}\" for vhost \"{vhost}\" ...", "Sets or updates a policy"),
+    ("clear_policy", "[-p <vhost>] <name>", (1, 1), "Clearing policy \"{0}\" on vhost \"{vhost}\" ...", "Clears (removes) a policy"),
+    ("list_policies", "[-p <vhost>]", (0, 0), "Listing policies for vhost \"{vhost}\" ...", "Lists all policies in a virtual host"),
+    ("set_operator_policy", "[-p <vhost>] [--priority <priority>] [--apply-to <apply-to>] <name> <pattern> <definition>", (3, 3), "Setting operator policy override \"{0}\" for pattern \"{1}\" to \"{2}\" with priority \"{priority}\" for vhost \"{vhost}\" ...", "Sets an operator policy that overrides a subset of arguments in user policies"),
+    ("clear_operator_policy", "[-p <vhost>] <name>", (1, 1), "Clearing operator policy \"{0}\" on vhost \"{vhost}\" ...", "Clears an operator policy"),
+    ("list_operator_policies", "[-p <vhost>]", (0, 0), "Listing operator policy overrides for vhost \"{vhost}\" ...", "Lists operator policy overrides for a virtual host"),
     ("help", "[<command>]", (0, 1), "", "Displays usage information"),
 ];
 
 /// Commands rabbitmqctl has that warren does not (yet), so runbooks fail clearly.
-const NOT_YET: &[(&str, &str)] = &[
-    ("set_policy", "policies are not supported yet"),
-    ("list_policies", "policies are not supported yet"),
-];
+const NOT_YET: &[(&str, &str)] = &[];
 
 struct Options {
     quiet: bool,
@@ -163,7 +166,7 @@ fn run(argv: Vec<String>) -> u8 {
                 "--if-empty" | "--if-unused" | "--global" => {
                     req.flags.insert(name[2..].to_owned(), String::new());
                 }
-                "--description" | "--tags" => {
+                "--description" | "--tags" | "--priority" | "--apply-to" => {
                     let v = value(&name)?;
                     req.flags.insert(name[2..].to_owned(), v);
                 }
@@ -266,7 +269,11 @@ fn run(argv: Vec<String>) -> u8 {
     // Exporting to stdout keeps stdout pure JSON.
     let to_stdout = req.command == "export_definitions" && req.args[0] == "-";
     if !opts.quiet && !spec.3.is_empty() && !to_stdout {
-        println!("{}", info_line(spec.3, &req.args, &vhost_for_info));
+        let priority = req.flags.get("priority").map_or("0", String::as_str);
+        println!(
+            "{}",
+            info_line(spec.3, &req.args, &vhost_for_info).replace("{priority}", priority)
+        );
     }
     let response = if req.command == "await_startup" {
         await_startup(&socket, &req, opts.timeout)
@@ -302,10 +309,10 @@ fn info_line(template: &str, args: &[String], vhost: &str) -> String {
         "{tags}",
         &args.iter().skip(1).cloned().collect::<Vec<_>>().join(", "),
     );
-    for (i, a) in args.iter().enumerate().take(2) {
+    for (i, a) in args.iter().enumerate().take(3) {
         s = s.replace(&format!("{{{i}}}"), a);
     }
-    s.replace("{1}", "").replace("{0}", "")
+    s.replace("{2}", "").replace("{1}", "").replace("{0}", "")
 }
 
 /// The socket in the data directory, resolved like the broker resolves its data_dir.

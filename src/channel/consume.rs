@@ -203,6 +203,7 @@ impl Channel {
                 // Consumer gone (server-side cancel raced it): give the message back.
                 if let Some(q) = self.queues.get(&d.queue_id) {
                     q.send(QueueCmd::Settle {
+                        channel_uid: self.uid,
                         ids: vec![d.msg_id],
                         how: Settle::Requeue,
                     });
@@ -320,19 +321,46 @@ impl Channel {
     /// Take the deliveries a (multiple) ack/nack/reject names out of the unacked list.
     /// Like RabbitMQ, the tag itself must be outstanding, even with `multiple`; tag 0
     /// with `multiple` means everything.
+    /// A tag a consumer timeout took back counts as outstanding (and settles nothing).
     fn take_unacked(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, AmqpError> {
         if multiple && tag == 0 {
+            self.timed_out.clear();
             return Ok(self.unacked.drain(..).collect());
         }
-        let i = self
-            .unacked
-            .binary_search_by_key(&tag, |u| u.tag)
-            .map_err(|_| AmqpError::precondition_failed(format!("unknown delivery tag {tag}")))?;
-        Ok(if multiple {
-            self.unacked.drain(..=i).collect()
-        } else {
-            self.unacked.remove(i).into_iter().collect()
+        let timed_out = self.timed_out.remove(&tag);
+        if multiple && !self.timed_out.is_empty() {
+            self.timed_out.retain(|&t| t > tag);
+        }
+        Ok(match self.unacked.binary_search_by_key(&tag, |u| u.tag) {
+            Ok(i) if multiple => self.unacked.drain(..=i).collect(),
+            Ok(i) => self.unacked.remove(i).into_iter().collect(),
+            Err(i) if timed_out && multiple => self.unacked.drain(..i).collect(),
+            Err(_) if timed_out => Vec::new(),
+            Err(_) => {
+                return Err(AmqpError::precondition_failed(format!(
+                    "unknown delivery tag {tag}"
+                )))
+            }
         })
+    }
+
+    /// A consumer timeout requeued one of this channel's deliveries (warren's default
+    /// action): forget it, give back its channel-wide prefetch credit, and remember its
+    /// tag so that the client's late ack or reject of it is not an error.
+    pub fn delivery_timed_out(&mut self, queue_id: u64, msg_id: u64) {
+        let Some(i) = self
+            .unacked
+            .iter()
+            .position(|u| u.queue.id == queue_id && u.msg_id == msg_id)
+        else {
+            return; // settled meanwhile
+        };
+        if let Some(u) = self.unacked.remove(i) {
+            self.timed_out.insert(u.tag);
+            if self.limiter.release(u.counted as u32) {
+                self.kick_queues();
+            }
+        }
     }
 
     pub(super) fn ack(
@@ -386,7 +414,11 @@ impl Channel {
             }
         }
         for (q, ids) in per_queue {
-            q.send(QueueCmd::Settle { ids, how });
+            q.send(QueueCmd::Settle {
+                channel_uid: self.uid,
+                ids,
+                how,
+            });
         }
         if self.limiter.release(counted) {
             // The channel was at its global prefetch: other queues may be waiting on it.

@@ -11,7 +11,7 @@ pub mod reply_to;
 mod sender_selected;
 pub mod session;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use amq_protocol::protocol::{access, basic, channel, confirm, exchange, queue, tx, AMQPClass};
@@ -138,6 +138,9 @@ pub struct Channel {
     consumers: HashMap<Arc<str>, ConsumerRef>,
     next_tag: u64,
     unacked: VecDeque<Unacked>,
+    /// Delivery tags whose deliveries a consumer timeout took back (see
+    /// `consume.rs`): acking or rejecting them is accepted and does nothing.
+    timed_out: BTreeSet<u64>,
     /// Queues this channel consumes from or holds deliveries of: told when it closes.
     queues: HashMap<u64, Arc<QueueHandle>>,
     /// For the empty-queue-name shortcut (RabbitMQ's most_recently_declared_queue).
@@ -162,6 +165,7 @@ impl Channel {
             consumers: HashMap::new(),
             next_tag: 1,
             unacked: VecDeque::new(),
+            timed_out: BTreeSet::new(),
             queues: HashMap::new(),
             last_queue: None,
             reply_consumer: None,
@@ -397,6 +401,7 @@ impl Channel {
         self.consumers.clear();
         self.reply_consumer = None;
         self.unacked.clear();
+        self.timed_out.clear();
         self.tx = None;
         self.assembly = Assembly::Idle;
         waits

@@ -105,7 +105,7 @@ impl Channel {
         props: Properties,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        self.authorize_publish(s, &p).map_err(|e| e.on(60, 40))?;
+        let grant = self.authorize_publish(s, &p).map_err(|e| e.on(60, 40))?;
         s.tally.received += 1;
         if self.confirm.is_some() {
             s.tally.received_confirm += 1;
@@ -139,6 +139,18 @@ impl Channel {
                     ss.stripped.unwrap_or((properties, props))
                 }
             };
+        if grant == Grant::TopicCheck {
+            // Topic permissions cover every routing key of the message, CC and BCC ones
+            // included (rabbit_channel:check_write_permitted_on_topics over
+            // mc:routing_keys).
+            let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
+            for key in &extra_keys {
+                s.broker
+                    .access
+                    .check_topic(&s.user, &s.vhost.name, exchange, key, Perm::Write)
+                    .map_err(|e| e.on(60, 40))?;
+            }
+        }
         // Direct reply-to: `reply_to: amq.rabbitmq.reply-to` names this channel's consumer.
         let (properties, props) =
             match reply_to::rewrite(&properties, &props, self.reply_consumer.as_ref())
@@ -167,7 +179,7 @@ impl Channel {
     /// Write on the exchange (the default one as `amq.default`), then topic write on the
     /// routing key if the user has topic permissions there; the verdict is cached per
     /// exchange until permissions or the topology change.
-    fn authorize_publish(&mut self, s: &Session, p: &Publish) -> Result<(), AmqpError> {
+    fn authorize_publish(&mut self, s: &Session, p: &Publish) -> Result<Grant, AmqpError> {
         let generation = (s.broker.access.generation(), s.vhost.version());
         let grant = match self.grants.get(generation, &p.exchange) {
             Some(g) => g,
@@ -197,7 +209,7 @@ impl Channel {
                 Perm::Write,
             )?;
         }
-        Ok(())
+        Ok(grant)
     }
 
     fn route_and_enqueue(
@@ -351,7 +363,7 @@ impl Channel {
             }
             let refused_dlx = refusing
                 .iter()
-                .filter(|q| q.admission().is_some_and(|a| a.dead_letter));
+                .filter(|q| q.admission().is_some_and(|a| a.dead_letter()));
             for q in refused_dlx {
                 q.send(QueueCmd::Refused(m.clone()));
             }

@@ -652,6 +652,26 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                 let _ = reply.send(infos);
             }
             ConnEvent::Close(e) => return Err(e),
+            ConnEvent::DeliveryTimedOut {
+                channel_uid,
+                queue_id,
+                msg_id,
+            } => {
+                if let Some(ch) = channels.values_mut().find(|c| c.uid == channel_uid) {
+                    ch.delivery_timed_out(queue_id, msg_id);
+                }
+            }
+            ConnEvent::CloseChannel { channel_uid, error } => {
+                if let Some((&number, ch)) = channels
+                    .iter_mut()
+                    .find(|(_, c)| c.uid == channel_uid && c.state == State::Open)
+                {
+                    tracing::warn!(peer = %self.peer, channel = number, "channel error: {}", error.text);
+                    ch.teardown();
+                    ch.state = State::Closing;
+                    s.send(number, channel_close_method(&error));
+                }
+            }
         }
         Ok(())
     }

@@ -39,6 +39,14 @@ fn arg(req: &Request, i: usize) -> Result<&str> {
     })
 }
 
+fn policy_kind(command: &str) -> crate::policy::Kind {
+    if command.contains("operator") {
+        crate::policy::Kind::Operator
+    } else {
+        crate::policy::Kind::Policy
+    }
+}
+
 fn ok() -> Result {
     Ok(Response::default())
 }
@@ -254,6 +262,71 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                     .collect(),
             ))
         }
+        "set_policy" | "set_operator_policy" => {
+            need_vhost()?;
+            let kind = policy_kind(&req.command);
+            let definition: Value = serde_json::from_str(arg(req, 2)?).map_err(|e| {
+                Response::error(EX_DATAERR, format!("Could not parse JSON document: {e}"))
+            })?;
+            let priority = match req.flags.get("priority") {
+                None => 0,
+                Some(p) => p.parse::<i64>().map_err(|_| {
+                    Response::error(EX_DATAERR, format!("\"{p}\" priority must be a number"))
+                })?,
+            };
+            let apply_to = req.flags.get("apply-to").map_or("all", String::as_str);
+            broker
+                .set_policy(
+                    kind,
+                    &vhost,
+                    arg(req, 0)?,
+                    arg(req, 1)?,
+                    &definition,
+                    priority,
+                    apply_to,
+                )
+                .map_err(|e| Response::error(EX_DATAERR, format!("Validation failed\n\n{e}")))?;
+            ok()
+        }
+        "clear_policy" | "clear_operator_policy" => {
+            need_vhost()?;
+            if !broker.clear_policy(policy_kind(&req.command), &vhost, arg(req, 0)?) {
+                return Err(Response::error(EX_DATAERR, "Parameter does not exist"));
+            }
+            ok()
+        }
+        "list_policies" | "list_operator_policies" => {
+            need_vhost()?;
+            let kind = if req.command == "list_policies" {
+                crate::policy::Kind::Policy
+            } else {
+                crate::policy::Kind::Operator
+            };
+            Ok(Response::table(
+                cols(&[
+                    "vhost",
+                    "name",
+                    "pattern",
+                    "apply-to",
+                    "definition",
+                    "priority",
+                ]),
+                broker
+                    .list_policies(kind, Some(&vhost))
+                    .into_iter()
+                    .map(|p| {
+                        vec![
+                            json!(p.vhost),
+                            json!(p.name),
+                            json!(p.pattern),
+                            json!(p.apply_to.as_str()),
+                            json!(p.definition),
+                            json!(p.priority),
+                        ]
+                    })
+                    .collect(),
+            ))
+        }
         "list_user_permissions" => {
             let user = arg(req, 0)?;
             if access.user(user).is_none() {
@@ -358,6 +431,10 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             "internal" => json!(x.internal),
                             "arguments" => crate::definitions::table_to_json(&x.arguments),
                             "vhost" => json!(&*v.name),
+                            "policy" => json!(v
+                                .policy_names(&x.name, crate::policy::Target::Exchange)[0]
+                                .as_deref()
+                                .unwrap_or("")),
                             _ => json!(""),
                         })
                         .collect()
@@ -632,12 +709,17 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
         "vhost",
         "type",
         "state",
+        "policy",
+        "operator_policy",
     ];
     let columns = columns(req, &all, &["name", "messages"])?;
     let mut queues = v.queues();
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = Vec::with_capacity(queues.len());
     for q in queues {
+        let quorum = crate::policy::is_quorum(&q.arguments);
+        let [policy, operator_policy] =
+            v.policy_names(&q.name, crate::policy::Target::Queue { quorum });
         let stats = q
             .ask(|reply| QueueCmd::Stats { reply })
             .await
@@ -662,7 +744,9 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
                     ),
                     "consumers" => json!(stats.consumers),
                     "vhost" => json!(&*v.name),
-                    "type" => json!("classic"),
+                    "type" => json!(if quorum { "quorum" } else { "classic" }),
+                    "policy" => json!(policy.as_deref().unwrap_or("")),
+                    "operator_policy" => json!(operator_policy.as_deref().unwrap_or("")),
                     _ => json!("running"),
                 })
                 .collect(),

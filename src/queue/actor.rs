@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::dispatch::Consumers;
+use super::quorum;
+
+mod consumer_timeout;
+mod reconfigure;
 use super::ready::{Entry, Pager, Ready, Restored};
 use super::stored::{StoreLink, Stored};
 use super::{
@@ -36,6 +40,8 @@ struct Unacked {
     channel_uid: u64,
     /// The consumer whose credit it holds (None for basic.get).
     consumer_uid: Option<u64>,
+    /// When the consumer timeout fires for it (None: no timeout).
+    timeout_at: Option<Instant>,
 }
 
 pub(super) struct QueueActor {
@@ -61,6 +67,10 @@ pub(super) struct QueueActor {
     idle_deadline: Option<Instant>,
     /// The link to the message store (journaling for a durable queue; paging for all).
     store: Option<StoreLink>,
+    /// When to look for unacked deliveries past their consumer timeout; set while
+    /// there are deliveries that can time out. A periodic scan rather than a per-delivery
+    /// timer: it costs nothing per message and its memory is the unacked map's.
+    timeout_scan: Option<Instant>,
     /// Shared with the handle: where this actor publishes its counts.
     gauges: Arc<crate::metrics::QueueGauges>,
 }
@@ -103,7 +113,7 @@ impl QueueActor {
             auto_delete: handle.auto_delete,
             ready: Ready::new(
                 args.max_priority,
-                handle.admission.clone(),
+                handle.admission.get().cloned(),
                 store
                     .as_ref()
                     .map(|s| Pager::new(s.store.clone(), s.tokens.clone())),
@@ -119,6 +129,7 @@ impl QueueActor {
             deleted: false,
             gauges: handle.gauges.clone(),
             store,
+            timeout_scan: None,
         };
         actor.touch();
         for r in recovered {
@@ -128,13 +139,28 @@ impl QueueActor {
     }
 
     async fn run(mut self, mut rx: Inbox) {
+        // One timer for the actor's life, moved only when the deadline changes: a busy
+        // queue with a steady deadline (the consumer-timeout scan, a TTL head) does not
+        // register a timer on every wake.
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             let wake = match self.deadline() {
                 None => Wake::Cmd(rx.recv().await),
-                Some(at) => tokio::select! {
-                    cmd = rx.recv() => Wake::Cmd(cmd),
-                    _ = tokio::time::sleep_until(at.into()) => Wake::Timer,
-                },
+                Some(at) => {
+                    if armed != Some(at) {
+                        timer.as_mut().reset(at.into());
+                        armed = Some(at);
+                    }
+                    tokio::select! {
+                        cmd = rx.recv() => Wake::Cmd(cmd),
+                        _ = &mut timer => {
+                            armed = None;
+                            Wake::Timer
+                        }
+                    }
+                }
             };
             match wake {
                 Wake::Cmd(None) => break,
@@ -145,14 +171,14 @@ impl QueueActor {
                 }
                 Wake::Timer => self.on_timer(),
             }
-            self.ready.page_out();
-            self.flush_store();
             while !self.deleted && self.deliver() {
                 // More could go out but the budget ran out: let others run, then go on
                 // (commands that arrived meanwhile are handled first).
                 tokio::task::yield_now().await;
                 self.handle_burst(&mut rx, &mut 0);
             }
+            // After deliveries: what is still deep in the queue now pages out.
+            self.ready.page_out();
             self.flush_store();
             self.publish_gauges();
             if self.deleted {
@@ -219,7 +245,11 @@ impl QueueActor {
                 });
                 self.consumers_changed();
             }
-            QueueCmd::Settle { ids, how } => self.settle(ids, how),
+            QueueCmd::Settle {
+                channel_uid,
+                ids,
+                how,
+            } => self.settle(Some(channel_uid), ids, how),
             QueueCmd::ChannelDown { channel_uid, done } => {
                 self.consumers.retain(|c| c.channel_uid != channel_uid);
                 self.requeue_channel(channel_uid);
@@ -253,12 +283,16 @@ impl QueueActor {
                         remaining: self.ready.len() as u32,
                     };
                     if !no_ack {
+                        // basic.get deliveries have no consumer to time out (and no
+                        // connection to tell): only consumers' deliveries do.
+                        let timeout_at = None;
                         self.unacked.insert(
                             e.id,
                             Unacked {
                                 entry: e,
                                 channel_uid,
                                 consumer_uid: None,
+                                timeout_at,
                             },
                         );
                     }
@@ -323,6 +357,7 @@ impl QueueActor {
             QueueCmd::Kick => {}
             QueueCmd::Touch => self.touch(),
             QueueCmd::Refused(m) => self.dead_letter_messages(vec![m], Reason::Maxlen),
+            QueueCmd::ArgsChanged(args) => self.args_changed(*args),
         }
     }
 
@@ -345,16 +380,17 @@ impl QueueActor {
         } else {
             None
         };
-        match (expiry, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let timeout = self.timeout_scan;
+        [expiry, idle, timeout].into_iter().flatten().min()
     }
 
     fn on_timer(&mut self) {
         let now = Instant::now();
         if self.may_expire {
             self.expire(now);
+        }
+        if self.timeout_scan.is_some_and(|at| at <= now) {
+            self.consumer_timeouts(now);
         }
         if self.consumers.is_empty() && self.idle_deadline.is_some_and(|at| at <= now) {
             tracing::debug!(queue = %self.name, "queue expired (x-expires)");
@@ -593,9 +629,17 @@ impl QueueActor {
         Ok(())
     }
 
-    fn settle(&mut self, ids: Vec<u64>, how: Settle) {
+    /// Settle deliveries. `channel`, when given, is the channel settling them: a
+    /// delivery that has meanwhile gone to another channel (requeued by a consumer
+    /// timeout, then redelivered) is not its to settle.
+    fn settle(&mut self, channel: Option<u64>, ids: Vec<u64>, how: Settle) {
         let mut dead = Vec::new();
+        let mut limit_exceeded = Vec::new();
         for id in ids {
+            if channel.is_some_and(|ch| self.unacked.get(&id).is_some_and(|u| u.channel_uid != ch))
+            {
+                continue;
+            }
             let Some(u) = self.unacked.remove(&id) else {
                 continue;
             };
@@ -605,16 +649,19 @@ impl QueueActor {
                 }
             }
             match how {
-                Settle::Requeue => {
-                    let mut e = u.entry;
-                    e.redelivered = true;
-                    self.ready.requeue(e);
-                }
+                Settle::Requeue => match quorum::returned(&self.args, u.entry) {
+                    Ok(mut e) => {
+                        e.redelivered = true;
+                        self.ready.requeue(e);
+                    }
+                    Err(e) => limit_exceeded.push(e),
+                },
                 Settle::Discard => dead.push(u.entry),
                 Settle::Ack => {}
             }
         }
         self.dead_letter(dead, Reason::Rejected);
+        self.dead_letter(limit_exceeded, Reason::DeliveryLimit);
     }
 
     fn requeue_channel(&mut self, channel_uid: u64) {
@@ -624,7 +671,7 @@ impl QueueActor {
             .filter(|(_, u)| u.channel_uid == channel_uid)
             .map(|(id, _)| *id)
             .collect();
-        self.settle(ids, Settle::Requeue);
+        self.settle(None, ids, Settle::Requeue);
     }
 
     fn maybe_auto_delete(&mut self) {
@@ -651,6 +698,7 @@ impl QueueActor {
         }
         self.ready.drain();
         self.unacked.clear();
+        self.timeout_scan = None;
         self.deleted = true;
     }
 
@@ -666,6 +714,8 @@ impl QueueActor {
         let now = self.now();
         let mut expired = Vec::new();
         let mut first_deliveries = Vec::new();
+        // One clock read per batch, not per message.
+        let timeout_at = self.timeout_deadline();
         while budget > 0 && !self.ready.is_empty() {
             let Some(i) = self.consumers.pick() else {
                 break;
@@ -697,6 +747,7 @@ impl QueueActor {
                         entry: e,
                         channel_uid: c.channel_uid,
                         consumer_uid: Some(c.uid),
+                        timeout_at,
                     },
                 );
             }
@@ -710,6 +761,9 @@ impl QueueActor {
             // A closed connection's channels are torn down via ChannelDown, which
             // requeues what we just marked unacked; nothing to do on failure here.
             let _ = tx.send(ConnEvent::Deliveries(ds));
+        }
+        if timeout_at.is_some() && !self.unacked.is_empty() {
+            self.arm_timeout_scan();
         }
         self.mark_delivered(first_deliveries);
         self.dead_letter(expired, Reason::Expired);

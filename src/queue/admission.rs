@@ -8,14 +8,22 @@
 //! to the actor, which is exactly what makes the verdict race-free. Queues without
 //! reject-publish have no `Admission` and their publishers pay nothing.
 
+//!
+//! A policy can change the limits or the overflow mode of a live queue: the limits are
+//! atomics the actor updates, and a queue whose policy no longer asks for reject-publish
+//! keeps the counter but disabled (publishers then skip it).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 #[derive(Debug)]
 pub struct Admission {
-    max_length: u64,
-    max_bytes: u64,
+    max_length: AtomicU64,
+    max_bytes: AtomicU64,
     /// Dead-letter refused messages (reject-publish-dlx).
-    pub dead_letter: bool,
+    dead_letter: AtomicBool,
+    /// Off when a policy change removed reject-publish from the queue.
+    enabled: AtomicBool,
     /// (messages, body bytes) ready or on their way.
     used: Mutex<(u64, u64)>,
 }
@@ -23,11 +31,43 @@ pub struct Admission {
 impl Admission {
     pub fn new(max_length: Option<u64>, max_bytes: Option<u64>, dead_letter: bool) -> Admission {
         Admission {
-            max_length: max_length.unwrap_or(u64::MAX),
-            max_bytes: max_bytes.unwrap_or(u64::MAX),
-            dead_letter,
+            max_length: AtomicU64::new(max_length.unwrap_or(u64::MAX)),
+            max_bytes: AtomicU64::new(max_bytes.unwrap_or(u64::MAX)),
+            dead_letter: AtomicBool::new(dead_letter),
+            enabled: AtomicBool::new(true),
             used: Mutex::new((0, 0)),
         }
+    }
+
+    /// Whether refused messages are dead-lettered (reject-publish-dlx).
+    pub fn dead_letter(&self) -> bool {
+        self.dead_letter.load(Ordering::Relaxed)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// A policy changed the queue's limits or overflow mode.
+    pub fn reconfigure(
+        &self,
+        enabled: bool,
+        max_length: Option<u64>,
+        max_bytes: Option<u64>,
+        dead_letter: bool,
+    ) {
+        self.max_length
+            .store(max_length.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.max_bytes
+            .store(max_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.dead_letter.store(dead_letter, Ordering::Relaxed);
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Start counting from what the queue holds now (admission installed on a live
+    /// queue). Messages already on their way were not reserved and are not counted.
+    pub fn reset(&self, n: u64, bytes: u64) {
+        *self.used() = (n, bytes);
     }
 
     fn used(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
@@ -38,7 +78,9 @@ impl Admission {
     /// (rabbit_amqqueue_process:will_overflow).
     pub fn try_admit(&self, bytes: u64) -> bool {
         let mut u = self.used();
-        if u.0 + 1 > self.max_length || u.1.saturating_add(bytes) > self.max_bytes {
+        if u.0 + 1 > self.max_length.load(Ordering::Relaxed)
+            || u.1.saturating_add(bytes) > self.max_bytes.load(Ordering::Relaxed)
+        {
             return false;
         }
         u.0 += 1;

@@ -39,6 +39,18 @@ pub struct QueueArgs {
     pub max_priority: Option<u8>,
     /// `x-single-active-consumer`: one consumer receives at a time (see `dispatch.rs`).
     pub single_active_consumer: bool,
+    /// `x-queue-type: quorum`: served like a classic queue on one node, plus the quorum
+    /// semantics that matter to clients (`x-delivery-count`, `x-delivery-limit`).
+    pub quorum: bool,
+    /// `x-delivery-limit` (quorum queues only, as in RabbitMQ 3.13): a message returned
+    /// more often than this is dead-lettered with reason `delivery_limit`.
+    pub delivery_limit: Option<u64>,
+    /// `x-consumer-timeout`, else `amqp.consumer_timeout` (ms): how long a delivery may
+    /// stay unacknowledged.
+    pub consumer_timeout: Option<u64>,
+    /// What a consumer timeout does: requeue the delivery (warren's default) or close
+    /// the channel (RabbitMQ's behaviour; `amqp.consumer_timeout_action`).
+    pub timeout_closes_channel: bool,
 }
 
 impl QueueArgs {
@@ -68,6 +80,10 @@ impl QueueArgs {
                 t.get("x-single-active-consumer"),
                 Some(AMQPValue::Boolean(true))
             ),
+            quorum: t.get("x-queue-type").and_then(as_str).as_deref() == Some("quorum"),
+            delivery_limit: int("x-delivery-limit"),
+            consumer_timeout: int("x-consumer-timeout").filter(|&v| v > 0),
+            timeout_closes_channel: false,
         }
     }
 
@@ -157,6 +173,8 @@ pub fn validate(
         "x-max-in-memory-length",
         "x-max-in-memory-bytes",
         "x-max-priority",
+        "x-delivery-limit",
+        "x-consumer-timeout",
     ] {
         if let Some(v) = t.get(key) {
             let n = integer(v).map_err(|e| invalid(key, e))?;

@@ -31,6 +31,18 @@ pub enum ConnEvent {
     StoreSynced,
     /// Close the connection (broker shutdown, management action).
     Close(AmqpError),
+    /// Close one channel with this error (a consumer timeout in RabbitMQ's mode).
+    CloseChannel {
+        channel_uid: u64,
+        error: AmqpError,
+    },
+    /// A consumer timeout requeued this delivery: the channel forgets it, and a late
+    /// ack or reject of its tag is accepted and ignored.
+    DeliveryTimedOut {
+        channel_uid: u64,
+        queue_id: u64,
+        msg_id: u64,
+    },
     /// warrenctl list_channels: the connection describes its open channels. Asked of
     /// the connection task, their owner, so nothing on the message path keeps
     /// statistics for it.

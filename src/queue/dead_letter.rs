@@ -21,6 +21,8 @@ pub enum Reason {
     Rejected,
     Expired,
     Maxlen,
+    /// A quorum queue's `delivery-limit` was exceeded.
+    DeliveryLimit,
 }
 
 impl Reason {
@@ -29,6 +31,7 @@ impl Reason {
             Reason::Rejected => b"rejected",
             Reason::Expired => b"expired",
             Reason::Maxlen => b"maxlen",
+            Reason::DeliveryLimit => b"delivery_limit",
         }
     }
 }
@@ -66,9 +69,14 @@ pub fn publish(
         let props = Properties::parse(&dl.properties);
         let mut headers = || props.and_then(|p| p.headers(&dl.properties));
         let key = String::from_utf8_lossy(&dl.routing_key).into_owned();
+        // Without x-dead-letter-routing-key the message's CC keys route it too
+        // (rabbit_dead_letter routes by mc:routing_keys; with one, CC was removed).
+        let cc = cc_keys(&dl.properties);
+        let mut keys = vec![key.as_str()];
+        keys.extend(cc.iter().map(String::as_str));
         routed.clear();
         if vhost
-            .route(&target.exchange, &key, &mut headers, &mut routed)
+            .route_keys(&target.exchange, &keys, &mut headers, &mut routed)
             .is_err()
         {
             continue;
@@ -102,6 +110,23 @@ pub fn publish(
             q.send(QueueCmd::Publish(dl.clone()));
         }
     }
+}
+
+/// The `CC` header's keys (longstr items), if the message has one.
+fn cc_keys(raw: &[u8]) -> Vec<String> {
+    let Some(fields) = properties::headers_payload(raw).and_then(table::fields) else {
+        return Vec::new();
+    };
+    table::get(&fields, "CC")
+        .and_then(table::array_items)
+        .map(|items| {
+            items
+                .into_iter()
+                .filter_map(table::as_longstr)
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// rabbit_dead_letter:is_cycle/2: the newest deaths up to and including the first one in

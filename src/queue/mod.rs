@@ -6,7 +6,8 @@
 //! RabbitMQ's queue extensions live beside the core, one concept per file: `args`
 //! (validation and parsing of x-arguments), `ready` (the ready list, with priority
 //! levels), `admission` (reject-publish), `dead_letter` (x-death and republishing),
-//! `dispatch` (consumer priorities, single active consumer);
+//! `dispatch` (consumer priorities, single active consumer), `quorum` (delivery count and
+//! limit);
 //! TTL and x-expires are timers in the actor.
 
 mod actor;
@@ -15,11 +16,12 @@ pub mod args;
 pub mod consumer;
 pub mod dead_letter;
 mod dispatch;
+mod quorum;
 mod ready;
 mod stored;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use amq_protocol::types::FieldTable;
 use tokio::sync::{mpsc, oneshot};
@@ -90,6 +92,8 @@ pub enum QueueCmd {
         events: EventTx,
     },
     Settle {
+        /// The settling channel (see the actor's `settle`).
+        channel_uid: u64,
         ids: Vec<u64>,
         how: Settle,
     },
@@ -133,6 +137,9 @@ pub enum QueueCmd {
     /// A reject-publish-dlx queue refused this message at admission: dead-letter it
     /// (reason `maxlen`).
     Refused(Arc<Message>),
+    /// A policy change: the arguments the queue runs with from now on (its declared
+    /// ones merged with the policies that match; see `policy.rs`).
+    ArgsChanged(Box<QueueArgs>),
 }
 
 /// The queue as everyone but its actor sees it: identity, declared properties, and
@@ -151,9 +158,10 @@ pub struct QueueHandle {
     /// The durable queue's id in the message store; persistent messages routed here are
     /// stored before they are confirmed.
     pub store_qid: Option<u64>,
-    /// Present for reject-publish queues with a length limit: publishers reserve room
-    /// here before enqueueing (see `admission.rs`).
-    admission: Option<Arc<Admission>>,
+    /// Set for reject-publish queues with a length limit: publishers reserve room here
+    /// before enqueueing (see `admission.rs`). Set once, at creation or by the actor
+    /// when a policy first asks for reject-publish; a policy turning it off disables it.
+    admission: OnceLock<Arc<Admission>>,
     tx: mpsc::UnboundedSender<QueueCmd>,
     /// The lane for settlements (see [`Inbox`]).
     urgent: mpsc::UnboundedSender<QueueCmd>,
@@ -204,6 +212,8 @@ pub struct QueueSpec {
     pub store_qid: Option<u64>,
     /// Messages found in the store at start-up, in order.
     pub recovered: Vec<crate::store::Recovered>,
+    /// What the queue runs with: `arguments` merged with policies and broker defaults.
+    pub queue_args: QueueArgs,
 }
 
 impl QueueHandle {
@@ -212,14 +222,15 @@ impl QueueHandle {
         let (tx, main) = mpsc::unbounded_channel();
         let (urgent_tx, urgent) = mpsc::unbounded_channel();
         let rx = Inbox { urgent, main };
-        let args = QueueArgs::parse(&spec.arguments);
-        let admission = args.admission_control().then(|| {
-            Arc::new(Admission::new(
+        let args = spec.queue_args;
+        let admission = OnceLock::new();
+        if args.admission_control() {
+            let _ = admission.set(Arc::new(Admission::new(
                 args.max_length,
                 args.max_length_bytes,
                 args.overflow == Overflow::RejectPublishDlx,
-            ))
-        });
+            )));
+        }
         let handle = Arc::new(QueueHandle {
             id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
             name: Arc::from(spec.name.as_str()),
@@ -243,9 +254,9 @@ impl QueueHandle {
         handle
     }
 
-    /// The reject-publish admission counter, if this queue has one.
+    /// The reject-publish admission counter, if this queue has one in effect.
     pub fn admission(&self) -> Option<&Admission> {
-        self.admission.as_deref()
+        self.admission.get().map(|a| &**a).filter(|a| a.enabled())
     }
 
     /// Send a command; false if the queue is gone (deleted), which callers may ignore.

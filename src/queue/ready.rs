@@ -111,6 +111,11 @@ pub(super) struct Pager {
     /// Messages to page out once the store has written them: (level, entry id, store id),
     /// in publish order.
     pending: VecDeque<(u8, u64, u64)>,
+    /// Messages past the resident limit that the store does not hold (transient, or of
+    /// a non-durable queue): (level, entry id). Their copies are written at the end of
+    /// the burst, and only if they are still deep in the queue then; most of a burst
+    /// that briefly overshoots the limit is delivered before that and never written.
+    unwritten: VecDeque<(u8, u64)>,
 }
 
 impl Pager {
@@ -120,6 +125,7 @@ impl Pager {
             store,
             tokens,
             pending: VecDeque::new(),
+            unwritten: VecDeque::new(),
         }
     }
 }
@@ -154,6 +160,12 @@ impl Ready {
         }
     }
 
+    /// Admission installed on a live queue by a policy (see the actor's
+    /// `update_admission`).
+    pub fn set_admission(&mut self, a: Arc<Admission>) {
+        self.admission = Some(a);
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -177,17 +189,15 @@ impl Ready {
     }
 
     /// A newly published message (already admitted by its publisher).
-    pub fn push_back(&mut self, mut e: Entry) {
+    pub fn push_back(&mut self, e: Entry) {
         self.len += 1;
         self.bytes += e.message.body.len() as u64;
         if let Some(p) = &mut self.pager {
             if self.len > p.resident {
-                // Not in the store on this queue's behalf yet (transient, or a
-                // non-durable queue): write a copy that only paging uses.
-                let stored = e.stored.get_or_insert_with(|| {
-                    p.tokens.transient(p.store.persist_transient(&e.message))
-                });
-                p.pending.push_back((e.priority, e.id, stored.id()));
+                match &e.stored {
+                    Some(st) => p.pending.push_back((e.priority, e.id, st.id())),
+                    None => p.unwritten.push_back((e.priority, e.id)),
+                }
             }
         }
         let level = e.priority as usize;
@@ -232,6 +242,25 @@ impl Ready {
     /// that have meanwhile come near the head. Called once per burst.
     pub fn page_out(&mut self) {
         let Some(p) = &mut self.pager else { return };
+        // Write copies of the messages still deep in the queue; they page out once
+        // the store has them, like persistent ones.
+        while let Some((level, id)) = p.unwritten.pop_front() {
+            let l = &mut self.levels[level as usize];
+            let at = l.partition_point(|x| x.id < id);
+            if at < p.resident {
+                continue;
+            }
+            if let Some(q) = l.get_mut(at).filter(|q| q.id == id && q.stored.is_none()) {
+                if let Some(m) = &q.message {
+                    let st = p.tokens.transient(p.store.persist_transient(m));
+                    p.pending.push_back((level, id, st.id()));
+                    q.stored = Some(st);
+                }
+            }
+        }
+        if p.unwritten.capacity() > 8192 {
+            p.unwritten.shrink_to(0);
+        }
         if p.pending.is_empty() {
             return;
         }
