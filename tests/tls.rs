@@ -42,6 +42,16 @@ impl Ca {
 
     /// A leaf certificate (PEM) and its key (PEM) signed by this CA.
     fn issue(&self, subject: &[(DnType, &str)], client: bool) -> (String, String) {
+        self.issue_with(subject, client, |_| {})
+    }
+
+    /// [`Ca::issue`], with the parameters adjusted by `tweak` (validity, ...).
+    fn issue_with(
+        &self,
+        subject: &[(DnType, &str)],
+        client: bool,
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> (String, String) {
         let sans = if client {
             vec![]
         } else {
@@ -58,6 +68,7 @@ impl Ca {
         } else {
             ExtendedKeyUsagePurpose::ServerAuth
         }];
+        tweak(&mut p);
         let key = KeyPair::generate().unwrap();
         let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -296,6 +307,14 @@ async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
         "127.0.0.1",
         "certificate was refused",
     ]);
+    // An expired certificate from the right CA: refused, logged as expired.
+    let expired = s.ca.issue_with(&[(DnType::CommonName, "old")], true, |p| {
+        p.not_before = rcgen::date_time_ymd(2001, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2002, 1, 1);
+    });
+    assert!(s.connect(&s.ca.pem(), Some(&expired), "").await.is_err());
+    s.dir
+        .wait_log(&["TLS handshake failed", "certificate was refused", "Expired"]);
     // A certificate from the configured CA: in, with its subject listed.
     let client = s.ca.issue(
         &[
