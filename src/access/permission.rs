@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use regex::Regex;
 
+use crate::util::KeyHash;
+
 /// The three kinds of access RabbitMQ checks (its access-control table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Perm {
@@ -108,7 +110,7 @@ pub struct TopicPermission {
 #[derive(Debug, Default)]
 pub struct PublishGrants {
     generation: (u64, u64),
-    by_exchange: HashMap<Bytes, Grant>,
+    by_exchange: HashMap<Bytes, Grant, KeyHash>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

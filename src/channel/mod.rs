@@ -24,6 +24,7 @@ use crate::protocol::method::{self, Method, Publish};
 use crate::protocol::properties::Properties;
 use crate::protocol::CLASS_BASIC;
 use crate::queue::{ChannelLimiter, QueueCmd, QueueHandle};
+use crate::util::{IdHash, KeyHash};
 use publish::{ConfirmState, RouteCache, TxState};
 pub use session::{ClientCaps, PublishBatch, Session};
 
@@ -135,14 +136,14 @@ pub struct Channel {
     limiter: Arc<ChannelLimiter>,
     /// basic.qos global=false: the prefetch given to consumers created from now on.
     consumer_prefetch: u32,
-    consumers: HashMap<Arc<str>, ConsumerRef>,
+    consumers: HashMap<Arc<str>, ConsumerRef, KeyHash>,
     next_tag: u64,
     unacked: VecDeque<Unacked>,
     /// Delivery tags whose deliveries a consumer timeout took back (see
     /// `consume.rs`): acking or rejecting them is accepted and does nothing.
     timed_out: BTreeSet<u64>,
     /// Queues this channel consumes from or holds deliveries of: told when it closes.
-    queues: HashMap<u64, Arc<QueueHandle>>,
+    queues: HashMap<u64, Arc<QueueHandle>, IdHash>,
     /// For the empty-queue-name shortcut (RabbitMQ's most_recently_declared_queue).
     last_queue: Option<String>,
     /// The direct reply-to consumer, if the channel consumes `amq.rabbitmq.reply-to`.
@@ -162,11 +163,11 @@ impl Channel {
             grants: PublishGrants::default(),
             limiter: Arc::new(ChannelLimiter::default()),
             consumer_prefetch: 0,
-            consumers: HashMap::new(),
+            consumers: HashMap::default(),
             next_tag: 1,
             unacked: VecDeque::new(),
             timed_out: BTreeSet::new(),
-            queues: HashMap::new(),
+            queues: HashMap::default(),
             last_queue: None,
             reply_consumer: None,
         }

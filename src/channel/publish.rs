@@ -15,6 +15,7 @@ use crate::message::Message;
 use crate::protocol::method::{self, Publish};
 use crate::protocol::properties::Properties;
 use crate::queue::{QueueCmd, QueueHandle, Settle};
+use crate::util::KeyHash;
 use crate::vhost::RouteError;
 
 /// Beyond this many distinct routing keys per exchange the cache starts over, so RPC
@@ -28,7 +29,7 @@ type Route = Arc<[Arc<QueueHandle>]>;
 #[derive(Default)]
 pub(super) struct RouteCache {
     version: u64,
-    by_exchange: HashMap<Bytes, HashMap<Bytes, Route>>,
+    by_exchange: HashMap<Bytes, HashMap<Bytes, Route, KeyHash>, KeyHash>,
 }
 
 impl RouteCache {

@@ -28,6 +28,7 @@ use crate::protocol::outbuf::OutBuf;
 use crate::protocol::short;
 use crate::queue::ConnEvent;
 use crate::tls::PeerTls;
+use crate::util::IdHash;
 use handshake::{Abort, Negotiated};
 use writer::WriterTx;
 
@@ -231,7 +232,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             published: false,
             tally: Default::default(),
         };
-        let mut channels: HashMap<u16, Channel> = HashMap::new();
+        let mut channels: HashMap<u16, Channel, IdHash> = HashMap::default();
         let heartbeat = n.heartbeat;
         // Heartbeats go out after heartbeat/2 of silence; a peer silent for two full
         // intervals (four ticks) is gone.
@@ -399,7 +400,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
     async fn process_frames(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel>,
+        channels: &mut HashMap<u16, Channel, IdHash>,
         n: &Negotiated,
         closing: bool,
     ) -> Result<bool, AmqpError> {
@@ -433,7 +434,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
     async fn handle_frame(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel>,
+        channels: &mut HashMap<u16, Channel, IdHash>,
         n: &Negotiated,
         f: Frame,
     ) -> Result<bool, AmqpError> {
@@ -547,7 +548,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
     async fn handle_channel0(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel>,
+        channels: &mut HashMap<u16, Channel, IdHash>,
         f: Frame,
     ) -> Result<bool, AmqpError> {
         if f.kind != FRAME_METHOD {
@@ -606,7 +607,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
     fn handle_event(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel>,
+        channels: &mut HashMap<u16, Channel, IdHash>,
         ev: ConnEvent,
     ) -> Result<(), AmqpError> {
         match ev {

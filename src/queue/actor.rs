@@ -26,6 +26,7 @@ use crate::error::AmqpError;
 use crate::message::Message;
 use crate::protocol::properties;
 use crate::store::Recovered;
+use crate::util::IdHash;
 use crate::vhost::Vhost;
 
 /// Work (commands; a published message counts as one) handled before delivering, and
@@ -53,7 +54,7 @@ pub(super) struct QueueActor {
     dead_letter: Option<DeadLetterTarget>,
     /// Ready messages, by priority then id (see `ready.rs`).
     ready: Ready,
-    unacked: HashMap<u64, Unacked>,
+    unacked: HashMap<u64, Unacked, IdHash>,
     /// In delivery order: priorities, round-robin, single active consumer.
     consumers: Consumers,
     next_id: u64,
@@ -122,7 +123,7 @@ impl QueueActor {
             idle_deadline: None,
             args,
             dead_letter,
-            unacked: HashMap::new(),
+            unacked: HashMap::default(),
             consumers: Consumers::new(single_active),
             next_id: 1,
             had_consumer: false,
@@ -576,15 +577,21 @@ impl QueueActor {
             // RabbitMQ hands a message to a waiting consumer before applying the limit:
             // deliver first, then drop from the head what is still too much.
             self.deliver();
-            let mut dropped = Vec::new();
-            while self.over_limit() {
-                match self.ready.pop_front() {
-                    Some(e) => dropped.push(e),
-                    None => break,
-                }
-            }
-            self.dead_letter(dropped, Reason::Maxlen);
+            self.drop_over_limit();
         }
+    }
+
+    /// Drop (dead-letter, reason maxlen) from the head until the queue is within its
+    /// length limits.
+    fn drop_over_limit(&mut self) {
+        let mut dropped = Vec::new();
+        while self.over_limit() {
+            match self.ready.pop_front() {
+                Some(e) => dropped.push(e),
+                None => break,
+            }
+        }
+        self.dead_letter(dropped, Reason::Maxlen);
     }
 
     /// TTL 0: deliverable only if a consumer takes it right now, behind what is already
