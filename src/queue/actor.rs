@@ -72,9 +72,15 @@ pub(super) struct QueueActor {
     /// there are deliveries that can time out. A periodic scan rather than a per-delivery
     /// timer: it costs nothing per message and its memory is the unacked map's.
     timeout_scan: Option<Instant>,
+    /// Messages wait to be paged out until the store has written them: when the queue
+    /// goes quiet before that, this timer comes back for them.
+    page_retry: Option<Instant>,
     /// Shared with the handle: where this actor publishes its counts.
     gauges: Arc<crate::metrics::QueueGauges>,
 }
+
+/// How soon a quiet queue comes back for messages still waiting to be paged out.
+const PAGE_RETRY: Duration = Duration::from_millis(20);
 
 /// How much work a command is, for bounding a burst.
 fn weight(cmd: &QueueCmd) -> usize {
@@ -131,6 +137,7 @@ impl QueueActor {
             gauges: handle.gauges.clone(),
             store,
             timeout_scan: None,
+            page_retry: None,
         };
         actor.touch();
         for r in recovered {
@@ -180,6 +187,11 @@ impl QueueActor {
             }
             // After deliveries: what is still deep in the queue now pages out.
             self.ready.page_out();
+            self.page_retry = match (self.ready.paging_pending(), self.page_retry) {
+                (false, _) => None,
+                (true, Some(at)) if at > Instant::now() => Some(at),
+                (true, _) => Some(Instant::now() + PAGE_RETRY),
+            };
             self.flush_store();
             self.publish_gauges();
             if self.deleted {
@@ -382,7 +394,10 @@ impl QueueActor {
             None
         };
         let timeout = self.timeout_scan;
-        [expiry, idle, timeout].into_iter().flatten().min()
+        [expiry, idle, timeout, self.page_retry]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn on_timer(&mut self) {

@@ -56,13 +56,41 @@ struct Queued {
     bytes: u32,
     redelivered: bool,
     priority: u8,
-    expires: Option<Instant>,
+    expires: Option<Deadline>,
     stored: Option<Stored>,
 }
 
+/// An expiry time in 8 bytes (an `Option<Instant>` takes 16): nanoseconds since the
+/// process's first deadline. A deep queue holds one entry per message, so entries are
+/// kept small: 48 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Deadline(std::num::NonZeroU64);
+
+impl Deadline {
+    fn epoch() -> Instant {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    fn new(at: Instant) -> Deadline {
+        let nanos = at.saturating_duration_since(Self::epoch()).as_nanos();
+        Deadline(
+            std::num::NonZeroU64::new(nanos.clamp(1, u64::MAX as u128) as u64)
+                .unwrap_or(std::num::NonZeroU64::MIN),
+        )
+    }
+
+    fn at(self) -> Instant {
+        Self::epoch() + std::time::Duration::from_nanos(self.0.get())
+    }
+}
+
+// One per queued message: keep it from growing unnoticed.
+const _: () = assert!(std::mem::size_of::<Queued>() == 48);
+
 impl Queued {
     fn expired(&self, now: Instant) -> bool {
-        self.expires.is_some_and(|at| at <= now)
+        self.expires.is_some_and(|at| at.at() <= now)
     }
 
     fn into_entry(self, message: Arc<Message>) -> Entry {
@@ -70,7 +98,7 @@ impl Queued {
             id: self.id,
             message,
             redelivered: self.redelivered,
-            expires: self.expires,
+            expires: self.expires.map(Deadline::at),
             priority: self.priority,
             stored: self.stored,
         }
@@ -85,7 +113,7 @@ impl From<Entry> for Queued {
             message: Some(e.message),
             redelivered: e.redelivered,
             priority: e.priority,
-            expires: e.expires,
+            expires: e.expires.map(Deadline::new),
             stored: e.stored,
         }
     }
@@ -220,7 +248,7 @@ impl Ready {
             bytes: r.bytes,
             redelivered: r.redelivered,
             priority: r.priority,
-            expires: r.expires,
+            expires: r.expires.map(Deadline::new),
             stored: Some(r.stored),
         });
     }
@@ -286,6 +314,13 @@ impl Ready {
         if p.pending.capacity() > 8192 && p.pending.len() < p.pending.capacity() / 4 {
             p.pending.shrink_to(p.pending.len() * 2);
         }
+    }
+
+    /// Messages are waiting to be written or paged out (see [`Ready::page_out`]).
+    pub fn paging_pending(&self) -> bool {
+        self.pager
+            .as_ref()
+            .is_some_and(|p| !p.pending.is_empty() || !p.unwritten.is_empty())
     }
 
     /// Read back the paged messages at the head of `level` (up to a batch). Those the
@@ -377,7 +412,11 @@ impl Ready {
 
     /// When the earliest head expires: the moment the queue's timer must fire.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.levels.iter().filter_map(|l| l.front()?.expires).min()
+        self.levels
+            .iter()
+            .filter_map(|l| l.front()?.expires)
+            .min()
+            .map(Deadline::at)
     }
 
     /// Remove everything (purge, delete); returns how many went.
