@@ -181,6 +181,20 @@ async fn serve(
         println!("warren listening prometheus={at}");
         tokio::spawn(warren::metrics::http::serve(broker.clone(), l));
     }
+    // The management API, if configured, likewise.
+    if !broker.config.management.listen.is_empty() {
+        let listen = &broker.config.management.listen;
+        let l = warren::management::bind(listen).await.map_err(|e| {
+            Failure(
+                71,
+                warren::server::bind_error_for("management.listen", listen, &e),
+            )
+        })?;
+        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!("management API on http://{at}/api/");
+        println!("warren listening management={at}");
+        tokio::spawn(warren::management::serve(broker.clone(), l, addr.clone()));
+    }
     broker.start_alarm_monitor();
     let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
     let control = tokio::spawn(warren::control::serve(broker.clone(), control));

@@ -1,0 +1,444 @@
+//! The management HTTP API (port 15672 in RabbitMQ): paths, JSON fields, status codes
+//! and error bodies as rabbitmq_management's, checked against real AMQP traffic.
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use serde_json::{json, Value};
+
+/// One HTTP response: status code, headers (lowercased names), body as JSON (Null
+/// when empty or not JSON).
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    json: Value,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+}
+
+/// A blocking HTTP/1.1 request with basic auth (`None`: no Authorization header).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+    body: Option<&Value>,
+) -> Resp {
+    let mut s = TcpStream::connect(addr).expect("connect to the management port");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some((u, p)) = auth {
+        req.push_str(&format!("Authorization: Basic {}\r\n", basic(u, p)));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        json: serde_json::from_str(body).unwrap_or(Value::Null),
+    }
+}
+
+/// The API of one broker, as guest (an administrator on loopback).
+struct Api {
+    addr: String,
+}
+
+impl Api {
+    fn of(broker: &Broker) -> Api {
+        Api {
+            addr: broker.management_addr().to_owned(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
+        self.call_as(("guest", "guest"), method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        who: (&str, &str),
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Resp {
+        let (addr, method, path) = (self.addr.clone(), method.to_owned(), path.to_owned());
+        let (u, p) = (who.0.to_owned(), who.1.to_owned());
+        tokio::task::spawn_blocking(move || {
+            http(&addr, &method, &path, Some((&u, &p)), body.as_ref())
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let r = self.call("GET", path, None).await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.json);
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        r.json
+    }
+
+    /// Poll GET `path` until `field` reads `want` (queue gauges trail by one burst).
+    async fn wait_field(&self, path: &str, field: &str, want: Value) -> Value {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let v = self.get(path).await;
+            if v[field] == want || std::time::Instant::now() > deadline {
+                assert_eq!(v[field], want, "{path} {field}: {v}");
+                return v;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn spawn() -> Option<Broker> {
+    // The API is warren's own listener: nothing to test against an external broker here.
+    if is_external() {
+        return None;
+    }
+    Some(Broker::start())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_whoami_nodes_and_vhosts_describe_the_node() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let (_conn, ch) = broker.channel().await;
+    let q = unique("mgmt-ov");
+    declare_queue(&ch, &q).await;
+    publish(&ch, "", &q, b"one").await;
+    publish(&ch, "", &q, b"two").await;
+    wait_message_count(&ch, &q, 2).await;
+
+    let ov = api.get("/api/overview").await;
+    assert_eq!(ov["rabbitmq_version"], "3.13.7");
+    assert_eq!(ov["management_version"], "3.13.7");
+    assert_eq!(ov["product_name"], "warren");
+    assert!(ov["node"].as_str().unwrap().starts_with("warren@"));
+    assert_eq!(ov["object_totals"]["queues"], 1);
+    assert_eq!(ov["object_totals"]["connections"], 1);
+    assert_eq!(ov["object_totals"]["channels"], 1);
+    assert_eq!(
+        ov["object_totals"]["exchanges"], 7,
+        "the default and amq.* exchanges"
+    );
+    assert_eq!(ov["queue_totals"]["messages_ready"], 2);
+    assert_eq!(ov["queue_totals"]["messages"], 2);
+    assert_eq!(ov["message_stats"]["publish"], 2);
+
+    let me = api.get("/api/whoami").await;
+    assert_eq!(me, json!({"name": "guest", "tags": ["administrator"]}));
+
+    let nodes = api.get("/api/nodes").await;
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    assert_eq!(nodes[0]["name"], ov["node"]);
+    assert_eq!(nodes[0]["running"], true);
+
+    let vhosts = api.get("/api/vhosts").await;
+    assert_eq!(vhosts.as_array().unwrap().len(), 1);
+    assert_eq!(vhosts[0]["name"], "/");
+    assert_eq!(vhosts[0]["messages"], 2);
+    assert_eq!(api.get("/api/vhosts/%2F").await["name"], "/");
+    assert_eq!(
+        api.get("/api/health/checks/alarms").await,
+        json!({"status": "ok"})
+    );
+
+    let missing = api.call("GET", "/api/vhosts/nope", None).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.json,
+        json!({"error": "Object Not Found", "reason": "Not Found"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_and_tags_decide_access_with_rabbitmq_error_bodies() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let addr = api.addr.clone();
+    let none = tokio::task::spawn_blocking(move || http(&addr, "GET", "/api/overview", None, None))
+        .await
+        .unwrap();
+    assert_eq!(none.status, 401);
+    assert_eq!(
+        none.header("www-authenticate"),
+        Some("Basic realm=\"RabbitMQ Management\"")
+    );
+
+    let bad = api
+        .call_as(("guest", "wrong"), "GET", "/api/overview", None)
+        .await;
+    assert_eq!(bad.status, 401);
+    assert_eq!(
+        bad.json,
+        json!({"error": "not_authorized", "reason": "Login failed"})
+    );
+    assert!(bad.header("www-authenticate").is_some());
+
+    // A user without tags: not a management user.
+    let put = |name: &str, tags: &str| json!({"password": name, "tags": tags}).to_owned();
+    for (name, tags) in [("plain", ""), ("mgmt", "management"), ("mon", "monitoring")] {
+        let r = api
+            .call("PUT", &format!("/api/users/{name}"), Some(put(name, tags)))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.json);
+    }
+    let r = api
+        .call_as(("plain", "plain"), "GET", "/api/overview", None)
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json["reason"], "Not management user");
+
+    // management: its own view; not /api/nodes (monitoring), not /api/users (admin).
+    let r = api
+        .call_as(("mgmt", "mgmt"), "GET", "/api/whoami", None)
+        .await;
+    assert_eq!(r.json, json!({"name": "mgmt", "tags": ["management"]}));
+    let r = api
+        .call_as(("mgmt", "mgmt"), "GET", "/api/nodes", None)
+        .await;
+    assert_eq!(
+        (r.status, r.json["reason"].as_str()),
+        (401, Some("Not monitor user"))
+    );
+    let r = api
+        .call_as(("mgmt", "mgmt"), "GET", "/api/users", None)
+        .await;
+    assert_eq!(
+        (r.status, r.json["reason"].as_str()),
+        (401, Some("Not administrator user"))
+    );
+    // Without permissions in "/" the vhost is not theirs.
+    let r = api
+        .call_as(("mgmt", "mgmt"), "GET", "/api/queues/%2F", None)
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json["reason"],
+        "User not authorised to access virtual host"
+    );
+    let r = api
+        .call_as(("mgmt", "mgmt"), "GET", "/api/vhosts", None)
+        .await;
+    assert_eq!(r.json, json!([]));
+
+    let r = api.call_as(("mon", "mon"), "GET", "/api/nodes", None).await;
+    assert_eq!(r.status, 200);
+    let r = api
+        .call_as(("mon", "mon"), "GET", "/api/vhosts", None)
+        .await;
+    assert_eq!(
+        r.json.as_array().unwrap().len(),
+        1,
+        "monitors see every vhost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_are_listed_declared_purged_read_and_deleted() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let (_conn, ch) = broker.channel().await;
+    let q = unique("mgmt-q");
+    let path = format!("/api/queues/%2F/{q}");
+
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"durable": true, "arguments": {"x-max-length": 10}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"durable": true, "arguments": {"x-max-length": 10}})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "an equivalent redeclare");
+    let r = api
+        .call("PUT", &path, Some(json!({"durable": false})))
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json,
+        json!({"error": "bad_request", "reason": format!(
+            "inequivalent arg 'durable' for queue '{q}' in vhost '/': received 'false' but current is 'true'")})
+    );
+    assert!(
+        queue_exists(&_conn, &q).await,
+        "declared over HTTP, seen over AMQP"
+    );
+
+    for i in 0..3 {
+        publish_props(
+            &ch,
+            "",
+            &q,
+            format!("m{i}").as_bytes(),
+            BasicProperties::default()
+                .with_content_type("text/plain".into())
+                .with_headers(table(vec![("h", lstr("v"))])),
+        )
+        .await;
+    }
+    publish(&ch, "", &q, &[0xff, 0x00]).await;
+    let one = api.wait_field(&path, "messages_ready", json!(4)).await;
+    assert_eq!(one["name"], q.as_str());
+    assert_eq!(one["vhost"], "/");
+    assert_eq!(one["durable"], true);
+    assert_eq!(one["auto_delete"], false);
+    assert_eq!(one["exclusive"], false);
+    assert_eq!(one["arguments"], json!({"x-max-length": 10}));
+    assert_eq!(one["messages"], 4);
+    assert_eq!(one["messages_unacknowledged"], 0);
+    assert_eq!(one["consumers"], 0);
+    assert_eq!(one["state"], "running");
+    assert_eq!(one["policy"], Value::Null);
+
+    let all = api.get("/api/queues").await;
+    assert!(all
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["name"] == q.as_str()));
+    let in_vhost = api.get("/api/queues/%2F").await;
+    assert_eq!(in_vhost.as_array().unwrap().len(), 1);
+
+    // Peek (requeue): the messages stay and come back redelivered.
+    let get = format!("{path}/get");
+    let peek = json!({"count": 2, "ackmode": "ack_requeue_true", "encoding": "auto"});
+    let r = api.call("POST", &get, Some(peek.clone())).await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let msgs = r.json.as_array().unwrap();
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0]["payload"], "m0");
+    assert_eq!(msgs[0]["payload_encoding"], "string");
+    assert_eq!(msgs[0]["redelivered"], false);
+    assert_eq!(msgs[0]["exchange"], "");
+    assert_eq!(msgs[0]["routing_key"], q.as_str());
+    assert_eq!(msgs[0]["message_count"], 3);
+    assert_eq!(
+        msgs[0]["properties"],
+        json!({"content_type": "text/plain", "headers": {"h": "v"}})
+    );
+    api.wait_field(&path, "messages_ready", json!(4)).await;
+    let r = api.call("POST", &get, Some(peek)).await;
+    assert_eq!(r.json[0]["payload"], "m0");
+    assert_eq!(r.json[0]["redelivered"], true);
+
+    // Take (ack_requeue_false): gone from the queue; binary payloads come as base64.
+    let take = json!({"count": 10, "ackmode": "ack_requeue_false", "encoding": "auto"});
+    let r = api.call("POST", &get, Some(take.clone())).await;
+    let msgs = r.json.as_array().unwrap();
+    assert_eq!(msgs.len(), 4);
+    assert_eq!(msgs[3]["payload"], "/wA=");
+    assert_eq!(msgs[3]["payload_encoding"], "base64");
+    assert_eq!(message_count(&ch, &q).await, 0);
+    let r = api
+        .call("POST", &get, Some(json!({"count": 1, "ackmode": "bogus"})))
+        .await;
+    assert_eq!(r.status, 400);
+
+    // Purge.
+    publish(&ch, "", &q, b"x").await;
+    wait_message_count(&ch, &q, 1).await;
+    let r = api.call("DELETE", &format!("{path}/contents"), None).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(message_count(&ch, &q).await, 0);
+
+    // Delete: if-empty refuses a queue with messages, with RabbitMQ's reason.
+    publish(&ch, "", &q, b"x").await;
+    wait_message_count(&ch, &q, 1).await;
+    let r = api
+        .call("DELETE", &format!("{path}?if-empty=true"), None)
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json["reason"],
+        format!("queue '{q}' in vhost '/' not empty")
+    );
+    let r = api.call("DELETE", &path, None).await;
+    assert_eq!(r.status, 204);
+    assert!(!queue_exists(&_conn, &q).await);
+    let r = api.call("GET", &path, None).await;
+    assert_eq!(r.status, 404);
+    let r = api.call("DELETE", &path, None).await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_endpoints_sort_filter_and_paginate() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    for name in ["alpha", "beta", "gamma", "delta", "alphabet"] {
+        let r = api
+            .call("PUT", &format!("/api/queues/%2F/{name}"), None)
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|q| q["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = api.get("/api/queues?sort=name&sort_reverse=true").await;
+    assert_eq!(names(&all), ["gamma", "delta", "beta", "alphabet", "alpha"]);
+    let page = api
+        .get("/api/queues?page=2&page_size=2&name=a&sort=name")
+        .await;
+    assert_eq!(page["total_count"], 5);
+    assert_eq!(page["filtered_count"], 5);
+    assert_eq!(page["page"], 2);
+    assert_eq!(page["page_count"], 3);
+    assert_eq!(page["page_size"], 2);
+    assert_eq!(page["item_count"], 2);
+    assert_eq!(names(&page["items"]), ["beta", "delta"]);
+    let re = api
+        .get("/api/queues?page=1&name=%5Ealpha&use_regex=true")
+        .await;
+    assert_eq!(names(&re["items"]), ["alpha", "alphabet"]);
+    assert_eq!(re["filtered_count"], 2);
+    let r = api.call("GET", "/api/queues?page=9", None).await;
+    assert_eq!(r.status, 400);
+}
