@@ -442,3 +442,225 @@ async fn list_endpoints_sort_filter_and_paginate() {
     let r = api.call("GET", "/api/queues?page=9", None).await;
     assert_eq!(r.status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_are_declared_listed_published_to_and_deleted() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let (conn, ch) = broker.channel().await;
+    let x = unique("mgmt-x");
+    let q = unique("mgmt-xq");
+    let path = format!("/api/exchanges/%2F/{x}");
+
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"type": "topic", "durable": true})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"type": "topic", "durable": true})),
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"type": "direct", "durable": true})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json["reason"],
+        format!("inequivalent arg 'type' for exchange '{x}' in vhost '/': received 'direct' but current is 'topic'")
+    );
+    assert!(exchange_exists(&conn, &x).await);
+
+    let one = api.get(&path).await;
+    assert_eq!(one["name"], x.as_str());
+    assert_eq!(one["type"], "topic");
+    assert_eq!(one["durable"], true);
+    assert_eq!(one["internal"], false);
+    let default = api.get("/api/exchanges/%2F/amq.default").await;
+    assert_eq!(default["name"], "");
+    assert_eq!(default["type"], "direct");
+    let all = api.get("/api/exchanges/%2F").await;
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"amq.topic") && names.contains(&x.as_str()) && names.contains(&""));
+
+    // Publish: unroutable, then routed through a binding made over AMQP.
+    let publish = json!({"properties": {"delivery_mode": 2, "headers": {"a": 1}},
+                         "routing_key": "k.1", "payload": "hello", "payload_encoding": "string"});
+    let r = api
+        .call("POST", &format!("{path}/publish"), Some(publish.clone()))
+        .await;
+    assert_eq!((r.status, r.json.clone()), (200, json!({"routed": false})));
+    declare_queue(&ch, &q).await;
+    bind(&ch, &q, &x, "k.*").await;
+    let r = api
+        .call("POST", &format!("{path}/publish"), Some(publish))
+        .await;
+    assert_eq!(r.json, json!({"routed": true}));
+    let got = get(&ch, &q, true).await.expect("the published message");
+    assert_eq!(&got.delivery.data[..], b"hello");
+    assert_eq!(got.delivery.routing_key.as_str(), "k.1");
+    assert_eq!(got.delivery.properties.delivery_mode(), &Some(2));
+    let b64 = json!({"properties": {}, "routing_key": q, "payload": "AAE=", "payload_encoding": "base64"});
+    let r = api
+        .call("POST", "/api/exchanges/%2F/amq.default/publish", Some(b64))
+        .await;
+    assert_eq!(r.json, json!({"routed": true}));
+    let got = get(&ch, &q, true)
+        .await
+        .expect("published to the default exchange");
+    assert_eq!(&got.delivery.data[..], &[0u8, 1]);
+
+    // if-unused refuses an exchange with bindings; amq.* cannot be deleted.
+    let r = api
+        .call("DELETE", &format!("{path}?if-unused=true"), None)
+        .await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    let r = api
+        .call("DELETE", "/api/exchanges/%2F/amq.topic", None)
+        .await;
+    assert_eq!(
+        r.status, 401,
+        "access refused maps to 401 as in RabbitMQ: {}",
+        r.json
+    );
+    let r = api.call("DELETE", &path, None).await;
+    assert_eq!(r.status, 204);
+    assert!(!exchange_exists(&conn, &x).await);
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/publish"),
+            Some(json!({"routing_key": "", "payload": ""})),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    delete_queues(&conn, &[&q]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bindings_are_created_listed_and_deleted_by_properties_key() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let (conn, ch) = broker.channel().await;
+    let (x, x2, q) = (unique("mgmt-bx"), unique("mgmt-bx2"), unique("mgmt-bq"));
+    declare_exchange(&ch, &x, ExchangeKind::Direct).await;
+    declare_exchange(&ch, &x2, ExchangeKind::Fanout).await;
+    declare_queue(&ch, &q).await;
+
+    let eq = format!("/api/bindings/%2F/e/{x}/q/{q}");
+    let r = api
+        .call(
+            "POST",
+            &eq,
+            Some(json!({"routing_key": "rk one", "arguments": {}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/bindings/%2F/e/{x}/q/{q}/rk+one").as_str())
+    );
+    let r = api
+        .call(
+            "POST",
+            &eq,
+            Some(json!({"routing_key": "rk", "arguments": {"x-a": 1}})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let ee = format!("/api/bindings/%2F/e/{x}/e/{x2}");
+    let r = api
+        .call(
+            "POST",
+            &ee,
+            Some(json!({"routing_key": "", "arguments": {}})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+
+    // Routed over AMQP through the HTTP-made binding.
+    publish(&ch, &x, "rk one", b"via http binding").await;
+    wait_message_count(&ch, &q, 1).await;
+
+    let between = api.get(&eq).await;
+    let between = between.as_array().unwrap();
+    assert_eq!(between.len(), 2);
+    assert_eq!(between[0]["source"], x.as_str());
+    assert_eq!(between[0]["destination"], q.as_str());
+    assert_eq!(between[0]["destination_type"], "queue");
+    assert_eq!(between[0]["routing_key"], "rk one");
+    assert_eq!(between[0]["properties_key"], "rk+one");
+    let with_args = between[1]["properties_key"].as_str().unwrap().to_owned();
+    assert!(with_args.starts_with("rk~"), "{with_args}");
+    assert_eq!(api.get(&ee).await[0]["properties_key"], "~");
+
+    let all = api.get("/api/bindings/%2F").await;
+    let all = all.as_array().unwrap();
+    assert!(
+        all.iter().any(|b| b["source"] == ""
+            && b["destination"] == q.as_str()
+            && b["routing_key"] == q.as_str()),
+        "the default exchange's binding to each queue is listed"
+    );
+    assert_eq!(all.len(), 4);
+    assert_eq!(
+        api.get(&format!("/api/queues/%2F/{q}/bindings"))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        api.get(&format!("/api/exchanges/%2F/{x}/bindings/source"))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        api.get(&format!("/api/exchanges/%2F/{x2}/bindings/destination"))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let one = api.get(&format!("{eq}/rk+one")).await;
+    assert_eq!(one["routing_key"], "rk one");
+    let r = api.call("DELETE", &format!("{eq}/{with_args}"), None).await;
+    assert_eq!(r.status, 204);
+    let r = api.call("DELETE", &format!("{eq}/{with_args}"), None).await;
+    assert_eq!(r.status, 404);
+    let r = api.call("DELETE", &format!("{ee}/~"), None).await;
+    assert_eq!(r.status, 204);
+    assert_eq!(api.get(&eq).await.as_array().unwrap().len(), 1);
+    let r = api
+        .call(
+            "POST",
+            &format!("/api/bindings/%2F/e/{x}/q/missing"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    delete_queues(&conn, &[&q]).await;
+    delete_exchanges(&conn, &[&x, &x2]).await;
+}
