@@ -664,3 +664,230 @@ async fn bindings_are_created_listed_and_deleted_by_properties_key() {
     delete_queues(&conn, &[&q]).await;
     delete_exchanges(&conn, &[&x, &x2]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_channels_and_consumers_are_listed_and_a_connection_closed() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let (conn, ch) = broker.channel().await;
+    let _ch2 = within(conn.create_channel()).await.unwrap();
+    let q = unique("mgmt-cq");
+    declare_queue(&ch, &q).await;
+    let _consumer = consume(&ch, &q, false).await;
+
+    let conns = api.get("/api/connections").await;
+    let conns = conns.as_array().unwrap();
+    assert_eq!(conns.len(), 1);
+    let c = &conns[0];
+    assert_eq!(c["user"], "guest");
+    assert_eq!(c["vhost"], "/");
+    assert_eq!(c["channels"], 2);
+    assert_eq!(c["protocol"], "AMQP 0-9-1");
+    let name = c["name"].as_str().unwrap().to_owned();
+    assert!(name.ends_with(&format!(" -> {}", broker.addr())), "{name}");
+    assert_eq!(
+        api.get("/api/vhosts/%2F/connections")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let encoded: String = name.replace(' ', "%20").replace('>', "%3E");
+    let path = format!("/api/connections/{encoded}");
+    assert_eq!(api.get(&path).await["name"], name.as_str());
+    let chans = api.get(&format!("{path}/channels")).await;
+    assert_eq!(chans.as_array().unwrap().len(), 2);
+    let all = api.get("/api/channels").await;
+    let first = &all.as_array().unwrap()[0];
+    assert_eq!(first["consumer_count"], 1);
+    assert_eq!(first["connection_details"]["name"], name.as_str());
+
+    let consumers = api.get("/api/consumers").await;
+    let consumers = consumers.as_array().unwrap();
+    assert_eq!(consumers.len(), 1);
+    assert_eq!(consumers[0]["queue"]["name"], q.as_str());
+    assert_eq!(consumers[0]["ack_required"], true);
+    assert_eq!(
+        consumers[0]["channel_details"]["connection_name"],
+        name.as_str()
+    );
+
+    let r = api.call("DELETE", &path, None).await;
+    assert_eq!(r.status, 204);
+    assert_connection_dead(&conn).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !api
+        .get("/api/connections")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection stays listed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(api.call("GET", &path, None).await.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_permissions_policies_and_definitions_round_trip() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+
+    // A vhost and a user with permissions there, who can then use AMQP.
+    assert_eq!(
+        api.call(
+            "PUT",
+            "/api/vhosts/mgmt-v",
+            Some(json!({"description": "d"}))
+        )
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        api.call("PUT", "/api/vhosts/mgmt-v", None).await.status,
+        204
+    );
+    let r = api
+        .call(
+            "PUT",
+            "/api/users/alice",
+            Some(json!({"password": "pw", "tags": "management"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let u = api.get("/api/users/alice").await;
+    assert_eq!(u["tags"], json!(["management"]));
+    assert_eq!(u["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    let perm = json!({"configure": "^a", "write": ".*", "read": ".*"});
+    let r = api
+        .call("PUT", "/api/permissions/mgmt-v/alice", Some(perm))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let p = api.get("/api/permissions/mgmt-v/alice").await;
+    assert_eq!(
+        p,
+        json!({"user": "alice", "vhost": "mgmt-v", "configure": "^a", "write": ".*", "read": ".*"})
+    );
+    assert_eq!(
+        api.get("/api/users/alice/permissions")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let conn = connect(&broker.url_with("alice", "pw", "mgmt-v")).await;
+    assert_connection_alive(&conn).await;
+    drop(conn);
+    // alice sees her vhost only, and may declare under her configure pattern.
+    let alice = ("alice", "pw");
+    let r = api.call_as(alice, "GET", "/api/vhosts", None).await;
+    assert_eq!(r.json.as_array().unwrap().len(), 1);
+    assert_eq!(r.json[0]["name"], "mgmt-v");
+    assert_eq!(
+        api.call_as(alice, "PUT", "/api/queues/mgmt-v/aq", None)
+            .await
+            .status,
+        201
+    );
+    let r = api
+        .call_as(alice, "PUT", "/api/queues/mgmt-v/bq", None)
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.json["reason"],
+        "access to queue 'bq' in vhost 'mgmt-v' refused for user 'alice'"
+    );
+
+    // Policies: set, listed, applied to the queue, cleared.
+    let pol = json!({"pattern": "^aq$", "definition": {"max-length": 5}, "priority": 1, "apply-to": "queues"});
+    let r = api.call("PUT", "/api/policies/mgmt-v/cap", Some(pol)).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let p = api.get("/api/policies/mgmt-v/cap").await;
+    assert_eq!(p["definition"], json!({"max-length": 5}));
+    assert_eq!(p["apply-to"], "queues");
+    assert_eq!(api.get("/api/policies").await.as_array().unwrap().len(), 1);
+    assert_eq!(api.get("/api/queues/mgmt-v/aq").await["policy"], "cap");
+    let bad = json!({"pattern": ".*", "definition": {"max-length": "x"}});
+    assert_eq!(
+        api.call("PUT", "/api/policies/mgmt-v/bad", Some(bad))
+            .await
+            .status,
+        400
+    );
+    let r = api
+        .call_as(
+            alice,
+            "PUT",
+            "/api/policies/mgmt-v/x",
+            Some(json!({"pattern": ".*", "definition": {}})),
+        )
+        .await;
+    assert_eq!(r.status, 401, "management users are not policymakers");
+
+    // Definitions: exported, and imported again after the user is gone.
+    let defs = api.get("/api/definitions").await;
+    assert!(defs["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["name"] == "alice"));
+    assert!(defs["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["name"] == "aq"));
+    assert!(defs["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "cap"));
+    assert_eq!(
+        api.call("DELETE", "/api/policies/mgmt-v/cap", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.call("DELETE", "/api/policies/mgmt-v/cap", None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        api.call("DELETE", "/api/permissions/mgmt-v/alice", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.call("DELETE", "/api/users/alice", None).await.status,
+        204
+    );
+    assert_eq!(api.call("GET", "/api/users/alice", None).await.status, 404);
+    let r = api.call("POST", "/api/definitions", Some(defs)).await;
+    assert_eq!(r.status, 204, "{}", r.json);
+    assert_eq!(
+        api.get("/api/users/alice").await["tags"],
+        json!(["management"])
+    );
+    assert_eq!(api.get("/api/policies/mgmt-v/cap").await["pattern"], "^aq$");
+    let conn = connect(&broker.url_with("alice", "pw", "mgmt-v")).await;
+    assert_connection_alive(&conn).await;
+
+    assert_eq!(
+        api.call("DELETE", "/api/vhosts/mgmt-v", None).await.status,
+        204
+    );
+    assert_eq!(
+        api.call("GET", "/api/vhosts/mgmt-v", None).await.status,
+        404
+    );
+}
