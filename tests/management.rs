@@ -891,3 +891,41 @@ async fn users_permissions_policies_and_definitions_round_trip() {
         404
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliveness_and_port_health_checks_answer_ok() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    assert_eq!(
+        api.get("/api/aliveness-test/%2F").await,
+        json!({"status": "ok"})
+    );
+    let (conn, _ch) = broker.channel().await;
+    assert!(queue_exists(&conn, "aliveness-test").await);
+    let port = broker.addr().rsplit_once(':').unwrap().1.to_owned();
+    let r = api
+        .get(&format!("/api/health/checks/port-listener/{port}"))
+        .await;
+    assert_eq!(r["status"], "ok");
+    let r = api
+        .call("GET", "/api/health/checks/port-listener/1", None)
+        .await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json["status"], "failed");
+    assert_eq!(
+        api.get("/api/health/checks/virtual-hosts").await["status"],
+        "ok"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_management_listen_turns_the_api_off() {
+    if is_external() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("warren-mgmt-off"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broker = Broker::spawn_in_env(dir, &[], &[("WARREN_MANAGEMENT_LISTEN", "")]);
+    assert!(!broker.has_management());
+    let (_conn, _ch) = broker.channel().await;
+}

@@ -21,6 +21,7 @@ pub fn routes() -> Router<Api> {
         .route("/api/health/checks/local-alarms", get(alarms))
         .route("/api/health/checks/virtual-hosts", get(virtual_hosts))
         .route("/api/health/checks/port-listener/:port", get(port_listener))
+        .route("/api/aliveness-test/:vhost", get(aliveness))
 }
 
 /// The message counters since start, under RabbitMQ's message_stats names.
@@ -198,5 +199,44 @@ async fn port_listener(
             &format!("No active listener on port {port}"),
             json!({"missing": port, "ports": ports}),
         ))
+    }
+}
+
+/// rabbit_mgmt_wm_aliveness_test: declare the queue `aliveness-test`, publish a
+/// message to it through the default exchange and get it back.
+async fn aliveness(State(api): State<Api>, caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+    caller.require_vhost(&api, &vhost)?;
+    let v = super::vhost_of(&api, &vhost)?;
+    const QUEUE: &str = "aliveness-test";
+    const BODY: &[u8] = b"test_message";
+    let decl = crate::vhost::QueueDecl {
+        name: QUEUE.to_owned(),
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        arguments: Default::default(),
+    };
+    let (q, _) = v.declare_queue(decl, 0).map_err(ApiError::amqp)?;
+    let msg = crate::message::Message {
+        exchange: bytes::Bytes::new(),
+        routing_key: bytes::Bytes::from_static(QUEUE.as_bytes()),
+        // No properties: the flags word alone.
+        properties: bytes::Bytes::from_static(&[0, 0]),
+        body: bytes::Bytes::from_static(BODY),
+        store_id: None,
+    };
+    q.send(crate::queue::QueueCmd::Publish(std::sync::Arc::new(msg)));
+    let channel_uid = crate::util::next_id();
+    let got = q
+        .ask(|reply| crate::queue::QueueCmd::Get {
+            channel_uid,
+            no_ack: true,
+            reply,
+        })
+        .await
+        .flatten();
+    match got {
+        Some(g) if &g.message.body[..] == BODY => Ok(reply(json!({"status": "ok"}))),
+        _ => Ok(failed("aliveness test failed", json!({}))),
     }
 }

@@ -193,6 +193,11 @@ impl Broker {
             .expect("a spawned warren with management.listen set")
     }
 
+    /// Did the spawned warren announce a management API?
+    pub fn has_management(&self) -> bool {
+        self.management_addr.is_some()
+    }
+
     /// The process id of a spawned warren.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("a spawned warren").id()
