@@ -929,3 +929,94 @@ async fn an_empty_management_listen_turns_the_api_off() {
     assert!(!broker.has_management());
     let (_conn, _ch) = broker.channel().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_permissions_and_limits_are_set_over_http_and_enforced() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let tp = json!({"exchange": "amq.topic", "write": "^allowed\\.", "read": ".*"});
+    let r = api
+        .call("PUT", "/api/topic-permissions/%2F/guest", Some(tp))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let list = api.get("/api/topic-permissions/%2F/guest").await;
+    assert_eq!(list[0]["exchange"], "amq.topic");
+    assert_eq!(list[0]["write"], "^allowed\\.");
+    let (conn, ch) = broker.channel().await;
+    let watch = ChannelWatch::new(&ch).await;
+    publish(&ch, "amq.topic", "denied.key", b"x").await;
+    watch
+        .assert_closed(
+            403,
+            "ACCESS_REFUSED - access to topic 'denied.key' in exchange 'amq.topic' in vhost '/' refused for user 'guest'",
+        )
+        .await;
+    assert_eq!(
+        api.call("DELETE", "/api/topic-permissions/%2F/guest", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(api.get("/api/topic-permissions").await, json!([]));
+
+    let r = api
+        .call(
+            "PUT",
+            "/api/vhost-limits/%2F/max-queues",
+            Some(json!({"value": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.json);
+    assert_eq!(
+        api.get("/api/vhost-limits/%2F").await,
+        json!([{"vhost": "/", "value": {"max-queues": 1}}])
+    );
+    assert_eq!(
+        api.call("PUT", "/api/queues/%2F/lim-1", None).await.status,
+        201
+    );
+    let r = api.call("PUT", "/api/queues/%2F/lim-2", None).await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert_eq!(
+        r.json["reason"],
+        "cannot declare queue 'lim-2': queue limit in vhost '/' (1) is reached"
+    );
+    let r = api
+        .call(
+            "PUT",
+            "/api/vhost-limits/%2F/bogus",
+            Some(json!({"value": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        api.call("DELETE", "/api/vhost-limits/%2F/max-queues", None)
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        api.call("PUT", "/api/queues/%2F/lim-2", None).await.status,
+        201
+    );
+
+    let r = api
+        .call(
+            "PUT",
+            "/api/user-limits/guest/max-channels",
+            Some(json!({"value": 5})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.json);
+    assert_eq!(
+        api.get("/api/user-limits/guest").await,
+        json!([{"user": "guest", "value": {"max-channels": 5}}])
+    );
+    assert_eq!(
+        api.call("DELETE", "/api/user-limits/guest/max-channels", None)
+            .await
+            .status,
+        204
+    );
+    drop(conn);
+}

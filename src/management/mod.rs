@@ -4,7 +4,8 @@
 //!
 //! Split by REST resource, one file per URL family, like LavinMQ's http/controller/:
 //! [`overview`] (overview, whoami, nodes, health checks), [`vhosts`], [`queues`],
-//! [`exchanges`], [`bindings`], [`users`] (users and permissions), [`policies`],
+//! [`exchanges`], [`bindings`], [`users`] (users and permissions), [`limits`] (topic
+//! permissions, vhost and user limits), [`policies`],
 //! [`connections`] and [`definitions`]. This file owns what they share: the router,
 //! HTTP basic authentication with RabbitMQ's tag rules ([`Caller`]), the error bodies
 //! ([`ApiError`]) and list pagination ([`list`]).
@@ -17,6 +18,7 @@ mod bindings;
 mod connections;
 mod definitions;
 mod exchanges;
+mod limits;
 mod list;
 mod message;
 mod overview;
@@ -90,6 +92,7 @@ fn router(api: Api) -> Router {
         .merge(exchanges::routes())
         .merge(bindings::routes())
         .merge(users::routes())
+        .merge(limits::routes())
         .merge(policies::routes())
         .merge(connections::routes())
         .merge(definitions::routes())
