@@ -1,5 +1,6 @@
 //! Authentication: SASL PLAIN and AMQPLAIN responses, checked against the users that
-//! [`crate::access::Access`] owns.
+//! [`crate::access::Access`] owns, and EXTERNAL on TLS connections (the user named by
+//! the client certificate, see [`crate::tls`]).
 
 use std::net::IpAddr;
 
@@ -10,6 +11,10 @@ use crate::access::Access;
 
 /// In RabbitMQ's order.
 pub const MECHANISMS: &str = "AMQPLAIN PLAIN";
+/// On TLS connections EXTERNAL is offered too, with or without a client certificate:
+/// as in rabbit_auth_mechanism_ssl, a client without one is then refused with a reason
+/// rather than left unable to pick a mechanism.
+pub const MECHANISMS_TLS: &str = "AMQPLAIN PLAIN EXTERNAL";
 
 /// Why a login failed; logged in full, while the client only hears RabbitMQ's terse text.
 #[derive(Debug, PartialEq, Eq)]
@@ -19,13 +24,30 @@ pub enum AuthError {
     Refused(String),
 }
 
-/// Check a start-ok response; returns the user name.
+/// Check a start-ok response; returns the user name. `external` is the TLS session's
+/// certificate login (the name, or why there is none); `None` on plain TCP, where
+/// EXTERNAL is not offered.
 pub fn authenticate(
     access: &Access,
     mechanism: &str,
     response: &[u8],
     peer: IpAddr,
+    external: Option<&Result<String, String>>,
 ) -> Result<String, AuthError> {
+    if mechanism == "EXTERNAL" {
+        // The response (an authorisation identity, usually empty) is ignored, as in
+        // RabbitMQ: the certificate alone names the user.
+        return match external {
+            None => Err(AuthError::UnknownMechanism(mechanism.to_owned())),
+            Some(Err(why)) => Err(AuthError::Refused(why.clone())),
+            Some(Ok(user)) => {
+                access
+                    .authenticate_external(user, peer)
+                    .map_err(AuthError::Refused)?;
+                Ok(user.clone())
+            }
+        };
+    }
     let (user, pass) = match mechanism {
         "PLAIN" => parse_plain(response)?,
         "AMQPLAIN" => parse_amqplain(response)?,
@@ -74,7 +96,7 @@ mod tests {
 
     impl Users {
         fn authenticate(&self, m: &str, r: &[u8], peer: IpAddr) -> Result<String, AuthError> {
-            authenticate(&self.0, m, r, peer)
+            authenticate(&self.0, m, r, peer, None)
         }
     }
 
@@ -119,7 +141,32 @@ mod tests {
             users().authenticate("CRAM", b"", LOCAL),
             Err(AuthError::UnknownMechanism(_))
         ));
+        // EXTERNAL: unknown on plain TCP; on TLS it logs in the certificate's user.
+        assert!(matches!(
+            users().authenticate("EXTERNAL", b"", LOCAL),
+            Err(AuthError::UnknownMechanism(_))
+        ));
+        let access = Access::new(&crate::config::DefaultsConfig::default());
+        let ext = |name: Result<String, String>, peer| {
+            authenticate(&access, "EXTERNAL", b"", peer, Some(&name))
+        };
+        assert_eq!(ext(Ok("guest".into()), LOCAL), Ok("guest".into()));
+        assert_eq!(
+            ext(Ok("CN=nobody".into()), LOCAL),
+            Err(AuthError::Refused("user 'CN=nobody' - not found".into()))
+        );
+        assert!(matches!(
+            ext(
+                Err("connection peer presented no TLS (x.509) certificate".into()),
+                LOCAL
+            ),
+            Err(AuthError::Refused(_))
+        ));
         let remote: IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(matches!(
+            ext(Ok("guest".into()), remote),
+            Err(AuthError::Refused(_))
+        ));
         assert!(matches!(
             users().authenticate("PLAIN", b"\0guest\0guest", remote),
             Err(AuthError::Refused(_))

@@ -46,6 +46,8 @@ pub struct ConnectionEntry {
     /// Open channels; the connection task updates it, readers only load it.
     pub channels: Arc<AtomicUsize>,
     pub connected_at: SystemTime,
+    /// The TLS session's protocol, cipher and client certificate (amqps only).
+    pub tls: Option<Arc<crate::tls::PeerTls>>,
 }
 
 /// A virtual host's description and tags (RabbitMQ's vhost metadata).

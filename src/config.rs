@@ -17,6 +17,7 @@ pub struct Config {
     pub alarms: AlarmsConfig,
     pub definitions: DefinitionsConfig,
     pub log: LogConfig,
+    pub tls: TlsConfig,
     pub metrics: MetricsConfig,
     pub management: ManagementConfig,
 }
@@ -43,12 +44,16 @@ pub struct MetricsConfig {
     /// Prometheus endpoint (`/metrics`, `/metrics/per-object`), host:port; empty: off.
     /// RabbitMQ's rabbitmq_prometheus port. Env: WARREN_METRICS_LISTEN.
     pub listen: String,
+    /// The same endpoint over HTTPS with the `[tls]` certificate settings, host:port;
+    /// empty: off. RabbitMQ's prometheus.ssl.port (15691). Env: WARREN_METRICS_TLS_LISTEN.
+    pub tls_listen: String,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             listen: "0.0.0.0:15692".to_owned(),
+            tls_listen: String::new(),
         }
     }
 }
@@ -153,6 +158,59 @@ pub struct LogConfig {
     pub file: String,
 }
 
+/// The amqps listener, RabbitMQ's `listeners.ssl` and `ssl_options`. TLS is on when
+/// `certfile` is set; the settings are checked here, the files when the broker starts
+/// (and again on SIGHUP, see [`crate::tls`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// amqps listener address, host:port. Env: WARREN_TLS_LISTEN.
+    pub listen: String,
+    /// The server's certificate chain, PEM (leaf first). Empty: no TLS listener.
+    pub certfile: String,
+    /// The server's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub keyfile: String,
+    /// CA certificates that client certificates must chain to, PEM.
+    pub cacertfile: String,
+    /// `verify_none` (no client certificate asked for) or `verify_peer`.
+    pub verify: String,
+    /// With verify_peer: refuse clients that present no certificate.
+    pub fail_if_no_peer_cert: bool,
+    /// Protocol versions offered: `tlsv1.3`, `tlsv1.2`.
+    pub versions: Vec<String>,
+    /// Cipher suites offered (IANA or OpenSSL names); empty: rustls' defaults.
+    pub ciphers: Vec<String>,
+    /// The user name SASL EXTERNAL takes from a client certificate:
+    /// `distinguished_name` (the subject, as RabbitMQ formats it) or `common_name`.
+    pub ssl_cert_login_from: String,
+    /// Seconds a client has to complete the TLS handshake (RabbitMQ: 5).
+    pub handshake_timeout: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: "0.0.0.0:5671".to_owned(),
+            certfile: String::new(),
+            keyfile: String::new(),
+            cacertfile: String::new(),
+            verify: "verify_none".to_owned(),
+            fail_if_no_peer_cert: false,
+            versions: vec!["tlsv1.3".to_owned(), "tlsv1.2".to_owned()],
+            ciphers: Vec::new(),
+            ssl_cert_login_from: "distinguished_name".to_owned(),
+            handshake_timeout: 5,
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether an amqps listener is configured.
+    pub fn enabled(&self) -> bool {
+        !self.certfile.is_empty()
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -163,6 +221,7 @@ impl Default for Config {
             alarms: AlarmsConfig::default(),
             definitions: DefinitionsConfig::default(),
             log: LogConfig::default(),
+            tls: TlsConfig::default(),
             metrics: MetricsConfig::default(),
             management: ManagementConfig::default(),
         }
@@ -295,6 +354,20 @@ impl Config {
                 "expected host:port, or empty to turn it off",
             );
         }
+        if !self.metrics.tls_listen.is_empty() {
+            if !self.metrics.tls_listen.contains(':') {
+                return bad(
+                    "metrics.tls_listen",
+                    "expected host:port, or empty to turn it off",
+                );
+            }
+            if !self.tls.enabled() {
+                return bad(
+                    "metrics.tls_listen",
+                    "HTTPS uses the [tls] certificate: set tls.certfile and tls.keyfile",
+                );
+            }
+        }
         if self.amqp.max_message_size == 0 || self.amqp.max_message_size > 512 * 1024 * 1024 {
             return bad(
                 "amqp.max_message_size",
@@ -321,6 +394,60 @@ impl Config {
         }
         if self.defaults.vhost.is_empty() {
             return bad("defaults.vhost", "must not be empty");
+        }
+        self.validate_tls()
+    }
+
+    /// The `[tls]` settings that can be judged without reading the files.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| {
+            Err(ConfigError(format!("invalid value for tls.{key}: {why}")))
+        };
+        let t = &self.tls;
+        if !["verify_none", "verify_peer"].contains(&t.verify.as_str()) {
+            return bad(
+                "verify",
+                format!("'{}': expected verify_none or verify_peer", t.verify),
+            );
+        }
+        if !["distinguished_name", "common_name"].contains(&t.ssl_cert_login_from.as_str()) {
+            return bad(
+                "ssl_cert_login_from",
+                format!(
+                    "'{}': expected distinguished_name or common_name",
+                    t.ssl_cert_login_from
+                ),
+            );
+        }
+        if let Err(e) = crate::tls::protocol_versions(&t.versions) {
+            return bad("versions", e);
+        }
+        if let Err(e) = crate::tls::cipher_suites(&t.ciphers, &t.versions) {
+            return bad("ciphers", e);
+        }
+        if t.handshake_timeout == 0 {
+            return bad("handshake_timeout", "must be at least 1 second".to_owned());
+        }
+        if !t.enabled() {
+            return Ok(());
+        }
+        if t.listen.parse::<std::net::SocketAddr>().is_err() && !t.listen.contains(':') {
+            return bad("listen", format!("'{}': expected host:port", t.listen));
+        }
+        if t.keyfile.is_empty() {
+            return bad("keyfile", "required when tls.certfile is set".to_owned());
+        }
+        if t.verify == "verify_peer" && t.cacertfile.is_empty() {
+            return bad(
+                "cacertfile",
+                "required with tls.verify = \"verify_peer\" (the CAs client certificates must chain to)".to_owned(),
+            );
+        }
+        if t.fail_if_no_peer_cert && t.verify != "verify_peer" {
+            return bad(
+                "fail_if_no_peer_cert",
+                "true needs tls.verify = \"verify_peer\" (with verify_none no certificate is asked for)".to_owned(),
+            );
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! warren: a RabbitMQ-compatible AMQP 0-9-1 message broker.
 //!
 //! Module map, in the order a message travels:
-//! - [`server`]: the TCP listener; one [`connection`] task per client.
+//! - [`server`]: the TCP listeners (AMQP, and amqps through [`tls`]); one
+//!   [`connection`] task per client.
 //! - [`connection`]: handshake, frame reading, heartbeats, and the writer task that
 //!   coalesces outgoing frames; drives the connection's channels.
 //! - [`protocol`]: the wire format: frames, methods (hand-written on the per-message
@@ -53,6 +54,7 @@ pub mod queue;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod util;
 pub mod vhost;
 

@@ -161,6 +161,23 @@ async fn serve(
     let addr = warren::server::local_addr(&listener)
         .map(|a| a.to_string())
         .unwrap_or_else(|| broker.config.amqp.listen.clone());
+    // amqps: the certificate files are read (and refused, naming the key and file)
+    // before the listener is bound.
+    let tls = if broker.config.tls.enabled() {
+        let tls = warren::tls::Tls::load(&broker.config.tls).map_err(|e| Failure(78, e))?;
+        let listener = warren::server::bind_tls(&broker).await.map_err(|e| {
+            Failure(
+                71,
+                warren::server::bind_error_for("tls.listen", &broker.config.tls.listen, &e),
+            )
+        })?;
+        let addr = warren::server::local_addr(&listener)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| broker.config.tls.listen.clone());
+        Some((tls, listener, addr))
+    } else {
+        None
+    };
     // The Prometheus endpoint, if configured: a port in use is a start-up failure too.
     let metrics = if broker.config.metrics.listen.is_empty() {
         None
@@ -181,6 +198,24 @@ async fn serve(
         println!("warren listening prometheus={at}");
         tokio::spawn(warren::metrics::http::serve(broker.clone(), l));
     }
+    // The same over HTTPS, with the [tls] certificate (config.rs made sure it is set).
+    if let (false, Some((tls, _, _))) = (broker.config.metrics.tls_listen.is_empty(), &tls) {
+        let listen = &broker.config.metrics.tls_listen;
+        let l = warren::metrics::http::bind(listen).await.map_err(|e| {
+            Failure(
+                71,
+                warren::server::bind_error_for("metrics.tls_listen", listen, &e),
+            )
+        })?;
+        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!("Prometheus metrics on https://{at}/metrics");
+        println!("warren listening prometheus_tls={at}");
+        tokio::spawn(warren::metrics::http::serve_tls(
+            broker.clone(),
+            l,
+            tls.clone(),
+        ));
+    }
     // The management API, if configured, likewise.
     if !broker.config.management.listen.is_empty() {
         let listen = &broker.config.management.listen;
@@ -197,24 +232,48 @@ async fn serve(
     }
     broker.start_alarm_monitor();
     let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
+    let (tls, tls_server, tls_addr) = match tls {
+        Some((tls, listener, addr)) => {
+            let server = tokio::spawn(warren::server::serve_tls(
+                broker.clone(),
+                listener,
+                tls.clone(),
+            ));
+            (Some(tls), Some(server), Some(addr))
+        }
+        None => (None, None, None),
+    };
+    let amqps = tls_addr
+        .as_deref()
+        .map(|a| format!(" amqps={a}"))
+        .unwrap_or_default();
     let control = tokio::spawn(warren::control::serve(broker.clone(), control));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %broker.config.data_dir.display(),
         startup_ms = started.elapsed().as_millis() as u64,
-        "warren started; AMQP listening on {addr}"
+        "warren started; AMQP listening on {addr}{}",
+        tls_addr.as_deref().map(|a| format!(", AMQP over TLS on {a}")).unwrap_or_default()
     );
-    // One machine-readable line on stdout for scripts and tests.
-    println!("warren ready amqp={addr}");
+    // One machine-readable line on stdout for scripts and tests (amqps=… only with TLS).
+    println!("warren ready amqp={addr}{amqps}");
     let _ = std::io::stdout().flush();
     if let Some(n) = &notifier {
-        n.ready(&format!("AMQP listening on {addr}"));
+        n.ready(&format!(
+            "AMQP listening on {addr}{}",
+            tls_addr
+                .as_deref()
+                .map(|a| format!(", AMQP/TLS on {a}"))
+                .unwrap_or_default()
+        ));
         if let Some(every) = warren::service::Notifier::watchdog_interval() {
             tokio::spawn(n.clone().watchdog(every));
         }
     }
 
-    signals.shutdown_requested(log_file.as_ref()).await;
+    signals
+        .shutdown_requested(log_file.as_ref(), tls.as_deref())
+        .await;
     tracing::info!("shutting down");
     if let Some(n) = &notifier {
         n.stopping();
@@ -222,6 +281,9 @@ async fn serve(
     broker.freeze_store();
     broker.shut_down();
     let _ = server.await;
+    if let Some(s) = tls_server {
+        let _ = s.await;
+    }
     let _ = control.await;
     // Give connections a moment to deliver their close frames.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -286,26 +348,54 @@ impl Signals {
     }
 
     /// Wait for SIGTERM or SIGINT (shut down). SIGHUP reopens `log.file` (log rotation)
-    /// and never stops the broker.
-    async fn shutdown_requested(&mut self, log_file: Option<&warren::logfile::LogFile>) {
+    /// and re-reads the TLS certificate files; it never stops the broker.
+    async fn shutdown_requested(
+        &mut self,
+        log_file: Option<&warren::logfile::LogFile>,
+        tls: Option<&warren::tls::Tls>,
+    ) {
         #[cfg(unix)]
         loop {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => match log_file {
-                    Some(f) => match f.reopen() {
-                        Ok(()) => tracing::info!("SIGHUP received: reopened log file {}", f.path().display()),
-                        Err(e) => tracing::error!("SIGHUP received: cannot reopen log file {}: {e}; still writing to the old one", f.path().display()),
-                    },
-                    None => tracing::info!("SIGHUP received; nothing to reload (no log.file is configured)"),
-                },
+                _ = self.hup.recv() => reload(log_file, tls),
             }
         }
         #[cfg(not(unix))]
         {
-            let _ = log_file;
+            let _ = (log_file, tls);
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// SIGHUP: reopen the log file, reload TLS certificates. Existing connections keep
+/// their TLS sessions; new ones get the new certificates. A bad new file is logged and
+/// the previous configuration stays in use.
+#[cfg_attr(not(unix), allow(dead_code))]
+fn reload(log_file: Option<&warren::logfile::LogFile>, tls: Option<&warren::tls::Tls>) {
+    if let Some(f) = log_file {
+        match f.reopen() {
+            Ok(()) => tracing::info!("SIGHUP received: reopened log file {}", f.path().display()),
+            Err(e) => tracing::error!(
+                "SIGHUP received: cannot reopen log file {}: {e}; still writing to the old one",
+                f.path().display()
+            ),
+        }
+    }
+    if let Some(t) = tls {
+        match t.reload() {
+            Ok(()) => tracing::info!(
+                "SIGHUP received: reloaded TLS certificate {}, key and CA files; new connections use them",
+                t.settings().certfile
+            ),
+            Err(e) => tracing::error!(
+                "SIGHUP received: cannot reload the TLS configuration: {e}; still using the previous one"
+            ),
+        }
+    }
+    if log_file.is_none() && tls.is_none() {
+        tracing::info!("SIGHUP received; nothing to reload (no log.file or TLS is configured)");
     }
 }

@@ -1,4 +1,5 @@
-//! The AMQP listener: accepts sockets and spawns a connection task for each.
+//! The AMQP listeners: plain TCP (`amqp.listen`) and, when `[tls]` is configured, amqps
+//! (`tls.listen`); each accepts sockets and spawns a connection task for each.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,10 +7,16 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::broker::Broker;
+use crate::tls::Tls;
 
 /// Bind the AMQP listener (port 0 picks a free port).
 pub async fn bind(broker: &Broker) -> std::io::Result<TcpListener> {
     TcpListener::bind(&broker.config.amqp.listen).await
+}
+
+/// Bind the amqps listener.
+pub async fn bind_tls(broker: &Broker) -> std::io::Result<TcpListener> {
+    TcpListener::bind(&broker.config.tls.listen).await
 }
 
 /// The one line printed when the listener cannot be bound: what is wrong, and what to do.
@@ -46,6 +53,32 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
                 }
             },
             // wait_for, not changed(): a shutdown before this task first ran must count.
+            _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
+        }
+    }
+}
+
+/// Accept amqps connections until the broker shuts down. The TLS handshake runs in the
+/// connection's own task, so a slow or failing client never holds up accepting others.
+pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let (broker, tls) = (broker.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        if let Some((stream, info)) = tls.accept(socket, peer).await {
+                            crate::connection::serve_tls(broker, stream, peer, info).await;
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "accept failed (amqps)");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
             _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
         }
     }

@@ -231,7 +231,12 @@ async fn every_confirmed_message_survives_repeated_crashes() {
     let confirmed: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
     let mut consumed: BTreeSet<u64> = BTreeSet::new();
     let mut seq = 0u64;
-    for cycle in 0..8 {
+    // 8 in CI; `WARREN_CRASH_CYCLES=20` for a longer run.
+    let cycles: u64 = std::env::var("WARREN_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    for cycle in 0..cycles {
         let url = broker.url();
         let stop = Arc::new(AtomicBool::new(false));
         // Two publishers with confirms and a consumer with acks run while the broker dies.
@@ -347,7 +352,7 @@ async fn every_confirmed_message_survives_repeated_crashes() {
         &lost[..lost.len().min(5)]
     );
     eprintln!(
-        "crash test: {} confirmed, {} consumed and acked, {} left in the queue",
+        "crash test: {cycles} kill -9 cycles, {} confirmed, {} consumed and acked, {} left in the queue",
         confirmed.len(),
         consumed.len(),
         left.len()

@@ -140,6 +140,18 @@ impl Access {
         Ok(())
     }
 
+    /// A login established outside SASL (EXTERNAL: a verified TLS client certificate):
+    /// the user must exist, passwordless or not, and loopback_users still applies.
+    pub fn authenticate_external(&self, user: &str, peer: IpAddr) -> Result<(), String> {
+        if !self.read().users.contains_key(user) {
+            return Err(format!("user '{user}' - not found"));
+        }
+        if self.loopback_only.iter().any(|u| u == user) && !is_loopback(peer) {
+            return Err(format!("user '{user}' can only connect via localhost"));
+        }
+        Ok(())
+    }
+
     /// The password check alone (authenticate_user); texts as rabbit_auth_backend_internal.
     pub fn check_password(&self, user: &str, password: &str) -> Result<(), String> {
         let state = self.read();

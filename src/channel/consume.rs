@@ -213,13 +213,7 @@ impl Channel {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        s.tally.delivered += 1;
-        s.tally.redelivered += d.redelivered as u64;
-        if consumer.no_ack {
-            s.tally.delivered_consume_auto_ack += 1;
-        } else {
-            s.tally.delivered_consume_manual_ack += 1;
-        }
+        s.tally.delivery(false, consumer.no_ack, d.redelivered);
         if !consumer.no_ack {
             self.unacked.push_back(Unacked {
                 tag,
@@ -288,13 +282,7 @@ impl Channel {
         };
         let tag = self.next_tag;
         self.next_tag += 1;
-        s.tally.delivered += 1;
-        s.tally.redelivered += got.redelivered as u64;
-        if g.no_ack {
-            s.tally.delivered_get_auto_ack += 1;
-        } else {
-            s.tally.delivered_get_manual_ack += 1;
-        }
+        s.tally.delivery(true, g.no_ack, got.redelivered);
         if !g.no_ack {
             self.queues.insert(q.id, q.clone());
             self.unacked.push_back(Unacked {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use amq_protocol::protocol::{connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::Connection;
-use crate::auth::{AuthError, MECHANISMS};
+use crate::auth::{AuthError, MECHANISMS, MECHANISMS_TLS};
 use crate::channel::ClientCaps;
 use crate::error::AmqpError;
 use crate::protocol::frame::{self, FRAME_HEARTBEAT, FRAME_METHOD};
@@ -82,7 +82,7 @@ fn server_properties() -> FieldTable {
     p
 }
 
-impl Connection {
+impl<R: AsyncRead + Unpin + Send> Connection<R> {
     /// Read until a whole frame is buffered. `None` when the peer closed.
     async fn read_frame(&mut self, frame_max: u32) -> Result<Option<frame::Frame>, Abort> {
         loop {
@@ -153,7 +153,14 @@ impl Connection {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties(),
-                mechanisms: LongString::from(MECHANISMS.as_bytes().to_vec()),
+                mechanisms: LongString::from(
+                    match self.tls {
+                        Some(_) => MECHANISMS_TLS,
+                        None => MECHANISMS,
+                    }
+                    .as_bytes()
+                    .to_vec(),
+                ),
                 locales: LongString::from(b"en_US".to_vec()),
             },
         )));
@@ -192,6 +199,7 @@ impl Connection {
             &mechanism,
             start_ok.response.as_bytes(),
             self.peer.ip(),
+            self.tls.as_ref().map(|t| &t.external_login),
         ) {
             Ok(user) => user,
             Err(AuthError::UnknownMechanism(m)) => {

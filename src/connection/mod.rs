@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -28,6 +27,7 @@ use crate::protocol::method::{self, Method};
 use crate::protocol::outbuf::OutBuf;
 use crate::protocol::short;
 use crate::queue::ConnEvent;
+use crate::tls::PeerTls;
 use crate::util::IdHash;
 use handshake::{Abort, Negotiated};
 use writer::WriterTx;
@@ -41,11 +41,16 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Events handled per wake-up before reading the socket again.
 const EVENT_BURST: usize = 64;
 
-pub struct Connection {
+/// Generic over the socket's read half so that plain TCP and TLS each get their own
+/// monomorphised code: the plain path reads a `tcp::OwnedReadHalf` directly, with no
+/// dynamic dispatch or extra lock per read.
+pub struct Connection<R> {
     id: u64,
     broker: Arc<Broker>,
     peer: SocketAddr,
-    reader: OwnedReadHalf,
+    /// The TLS session's facts on an amqps connection (EXTERNAL login, listings).
+    tls: Option<Arc<PeerTls>>,
+    reader: R,
     rbuf: BytesMut,
     /// How much room the next read gets (adapts between READ_MIN and READ_MAX).
     read_size: usize,
@@ -59,16 +64,43 @@ pub struct Connection {
     channel_count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Serve one accepted socket until it closes.
+/// Serve one accepted plain-TCP socket until it closes.
 pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
     let (reader, write_half) = socket.into_split();
+    serve_halves(broker, reader, write_half, peer, None).await
+}
+
+/// Serve one amqps connection (handshake done, see [`crate::tls`]) until it closes.
+pub async fn serve_tls(
+    broker: Arc<Broker>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    tls: PeerTls,
+) {
+    // The TLS session is one state machine for both directions, so its halves share it
+    // through tokio's split (a lock per read or write call, on this path only).
+    let (reader, write_half) = tokio::io::split(stream);
+    serve_halves(broker, reader, write_half, peer, Some(Arc::new(tls))).await
+}
+
+async fn serve_halves<R, W>(
+    broker: Arc<Broker>,
+    reader: R,
+    write_half: W,
+    peer: SocketAddr,
+    tls: Option<Arc<PeerTls>>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (writer_tx, writer_rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(writer::run(write_half, writer_rx));
     let mut conn = Connection {
         id: crate::util::next_id(),
         broker: broker.clone(),
         peer,
+        tls,
         reader,
         rbuf: BytesMut::with_capacity(READ_MIN),
         read_size: READ_MIN,
@@ -77,7 +109,16 @@ pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
         client_closed: false,
         channel_count: Arc::default(),
     };
-    tracing::info!(peer = %peer, "accepting AMQP connection");
+    match &conn.tls {
+        None => tracing::info!(peer = %peer, "accepting AMQP connection"),
+        Some(t) => tracing::info!(
+            peer = %peer,
+            protocol = t.protocol,
+            cipher = %t.cipher,
+            peer_cert_subject = t.peer_cert_subject.as_deref().unwrap_or(""),
+            "accepting AMQP connection over TLS"
+        ),
+    }
     let timeout = Duration::from_secs(broker.config.amqp.handshake_timeout);
     match tokio::time::timeout(timeout, conn.handshake()).await {
         Err(_) => {
@@ -122,7 +163,7 @@ enum End {
     Error,
 }
 
-impl Connection {
+impl<R: AsyncRead + Unpin + Send> Connection<R> {
     fn send0(&mut self, class: AMQPClass) {
         method::encode(&mut self.out.buf, 0, &class);
     }
@@ -166,6 +207,7 @@ impl Connection {
                 name: n.name.clone(),
                 channels: self.channel_count.clone(),
                 connected_at: std::time::SystemTime::now(),
+                tls: self.tls.clone(),
             },
         );
         tracing::info!(

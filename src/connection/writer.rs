@@ -7,8 +7,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// iovecs per writev (Linux allows 1024).
@@ -16,14 +15,23 @@ const MAX_IOV: usize = 256;
 
 pub type WriterTx = mpsc::UnboundedSender<Vec<Bytes>>;
 
-pub async fn run(mut socket: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec<Bytes>>) {
+/// Generic over the write half (plain TCP or TLS), monomorphised per kind.
+pub async fn run<W: AsyncWrite + Unpin>(
+    mut socket: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<Bytes>>,
+) {
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     while let Some(batch) = rx.recv().await {
         pending.extend(batch);
         while let Ok(more) = rx.try_recv() {
             pending.extend(more);
         }
-        if let Err(e) = write_all(&mut socket, &mut pending).await {
+        // flush: TLS keeps records it could not write yet; on plain TCP it is a no-op.
+        let written = match write_all(&mut socket, &mut pending).await {
+            Ok(()) => socket.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             tracing::debug!(error = %e, "socket write failed");
             break;
         }
@@ -31,8 +39,8 @@ pub async fn run(mut socket: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Vec
     let _ = socket.shutdown().await;
 }
 
-async fn write_all(
-    socket: &mut OwnedWriteHalf,
+async fn write_all<W: AsyncWrite + Unpin>(
+    socket: &mut W,
     pending: &mut VecDeque<Bytes>,
 ) -> std::io::Result<()> {
     while !pending.is_empty() {

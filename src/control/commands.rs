@@ -503,6 +503,10 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                 "state",
                 "protocol",
                 "connected_at",
+                "ssl",
+                "ssl_protocol",
+                "ssl_cipher",
+                "peer_cert_subject",
             ];
             let columns = columns(req, &all, &["user", "peer_host", "peer_port", "state"])?;
             let mut rows = Vec::new();
@@ -520,7 +524,11 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             "pid" => json!(pid(id)),
                             "name" => json!(c.name.clone().unwrap_or_else(|| format!(
                                 "{} -> {}",
-                                c.peer, broker.config.amqp.listen
+                                c.peer,
+                                match c.tls {
+                                    Some(_) => &broker.config.tls.listen,
+                                    None => &broker.config.amqp.listen,
+                                }
                             ))),
                             "user" => json!(c.user),
                             "vhost" => json!(c.vhost),
@@ -529,6 +537,12 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             "channels" => json!(c.channels.load(Ordering::Relaxed)),
                             "state" => json!("running"),
                             "protocol" => json!("AMQP 0-9-1"),
+                            "ssl" => json!(c.tls.is_some()),
+                            "ssl_protocol" => json!(c.tls.as_ref().map(|t| t.protocol)),
+                            "ssl_cipher" => json!(c.tls.as_ref().map(|t| t.cipher.clone())),
+                            "peer_cert_subject" => {
+                                json!(c.tls.as_ref().and_then(|t| t.peer_cert_subject.clone()))
+                            }
                             _ => json!(at),
                         })
                         .collect(),

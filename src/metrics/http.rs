@@ -1,14 +1,15 @@
 //! The Prometheus endpoint's HTTP server: GET `/metrics` and `/metrics/per-object`,
-//! one response per connection. Scrapers need nothing more, so this is a few lines of
+//! one response per connection, over TCP or (with `metrics.tls_listen`) TLS. Scrapers need nothing more, so this is a few lines of
 //! tokio rather than an HTTP stack.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::broker::Broker;
+use crate::tls::Tls;
 
 /// Longest request head accepted.
 const HEAD_MAX: usize = 16 * 1024;
@@ -33,7 +34,26 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     }
 }
 
-async fn handle(broker: Arc<Broker>, mut stream: TcpStream) {
+/// Serve scrapes over HTTPS (the `[tls]` certificate) until the broker shuts down.
+pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, peer)) = accepted else { continue };
+                let (broker, tls) = (broker.clone(), tls.clone());
+                tokio::spawn(async move {
+                    if let Some((stream, _)) = tls.accept(stream, peer).await {
+                        handle(broker, stream).await;
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(broker: Arc<Broker>, mut stream: S) {
     let Ok(Some(head)) = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await else {
         return;
     };
@@ -68,7 +88,7 @@ async fn render(broker: &Arc<Broker>, per_object: bool) -> String {
 
 /// The request line of a request whose head has fully arrived; None if the client went
 /// away or sent more than [`HEAD_MAX`] without ending its head.
-async fn read_head(stream: &mut TcpStream) -> Option<String> {
+async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {

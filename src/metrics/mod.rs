@@ -35,6 +35,20 @@ macro_rules! counters {
             }
         }
 
+        impl Tally {
+            /// A message delivered: by basic.consume or basic.get, with or without acks.
+            pub fn delivery(&mut self, by_get: bool, no_ack: bool, redelivered: bool) {
+                self.delivered += 1;
+                self.redelivered += redelivered as u64;
+                *match (by_get, no_ack) {
+                    (false, true) => &mut self.delivered_consume_auto_ack,
+                    (false, false) => &mut self.delivered_consume_manual_ack,
+                    (true, true) => &mut self.delivered_get_auto_ack,
+                    (true, false) => &mut self.delivered_get_manual_ack,
+                } += 1;
+            }
+        }
+
         impl Global {
             /// (metric name suffix, help text, value) for each counter.
             pub fn read(&self) -> Vec<(&'static str, &'static str, u64)> {

@@ -577,15 +577,21 @@ impl QueueActor {
             // RabbitMQ hands a message to a waiting consumer before applying the limit:
             // deliver first, then drop from the head what is still too much.
             self.deliver();
-            let mut dropped = Vec::new();
-            while self.over_limit() {
-                match self.ready.pop_front() {
-                    Some(e) => dropped.push(e),
-                    None => break,
-                }
-            }
-            self.dead_letter(dropped, Reason::Maxlen);
+            self.drop_over_limit();
         }
+    }
+
+    /// Drop (dead-letter, reason maxlen) from the head until the queue is within its
+    /// length limits.
+    fn drop_over_limit(&mut self) {
+        let mut dropped = Vec::new();
+        while self.over_limit() {
+            match self.ready.pop_front() {
+                Some(e) => dropped.push(e),
+                None => break,
+            }
+        }
+        self.dead_letter(dropped, Reason::Maxlen);
     }
 
     /// TTL 0: deliverable only if a consumer takes it right now, behind what is already

@@ -8,6 +8,7 @@ Contract:
         $WARREN_BIN --amqp-listen 127.0.0.1:0 --data-dir <tmp>
     and wait (<= 10 s) for the single stdout line
         warren ready amqp=127.0.0.1:<PORT>
+    (followed by " amqps=127.0.0.1:<PORT>" when TLS is configured)
     then SIGTERM (then SIGKILL) it when the module is done.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REPORT_LINES: list = []
 
 MANAGEMENT_RE = re.compile(r"^warren listening management=(\S+)\s*$")
-READY_RE = re.compile(r"^warren ready amqp=([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)\s*$")
+READY_RE = re.compile(r"^warren ready amqp=([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)(?: amqps=(\S+):(\d+))?\s*$")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Broker:
     shared: bool = False  # True when pointing at an externally managed broker
     proc: subprocess.Popen | None = field(default=None, repr=False)
     data_dir: str | None = field(default=None, repr=False)
+    tls_port: int | None = None  # the amqps listener, when started with [tls] settings
     # The management HTTP API (host:port) of a spawned warren; None for a shared broker.
     management: str | None = None
 
@@ -104,7 +106,7 @@ def warren_bin() -> str:
     )
 
 
-def start_warren(timeout: float = 10.0) -> Broker:
+def start_warren(timeout: float = 10.0, extra_args: tuple = ()) -> Broker:
     binary = warren_bin()
     root = tempfile.mkdtemp(prefix="warren-clients-")
     data_dir = os.path.join(root, "data")
@@ -112,7 +114,7 @@ def start_warren(timeout: float = 10.0) -> Broker:
     log_path = os.path.join(root, "warren.stderr.log")
     stderr = open(log_path, "wb")
     proc = subprocess.Popen(
-        [binary, "--amqp-listen", "127.0.0.1:0", "--data-dir", data_dir],
+        [binary, "--amqp-listen", "127.0.0.1:0", "--data-dir", data_dir, *extra_args],
         # Several brokers may run at once: pick the Prometheus port too.
         env={
             **os.environ,
@@ -138,6 +140,8 @@ def start_warren(timeout: float = 10.0) -> Broker:
             if m and not ev.is_set():
                 found["host"] = m.group(1).strip("[]")
                 found["port"] = int(m.group(2))
+                if m.group(4):
+                    found["tls_port"] = int(m.group(4))
                 ev.set()
         ev.set()  # EOF: process ended
 
@@ -159,6 +163,7 @@ def start_warren(timeout: float = 10.0) -> Broker:
         port=found["port"],
         proc=proc,
         data_dir=root,
+        tls_port=found.get("tls_port"),
         management=found.get("management"),
     )
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the client conformance suite needs; idempotent and quick when all is present.
 #   apt:  amqp-tools, librabbitmq-client-java (+ libslf4j-java), golang-go,
-#         golang-github-rabbitmq-amqp091-go-dev, a JDK if javac is missing, python3-venv if needed
+#         golang-github-rabbitmq-amqp091-go-dev, openssl (test_tls.py makes certificates),
+#         a JDK if javac is missing, python3-venv if needed
 #   pip:  tests/clients/requirements.txt into tests/clients/.venv
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,7 +14,7 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"
 
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
-want=(amqp-tools librabbitmq-client-java libslf4j-java golang-go golang-github-rabbitmq-amqp091-go-dev)
+want=(amqp-tools librabbitmq-client-java libslf4j-java golang-go golang-github-rabbitmq-amqp091-go-dev openssl)
 command -v javac >/dev/null 2>&1 || want+=(default-jdk-headless)
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || want+=(python3-venv)
 

@@ -64,6 +64,8 @@ pub fn unique(prefix: &str) -> String {
 pub struct Broker {
     url: String,
     addr: String,
+    tls_addr: Option<String>,
+    metrics_tls_addr: Option<String>,
     child: Option<Child>,
     data_dir: Option<PathBuf>,
     /// The Prometheus endpoint's address, when it is on.
@@ -81,6 +83,8 @@ impl Broker {
                 return Broker {
                     url,
                     addr,
+                    tls_addr: None,
+                    metrics_tls_addr: None,
                     child: None,
                     data_dir: None,
                     metrics_addr: None,
@@ -140,7 +144,8 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut metrics_addr = None;
         let mut management_addr = None;
-        let addr = loop {
+        let mut metrics_tls_addr = None;
+        let (addr, tls_addr) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let _ = child.kill();
@@ -148,14 +153,24 @@ impl Broker {
             }
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
+                    // "warren ready amqp=HOST:PORT[ amqps=HOST:PORT]"
                     if let Some(rest) = line.trim().strip_prefix("warren ready amqp=") {
-                        break rest.trim().to_string();
+                        let mut words = rest.split_whitespace();
+                        let amqp = words.next().unwrap_or_default().to_string();
+                        let amqps = words
+                            .find_map(|w| w.strip_prefix("amqps="))
+                            .map(str::to_string);
+                        break (amqp, amqps);
                     }
                     if let Some(rest) = line.trim().strip_prefix("warren listening prometheus=") {
                         metrics_addr = Some(rest.trim().to_string());
                     }
                     if let Some(rest) = line.trim().strip_prefix("warren listening management=") {
                         management_addr = Some(rest.trim().to_string());
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("warren listening prometheus_tls=")
+                    {
+                        metrics_tls_addr = Some(rest.trim().to_string());
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -172,11 +187,23 @@ impl Broker {
         Broker {
             url: format!("amqp://guest:guest@{addr}/%2f"),
             addr,
+            tls_addr,
+            metrics_tls_addr,
             child: Some(child),
             data_dir: Some(data_dir),
             metrics_addr,
             management_addr,
         }
+    }
+
+    /// The amqps listener's address, when the broker was started with `[tls]`.
+    pub fn tls_addr(&self) -> Option<&str> {
+        self.tls_addr.as_deref()
+    }
+
+    /// The HTTPS Prometheus endpoint, when started with `metrics.tls_listen`.
+    pub fn metrics_tls_addr(&self) -> Option<&str> {
+        self.metrics_tls_addr.as_deref()
     }
 
     /// The Prometheus endpoint (host:port) of a spawned warren.

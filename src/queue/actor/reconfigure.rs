@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::super::args::{Overflow, QueueArgs};
-use super::super::dead_letter::{DeadLetterTarget, Reason};
+use super::super::dead_letter::DeadLetterTarget;
 use super::QueueActor;
 
 impl QueueActor {
@@ -37,14 +37,7 @@ impl QueueActor {
         }
         self.update_admission();
         if self.over_limit() {
-            let mut dropped = Vec::new();
-            while self.over_limit() {
-                match self.ready.pop_front() {
-                    Some(e) => dropped.push(e),
-                    None => break,
-                }
-            }
-            self.dead_letter(dropped, Reason::Maxlen);
+            self.drop_over_limit();
         }
     }
 
