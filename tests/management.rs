@@ -160,6 +160,7 @@ async fn overview_whoami_nodes_and_vhosts_describe_the_node() {
     assert_eq!(ov["queue_totals"]["messages_ready"], 2);
     assert_eq!(ov["queue_totals"]["messages"], 2);
     assert_eq!(ov["message_stats"]["publish"], 2);
+    assert!(ov["message_stats"]["publish_details"]["rate"].is_number());
 
     let me = api.get("/api/whoami").await;
     assert_eq!(me, json!({"name": "guest", "tags": ["administrator"]}));
@@ -439,6 +440,8 @@ async fn list_endpoints_sort_filter_and_paginate() {
         .await;
     assert_eq!(names(&re["items"]), ["alpha", "alphabet"]);
     assert_eq!(re["filtered_count"], 2);
+    let cols = api.get("/api/queues?columns=name,messages&sort=name").await;
+    assert_eq!(cols[0], json!({"name": "alpha", "messages": 0}));
     let r = api.call("GET", "/api/queues?page=9", None).await;
     assert_eq!(r.status, 400);
 }

@@ -1,5 +1,5 @@
 //! List replies: RabbitMQ's sorting, name filtering and pagination query parameters
-//! (`sort`, `sort_reverse`, `name`, `use_regex`, `page`, `page_size`), as
+//! (`sort`, `sort_reverse`, `name`, `use_regex`, `page`, `page_size`) and `columns`, as
 //! rabbit_mgmt_util:reply_list_or_paginate applies them.
 
 use std::cmp::Ordering;
@@ -18,6 +18,9 @@ const MAX_PAGE_SIZE: usize = 500;
 /// is the plain array, as RabbitMQ's.
 pub fn reply_list(mut items: Vec<Value>, q: &HashMap<String, String>) -> ApiResult<Response> {
     sort(&mut items, q);
+    if let Some(cols) = q.get("columns").filter(|c| !c.is_empty()) {
+        items = items.iter().map(|v| columns(v, cols)).collect();
+    }
     let Some(page) = q.get("page") else {
         return Ok(reply(Value::Array(filter(items, q)?)));
     };
@@ -107,6 +110,28 @@ fn sort(items: &mut [Value], q: &HashMap<String, String>) {
     }
 }
 
+/// `columns=name,message_stats.publish`: only those fields (dotted ones nested as in
+/// the object), as rabbit_mgmt_util:extract_columns.
+fn columns(v: &Value, cols: &str) -> Value {
+    let mut out = Value::Object(Default::default());
+    for col in cols.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        let Some(found) = field(v, col) else { continue };
+        let mut at = &mut out;
+        let parts: Vec<&str> = col.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Value::Object(m) = at else { break };
+            if i + 1 == parts.len() {
+                m.insert((*part).to_owned(), found.clone());
+                break;
+            }
+            at = m
+                .entry((*part).to_owned())
+                .or_insert_with(|| Value::Object(Default::default()));
+        }
+    }
+    out
+}
+
 fn field<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(v, |v, k| v.get(k))
 }
@@ -152,6 +177,15 @@ mod tests {
         sort(&mut items, &q(&[("sort", "s.n"), ("sort_reverse", "true")]));
         let names: Vec<_> = items.iter().map(|v| v["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["a", "c", "b"]);
+    }
+
+    #[test]
+    fn columns_keep_only_the_named_fields() {
+        let v = json!({"name": "q", "messages": 3, "s": {"a": 1, "b": 2}});
+        assert_eq!(
+            columns(&v, "name,s.b,missing"),
+            json!({"name": "q", "s": {"b": 2}})
+        );
     }
 
     #[test]

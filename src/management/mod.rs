@@ -24,6 +24,7 @@ mod message;
 mod overview;
 mod policies;
 mod queues;
+mod rates;
 mod users;
 mod vhosts;
 
@@ -54,6 +55,8 @@ pub struct Api {
     pub management_port: u16,
     /// When the API started serving: the node's uptime.
     pub started: std::time::Instant,
+    /// Message rates over the last sampling interval, for /api/overview.
+    pub rates: Arc<rates::Rates>,
 }
 
 /// The realm RabbitMQ's management plugin announces.
@@ -71,7 +74,14 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, amqp_addr: String
         amqp_addr: Arc::from(amqp_addr),
         management_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
         started: std::time::Instant::now(),
+        rates: Arc::default(),
     };
+    let sampled = api.clone();
+    tokio::spawn(api.rates.clone().run(
+        rates::INTERVAL,
+        move || overview::message_stats(&sampled),
+        api.broker.shutdown_signal(),
+    ));
     let app = router(api).into_make_service_with_connect_info::<SocketAddr>();
     let stop = async move {
         let _ = shutdown.changed().await;

@@ -76,6 +76,8 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
         .map(|t| json!({"name": t, "description": "", "enabled": true}))
         .collect();
     let (ip, port) = api.amqp_addr.rsplit_once(':').unwrap_or(("", "0"));
+    let mut stats = message_stats(&api);
+    api.rates.decorate(&mut stats);
     Ok(reply(json!({
         "management_version": crate::RABBITMQ_COMPAT_VERSION,
         "rabbitmq_version": crate::RABBITMQ_COMPAT_VERSION,
@@ -87,7 +89,7 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
         "disable_stats": false,
         "enable_queue_totals": true,
         "exchange_types": exchange_types,
-        "message_stats": message_stats(&api),
+        "message_stats": stats,
         "queue_totals": {
             "messages": ready + unacked,
             "messages_ready": ready,
