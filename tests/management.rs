@@ -1023,3 +1023,61 @@ async fn topic_permissions_and_limits_are_set_over_http_and_enforced() {
     );
     drop(conn);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vhosts_definitions_are_exported_and_imported_into_another_vhost() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let r = api
+        .call("PUT", "/api/queues/%2F/dq", Some(json!({"durable": true})))
+        .await;
+    assert_eq!(r.status, 201);
+    let r = api
+        .call(
+            "PUT",
+            "/api/exchanges/%2F/dx",
+            Some(json!({"type": "fanout", "durable": true})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let r = api
+        .call(
+            "POST",
+            "/api/bindings/%2F/e/dx/q/dq",
+            Some(json!({"routing_key": ""})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let defs = api.get("/api/definitions/%2F").await;
+    assert!(
+        defs.get("users").is_none(),
+        "a vhost's definitions hold no users"
+    );
+    let q = defs["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "dq")
+        .cloned()
+        .unwrap();
+    assert!(q.get("vhost").is_none());
+    assert_eq!(q["durable"], true);
+
+    assert_eq!(api.call("PUT", "/api/vhosts/copy", None).await.status, 201);
+    let r = api.call("POST", "/api/definitions/copy", Some(defs)).await;
+    assert_eq!(r.status, 204, "{}", r.json);
+    assert_eq!(api.get("/api/queues/copy/dq").await["durable"], true);
+    assert_eq!(api.get("/api/exchanges/copy/dx").await["type"], "fanout");
+    assert_eq!(
+        api.get("/api/bindings/copy/e/dx/q/dq")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        api.call("GET", "/api/definitions/nope", None).await.status,
+        404
+    );
+}
