@@ -57,8 +57,9 @@ async fn list(
     reply_list(items, &q)
 }
 
+/// rabbit_mgmt_wm_vhost: administrators only (the list is for everyone).
 async fn one(State(api): State<Api>, caller: Caller, Path(name): Path<String>) -> ApiResult {
-    caller.require_vhost(&api, &name)?;
+    caller.require_admin()?;
     let all = api.broker.vhosts();
     let (v, meta) = all
         .iter()
@@ -85,6 +86,8 @@ pub fn tags_of(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// `{"description": ..., "tags": ...}`: 201 created, 204 existed. As in RabbitMQ, the
+/// creating user gets no permissions in it.
 async fn put(
     State(api): State<Api>,
     caller: Caller,
