@@ -805,8 +805,8 @@ async fn users_permissions_policies_and_definitions_round_trip() {
         .await;
     assert_eq!(r.status, 401);
     assert_eq!(
-        r.json["reason"],
-        "access to queue 'bq' in vhost 'mgmt-v' refused for user 'alice'"
+        r.json["reason"], "Access refused.",
+        "as rabbit_mgmt_util:direct_request"
     );
 
     // Policies: set, listed, applied to the queue, cleared.
@@ -1080,4 +1080,74 @@ async fn a_vhosts_definitions_are_exported_and_imported_into_another_vhost() {
         api.call("GET", "/api/definitions/nope", None).await.status,
         404
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_400_with_a_reason_and_the_broker_carries_on() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let addr = api.addr.clone();
+    let raw = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let body = "{not json";
+        write!(
+            s,
+            "PUT /api/queues/%2F/bad HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Basic {}\r\nContent-Length: {}\r\n\r\n{body}",
+            basic("guest", "guest"),
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(
+        raw.contains(r#"{"error":"bad_request","reason":"not_json"}"#),
+        "{raw}"
+    );
+
+    let cases = [
+        ("PUT", "/api/exchanges/%2F/x1", json!({"durable": true})),
+        ("PUT", "/api/exchanges/%2F/x1", json!({"type": "nosuch"})),
+        (
+            "PUT",
+            "/api/queues/%2F/q1",
+            json!({"arguments": {"x-max-length": "ten"}}),
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"routing_key": "q", "payload": "!!", "payload_encoding": "base64"}),
+        ),
+        (
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            json!({"routing_key": "q", "payload": "", "properties": {"nosuch": 1}}),
+        ),
+        ("PUT", "/api/policies/%2F/p", json!({"definition": {}})),
+        (
+            "PUT",
+            "/api/permissions/%2F/nobody",
+            json!({"configure": ".*", "write": ".*", "read": ".*"}),
+        ),
+        ("PUT", "/api/users/u1", json!({"tags": "management"})),
+    ];
+    for (method, path, body) in cases {
+        let r = api.call(method, path, Some(body.clone())).await;
+        assert_eq!(r.status, 400, "{method} {path} {body}: {}", r.json);
+        assert_eq!(r.json["error"], "bad_request");
+        assert!(r.json["reason"].as_str().is_some_and(|s| !s.is_empty()));
+    }
+    let r = api.call("PUT", "/api/queues/%2F/amq.q", None).await;
+    assert_eq!(
+        r.status, 401,
+        "amq.* names are refused as access errors: {}",
+        r.json
+    );
+    // Still serving, over HTTP and AMQP.
+    assert_eq!(api.get("/api/overview").await["product_name"], "warren");
+    let (_conn, _ch) = broker.channel().await;
 }

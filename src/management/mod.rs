@@ -159,15 +159,19 @@ impl ApiError {
     }
 
     /// An AMQP error from the broker, mapped as rabbit_mgmt_util:direct_request does:
-    /// 404 for not_found, 401 for access refusals, 400 with the explanation otherwise.
-    /// The reason is the explanation alone, without the "NAME - " prefix of a close.
+    /// 404 with the explanation for not_found, 401 "Access refused." for access_refused
+    /// and not_allowed (the explanation goes to the log), 400 with the explanation
+    /// otherwise. The explanation is the text without the "NAME - " prefix of a close.
     pub fn amqp(e: AmqpError) -> ApiError {
         use crate::error::code;
         let prefix = format!("{} - ", code::name(e.code));
         let why = e.text.strip_prefix(&prefix).unwrap_or(&e.text).to_owned();
         match e.code {
             code::NOT_FOUND => ApiError::not_found_because(why),
-            code::ACCESS_REFUSED | code::NOT_ALLOWED => ApiError::not_authorised(why),
+            code::ACCESS_REFUSED | code::NOT_ALLOWED => {
+                tracing::warn!("HTTP API request refused: {why}");
+                ApiError::not_authorised("Access refused.")
+            }
             _ => ApiError::bad_request(why),
         }
     }
