@@ -1151,3 +1151,45 @@ async fn bad_requests_get_400_with_a_reason_and_the_broker_carries_on() {
     assert_eq!(api.get("/api/overview").await["product_name"], "warren");
     let (_conn, _ch) = broker.channel().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_queue_is_listed_but_not_touched_over_http() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let (_conn, ch) = broker.channel().await;
+    let q = unique("mgmt-ex");
+    within(ch.queue_declare(
+        q.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        no_args(),
+    ))
+    .await
+    .unwrap();
+    let path = format!("/api/queues/%2F/{q}");
+    assert_eq!(api.get(&path).await["exclusive"], true);
+    let locked = format!(
+        "cannot obtain exclusive access to locked queue '{q}' in vhost '/'. It could be originally \
+         declared on another connection or the exclusive property value does not match that of \
+         the original declaration."
+    );
+    let r = api.call("DELETE", &path, None).await;
+    assert_eq!(
+        (r.status, r.json["reason"].as_str()),
+        (400, Some(locked.as_str()))
+    );
+    let r = api.call("DELETE", &format!("{path}/contents"), None).await;
+    assert_eq!(r.status, 400);
+    let r = api
+        .call(
+            "POST",
+            &format!("{path}/get"),
+            Some(json!({"count": 1, "ackmode": "ack_requeue_false"})),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json["reason"], format!("405 RESOURCE_LOCKED - {locked}"));
+    assert!(queue_exists(&_conn, &q).await);
+}

@@ -27,7 +27,10 @@ use crate::definitions::{json_to_table, table_to_json};
 use crate::error::AmqpError;
 use crate::policy::Target;
 use crate::queue::{QueueCmd, QueueHandle, Settle};
-use crate::vhost::{QueueDecl, Vhost};
+use crate::vhost::{check_exclusive, QueueDecl, Vhost};
+
+/// The connection id the API acts as: none owns it (connection ids start at 1).
+const NO_CONNECTION: u64 = 0;
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -153,7 +156,9 @@ async fn put(
         auto_delete: json_bool(&m, "auto_delete", false),
         arguments: json_to_table(m.get("arguments")),
     };
-    let (_, created) = v.declare_queue(decl, 0).map_err(ApiError::amqp)?;
+    let (_, created) = v
+        .declare_queue(decl, NO_CONNECTION)
+        .map_err(ApiError::amqp)?;
     Ok(created_or_updated(created))
 }
 
@@ -164,6 +169,8 @@ async fn remove(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let (v, queue) = find(&api, &caller, &vhost, &name)?;
+    // The API is no connection: it cannot own an exclusive queue (direct_request).
+    check_exclusive(&queue, NO_CONNECTION).map_err(ApiError::amqp)?;
     caller.check(&api, &vhost, "queue", &name, Perm::Configure)?;
     let flag = |k: &str| q.get(k).is_some_and(|s| s == "true");
     v.delete_queue(&queue, flag("if-unused"), flag("if-empty"))
@@ -178,6 +185,7 @@ async fn purge(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let (_, queue) = find(&api, &caller, &vhost, &name)?;
+    check_exclusive(&queue, NO_CONNECTION).map_err(ApiError::amqp)?;
     caller.check(&api, &vhost, "queue", &name, Perm::Read)?;
     queue.ask(|reply| QueueCmd::Purge { reply }).await;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -194,6 +202,10 @@ async fn get_messages(
     body: Bytes,
 ) -> ApiResult<Response> {
     let (_, queue) = find(&api, &caller, &vhost, &name)?;
+    // Over a channel in RabbitMQ (with_channel): the close's code leads the reason.
+    if let Err(e) = check_exclusive(&queue, NO_CONNECTION) {
+        return Err(ApiError::bad_request(format!("{} {}", e.code, e.text)));
+    }
     caller.check(&api, &vhost, "queue", &name, Perm::Read)?;
     let m = body_json(&body)?;
     let count = match m.get("count") {
