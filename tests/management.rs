@@ -169,6 +169,8 @@ async fn overview_whoami_nodes_and_vhosts_describe_the_node() {
     assert_eq!(nodes.as_array().unwrap().len(), 1);
     assert_eq!(nodes[0]["name"], ov["node"]);
     assert_eq!(nodes[0]["running"], true);
+    assert!(nodes[0]["mem_used"].as_u64().unwrap() > 0);
+    assert!(nodes[0]["disk_free"].as_u64().unwrap() > 0);
 
     let vhosts = api.get("/api/vhosts").await;
     assert_eq!(vhosts.as_array().unwrap().len(), 1);
