@@ -531,7 +531,9 @@ impl Broker {
 
     /// Stop accepting and ask every connection to close with CONNECTION_FORCED.
     pub fn shut_down(&self) {
-        let _ = self.shutdown.send(true);
+        // send_replace, not send: send drops the value when nobody has subscribed yet,
+        // and a listener task that subscribes a moment later would never stop.
+        self.shutdown.send_replace(true);
         for c in self.connections.iter() {
             let _ = c.events.send(ConnEvent::Close(AmqpError::new(
                 code::CONNECTION_FORCED,

@@ -337,7 +337,15 @@ impl Config {
                 "must be at least 4096 (or 0 for no limit)",
             );
         }
-        if self.amqp.listen.parse::<std::net::SocketAddr>().is_err()
+        if self.amqp.listen.is_empty() {
+            // RabbitMQ's `listeners.tcp = none`: TLS only.
+            if !self.tls.enabled() {
+                return bad(
+                    "amqp.listen",
+                    "empty turns the plain AMQP listener off, which needs TLS (tls.certfile) on",
+                );
+            }
+        } else if self.amqp.listen.parse::<std::net::SocketAddr>().is_err()
             && !self.amqp.listen.contains(':')
         {
             return bad("amqp.listen", "expected host:port");

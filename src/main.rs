@@ -152,15 +152,22 @@ async fn serve(
                 ),
             )
         })?;
-    let listener = warren::server::bind(&broker).await.map_err(|e| {
-        Failure(
-            71,
-            warren::server::bind_error(&broker.config.amqp.listen, &e),
-        )
-    })?;
-    let addr = warren::server::local_addr(&listener)
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| broker.config.amqp.listen.clone());
+    // The plain listener, unless amqp.listen is "" (TLS only; config.rs checked).
+    let listener = if broker.config.amqp.listen.is_empty() {
+        None
+    } else {
+        Some(warren::server::bind(&broker).await.map_err(|e| {
+            Failure(
+                71,
+                warren::server::bind_error(&broker.config.amqp.listen, &e),
+            )
+        })?)
+    };
+    let addr = listener.as_ref().map(|l| {
+        warren::server::local_addr(l)
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| broker.config.amqp.listen.clone())
+    });
     // amqps: the certificate files are read (and refused, naming the key and file)
     // before the listener is bound.
     let tls = if broker.config.tls.enabled() {
@@ -231,7 +238,7 @@ async fn serve(
         tokio::spawn(warren::management::serve(broker.clone(), l, addr.clone()));
     }
     broker.start_alarm_monitor();
-    let server = tokio::spawn(warren::server::serve(broker.clone(), listener));
+    let server = listener.map(|l| tokio::spawn(warren::server::serve(broker.clone(), l)));
     let (tls, tls_server, tls_addr) = match tls {
         Some((tls, listener, addr)) => {
             let server = tokio::spawn(warren::server::serve_tls(
@@ -243,29 +250,30 @@ async fn serve(
         }
         None => (None, None, None),
     };
-    let amqps = tls_addr
-        .as_deref()
-        .map(|a| format!(" amqps={a}"))
-        .unwrap_or_default();
+    // For the log and systemd's status, and the ready line's "amqp=X amqps=Y".
+    let listening = match (&addr, &tls_addr) {
+        (Some(a), None) => format!("AMQP listening on {a}"),
+        (Some(a), Some(t)) => format!("AMQP listening on {a}, AMQP/TLS on {t}"),
+        (None, Some(t)) => format!("AMQP/TLS listening on {t}"),
+        (None, None) => unreachable!("config.rs requires a listener"),
+    };
+    let ready: String = [("amqp", &addr), ("amqps", &tls_addr)]
+        .iter()
+        .filter_map(|(k, a)| a.as_ref().map(|a| format!(" {k}={a}")))
+        .collect();
     let control = tokio::spawn(warren::control::serve(broker.clone(), control));
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %broker.config.data_dir.display(),
         startup_ms = started.elapsed().as_millis() as u64,
-        "warren started; AMQP listening on {addr}{}",
-        tls_addr.as_deref().map(|a| format!(", AMQP over TLS on {a}")).unwrap_or_default()
+        "warren started; {listening}"
     );
-    // One machine-readable line on stdout for scripts and tests (amqps=… only with TLS).
-    println!("warren ready amqp={addr}{amqps}");
+    // One machine-readable line on stdout for scripts and tests (amqp=… unless the
+    // plain listener is off, amqps=… only with TLS).
+    println!("warren ready{ready}");
     let _ = std::io::stdout().flush();
     if let Some(n) = &notifier {
-        n.ready(&format!(
-            "AMQP listening on {addr}{}",
-            tls_addr
-                .as_deref()
-                .map(|a| format!(", AMQP/TLS on {a}"))
-                .unwrap_or_default()
-        ));
+        n.ready(&listening);
         if let Some(every) = warren::service::Notifier::watchdog_interval() {
             tokio::spawn(n.clone().watchdog(every));
         }
@@ -280,7 +288,9 @@ async fn serve(
     }
     broker.freeze_store();
     broker.shut_down();
-    let _ = server.await;
+    if let Some(s) = server {
+        let _ = s.await;
+    }
     if let Some(s) = tls_server {
         let _ = s.await;
     }

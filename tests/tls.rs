@@ -128,6 +128,13 @@ struct Setup {
 impl Setup {
     /// A broker with TLS on an ephemeral port; `settings` are extra `tls.` keys.
     fn start(settings: &[&str]) -> Setup {
+        let settings: Vec<String> = settings.iter().map(|s| format!("tls.{s}")).collect();
+        let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
+        Self::start_with(&settings)
+    }
+
+    /// The same, with extra `--set` settings of any section.
+    fn start_with(settings: &[&str]) -> Setup {
         let dir = Dir::new();
         let ca = Ca::new("warren test CA");
         let (cert, key) = ca.issue(&[(DnType::CommonName, "localhost")], false);
@@ -141,7 +148,7 @@ impl Setup {
             format!("tls.cacertfile={}", dir.path("ca.pem")),
             format!("log.file={}", dir.path("warren.log")),
         ];
-        args.extend(settings.iter().map(|s| format!("tls.{s}")));
+        args.extend(settings.iter().map(|s| s.to_string()));
         let args: Vec<String> = args
             .into_iter()
             .flat_map(|a| ["--set".to_owned(), a])
@@ -541,6 +548,23 @@ async fn prometheus_over_https_uses_the_tls_certificate() {
         .is_err());
 }
 
+#[tokio::test]
+async fn tls_only_when_the_plain_listener_is_off() {
+    // RabbitMQ's `listeners.tcp = none`: amqp.listen = "".
+    let s = Setup::start_with(&["amqp.listen="]);
+    assert_eq!(
+        s.broker.addr(),
+        "",
+        "the ready line names no plain listener"
+    );
+    let conn = s
+        .connect(&s.ca.pem(), None, "")
+        .await
+        .expect("amqps connect");
+    round_trip(&conn).await;
+    let _ = conn.close(200, "bye".into()).await;
+}
+
 #[test]
 fn bad_tls_settings_stop_the_start_with_the_key_named() {
     let dir = Dir::new();
@@ -575,6 +599,12 @@ fn bad_tls_settings_stop_the_start_with_the_key_named() {
     let (code, err) = run(&["metrics.tls_listen=127.0.0.1:0"]);
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("metrics.tls_listen"), "{err}");
+    let (code, err) = run(&["amqp.listen="]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(
+        err.contains("amqp.listen") && err.contains("needs TLS (tls.certfile) on"),
+        "{err}"
+    );
     let (code, err) = run(&["tls.versions=tlsv1.1"]);
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("tls.versions"), "{err}");

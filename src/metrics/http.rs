@@ -29,7 +29,8 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
                 let Ok((stream, _)) = accepted else { continue };
                 tokio::spawn(handle(broker.clone(), stream));
             }
-            _ = shutdown.changed() => break,
+            // wait_for, not changed(): a shutdown before this task first ran must count.
+            _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
         }
     }
 }
@@ -48,7 +49,8 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>
                     }
                 });
             }
-            _ = shutdown.changed() => break,
+            // wait_for, not changed(): a shutdown before this task first ran must count.
+            _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
         }
     }
 }

@@ -153,14 +153,15 @@ impl Broker {
             }
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
-                    // "warren ready amqp=HOST:PORT[ amqps=HOST:PORT]"
-                    if let Some(rest) = line.trim().strip_prefix("warren ready amqp=") {
-                        let mut words = rest.split_whitespace();
-                        let amqp = words.next().unwrap_or_default().to_string();
-                        let amqps = words
-                            .find_map(|w| w.strip_prefix("amqps="))
-                            .map(str::to_string);
-                        break (amqp, amqps);
+                    // "warren ready[ amqp=HOST:PORT][ amqps=HOST:PORT]" (amqp= is
+                    // missing only when the plain listener is off)
+                    if let Some(rest) = line.trim().strip_prefix("warren ready") {
+                        let value = |key: &str| {
+                            rest.split_whitespace()
+                                .find_map(|w| w.strip_prefix(key))
+                                .map(str::to_string)
+                        };
+                        break (value("amqp=").unwrap_or_default(), value("amqps="));
                     }
                     if let Some(rest) = line.trim().strip_prefix("warren listening prometheus=") {
                         metrics_addr = Some(rest.trim().to_string());
