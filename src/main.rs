@@ -235,7 +235,13 @@ async fn serve(
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("management API on http://{at}/api/");
         println!("warren listening management={at}");
-        tokio::spawn(warren::management::serve(broker.clone(), l, addr.clone()));
+        // Connections are named "peer -> local": the plain listener's address, or the
+        // TLS one's when there is only TLS.
+        let local = addr
+            .clone()
+            .or_else(|| tls.as_ref().map(|t| t.2.clone()))
+            .unwrap_or_default();
+        tokio::spawn(warren::management::serve(broker.clone(), l, local));
     }
     broker.start_alarm_monitor();
     let server = listener.map(|l| tokio::spawn(warren::server::serve(broker.clone(), l)));
