@@ -293,9 +293,16 @@ impl Caller {
         }
     }
 
-    /// Vhosts whose objects a listing shows: all for monitors, else those the user
-    /// may log in to (rabbit_mgmt_util:filter_vhost / list_visible_vhosts).
+    /// Vhosts whose queues, exchanges, bindings and consumers a listing shows: all for
+    /// administrators, else those the user may log in to (rabbit_mgmt_util:filter_vhost;
+    /// monitoring alone does not widen it).
     pub fn sees_vhost(&self, api: &Api, vhost: &str) -> bool {
+        self.is_admin() || self.can_login(api, vhost)
+    }
+
+    /// Vhosts listed by /api/vhosts and counted in /api/overview: monitors learn of
+    /// every vhost (rabbit_mgmt_util:list_visible_vhosts).
+    pub fn knows_vhost(&self, api: &Api, vhost: &str) -> bool {
         self.is_monitor() || self.can_login(api, vhost)
     }
 

@@ -52,7 +52,7 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
     let (mut exchanges, mut queues, mut consumers) = (0u64, 0u64, 0u64);
     let (mut ready, mut unacked) = (0u64, 0u64);
     for (v, _) in api.broker.vhosts() {
-        if !caller.sees_vhost(&api, &v.name) {
+        if !caller.knows_vhost(&api, &v.name) {
             continue;
         }
         exchanges += v.exchanges().len() as u64;

@@ -51,7 +51,7 @@ async fn list(
         .broker
         .vhosts()
         .iter()
-        .filter(|(v, _)| caller.is_admin() || caller.sees_vhost(&api, &v.name))
+        .filter(|(v, _)| caller.knows_vhost(&api, &v.name))
         .map(|(v, meta)| vhost_json(v, meta))
         .collect();
     reply_list(items, &q)
