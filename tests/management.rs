@@ -271,6 +271,19 @@ async fn basic_auth_and_tags_decide_access_with_rabbitmq_error_bodies() {
         1,
         "monitors see every vhost"
     );
+    assert_eq!(
+        api.call("PUT", "/api/queues/%2F/mq", None).await.status,
+        201
+    );
+    let r = api
+        .call_as(("mon", "mon"), "GET", "/api/queues", None)
+        .await;
+    assert_eq!(
+        r.json,
+        json!([]),
+        "but only the queues of vhosts they may use"
+    );
+    assert_eq!(api.get("/api/queues").await.as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
