@@ -19,6 +19,23 @@ pub struct Config {
     pub log: LogConfig,
     pub tls: TlsConfig,
     pub metrics: MetricsConfig,
+    pub management: ManagementConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ManagementConfig {
+    /// The management HTTP API (RabbitMQ's rabbitmq_management, `/api/...`), host:port;
+    /// empty: off. Env: WARREN_MANAGEMENT_LISTEN.
+    pub listen: String,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        ManagementConfig {
+            listen: "0.0.0.0:15672".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +223,7 @@ impl Default for Config {
             log: LogConfig::default(),
             tls: TlsConfig::default(),
             metrics: MetricsConfig::default(),
+            management: ManagementConfig::default(),
         }
     }
 }
@@ -335,6 +353,12 @@ impl Config {
         if !self.metrics.listen.is_empty() && !self.metrics.listen.contains(':') {
             return bad(
                 "metrics.listen",
+                "expected host:port, or empty to turn it off",
+            );
+        }
+        if !self.management.listen.is_empty() && !self.management.listen.contains(':') {
+            return bad(
+                "management.listen",
                 "expected host:port, or empty to turn it off",
             );
         }

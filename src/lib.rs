@@ -24,6 +24,7 @@
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
 //! - [`alarm`]: memory and disk alarms that block publishers while they last.
 //! - [`metrics`]: message counters, queue gauges, and the Prometheus endpoint.
+//! - [`management`]: the management HTTP API (RabbitMQ's rabbitmq_management paths).
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`policy`]: policies and operator policies: validation, matching, and how they
 //!   merge with a queue's own arguments.
@@ -43,6 +44,7 @@ pub mod definitions;
 pub mod error;
 pub mod exchange;
 pub mod logfile;
+pub mod management;
 pub mod message;
 pub mod metrics;
 pub mod perf;

@@ -223,6 +223,26 @@ async fn serve(
             tls.clone(),
         ));
     }
+    // The management API, if configured, likewise.
+    if !broker.config.management.listen.is_empty() {
+        let listen = &broker.config.management.listen;
+        let l = warren::management::bind(listen).await.map_err(|e| {
+            Failure(
+                71,
+                warren::server::bind_error_for("management.listen", listen, &e),
+            )
+        })?;
+        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!("management API on http://{at}/api/");
+        println!("warren listening management={at}");
+        // Connections are named "peer -> local": the plain listener's address, or the
+        // TLS one's when there is only TLS.
+        let local = addr
+            .clone()
+            .or_else(|| tls.as_ref().map(|t| t.2.clone()))
+            .unwrap_or_default();
+        tokio::spawn(warren::management::serve(broker.clone(), l, local));
+    }
     broker.start_alarm_monitor();
     let server = listener.map(|l| tokio::spawn(warren::server::serve(broker.clone(), l)));
     let (tls, tls_server, tls_addr) = match tls {

@@ -30,6 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # lines shown in pytest's terminal summary (see conftest.pytest_terminal_summary)
 REPORT_LINES: list = []
 
+MANAGEMENT_RE = re.compile(r"^warren listening management=(\S+)\s*$")
 READY_RE = re.compile(r"^warren ready amqp=([0-9.]+|\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d+)(?: amqps=(\S+):(\d+))?\s*$")
 
 
@@ -44,6 +45,8 @@ class Broker:
     proc: subprocess.Popen | None = field(default=None, repr=False)
     data_dir: str | None = field(default=None, repr=False)
     tls_port: int | None = None  # the amqps listener, when started with [tls] settings
+    # The management HTTP API (host:port) of a spawned warren; None for a shared broker.
+    management: str | None = None
 
     @property
     def url(self) -> str:
@@ -113,7 +116,11 @@ def start_warren(timeout: float = 10.0, extra_args: tuple = ()) -> Broker:
     proc = subprocess.Popen(
         [binary, "--amqp-listen", "127.0.0.1:0", "--data-dir", data_dir, *extra_args],
         # Several brokers may run at once: pick the Prometheus port too.
-        env={**os.environ, "WARREN_METRICS_LISTEN": "127.0.0.1:0"},
+        env={
+            **os.environ,
+            "WARREN_METRICS_LISTEN": "127.0.0.1:0",
+            "WARREN_MANAGEMENT_LISTEN": "127.0.0.1:0",
+        },
         stdout=subprocess.PIPE,
         stderr=stderr,
         stdin=subprocess.DEVNULL,
@@ -126,6 +133,9 @@ def start_warren(timeout: float = 10.0, extra_args: tuple = ()) -> Broker:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace")
+            mg = MANAGEMENT_RE.match(line.strip())
+            if mg:
+                found["management"] = mg.group(1)
             m = READY_RE.match(line.strip())
             if m and not ev.is_set():
                 found["host"] = m.group(1).strip("[]")
@@ -148,8 +158,14 @@ def start_warren(timeout: float = 10.0, extra_args: tuple = ()) -> Broker:
             "warren (%s) did not print 'warren ready amqp=...' within %.0fs "
             "(exit code %r); stderr tail:\n%s" % (binary, timeout, proc.poll(), tail)
         )
-    return Broker(host=found["host"], port=found["port"], proc=proc, data_dir=root,
-                  tls_port=found.get("tls_port"))
+    return Broker(
+        host=found["host"],
+        port=found["port"],
+        proc=proc,
+        data_dir=root,
+        tls_port=found.get("tls_port"),
+        management=found.get("management"),
+    )
 
 
 def stop_warren(b: Broker) -> None:

@@ -35,3 +35,26 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want_sum"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$HERE/requirements.txt"
     echo "$want_sum" > "$stamp"
 fi
+
+# rabbitmqadmin (the management plugin's Python CLI, test_rabbitmqadmin.py): copied from
+# an installed rabbitmq-server package, or extracted from its .deb without installing
+# it (and so without Erlang).
+TOOLS="$HERE/.tools"
+if [ ! -f "$TOOLS/rabbitmqadmin" ]; then
+    glob='usr/lib/rabbitmq/lib/rabbitmq_server-*/plugins/rabbitmq_management-*/priv/www/cli/rabbitmqadmin'
+    src="$(ls /$glob 2>/dev/null | head -n1 || true)"
+    tmp=""
+    if [ -z "$src" ]; then
+        echo "install-deps: fetching rabbitmqadmin from Debian's rabbitmq-server package" >&2
+        tmp="$(mktemp -d)"
+        if ! (cd "$tmp" && apt-get download -q rabbitmq-server >/dev/null 2>&1); then
+            $SUDO apt-get update -q >/dev/null
+            (cd "$tmp" && apt-get download -q rabbitmq-server >/dev/null)
+        fi
+        dpkg -x "$tmp"/rabbitmq-server_*.deb "$tmp/x"
+        src="$(ls "$tmp"/x/$glob | head -n1)"
+    fi
+    mkdir -p "$TOOLS"
+    cp "$src" "$TOOLS/rabbitmqadmin"
+    [ -z "$tmp" ] || rm -rf "$tmp"
+fi

@@ -70,6 +70,8 @@ pub struct Broker {
     data_dir: Option<PathBuf>,
     /// The Prometheus endpoint's address, when it is on.
     metrics_addr: Option<String>,
+    /// The management HTTP API's address, when it is on.
+    management_addr: Option<String>,
 }
 
 impl Broker {
@@ -86,6 +88,7 @@ impl Broker {
                     child: None,
                     data_dir: None,
                     metrics_addr: None,
+                    management_addr: None,
                 };
             }
         }
@@ -112,6 +115,7 @@ impl Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
             // Many brokers run at once: the Prometheus port is picked too, not 15692.
             .env("WARREN_METRICS_LISTEN", "127.0.0.1:0")
+            .env("WARREN_MANAGEMENT_LISTEN", "127.0.0.1:0")
             .envs(envs.iter().copied())
             .arg("--amqp-listen")
             .arg("127.0.0.1:0")
@@ -139,6 +143,7 @@ impl Broker {
         });
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut metrics_addr = None;
+        let mut management_addr = None;
         let mut metrics_tls_addr = None;
         let (addr, tls_addr) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -160,6 +165,9 @@ impl Broker {
                     }
                     if let Some(rest) = line.trim().strip_prefix("warren listening prometheus=") {
                         metrics_addr = Some(rest.trim().to_string());
+                    }
+                    if let Some(rest) = line.trim().strip_prefix("warren listening management=") {
+                        management_addr = Some(rest.trim().to_string());
                     }
                     if let Some(rest) = line.trim().strip_prefix("warren listening prometheus_tls=")
                     {
@@ -185,6 +193,7 @@ impl Broker {
             child: Some(child),
             data_dir: Some(data_dir),
             metrics_addr,
+            management_addr,
         }
     }
 
@@ -203,6 +212,18 @@ impl Broker {
         self.metrics_addr
             .as_deref()
             .expect("a spawned warren with metrics.listen set")
+    }
+
+    /// The management HTTP API (host:port) of a spawned warren.
+    pub fn management_addr(&self) -> &str {
+        self.management_addr
+            .as_deref()
+            .expect("a spawned warren with management.listen set")
+    }
+
+    /// Did the spawned warren announce a management API?
+    pub fn has_management(&self) -> bool {
+        self.management_addr.is_some()
     }
 
     /// The process id of a spawned warren.

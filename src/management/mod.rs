@@ -1,0 +1,409 @@
+//! The management HTTP API (RabbitMQ's rabbitmq_management on port 15672): the same
+//! paths, JSON field names, status codes and error bodies, so rabbitmqadmin, monitoring
+//! scripts and HTTP-based tooling work unchanged. There is no web console.
+//!
+//! Split by REST resource, one file per URL family, like LavinMQ's http/controller/:
+//! [`overview`] (overview, whoami, nodes, health checks), [`vhosts`], [`queues`],
+//! [`exchanges`], [`bindings`], [`users`] (users and permissions), [`limits`] (topic
+//! permissions, vhost and user limits), [`policies`],
+//! [`connections`] and [`definitions`]. This file owns what they share: the router,
+//! HTTP basic authentication with RabbitMQ's tag rules ([`Caller`]), the error bodies
+//! ([`ApiError`]) and list pagination ([`list`]).
+//!
+//! Listings read what the broker already keeps for readers (topology snapshots, the
+//! queues' gauge atomics): a dashboard polling `/api/queues` never asks a queue actor
+//! anything, so it cannot slow message flow.
+
+mod bindings;
+mod connections;
+mod definitions;
+mod exchanges;
+mod limits;
+mod list;
+mod message;
+mod overview;
+mod policies;
+mod queues;
+mod rates;
+mod users;
+mod vhosts;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::access::Perm;
+use crate::broker::Broker;
+use crate::error::AmqpError;
+
+/// What every handler gets: the broker, and the AMQP address connection names use.
+#[derive(Clone)]
+pub struct Api {
+    pub broker: Arc<Broker>,
+    /// `host:port` the AMQP listener is bound to: RabbitMQ names connections
+    /// `"peer -> local"`, and DELETE /api/connections/{name} takes that name.
+    pub amqp_addr: Arc<str>,
+    /// The port this API listens on (for the port-listener health check).
+    pub management_port: u16,
+    /// When the API started serving: the node's uptime.
+    pub started: std::time::Instant,
+    /// Message rates over the last sampling interval, for /api/overview.
+    pub rates: Arc<rates::Rates>,
+}
+
+/// The realm RabbitMQ's management plugin announces.
+const REALM: &str = "Basic realm=\"RabbitMQ Management\"";
+
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve the API until the broker shuts down.
+pub async fn serve(broker: Arc<Broker>, listener: TcpListener, amqp_addr: String) {
+    let mut shutdown = broker.shutdown_signal();
+    let api = Api {
+        broker,
+        amqp_addr: Arc::from(amqp_addr),
+        management_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+        started: std::time::Instant::now(),
+        rates: Arc::default(),
+    };
+    let sampled = api.clone();
+    tokio::spawn(api.rates.clone().run(
+        rates::INTERVAL,
+        move || overview::message_stats(&sampled),
+        api.broker.shutdown_signal(),
+    ));
+    let app = router(api).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "management API stopped");
+    }
+}
+
+fn router(api: Api) -> Router {
+    Router::new()
+        .merge(overview::routes())
+        .merge(vhosts::routes())
+        .merge(queues::routes())
+        .merge(exchanges::routes())
+        .merge(bindings::routes())
+        .merge(users::routes())
+        .merge(limits::routes())
+        .merge(policies::routes())
+        .merge(connections::routes())
+        .merge(definitions::routes())
+        .fallback(|| async { ApiError::not_found() })
+        .with_state(api)
+}
+
+// ---- errors ----
+
+/// An API failure as RabbitMQ's management plugin answers it: a status code and a
+/// `{"error": ..., "reason": ...}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub reason: String,
+}
+
+impl ApiError {
+    /// A resource that does not exist (cowboy_rest's resource_exists = false).
+    pub fn not_found() -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "Object Not Found",
+            reason: "Not Found".into(),
+        }
+    }
+
+    /// rabbit_mgmt_util:not_found/3, with the broker's explanation.
+    pub fn not_found_because(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            error: "not_found",
+            reason: reason.into(),
+        }
+    }
+
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            error: "bad_request",
+            reason: reason.into(),
+        }
+    }
+
+    /// rabbit_mgmt_util:not_authorised: 401, whether the login failed or the user's
+    /// tags or permissions do not allow the request.
+    pub fn not_authorised(reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            error: "not_authorized",
+            reason: reason.into(),
+        }
+    }
+
+    /// An AMQP error from the broker, mapped as rabbit_mgmt_util:direct_request does:
+    /// 404 with the explanation for not_found, 401 "Access refused." for access_refused
+    /// and not_allowed (the explanation goes to the log), 400 with the explanation
+    /// otherwise. The explanation is the text without the "NAME - " prefix of a close.
+    pub fn amqp(e: AmqpError) -> ApiError {
+        use crate::error::code;
+        let prefix = format!("{} - ", code::name(e.code));
+        let why = e.text.strip_prefix(&prefix).unwrap_or(&e.text).to_owned();
+        match e.code {
+            code::NOT_FOUND => ApiError::not_found_because(why),
+            code::ACCESS_REFUSED | code::NOT_ALLOWED => {
+                tracing::warn!("HTTP API request refused: {why}");
+                ApiError::not_authorised("Access refused.")
+            }
+            _ => ApiError::bad_request(why),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.error, "reason": self.reason});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// 200 with a JSON body (RabbitMQ marks every reply `cache-control: no-cache`).
+pub fn reply(v: Value) -> Response {
+    let mut resp = axum::Json(v).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// 201 Created (a new object) or 204 No Content (it existed and is unchanged).
+pub fn created_or_updated(created: bool) -> Response {
+    if created {
+        StatusCode::CREATED.into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    }
+}
+
+/// The request body as JSON; an empty body is `{}` (rabbit_mgmt_util:decode).
+pub fn body_json(body: &[u8]) -> ApiResult<serde_json::Map<String, Value>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Default::default());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(Value::Null) => Ok(Default::default()),
+        Ok(Value::String(_)) => Err(ApiError::bad_request(
+            "invalid payload: the request body JSON-decoded to a string. Is the input doubly-JSON-encoded?",
+        )),
+        _ => Err(ApiError::bad_request("not_json")),
+    }
+}
+
+/// A JSON field that RabbitMQ accepts as a boolean or as the strings "true"/"false".
+pub fn json_bool(m: &serde_json::Map<String, Value>, key: &str, default: bool) -> bool {
+    match m.get(key) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => s == "true",
+        _ => default,
+    }
+}
+
+// ---- authentication ----
+
+/// The authenticated user making a request, with their tags (checked once per request
+/// against broker.access, like RabbitMQ which has no management sessions either).
+pub struct Caller {
+    pub name: String,
+    pub tags: Vec<String>,
+}
+
+impl Caller {
+    fn tagged(&self, any: &[&str]) -> bool {
+        self.tags.iter().any(|t| any.contains(&t.as_str()))
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.tagged(&["administrator"])
+    }
+
+    pub fn is_monitor(&self) -> bool {
+        self.tagged(&["administrator", "monitoring"])
+    }
+
+    pub fn is_policymaker(&self) -> bool {
+        self.tagged(&["administrator", "policymaker"])
+    }
+
+    /// rabbit_mgmt_util:is_authorized_admin.
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not administrator user"))
+        }
+    }
+
+    /// rabbit_mgmt_util:is_authorized_monitor.
+    pub fn require_monitor(&self) -> ApiResult<()> {
+        if self.is_monitor() {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Not monitor user"))
+        }
+    }
+
+    /// May this user log in to the vhost (it has permissions there)?
+    pub fn can_login(&self, api: &Api, vhost: &str) -> bool {
+        api.broker.access.check_vhost(&self.name, vhost).is_ok()
+    }
+
+    /// rabbit_mgmt_util:is_authorized_vhost: administrators, or users with access to
+    /// the vhost. A vhost that does not exist is the handler's 404.
+    pub fn require_vhost(&self, api: &Api, vhost: &str) -> ApiResult<()> {
+        if self.is_admin() || api.broker.vhost(vhost).is_none() || self.can_login(api, vhost) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised(
+                "User not authorised to access virtual host",
+            ))
+        }
+    }
+
+    /// Vhosts whose queues, exchanges, bindings and consumers a listing shows: all for
+    /// administrators, else those the user may log in to (rabbit_mgmt_util:filter_vhost;
+    /// monitoring alone does not widen it).
+    pub fn sees_vhost(&self, api: &Api, vhost: &str) -> bool {
+        self.is_admin() || self.can_login(api, vhost)
+    }
+
+    /// Vhosts listed by /api/vhosts and counted in /api/overview: monitors learn of
+    /// every vhost (rabbit_mgmt_util:list_visible_vhosts).
+    pub fn knows_vhost(&self, api: &Api, vhost: &str) -> bool {
+        self.is_monitor() || self.can_login(api, vhost)
+    }
+
+    /// An AMQP permission check (what the operation would need over AMQP).
+    pub fn check(
+        &self,
+        api: &Api,
+        vhost: &str,
+        kind: &str,
+        name: &str,
+        perm: Perm,
+    ) -> ApiResult<()> {
+        api.broker
+            .access
+            .check(&self.name, vhost, kind, name, perm)
+            .map_err(ApiError::amqp)
+    }
+}
+
+#[axum::async_trait]
+impl FromRequestParts<Api> for Caller {
+    type Rejection = ApiError;
+
+    /// rabbit_mgmt_util:is_authorized: basic credentials, the loopback rule, then a
+    /// management tag. Texts as RabbitMQ's.
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Caller, ApiError> {
+        let Some((user, password)) = basic_credentials(parts) else {
+            return Err(ApiError::not_authorised("Not_Authorized"));
+        };
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        if let Err(why) = api.broker.access.check_password(&user, &password) {
+            tracing::warn!("HTTP access denied: {why}");
+            return Err(ApiError::not_authorised("Login failed"));
+        }
+        if api
+            .broker
+            .access
+            .authenticate(&user, &password, peer)
+            .is_err()
+        {
+            tracing::warn!(
+                "HTTP access denied: user '{user}' - User can only log in via localhost"
+            );
+            return Err(ApiError::not_authorised(
+                "User can only log in via localhost",
+            ));
+        }
+        let tags = api
+            .broker
+            .access
+            .user(&user)
+            .map(|u| u.tags)
+            .unwrap_or_default();
+        let caller = Caller { name: user, tags };
+        if !caller.tagged(&["administrator", "monitoring", "policymaker", "management"]) {
+            tracing::warn!(
+                "HTTP access denied: user '{}' - Not management user",
+                caller.name
+            );
+            return Err(ApiError::not_authorised("Not management user"));
+        }
+        Ok(caller)
+    }
+}
+
+/// `Authorization: Basic base64(user:password)`.
+fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// The vhost named in a path, or 404 with RabbitMQ's reason.
+pub fn vhost_of(api: &Api, name: &str) -> ApiResult<Arc<crate::vhost::Vhost>> {
+    api.broker
+        .vhost(name)
+        .ok_or_else(|| ApiError::not_found_because("vhost_not_found"))
+}
+
+/// The node name shown in every object that has one (RabbitMQ's `rabbit@host`).
+pub fn node_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("warren@{host}")
+    })
+    .clone()
+}
