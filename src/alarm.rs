@@ -85,7 +85,7 @@ pub fn free_disk(path: &Path) -> Option<u64> {
 }
 
 /// Growth of resident memory after which the monitor returns freed memory to the OS.
-const TRIM_STEP: u64 = 64 << 20;
+const TRIM_STEP: u64 = 16 << 20;
 
 /// Sample usage every interval and publish alarm changes on `tx`.
 pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender<AlarmState>>) {
@@ -103,8 +103,11 @@ pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender
         // ones that glibc keeps. Give it back when the alarm is on (so the alarm sees the
         // drop) and whenever resident memory has grown by TRIM_STEP since the last trim.
         let mut used = resident_memory();
+        // Measured from the lowest point since the last trim, so growth after a drain counts.
+        trimmed_at = trimmed_at.min(used.unwrap_or(trimmed_at));
         if tx.borrow().memory || used.is_some_and(|u| u > trimmed_at + TRIM_STEP) {
-            trim();
+            // It holds the allocator's locks for a few milliseconds: not on a worker.
+            let _ = tokio::task::spawn_blocking(trim).await;
             used = resident_memory();
             trimmed_at = used.unwrap_or(0);
         }
