@@ -199,7 +199,11 @@ async fn acked_messages_never_come_back_unacked_ones_return_redelivered_in_order
     within(ch.basic_ack(m0.delivery.delivery_tag, BasicAckOptions::default()))
         .await
         .unwrap();
-    // A later synced publish orders the ack before the crash.
+    // The ack goes to the store through the queue, a publish straight from the
+    // connection: let the queue take the ack first (a passive declare is answered by it,
+    // after the ack, which has the queue's priority lane), then a synced publish orders
+    // the ack's record before the crash.
+    assert_eq!(message_count(&ch, "q").await, 3);
     confirm_publish(&ch, "q", &["m6".to_string()], persistent()).await;
     drop(conn);
     let broker = Broker::spawn_in(broker.crash(), &[]);
