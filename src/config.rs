@@ -28,12 +28,16 @@ pub struct ManagementConfig {
     /// The management HTTP API (RabbitMQ's rabbitmq_management, `/api/...`), host:port;
     /// empty: off. Env: WARREN_MANAGEMENT_LISTEN.
     pub listen: String,
+    /// The same API over HTTPS with the `[tls]` certificate settings, host:port; empty:
+    /// off. RabbitMQ's management.ssl.port (15671). Env: WARREN_MANAGEMENT_TLS_LISTEN.
+    pub tls_listen: String,
 }
 
 impl Default for ManagementConfig {
     fn default() -> Self {
         ManagementConfig {
             listen: "0.0.0.0:15672".to_owned(),
+            tls_listen: String::new(),
         }
     }
 }
@@ -362,16 +366,19 @@ impl Config {
                 "expected host:port, or empty to turn it off",
             );
         }
-        if !self.metrics.tls_listen.is_empty() {
-            if !self.metrics.tls_listen.contains(':') {
-                return bad(
-                    "metrics.tls_listen",
-                    "expected host:port, or empty to turn it off",
-                );
+        for (key, listen) in [
+            ("metrics.tls_listen", &self.metrics.tls_listen),
+            ("management.tls_listen", &self.management.tls_listen),
+        ] {
+            if listen.is_empty() {
+                continue;
+            }
+            if !listen.contains(':') {
+                return bad(key, "expected host:port, or empty to turn it off");
             }
             if !self.tls.enabled() {
                 return bad(
-                    "metrics.tls_listen",
+                    key,
                     "HTTPS uses the [tls] certificate: set tls.certfile and tls.keyfile",
                 );
             }

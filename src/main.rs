@@ -223,8 +223,10 @@ async fn serve(
             tls.clone(),
         ));
     }
-    // The management API, if configured, likewise.
-    if !broker.config.management.listen.is_empty() {
+    // The management API, if configured, likewise; over HTTPS with the [tls] certificate.
+    let management = if broker.config.management.listen.is_empty() {
+        None
+    } else {
         let listen = &broker.config.management.listen;
         let l = warren::management::bind(listen).await.map_err(|e| {
             Failure(
@@ -235,13 +237,37 @@ async fn serve(
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("management API on http://{at}/api/");
         println!("warren listening management={at}");
+        Some(l)
+    };
+    let management_tls = match (broker.config.management.tls_listen.is_empty(), &tls) {
+        (false, Some((tls, _, _))) => {
+            let listen = &broker.config.management.tls_listen;
+            let l = warren::management::bind(listen).await.map_err(|e| {
+                Failure(
+                    71,
+                    warren::server::bind_error_for("management.tls_listen", listen, &e),
+                )
+            })?;
+            let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!("management API on https://{at}/api/");
+            println!("warren listening management_tls={at}");
+            Some((l, tls.clone()))
+        }
+        _ => None,
+    };
+    if management.is_some() || management_tls.is_some() {
         // Connections are named "peer -> local": the plain listener's address, or the
         // TLS one's when there is only TLS.
         let local = addr
             .clone()
             .or_else(|| tls.as_ref().map(|t| t.2.clone()))
             .unwrap_or_default();
-        tokio::spawn(warren::management::serve(broker.clone(), l, local));
+        tokio::spawn(warren::management::serve(
+            broker.clone(),
+            management,
+            management_tls,
+            local,
+        ));
     }
     broker.start_alarm_monitor();
     let server = listener.map(|l| tokio::spawn(warren::server::serve(broker.clone(), l)));

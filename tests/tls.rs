@@ -490,6 +490,16 @@ async fn sighup_reloads_certificates_without_dropping_connections() {
 
 /// GET a path over HTTPS, trusting `ca_pem`; returns the whole response.
 async fn https_get(addr: &str, ca_pem: &str, path: &str) -> std::io::Result<String> {
+    https_send(
+        addr,
+        ca_pem,
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    )
+    .await
+}
+
+/// Send one raw HTTP request over TLS (trusting `ca_pem`) and read until the server closes.
+async fn https_send(addr: &str, ca_pem: &str, request: &str) -> std::io::Result<String> {
     use rustls_pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut roots = rustls::RootCertStore::empty();
@@ -507,11 +517,45 @@ async fn https_get(addr: &str, ca_pem: &str, path: &str) -> std::io::Result<Stri
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await?;
-    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await?;
+    tls.write_all(request.as_bytes()).await?;
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out).await;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test]
+async fn the_management_api_over_https_uses_the_tls_certificate() {
+    let s = Setup::start_with(&["management.tls_listen=127.0.0.1:0"]);
+    let addr = s
+        .broker
+        .listening("management_tls")
+        .expect("warren listening management_tls=")
+        .to_owned();
+    // guest:guest, which may log in from loopback only: the peer address reaches the API.
+    let request = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    let resp = within(https_send(&addr, &s.ca.pem(), &request("/api/whoami")))
+        .await
+        .expect("https request");
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(resp.contains("\"name\":\"guest\""), "{resp}");
+    let resp = within(https_send(&addr, &s.ca.pem(), &request("/api/nope")))
+        .await
+        .expect("https request");
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    // A client that does not trust the certificate gets nothing.
+    let other = Ca::new("other");
+    assert!(
+        within(https_send(&addr, &other.pem(), &request("/api/whoami")))
+            .await
+            .is_err()
+    );
+    // The plain API is still there beside it.
+    assert!(s.broker.has_management());
 }
 
 #[tokio::test]
@@ -599,6 +643,9 @@ fn bad_tls_settings_stop_the_start_with_the_key_named() {
     let (code, err) = run(&["metrics.tls_listen=127.0.0.1:0"]);
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("metrics.tls_listen"), "{err}");
+    let (code, err) = run(&["management.tls_listen=127.0.0.1:0"]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("management.tls_listen"), "{err}");
     let (code, err) = run(&["amqp.listen="]);
     assert_eq!(code, Some(78), "{err}");
     assert!(

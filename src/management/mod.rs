@@ -43,6 +43,7 @@ use tokio::net::TcpListener;
 use crate::access::Perm;
 use crate::broker::Broker;
 use crate::error::AmqpError;
+use crate::tls::Tls;
 
 /// What every handler gets: the broker, and the AMQP address connection names use.
 #[derive(Clone)]
@@ -66,13 +67,24 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serve the API until the broker shuts down.
-pub async fn serve(broker: Arc<Broker>, listener: TcpListener, amqp_addr: String) {
+/// Serve the API until the broker shuts down: over HTTP on `plain`, over HTTPS on
+/// `https` (with the `[tls]` certificate), or both.
+pub async fn serve(
+    broker: Arc<Broker>,
+    plain: Option<TcpListener>,
+    https: Option<(TcpListener, Arc<Tls>)>,
+    amqp_addr: String,
+) {
     let mut shutdown = broker.shutdown_signal();
+    let port = plain
+        .as_ref()
+        .or(https.as_ref().map(|h| &h.0))
+        .and_then(|l| l.local_addr().ok())
+        .map_or(0, |a| a.port());
     let api = Api {
         broker,
         amqp_addr: Arc::from(amqp_addr),
-        management_port: listener.local_addr().map(|a| a.port()).unwrap_or(0),
+        management_port: port,
         started: std::time::Instant::now(),
         rates: Arc::default(),
     };
@@ -82,15 +94,59 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, amqp_addr: String
         move || overview::message_stats(&sampled),
         api.broker.shutdown_signal(),
     ));
-    let app = router(api).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(api.clone());
+    if let Some((listener, tls)) = https {
+        tokio::spawn(serve_tls(
+            app.clone(),
+            listener,
+            tls,
+            api.broker.shutdown_signal(),
+        ));
+    }
+    let Some(listener) = plain else { return };
     let stop = async move {
-        let _ = shutdown.changed().await;
+        // wait_for, not changed(): a shutdown before this task first ran must count.
+        let _ = shutdown.wait_for(|&down| down).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop)
+    .await
     {
         tracing::error!(error = %e, "management API stopped");
+    }
+}
+
+/// The API over HTTPS: each accepted connection does its TLS handshake in its own task
+/// (a failure is logged by [`Tls::accept`]), then hyper serves the same router.
+async fn serve_tls(
+    app: Router,
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, peer)) = accepted else { continue };
+                let (app, tls) = (app.clone(), tls.clone());
+                tokio::spawn(async move {
+                    let Some((stream, _)) = tls.accept(tcp, peer).await else { return };
+                    // Handlers see the peer (loopback-only users) as over plain HTTP.
+                    let app = app.layer(axum::Extension(ConnectInfo(peer)));
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await
+                    {
+                        tracing::debug!(%peer, error = %e, "management HTTPS connection ended");
+                    }
+                });
+            }
+            _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
+        }
     }
 }
 

@@ -66,6 +66,8 @@ pub struct Broker {
     addr: String,
     tls_addr: Option<String>,
     metrics_tls_addr: Option<String>,
+    /// Every `warren listening KEY=ADDR` line before the ready line.
+    listening: Vec<(String, String)>,
     child: Option<Child>,
     data_dir: Option<PathBuf>,
     /// The Prometheus endpoint's address, when it is on.
@@ -85,6 +87,7 @@ impl Broker {
                     addr,
                     tls_addr: None,
                     metrics_tls_addr: None,
+                    listening: Vec::new(),
                     child: None,
                     data_dir: None,
                     metrics_addr: None,
@@ -145,6 +148,7 @@ impl Broker {
         let mut metrics_addr = None;
         let mut management_addr = None;
         let mut metrics_tls_addr = None;
+        let mut listening = Vec::new();
         let (addr, tls_addr) = loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -165,6 +169,13 @@ impl Broker {
                     }
                     if let Some(rest) = line.trim().strip_prefix("warren listening prometheus=") {
                         metrics_addr = Some(rest.trim().to_string());
+                    }
+                    if let Some((key, at)) = line
+                        .trim()
+                        .strip_prefix("warren listening ")
+                        .and_then(|kv| kv.split_once('='))
+                    {
+                        listening.push((key.to_owned(), at.to_owned()));
                     }
                     if let Some(rest) = line.trim().strip_prefix("warren listening management=") {
                         management_addr = Some(rest.trim().to_string());
@@ -190,6 +201,7 @@ impl Broker {
             addr,
             tls_addr,
             metrics_tls_addr,
+            listening,
             child: Some(child),
             data_dir: Some(data_dir),
             metrics_addr,
@@ -203,6 +215,14 @@ impl Broker {
     }
 
     /// The HTTPS Prometheus endpoint, when started with `metrics.tls_listen`.
+    /// The address a `warren listening KEY=ADDR` line gave for `key`.
+    pub fn listening(&self, key: &str) -> Option<&str> {
+        self.listening
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, a)| a.as_str())
+    }
+
     pub fn metrics_tls_addr(&self) -> Option<&str> {
         self.metrics_tls_addr.as_deref()
     }
