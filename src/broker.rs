@@ -75,6 +75,8 @@ pub struct Broker {
     alarms: Arc<watch::Sender<AlarmState>>,
     /// Message counters since start (see `metrics`).
     pub counters: crate::metrics::Global,
+    /// The listeners as bound (name, address), for `warrenctl diagnostics`.
+    listeners: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Broker {
@@ -143,6 +145,7 @@ impl Broker {
             shutdown: watch::channel(false).0,
             alarms: Arc::new(watch::channel(AlarmState::default()).0),
             counters: Default::default(),
+            listeners: Default::default(),
         })
     }
 
@@ -278,6 +281,20 @@ impl Broker {
 
     pub fn connection_count(&self) -> usize {
         self.connections.len()
+    }
+
+    /// Record a bound listener (`amqp`, `amqps`, `prometheus`, `management`, ...).
+    pub fn add_listener(&self, name: &str, addr: &str) {
+        let mut l = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        l.push((name.to_owned(), addr.to_owned()));
+    }
+
+    /// The listeners as bound.
+    pub fn listeners(&self) -> Vec<(String, String)> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Channels open on all connections.

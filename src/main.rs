@@ -202,7 +202,7 @@ async fn serve(
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("Prometheus metrics on http://{at}/metrics");
         // Before the ready line, so tests that wait for it know this port.
-        println!("warren listening prometheus={at}");
+        announce(&broker, "prometheus", &at);
         tokio::spawn(warren::metrics::http::serve(broker.clone(), l));
     }
     // The same over HTTPS, with the [tls] certificate (config.rs made sure it is set).
@@ -216,7 +216,7 @@ async fn serve(
         })?;
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("Prometheus metrics on https://{at}/metrics");
-        println!("warren listening prometheus_tls={at}");
+        announce(&broker, "prometheus_tls", &at);
         tokio::spawn(warren::metrics::http::serve_tls(
             broker.clone(),
             l,
@@ -236,7 +236,7 @@ async fn serve(
         })?;
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("management API on http://{at}/api/");
-        println!("warren listening management={at}");
+        announce(&broker, "management", &at);
         Some(l)
     };
     let management_tls = match (broker.config.management.tls_listen.is_empty(), &tls) {
@@ -250,7 +250,7 @@ async fn serve(
             })?;
             let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!("management API on https://{at}/api/");
-            println!("warren listening management_tls={at}");
+            announce(&broker, "management_tls", &at);
             Some((l, tls.clone()))
         }
         _ => None,
@@ -302,6 +302,11 @@ async fn serve(
     );
     // One machine-readable line on stdout for scripts and tests (amqp=… unless the
     // plain listener is off, amqps=… only with TLS).
+    for (key, at) in [("amqp", &addr), ("amqps", &tls_addr)] {
+        if let Some(at) = at {
+            broker.add_listener(key, at);
+        }
+    }
     println!("warren ready{ready}");
     let _ = std::io::stdout().flush();
     if let Some(n) = &notifier {
@@ -440,4 +445,11 @@ fn reload(log_file: Option<&warren::logfile::LogFile>, tls: Option<&warren::tls:
     if log_file.is_none() && tls.is_none() {
         tracing::info!("SIGHUP received; nothing to reload (no log.file or TLS is configured)");
     }
+}
+
+/// A listener other than AMQP is up: tell scripts and tests (stdout, before the ready
+/// line) and remember it for `warrenctl diagnostics`.
+fn announce(broker: &warren::broker::Broker, key: &str, at: &str) {
+    println!("warren listening {key}={at}");
+    broker.add_listener(key, at);
 }

@@ -458,3 +458,41 @@ async fn consumers_and_channels_are_listed_like_rabbitmqctl() {
     );
     drop(ch3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostics_finds_zombie_queues_and_channel_leaks() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    let healthy = ctl.ok(&["diagnostics"]);
+    assert!(healthy.contains("summary\tok"), "{healthy}");
+    assert!(
+        healthy.contains(&format!("listener\tok\tamqp on {}", broker.addr())),
+        "{healthy}"
+    );
+    assert!(healthy.contains("listener\tok\tprometheus on"), "{healthy}");
+
+    // A queue with messages and nobody consuming, and a client that leaks channels.
+    let (conn, ch) = broker.channel().await;
+    let zombie = unique("zombie");
+    declare_queue(&ch, &zombie).await;
+    publish(&ch, "", &zombie, b"forgotten").await;
+    wait_message_count(&ch, &zombie, 1).await;
+    let mut leaked = Vec::new();
+    for _ in 0..120 {
+        leaked.push(within(conn.create_channel()).await.unwrap());
+    }
+    let found = ctl.ok(&["doctor"]);
+    assert!(
+        found.contains(&format!(
+            "queue\twarning\tqueue '{zombie}' in vhost '/' has 1 ready messages and no consumer"
+        )),
+        "{found}"
+    );
+    assert!(
+        found.contains("channels open") && found.contains("(user 'guest') has 121 channels open"),
+        "{found}"
+    );
+    assert!(!found.contains("summary\tok"), "{found}");
+    drop(leaked);
+}

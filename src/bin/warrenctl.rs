@@ -40,6 +40,8 @@ type Spec = (
 const COMMANDS: &[Spec] = &[
     ("status", "", (0, 0), "Status of node warren ...", "Displays status of the broker"),
     ("await_startup", "", (0, 0), "", "Waits for the broker to accept commands (--timeout seconds)"),
+    ("diagnostics", "", (0, 0), "Running diagnostics on node warren ...", "Checks listeners, alarms, queues with messages but no consumer, deep backlogs and connections with many channels, with advice"),
+    ("doctor", "", (0, 0), "Running diagnostics on node warren ...", "Same as diagnostics"),
     ("add_user", "<username> <password>", (1, 2), "Adding user \"{0}\" ...", "Creates a user (password read from stdin if not given)"),
     ("delete_user", "<username>", (1, 1), "Deleting user \"{0}\" ...", "Removes a user and their permissions"),
     ("change_password", "<username> <password>", (2, 2), "Changing password for user \"{0}\" ...", "Changes a user's password"),

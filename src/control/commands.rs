@@ -64,6 +64,7 @@ async fn run(broker: &Broker, req: &Request) -> Result {
     };
     match req.command.as_str() {
         "status" | "await_startup" | "ping" => Ok(status(broker)),
+        "diagnostics" | "doctor" => Ok(super::diagnostics::run(broker).await),
         "add_user" => {
             access
                 .add_user(arg(req, 0)?, Some(arg(req, 1)?))

@@ -7,6 +7,7 @@
 //! (tables, `--formatter json`, the informational line) is the CLI's business.
 
 mod commands;
+mod diagnostics;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
