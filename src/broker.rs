@@ -563,3 +563,18 @@ impl Broker {
 fn json_str<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
     v.get(key).and_then(|x| x.as_str()).unwrap_or_default()
 }
+
+/// This node's name, RabbitMQ's `name@host` shape (`warren@host`): the management API
+/// and the Prometheus identity show it, and dashboards join on it.
+pub fn node_name() -> String {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        format!("warren@{host}")
+    })
+    .clone()
+}

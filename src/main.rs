@@ -190,12 +190,7 @@ async fn serve(
         None
     } else {
         let listen = &broker.config.metrics.listen;
-        let l = warren::metrics::http::bind(listen).await.map_err(|e| {
-            Failure(
-                71,
-                warren::server::bind_error_for("metrics.listen", listen, &e),
-            )
-        })?;
+        let l = bind_http("metrics.listen", listen).await?;
         Some(l)
     };
     if let Some(l) = metrics {
@@ -208,12 +203,7 @@ async fn serve(
     // The same over HTTPS, with the [tls] certificate (config.rs made sure it is set).
     if let (false, Some((tls, _, _))) = (broker.config.metrics.tls_listen.is_empty(), &tls) {
         let listen = &broker.config.metrics.tls_listen;
-        let l = warren::metrics::http::bind(listen).await.map_err(|e| {
-            Failure(
-                71,
-                warren::server::bind_error_for("metrics.tls_listen", listen, &e),
-            )
-        })?;
+        let l = bind_http("metrics.tls_listen", listen).await?;
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("Prometheus metrics on https://{at}/metrics");
         announce(&broker, "prometheus_tls", &at);
@@ -228,12 +218,7 @@ async fn serve(
         None
     } else {
         let listen = &broker.config.management.listen;
-        let l = warren::management::bind(listen).await.map_err(|e| {
-            Failure(
-                71,
-                warren::server::bind_error_for("management.listen", listen, &e),
-            )
-        })?;
+        let l = bind_http("management.listen", listen).await?;
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("management API on http://{at}/api/");
         announce(&broker, "management", &at);
@@ -242,12 +227,7 @@ async fn serve(
     let management_tls = match (broker.config.management.tls_listen.is_empty(), &tls) {
         (false, Some((tls, _, _))) => {
             let listen = &broker.config.management.tls_listen;
-            let l = warren::management::bind(listen).await.map_err(|e| {
-                Failure(
-                    71,
-                    warren::server::bind_error_for("management.tls_listen", listen, &e),
-                )
-            })?;
+            let l = bind_http("management.tls_listen", listen).await?;
             let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!("management API on https://{at}/api/");
             announce(&broker, "management_tls", &at);
@@ -452,4 +432,11 @@ fn reload(log_file: Option<&warren::logfile::LogFile>, tls: Option<&warren::tls:
 fn announce(broker: &warren::broker::Broker, key: &str, at: &str) {
     println!("warren listening {key}={at}");
     broker.add_listener(key, at);
+}
+
+/// Bind an HTTP listener (metrics, management); a failure is one line naming `key`.
+async fn bind_http(key: &str, listen: &str) -> Result<tokio::net::TcpListener, Failure> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Failure(71, warren::server::bind_error_for(key, listen, &e)))
 }

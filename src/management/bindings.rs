@@ -126,10 +126,7 @@ fn bindings_of(v: &Vhost) -> Vec<Value> {
 
 fn visible(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     let mut items = Vec::new();
-    for (v, _) in api.broker.vhosts() {
-        if vhost.is_some_and(|n| *v.name != *n) || !caller.sees_vhost(api, &v.name) {
-            continue;
-        }
+    for v in super::visible_vhosts(api, caller, vhost) {
         items.extend(bindings_of(&v));
     }
     items

@@ -246,10 +246,7 @@ async fn consumers(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value
     });
     let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
     let mut out = Vec::new();
-    for (v, _) in api.broker.vhosts() {
-        if vhost.is_some_and(|n| *v.name != *n) || !caller.sees_vhost(api, &v.name) {
-            continue;
-        }
+    for v in super::visible_vhosts(api, caller, vhost) {
         for q in v.queues() {
             let ask = q.ask(|reply| QueueCmd::Consumers { reply });
             let Ok(Some(list)) = tokio::time::timeout_at(deadline, ask).await else {

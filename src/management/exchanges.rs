@@ -65,10 +65,7 @@ fn exchange_json(v: &Vhost, x: &ExchangeInfo) -> Value {
 
 fn exchanges_of(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     let mut items = Vec::new();
-    for (v, _) in api.broker.vhosts() {
-        if vhost.is_some_and(|n| *v.name != *n) || !caller.sees_vhost(api, &v.name) {
-            continue;
-        }
+    for v in super::visible_vhosts(api, caller, vhost) {
         items.extend(v.exchanges().iter().map(|x| exchange_json(&v, x)));
     }
     items

@@ -80,11 +80,7 @@ async fn put_topic(
     caller.require_admin()?;
     vhost_of(&api, &vhost)?;
     let m = body_json(&body)?;
-    let field = |k: &str| {
-        m.get(k)
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::bad_request(format!("[{{key_missing,{k}}}]")))
-    };
+    let field = |k: &str| super::required_str(&m, k);
     let (x, w, r) = (field("exchange")?, field("write")?, field("read")?);
     let existed = !topic(&api, |v, u| v == vhost && u == user).is_empty();
     api.broker

@@ -63,10 +63,6 @@ pub struct Api {
 /// The realm RabbitMQ's management plugin announces.
 const REALM: &str = "Basic realm=\"RabbitMQ Management\"";
 
-pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Serve the API until the broker shuts down: over HTTP on `plain`, over HTTPS on
 /// `https` (with the `[tls]` certificate), or both.
 pub async fn serve(
@@ -265,6 +261,13 @@ pub fn created_or_updated(created: bool) -> Response {
 }
 
 /// The request body as JSON; an empty body is `{}` (rabbit_mgmt_util:decode).
+/// A string field the request body must have; 400 with RabbitMQ's `key_missing` reason.
+pub fn required_str<'a>(m: &'a serde_json::Map<String, Value>, key: &str) -> ApiResult<&'a str> {
+    m.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::bad_request(format!("[{{key_missing,{key}}}]")))
+}
+
 pub fn body_json(body: &[u8]) -> ApiResult<serde_json::Map<String, Value>> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Default::default());
@@ -443,6 +446,21 @@ fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
     Some((user.to_owned(), password.to_owned()))
 }
 
+/// The vhosts a listing covers: all the caller may see, or only `only` (whose
+/// existence and the caller's access to it the handler has checked).
+pub fn visible_vhosts(
+    api: &Api,
+    caller: &Caller,
+    only: Option<&str>,
+) -> Vec<Arc<crate::vhost::Vhost>> {
+    api.broker
+        .vhosts()
+        .into_iter()
+        .map(|(v, _)| v)
+        .filter(|v| only.is_none_or(|n| *v.name == *n) && caller.sees_vhost(api, &v.name))
+        .collect()
+}
+
 /// The vhost named in a path, or 404 with RabbitMQ's reason.
 pub fn vhost_of(api: &Api, name: &str) -> ApiResult<Arc<crate::vhost::Vhost>> {
     api.broker
@@ -450,16 +468,5 @@ pub fn vhost_of(api: &Api, name: &str) -> ApiResult<Arc<crate::vhost::Vhost>> {
         .ok_or_else(|| ApiError::not_found_because("vhost_not_found"))
 }
 
-/// The node name shown in every object that has one (RabbitMQ's `rabbit@host`).
-pub fn node_name() -> String {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    NAME.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "localhost".to_owned());
-        format!("warren@{host}")
-    })
-    .clone()
-}
+/// The node name shown in every object that has one.
+pub use crate::broker::node_name;

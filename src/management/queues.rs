@@ -73,10 +73,7 @@ pub fn queue_json(v: &Vhost, q: &QueueHandle) -> Value {
 
 fn queues_of(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     let mut items = Vec::new();
-    for (v, _) in api.broker.vhosts() {
-        if vhost.is_some_and(|n| *v.name != *n) || !caller.sees_vhost(api, &v.name) {
-            continue;
-        }
+    for v in super::visible_vhosts(api, caller, vhost) {
         items.extend(v.queues().iter().map(|q| queue_json(&v, q)));
     }
     items

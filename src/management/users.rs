@@ -202,11 +202,7 @@ async fn put_permission(
         return Err(ApiError::bad_request(format!("user '{user}' not found")));
     }
     let m = body_json(&body)?;
-    let field = |k: &str| {
-        m.get(k)
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::bad_request(format!("[{{key_missing,{k}}}]")))
-    };
+    let field = |k: &str| super::required_str(&m, k);
     let (c, w, r) = (field("configure")?, field("write")?, field("read")?);
     let existed = !permissions(&api, |v, u| v == vhost && u == user).is_empty();
     api.broker

@@ -16,10 +16,6 @@ const HEAD_MAX: usize = 16 * 1024;
 /// A client that hasn't sent its request by then is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
-}
-
 /// Serve scrapes until the broker shuts down.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     let mut shutdown = broker.shutdown_signal();

@@ -97,7 +97,7 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
     let mut out = Out {
         text: String::with_capacity(8192),
     };
-    let node = node_name();
+    let node = crate::broker::node_name();
     out.family(
         "rabbitmq_identity_info",
         "gauge",
@@ -234,14 +234,6 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         0,
     );
     out.text
-}
-
-/// RabbitMQ's node name shape, `warren@<hostname>`, for dashboards that join on it.
-fn node_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
-    format!("warren@{host}")
 }
 
 fn open_fds() -> Option<usize> {
