@@ -193,10 +193,13 @@ impl Broker {
             )));
         };
         for c in self.connections.iter().filter(|c| c.vhost == name) {
-            let _ = c.events.send(ConnEvent::Close(AmqpError::new(
-                code::CONNECTION_FORCED,
-                format!("vhost '{name}' is deleted"),
-            )));
+            let _ = c.events.send(ConnEvent::Close(
+                AmqpError::new(
+                    code::CONNECTION_FORCED,
+                    format!("vhost '{name}' is deleted"),
+                )
+                .into(),
+            ));
         }
         for q in vhost.queues() {
             let _ = vhost.delete_queue(&q, false, false).await;
@@ -316,10 +319,9 @@ impl Broker {
     pub fn close_connection(&self, id: u64, reason: &str) -> bool {
         match self.connections.get(&id) {
             Some(c) => {
-                let _ = c.events.send(ConnEvent::Close(AmqpError::new(
-                    code::CONNECTION_FORCED,
-                    reason,
-                )));
+                let _ = c.events.send(ConnEvent::Close(
+                    AmqpError::new(code::CONNECTION_FORCED, reason).into(),
+                ));
                 true
             }
             None => false,
@@ -552,10 +554,13 @@ impl Broker {
         // and a listener task that subscribes a moment later would never stop.
         self.shutdown.send_replace(true);
         for c in self.connections.iter() {
-            let _ = c.events.send(ConnEvent::Close(AmqpError::new(
-                code::CONNECTION_FORCED,
-                "broker forced connection closure with reason 'shutdown'",
-            )));
+            let _ = c.events.send(ConnEvent::Close(
+                AmqpError::new(
+                    code::CONNECTION_FORCED,
+                    "broker forced connection closure with reason 'shutdown'",
+                )
+                .into(),
+            ));
         }
     }
 }

@@ -48,6 +48,37 @@ enum Assembly {
     },
 }
 
+/// A channel's [`Assembly`], boxed and allocated on the channel's first publish: the
+/// state holds a parsed basic.publish and content header (a few hundred bytes) that a
+/// channel which only consumes, or sits idle, would otherwise carry for nothing. Once
+/// allocated the box stays, so publishing allocates nothing per message.
+#[derive(Default)]
+struct Assembler(Option<Box<Assembly>>);
+
+static IDLE: Assembly = Assembly::Idle;
+
+impl Assembler {
+    fn state(&self) -> &Assembly {
+        self.0.as_deref().unwrap_or(&IDLE)
+    }
+
+    fn state_mut(&mut self) -> &mut Assembly {
+        self.0.get_or_insert_with(|| Box::new(Assembly::Idle))
+    }
+
+    fn set(&mut self, a: Assembly) {
+        *self.state_mut() = a;
+    }
+
+    /// The state so far, leaving Idle behind (and the box in place).
+    fn take(&mut self) -> Assembly {
+        match &mut self.0 {
+            Some(a) => std::mem::replace(a, Assembly::Idle),
+            None => Assembly::Idle,
+        }
+    }
+}
+
 /// A body as it arrives: one frame stays the read buffer's own slice (no copy); several
 /// are joined.
 enum Body {
@@ -127,7 +158,7 @@ pub struct Channel {
     /// Unique id of this channel instance (numbers are reused after close).
     pub uid: u64,
     pub state: State,
-    assembly: Assembly,
+    assembly: Assembler,
     confirm: Option<ConfirmState>,
     tx: Option<TxState>,
     routes: RouteCache,
@@ -156,7 +187,7 @@ impl Channel {
             number,
             uid: crate::util::next_id(),
             state: State::Open,
-            assembly: Assembly::Idle,
+            assembly: Assembler::default(),
             confirm: None,
             tx: None,
             routes: RouteCache::default(),
@@ -179,7 +210,7 @@ impl Channel {
         match frame.kind {
             FRAME_METHOD => {
                 let (class_id, method_id) = method::class_method(&frame.payload);
-                if !matches!(self.assembly, Assembly::Idle) {
+                if !matches!(self.assembly.state(), Assembly::Idle) {
                     // Reported against the publish whose content was interrupted.
                     return Err(AmqpError::unexpected_frame(format!(
                         "expected content header for class {CLASS_BASIC}, got non content header frame instead"
@@ -202,7 +233,7 @@ impl Channel {
     }
 
     fn handle_header(&mut self, s: &mut Session, payload: Bytes) -> Result<(), AmqpError> {
-        let publish = match std::mem::replace(&mut self.assembly, Assembly::Idle) {
+        let publish = match self.assembly.take() {
             Assembly::Header(p) => p,
             Assembly::Idle => {
                 return Err(AmqpError::unexpected_frame(
@@ -243,19 +274,19 @@ impl Channel {
         if size == 0 {
             return self.publish(s, publish, properties, props, Bytes::new());
         }
-        self.assembly = Assembly::Body {
+        self.assembly.set(Assembly::Body {
             publish,
             properties,
             props,
             size: size as usize,
             body: Body::Empty,
-        };
+        });
         Ok(())
     }
 
     fn handle_body(&mut self, s: &mut Session, payload: Bytes) -> Result<(), AmqpError> {
-        let Assembly::Body { size, body, .. } = &mut self.assembly else {
-            return Err(AmqpError::unexpected_frame(match self.assembly {
+        let Assembly::Body { size, body, .. } = self.assembly.state_mut() else {
+            return Err(AmqpError::unexpected_frame(match self.assembly.state() {
                 Assembly::Header(_) => {
                     "expected content header for class 60, got non content header frame instead"
                 }
@@ -279,7 +310,7 @@ impl Channel {
             props,
             body,
             ..
-        } = std::mem::replace(&mut self.assembly, Assembly::Idle)
+        } = self.assembly.take()
         else {
             return Ok(());
         };
@@ -292,7 +323,7 @@ impl Channel {
                 if p.immediate {
                     return Err(AmqpError::not_implemented("immediate=true"));
                 }
-                self.assembly = Assembly::Header(p);
+                self.assembly.set(Assembly::Header(p));
                 s.published = true;
                 return Ok(());
             }
@@ -404,7 +435,7 @@ impl Channel {
         self.unacked.clear();
         self.timed_out.clear();
         self.tx = None;
-        self.assembly = Assembly::Idle;
+        self.assembly.take();
         waits
     }
 

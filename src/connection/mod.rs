@@ -32,9 +32,15 @@ use crate::util::IdHash;
 use handshake::{Abort, Negotiated};
 use writer::WriterTx;
 
-/// Read sizes: an idle connection keeps a small buffer; one whose reads fill the buffer
-/// gets bigger reads (fewer syscalls per message), up to the maximum.
-const READ_MIN: usize = 2 * 1024;
+/// A connection's open channels. Boxed: a `Channel` is several hundred bytes and the
+/// table allocates room for a few, so unboxed an idle one-channel connection would pay
+/// for three channels it doesn't have.
+type Channels = HashMap<u16, Box<Channel>, IdHash>;
+
+/// Read sizes: an idle connection keeps a small buffer (it is most of what an idle
+/// connection costs); one whose reads fill the buffer gets bigger reads (fewer syscalls
+/// per message), up to the maximum, within a few reads.
+const READ_MIN: usize = 512;
 const READ_MAX: usize = 64 * 1024;
 /// How long we wait for close-ok after sending connection.close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -217,6 +223,10 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             connection_name = n.name.as_deref().unwrap_or(""),
             "connection granted access to vhost"
         );
+        // The handshake flushed its frames; its buffer (sized for connection.start's
+        // properties) goes, so an idle connection doesn't keep it.
+        debug_assert!(self.out.is_empty());
+        self.out = OutBuf::default();
         let mut s = Session {
             conn_id: self.id,
             broker: self.broker.clone(),
@@ -225,14 +235,14 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             frame_max: n.frame_max,
             caps: n.caps,
             events: events_tx,
-            out: std::mem::take(&mut self.out),
+            out: OutBuf::default(),
             exclusive_queues: Vec::new(),
             publishes: PublishBatch::default(),
             confirms_due: Vec::new(),
             published: false,
             tally: Default::default(),
         };
-        let mut channels: HashMap<u16, Channel, IdHash> = HashMap::default();
+        let mut channels: Channels = HashMap::default();
         let heartbeat = n.heartbeat;
         // Heartbeats go out after heartbeat/2 of silence; a peer silent for two full
         // intervals (four ticks) is gone.
@@ -400,7 +410,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
     async fn process_frames(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel, IdHash>,
+        channels: &mut Channels,
         n: &Negotiated,
         closing: bool,
     ) -> Result<bool, AmqpError> {
@@ -434,7 +444,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
     async fn handle_frame(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel, IdHash>,
+        channels: &mut Channels,
         n: &Negotiated,
         f: Frame,
     ) -> Result<bool, AmqpError> {
@@ -498,7 +508,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             self.broker
                 .admit_channel(&s.user)
                 .map_err(|e| e.on(20, 10))?;
-            channels.insert(number, Channel::new(number));
+            channels.insert(number, Box::new(Channel::new(number)));
             self.channel_count
                 .store(channels.len(), std::sync::atomic::Ordering::Relaxed);
             s.send(
@@ -548,7 +558,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
     async fn handle_channel0(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel, IdHash>,
+        channels: &mut Channels,
         f: Frame,
     ) -> Result<bool, AmqpError> {
         if f.kind != FRAME_METHOD {
@@ -607,7 +617,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
     fn handle_event(
         &mut self,
         s: &mut Session,
-        channels: &mut HashMap<u16, Channel, IdHash>,
+        channels: &mut Channels,
         ev: ConnEvent,
     ) -> Result<(), AmqpError> {
         match ev {
@@ -647,12 +657,12 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                 let mut infos: Vec<_> = channels
                     .values()
                     .filter(|c| c.state == State::Open)
-                    .map(Channel::info)
+                    .map(|c| c.info())
                     .collect();
                 infos.sort_by_key(|i| i.number);
                 let _ = reply.send(infos);
             }
-            ConnEvent::Close(e) => return Err(e),
+            ConnEvent::Close(e) => return Err(*e),
             ConnEvent::DeliveryTimedOut {
                 channel_uid,
                 queue_id,

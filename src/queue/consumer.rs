@@ -29,12 +29,14 @@ pub enum ConnEvent {
     },
     /// The message store synced: publisher confirms waiting for it may go out.
     StoreSynced,
-    /// Close the connection (broker shutdown, management action).
-    Close(AmqpError),
+    /// Close the connection (broker shutdown, management action). The rare events'
+    /// errors are boxed: every connection's event channel allocates its first block of
+    /// slots up front, sized by the largest variant.
+    Close(Box<AmqpError>),
     /// Close one channel with this error (a consumer timeout in RabbitMQ's mode).
     CloseChannel {
         channel_uid: u64,
-        error: AmqpError,
+        error: Box<AmqpError>,
     },
     /// A consumer timeout requeued this delivery: the channel forgets it, and a late
     /// ack or reject of its tag is accepted and ignored.

@@ -47,7 +47,8 @@ impl QueueActor {
                                  used: {timeout_ms} ms. This timeout value can be configured, see \
                                  consumers doc guide to learn more",
                                 c.channel
-                            )),
+                            ))
+                            .into(),
                         });
                     }
                     // Once is enough: the channel's teardown requeues it.
