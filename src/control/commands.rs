@@ -536,7 +536,7 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             "peer_host" => json!(c.peer.ip().to_string()),
                             "peer_port" => json!(c.peer.port()),
                             "channels" => json!(c.channels.load(Ordering::Relaxed)),
-                            "state" => json!("running"),
+                            "state" => json!(c.state.name()),
                             "protocol" => json!("AMQP 0-9-1"),
                             "ssl" => json!(c.tls.is_some()),
                             "ssl_protocol" => json!(c.tls.as_ref().map(|t| t.protocol)),
@@ -712,6 +712,7 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
         "state",
         "policy",
         "operator_policy",
+        "mailbox_messages",
     ];
     let columns = columns(req, &all, &["name", "messages"])?;
     let mut queues = v.queues();
@@ -721,6 +722,8 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
         let quorum = crate::policy::is_quorum(&q.arguments);
         let [policy, operator_policy] =
             v.policy_names(&q.name, crate::policy::Target::Queue { quorum });
+        // Read before asking: the question waits behind whatever is in the mailbox.
+        let mailbox = q.inflow.queued();
         let stats = q
             .ask(|reply| QueueCmd::Stats { reply })
             .await
@@ -748,6 +751,9 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
                     "type" => json!(if quorum { "quorum" } else { "classic" }),
                     "policy" => json!(policy.as_deref().unwrap_or("")),
                     "operator_policy" => json!(operator_policy.as_deref().unwrap_or("")),
+                    // warren's own: messages sent to the queue it has not taken yet
+                    // (bounded by flow control, see queue/flow.rs).
+                    "mailbox_messages" => json!(mailbox),
                     _ => json!("running"),
                 })
                 .collect(),
