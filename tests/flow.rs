@@ -106,7 +106,8 @@ async fn a_flooding_publisher_is_throttled_its_queue_stays_bounded_and_nothing_i
         let (pch, q) = (pch.clone(), q.clone());
         tokio::spawn(async move {
             for i in 0..N {
-                let _ = pch
+                // Not waiting for the (absent) confirm: the flood goes out as fast as it can.
+                let _confirm = pch
                     .basic_publish(
                         "".into(),
                         q.as_str().into(),
