@@ -64,7 +64,21 @@ async fn run(broker: &Broker, req: &Request) -> Result {
     };
     match req.command.as_str() {
         "status" | "await_startup" | "ping" => Ok(status(broker)),
-        "diagnostics" | "doctor" => Ok(super::diagnostics::run(broker).await),
+        "diagnostics" | "doctor" => {
+            let secs = match req.flags.get("interval") {
+                None => super::diagnostics::DEFAULT_INTERVAL_SECS,
+                Some(v) => match v.parse::<f64>() {
+                    Ok(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => s,
+                    _ => {
+                        return Err(Response::error(
+                            EX_USAGE,
+                            format!("--interval expects seconds (0 to 3600), got '{v}'"),
+                        ))
+                    }
+                },
+            };
+            Ok(super::diagnostics::run(broker, std::time::Duration::from_secs_f64(secs)).await)
+        }
         "add_user" => {
             access
                 .add_user(arg(req, 0)?, Some(arg(req, 1)?))
