@@ -125,7 +125,7 @@ pub async fn run(broker: &Broker, interval: std::time::Duration) -> Response {
             .into_iter()
             .filter_map(|(id, (vhost, name, now))| {
                 let (_, _, then) = before.get(&id)?;
-                (now > *then).then(|| (vhost, name, *then, now))
+                (now > *then).then_some((vhost, name, *then, now))
             })
             .collect();
         grown.sort();
