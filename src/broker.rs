@@ -246,6 +246,13 @@ impl Broker {
     /// Before connection.open-ok: the user's permissions on the vhost, then the vhost's
     /// and the user's connection limits (rabbit_reader's order and texts).
     pub fn admit_connection(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
+        // The node-wide limit first (RabbitMQ's connection_max, is_over_node_connection_limit).
+        let max = self.config.amqp.connection_max;
+        if max > 0 && self.connections.len() as u64 >= max {
+            return Err(AmqpError::not_allowed(format!(
+                "connection refused: node connection limit ({max}) is reached"
+            )));
+        }
         self.access.check_vhost(user, vhost)?;
         if let Some(max) = access::limit(&self.access.vhost_limits(vhost), "max-connections") {
             let n = self.connections.iter().filter(|c| c.vhost == vhost).count();

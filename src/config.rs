@@ -91,6 +91,9 @@ pub struct AmqpConfig {
     pub flow_high_messages: u64,
     /// Where a throttled connection is read again (at most `flow_high_messages`).
     pub flow_low_messages: u64,
+    /// Connections the node accepts in all (RabbitMQ's connection_max; 0 = no limit).
+    /// One more is refused at connection.open with 530 NOT_ALLOWED.
+    pub connection_max: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,6 +255,7 @@ impl Default for AmqpConfig {
             consumer_timeout_action: "requeue".to_owned(),
             flow_high_messages: 20_000,
             flow_low_messages: 10_000,
+            connection_max: 0,
         }
     }
 }
