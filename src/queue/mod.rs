@@ -7,7 +7,7 @@
 //! (validation and parsing of x-arguments), `ready` (the ready list, with priority
 //! levels), `admission` (reject-publish), `dead_letter` (x-death and republishing),
 //! `dispatch` (consumer priorities, single active consumer), `quorum` (delivery count and
-//! limit);
+//! limit), `flow` (the mailbox count behind publishers' back-pressure);
 //! TTL and x-expires are timers in the actor.
 
 mod actor;
