@@ -31,6 +31,10 @@ fn queue_defaults(config: &Config) -> crate::vhost::QueueDefaults {
         consumer_timeout: (config.amqp.consumer_timeout > 0)
             .then_some(config.amqp.consumer_timeout),
         timeout_closes_channel: config.amqp.consumer_timeout_action == "close_channel",
+        flow: crate::queue::flow::FlowMarks {
+            high: config.amqp.flow_high_messages,
+            low: config.amqp.flow_low_messages,
+        },
     }
 }
 
@@ -48,6 +52,32 @@ pub struct ConnectionEntry {
     pub connected_at: SystemTime,
     /// The TLS session's protocol, cipher and client certificate (amqps only).
     pub tls: Option<Arc<crate::tls::PeerTls>>,
+    /// `running`, `flow` or `blocked`, as the connection task last set it.
+    pub state: Arc<ConnState>,
+}
+
+/// A connection's state as listings show it (RabbitMQ's words): `flow` while it is not
+/// read because a queue it publishes to is behind (see `queue/flow.rs`), `blocked` while
+/// a resource alarm holds it. Written on change only.
+#[derive(Debug, Default)]
+pub struct ConnState(std::sync::atomic::AtomicU8);
+
+impl ConnState {
+    pub const RUNNING: u8 = 0;
+    pub const FLOW: u8 = 1;
+    pub const BLOCKED: u8 = 2;
+
+    pub fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.0.load(Ordering::Relaxed) {
+            Self::FLOW => "flow",
+            Self::BLOCKED => "blocked",
+            _ => "running",
+        }
+    }
 }
 
 /// A virtual host's description and tags (RabbitMQ's vhost metadata).
@@ -219,6 +249,13 @@ impl Broker {
     /// Before connection.open-ok: the user's permissions on the vhost, then the vhost's
     /// and the user's connection limits (rabbit_reader's order and texts).
     pub fn admit_connection(&self, user: &str, vhost: &str) -> Result<(), AmqpError> {
+        // The node-wide limit first (RabbitMQ's connection_max, is_over_node_connection_limit).
+        let max = self.config.amqp.connection_max;
+        if max > 0 && self.connections.len() as u64 >= max {
+            return Err(AmqpError::not_allowed(format!(
+                "connection refused: node connection limit ({max}) is reached"
+            )));
+        }
         self.access.check_vhost(user, vhost)?;
         if let Some(max) = access::limit(&self.access.vhost_limits(vhost), "max-connections") {
             let n = self.connections.iter().filter(|c| c.vhost == vhost).count();

@@ -84,6 +84,16 @@ pub struct AmqpConfig {
     /// goes back to its queue, the channel stays open) or "close_channel" (RabbitMQ's
     /// behaviour: 406 PRECONDITION_FAILED on the channel).
     pub consumer_timeout_action: String,
+    /// Back-pressure: a connection whose publishes leave a queue with more than this
+    /// many messages waiting in its mailbox (sent, not yet taken by the queue) stops
+    /// being read, its state `flow`, until the mailbox is below `flow_low_messages`.
+    /// 0 turns it off. See `queue/flow.rs` for the choice of defaults.
+    pub flow_high_messages: u64,
+    /// Where a throttled connection is read again (at most `flow_high_messages`).
+    pub flow_low_messages: u64,
+    /// Connections the node accepts in all (RabbitMQ's connection_max; 0 = no limit).
+    /// One more is refused at connection.open with 530 NOT_ALLOWED.
+    pub connection_max: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -243,6 +253,9 @@ impl Default for AmqpConfig {
             handshake_timeout: 10,
             consumer_timeout: 1_800_000,
             consumer_timeout_action: "requeue".to_owned(),
+            flow_high_messages: 20_000,
+            flow_low_messages: 10_000,
+            connection_max: 0,
         }
     }
 }

@@ -408,6 +408,27 @@ async fn connection_open_needs_permissions_in_the_vhost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_connection_limit_refuses_one_more_with_530() {
+    if is_external() {
+        eprintln!("skipped: warren's connection_max is set at start");
+        return;
+    }
+    let broker = Broker::spawn_warren(&["--set", "amqp.connection_max=2"]);
+    let _a = broker.connect().await;
+    let b = broker.connect().await;
+    let r = try_connect(&broker.url()).await;
+    assert_connection_closed(
+        r,
+        530,
+        "NOT_ALLOWED - connection refused: node connection limit (2) is reached",
+    );
+    // Room again once one closes.
+    within(b.close(200, "bye".into())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let _c = broker.connect().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vhost_and_user_limits_are_enforced_with_rabbitmqs_texts() {
     let broker = Broker::start();
     let t = Tenant::new(&broker);

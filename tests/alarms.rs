@@ -96,6 +96,19 @@ async fn publishers_are_blocked_at_the_memory_watermark_consumers_drain_and_it_c
         Some("low on memory"),
         "blocked after {sent} messages"
     );
+    // Listings show the blocked publisher as RabbitMQ does: state `blocked`.
+    let data_dir = broker.data_dir().unwrap();
+    let states = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["-q", "list_connections", "state"])
+            .output()
+            .expect("run warrenctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let blocked = states();
+    assert!(blocked.lines().any(|l| l == "blocked"), "{blocked}");
     let used = rss_kb(broker.pid()) * 1024;
     assert!(
         used < limit + 96 * 1024 * 1024,
@@ -138,4 +151,9 @@ async fn publishers_are_blocked_at_the_memory_watermark_consumers_drain_and_it_c
         .unwrap();
     }
     assert!(unblocked, "connection.unblocked once the queue drained");
+    let after = states();
+    assert!(
+        !after.contains("blocked") && after.contains("running"),
+        "{after}"
+    );
 }

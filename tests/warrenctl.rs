@@ -7,6 +7,7 @@ use common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 struct Ctl {
     data_dir: PathBuf,
@@ -464,7 +465,7 @@ async fn diagnostics_finds_zombie_queues_and_channel_leaks() {
     let Some((broker, ctl)) = warren() else {
         return;
     };
-    let healthy = ctl.ok(&["diagnostics"]);
+    let healthy = ctl.ok(&["diagnostics", "--interval", "0"]);
     assert!(healthy.contains("summary\tok"), "{healthy}");
     assert!(
         healthy.contains(&format!("listener\tok\tamqp on {}", broker.addr())),
@@ -482,7 +483,10 @@ async fn diagnostics_finds_zombie_queues_and_channel_leaks() {
     for _ in 0..120 {
         leaked.push(within(conn.create_channel()).await.unwrap());
     }
-    let found = ctl.ok(&["doctor"]);
+    // Findings of warning level: exit status 1, the findings on stdout.
+    let out = ctl.run(&["doctor", "--interval", "0"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let found = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         found.contains(&format!(
             "queue\twarning\tqueue '{zombie}' in vhost '/' has 1 ready messages and no consumer"
@@ -494,5 +498,60 @@ async fn diagnostics_finds_zombie_queues_and_channel_leaks() {
         "{found}"
     );
     assert!(!found.contains("summary\tok"), "{found}");
+    // Without a trend interval nothing is called growing.
+    assert!(!found.contains("backlog"), "{found}");
     drop(leaked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostics_reports_growing_backlogs_with_their_rate_and_documents_its_exit_codes() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    let (_conn, ch) = broker.channel().await;
+    let growing = unique("growing");
+    let steady = unique("steady");
+    declare_queue(&ch, &growing).await;
+    declare_queue(&ch, &steady).await;
+    publish(&ch, "", &steady, b"one").await;
+    wait_message_count(&ch, &steady, 1).await;
+
+    // Diagnostics samples for 2 s while the growing queue gets 20 messages.
+    let run = {
+        let data_dir = broker.data_dir().unwrap();
+        std::thread::spawn(move || {
+            Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .args(["diagnostics", "--interval", "2"])
+                .output()
+                .expect("run warrenctl")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..20 {
+        publish(&ch, "", &growing, b"more").await;
+    }
+    wait_message_count(&ch, &growing, 20).await;
+    let out = tokio::task::spawn_blocking(move || run.join().unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "backlog\twarning\tqueue '{growing}' in vhost '/' is growing: 0 -> 20 ready messages in 2s (10.0/s)"
+        )),
+        "{text}"
+    );
+    // A queue that holds messages but does not grow is no growing backlog.
+    assert!(
+        !text.contains(&format!("queue '{steady}' in vhost '/' is growing")),
+        "{text}"
+    );
+
+    ctl.fails(&["diagnostics", "--interval", "soon"], 64);
+    let help = ctl.ok(&["diagnostics", "--help"]);
+    assert!(help.contains("--interval <seconds>"), "{help}");
+    assert!(help.contains("1    at least one finding"), "{help}");
 }

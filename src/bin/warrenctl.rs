@@ -19,6 +19,8 @@ use warren::control::{socket_path, Request, Response};
 
 /// rabbitmqctl's exit codes (sysexits).
 const EX_USAGE: u8 = 64;
+/// `diagnostics` found something of warning level (see DIAGNOSTICS_HELP).
+const EX_FINDINGS: u8 = 1;
 const EX_DATAERR: u8 = 65;
 const EX_NOINPUT: u8 = 66;
 const EX_UNAVAILABLE: u8 = 69;
@@ -40,8 +42,8 @@ type Spec = (
 const COMMANDS: &[Spec] = &[
     ("status", "", (0, 0), "Status of node warren ...", "Displays status of the broker"),
     ("await_startup", "", (0, 0), "", "Waits for the broker to accept commands (--timeout seconds)"),
-    ("diagnostics", "", (0, 0), "Running diagnostics on node warren ...", "Checks listeners, alarms, queues with messages but no consumer, deep backlogs and connections with many channels, with advice"),
-    ("doctor", "", (0, 0), "Running diagnostics on node warren ...", "Same as diagnostics"),
+    ("diagnostics", "[--interval <seconds>]", (0, 0), "Running diagnostics on node warren ...", "Checks listeners, alarms, queues with messages but no consumer, growing backlogs and connections with many channels, with advice; exit status 1 if anything needs a look"),
+    ("doctor", "[--interval <seconds>]", (0, 0), "Running diagnostics on node warren ...", "Same as diagnostics"),
     ("add_user", "<username> <password>", (1, 2), "Adding user \"{0}\" ...", "Creates a user (password read from stdin if not given)"),
     ("delete_user", "<username>", (1, 1), "Deleting user \"{0}\" ...", "Removes a user and their permissions"),
     ("change_password", "<username> <password>", (2, 2), "Changing password for user \"{0}\" ...", "Changes a user's password"),
@@ -86,6 +88,18 @@ const COMMANDS: &[Spec] = &[
     ("help", "[<command>]", (0, 1), "", "Displays usage information"),
 ];
 
+/// What `help diagnostics` adds to the one-line summary.
+const DIAGNOSTICS_HELP: &str = "
+Options:
+   --interval <seconds>   how long to watch the queues' ready counts for growing
+                          backlogs (default 3; 0 skips that check)
+
+Exit status:
+   0    nothing to look at (every finding is \"ok\")
+   1    at least one finding of level \"warning\" (the findings are printed)
+   64   bad usage (e.g. --interval is not a number of seconds)
+   69   the broker is not running (no control socket in the data directory)";
+
 /// Commands rabbitmqctl has that warren does not (yet), so runbooks fail clearly.
 const NOT_YET: &[(&str, &str)] = &[];
 
@@ -116,6 +130,7 @@ fn run(argv: Vec<String>) -> u8 {
     };
     let mut req = Request::default();
     let mut positional = Vec::new();
+    let mut wants_help = false;
     let mut it = argv.into_iter();
     while let Some(a) = it.next() {
         let (name, inline) = match a.split_once('=') {
@@ -168,6 +183,11 @@ fn run(argv: Vec<String>) -> u8 {
                 "--if-empty" | "--if-unused" | "--global" => {
                     req.flags.insert(name[2..].to_owned(), String::new());
                 }
+                "-h" | "--help" => wants_help = true,
+                "--interval" => {
+                    let v = value("--interval")?;
+                    req.flags.insert("interval".to_owned(), v);
+                }
                 "--description" | "--tags" | "--priority" | "--apply-to" => {
                     let v = value(&name)?;
                     req.flags.insert(name[2..].to_owned(), v);
@@ -190,6 +210,10 @@ fn run(argv: Vec<String>) -> u8 {
     };
     req.command = command;
     req.args = positional.split_off(1);
+    if wants_help && req.command != "help" {
+        // `warrenctl <command> --help` is `warrenctl help <command>`.
+        req.args = vec![std::mem::replace(&mut req.command, "help".to_owned())];
+    }
 
     if let Some((_, why)) = NOT_YET.iter().find(|(c, _)| *c == req.command) {
         eprintln!("Error: {}: {why}", req.command);
@@ -216,7 +240,12 @@ fn run(argv: Vec<String>) -> u8 {
         match req.args.first() {
             None => print_help(),
             Some(c) => match COMMANDS.iter().find(|s| s.0 == c) {
-                Some(s) => println!("Usage:\n\nwarrenctl {} {}\n\n{}", s.0, s.1, s.4),
+                Some(s) => {
+                    println!("Usage:\n\nwarrenctl {} {}\n\n{}", s.0, s.1, s.4);
+                    if s.0 == "diagnostics" || s.0 == "doctor" {
+                        println!("{DIAGNOSTICS_HELP}");
+                    }
+                }
                 None => {
                     eprintln!("Command '{c}' not found.");
                     return EX_USAGE;
@@ -294,7 +323,17 @@ fn run(argv: Vec<String>) -> u8 {
         eprintln!("Error:\n{msg}");
         return response.exit_code;
     }
-    output(&opts, &req, response)
+    // diagnostics: findings of warning level make the exit status 1, so that scripts
+    // and health checks need not parse the table.
+    let findings = matches!(req.command.as_str(), "diagnostics" | "doctor")
+        && response
+            .rows
+            .iter()
+            .any(|r| r.get(1).and_then(|v| v.as_str()).is_some_and(|s| s != "ok"));
+    match output(&opts, &req, response) {
+        0 if findings => EX_FINDINGS,
+        code => code,
+    }
 }
 
 fn print_help() {

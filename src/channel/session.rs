@@ -72,6 +72,9 @@ impl Session {
 #[derive(Default)]
 pub struct PublishBatch {
     pending: Vec<(Arc<QueueHandle>, Vec<Arc<Message>>)>,
+    /// Queues a flush left above their flow high mark: the connection stops reading
+    /// until they drain (see `queue/flow.rs`). Taken by the connection after each read.
+    pub throttled: Vec<Arc<QueueHandle>>,
 }
 
 impl PublishBatch {
@@ -95,7 +98,9 @@ impl PublishBatch {
             } else {
                 QueueCmd::PublishBatch(msgs)
             };
-            q.send(cmd);
+            if let (true, true) = q.publish(cmd) {
+                self.throttled.push(q);
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::broker::{Broker, ConnectionEntry};
+use crate::broker::{Broker, ConnState, ConnectionEntry};
 use crate::channel::{Channel, PublishBatch, Session, State};
 use crate::error::AmqpError;
 use crate::protocol::frame::{self, Frame, FRAME_HEARTBEAT, FRAME_METHOD};
@@ -68,6 +68,8 @@ pub struct Connection<R> {
     client_closed: bool,
     /// Open channels, published for listing and the per-user channel limit.
     channel_count: Arc<std::sync::atomic::AtomicUsize>,
+    /// running / flow / blocked, published for listing.
+    state: Arc<ConnState>,
 }
 
 /// Serve one accepted plain-TCP socket until it closes.
@@ -114,6 +116,7 @@ async fn serve_halves<R, W>(
         writer: writer_tx,
         client_closed: false,
         channel_count: Arc::default(),
+        state: Arc::default(),
     };
     match &conn.tls {
         None => tracing::info!(peer = %peer, "accepting AMQP connection"),
@@ -159,6 +162,13 @@ fn channel_close_method(e: &AmqpError) -> AMQPClass {
         class_id: e.class_id,
         method_id: e.method_id,
     }))
+}
+
+/// Resolves once every queue in `queues` has drained below its flow low mark (or is gone).
+async fn drained(queues: &[Arc<crate::queue::QueueHandle>]) {
+    for q in queues {
+        q.inflow.wait_drained().await;
+    }
 }
 
 /// Why the main loop ended.
@@ -214,6 +224,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                 channels: self.channel_count.clone(),
                 connected_at: std::time::SystemTime::now(),
                 tls: self.tls.clone(),
+                state: self.state.clone(),
             },
         );
         tracing::info!(
@@ -256,6 +267,9 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
         let mut alarm = *alarms.borrow_and_update();
         let mut alarms_open = true;
         let mut blocked = false;
+        // Back-pressure: queues this connection's publishes left above their flow high
+        // mark; while any is listed the socket is not read (see queue/flow.rs).
+        let mut throttled: Vec<Arc<crate::queue::QueueHandle>> = Vec::new();
         let mut closing: Option<Instant> = None;
         let mut end = End::Closed;
 
@@ -285,7 +299,12 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                         Err(_) => alarms_open = false,
                     }
                 }
-                r = self.reader.read_buf(&mut self.rbuf), if !blocked => {
+                _ = drained(&throttled), if !throttled.is_empty() => {
+                    throttled.clear();
+                    self.state.set(if blocked { ConnState::BLOCKED } else { ConnState::RUNNING });
+                    tracing::debug!(peer = %self.peer, "connection leaves flow: its queues drained");
+                }
+                r = self.reader.read_buf(&mut self.rbuf), if !blocked && throttled.is_empty() => {
                     match r {
                         Ok(0) | Err(_) => result = Ok(false),
                         Ok(got) => {
@@ -306,8 +325,10 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                         if !sent {
                             frame::heartbeat(&mut s.out.buf);
                         }
-                        // A blocked connection is not read, so its silence proves nothing.
-                        silent_ticks = if received || blocked { 0 } else { silent_ticks + 1 };
+                        // A blocked (or flow-paused) connection is not read, so its silence
+                        // proves nothing.
+                        let paused = blocked || !throttled.is_empty();
+                        silent_ticks = if received || paused { 0 } else { silent_ticks + 1 };
                         if silent_ticks >= 4 && closing.is_none() {
                             tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {heartbeat}s");
                             break;
@@ -337,6 +358,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                 .store(channels.len(), std::sync::atomic::Ordering::Relaxed);
             if alarm.any() && s.published && !blocked && closing.is_none() {
                 blocked = true;
+                self.state.set(ConnState::BLOCKED);
                 tracing::warn!(peer = %self.peer, "connection blocked: {}", alarm.reason());
                 if s.caps.connection_blocked {
                     s.send(
@@ -350,6 +372,11 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                 }
             } else if !alarm.any() && blocked {
                 blocked = false;
+                self.state.set(if throttled.is_empty() {
+                    ConnState::RUNNING
+                } else {
+                    ConnState::FLOW
+                });
                 tracing::info!(peer = %self.peer, "connection unblocked");
                 if s.caps.connection_blocked {
                     s.send(
@@ -364,6 +391,17 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             // confirms, then all frames to the writer in one piece.
             let published = !s.publishes.is_empty();
             s.publishes.flush();
+            if !s.publishes.throttled.is_empty() {
+                // Only queues actually over the mark are kept; flow ends when all drained.
+                if throttled.is_empty() && !blocked && closing.is_none() {
+                    self.state.set(ConnState::FLOW);
+                    tracing::debug!(peer = %self.peer, "connection in flow: a queue it publishes to is behind");
+                }
+                throttled.append(&mut s.publishes.throttled);
+                if closing.is_some() {
+                    throttled.clear();
+                }
+            }
             for n in std::mem::take(&mut s.confirms_due) {
                 if let Some(ch) = channels.get_mut(&n) {
                     ch.flush_confirms(&mut s);

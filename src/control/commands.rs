@@ -64,7 +64,21 @@ async fn run(broker: &Broker, req: &Request) -> Result {
     };
     match req.command.as_str() {
         "status" | "await_startup" | "ping" => Ok(status(broker)),
-        "diagnostics" | "doctor" => Ok(super::diagnostics::run(broker).await),
+        "diagnostics" | "doctor" => {
+            let secs = match req.flags.get("interval") {
+                None => super::diagnostics::DEFAULT_INTERVAL_SECS,
+                Some(v) => match v.parse::<f64>() {
+                    Ok(s) if s.is_finite() && (0.0..=3600.0).contains(&s) => s,
+                    _ => {
+                        return Err(Response::error(
+                            EX_USAGE,
+                            format!("--interval expects seconds (0 to 3600), got '{v}'"),
+                        ))
+                    }
+                },
+            };
+            Ok(super::diagnostics::run(broker, std::time::Duration::from_secs_f64(secs)).await)
+        }
         "add_user" => {
             access
                 .add_user(arg(req, 0)?, Some(arg(req, 1)?))
@@ -536,7 +550,7 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                             "peer_host" => json!(c.peer.ip().to_string()),
                             "peer_port" => json!(c.peer.port()),
                             "channels" => json!(c.channels.load(Ordering::Relaxed)),
-                            "state" => json!("running"),
+                            "state" => json!(c.state.name()),
                             "protocol" => json!("AMQP 0-9-1"),
                             "ssl" => json!(c.tls.is_some()),
                             "ssl_protocol" => json!(c.tls.as_ref().map(|t| t.protocol)),
@@ -712,6 +726,7 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
         "state",
         "policy",
         "operator_policy",
+        "mailbox_messages",
     ];
     let columns = columns(req, &all, &["name", "messages"])?;
     let mut queues = v.queues();
@@ -721,6 +736,8 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
         let quorum = crate::policy::is_quorum(&q.arguments);
         let [policy, operator_policy] =
             v.policy_names(&q.name, crate::policy::Target::Queue { quorum });
+        // Read before asking: the question waits behind whatever is in the mailbox.
+        let mailbox = q.inflow.queued();
         let stats = q
             .ask(|reply| QueueCmd::Stats { reply })
             .await
@@ -748,6 +765,9 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
                     "type" => json!(if quorum { "quorum" } else { "classic" }),
                     "policy" => json!(policy.as_deref().unwrap_or("")),
                     "operator_policy" => json!(operator_policy.as_deref().unwrap_or("")),
+                    // warren's own: messages sent to the queue it has not taken yet
+                    // (bounded by flow control, see queue/flow.rs).
+                    "mailbox_messages" => json!(mailbox),
                     _ => json!("running"),
                 })
                 .collect(),

@@ -2,6 +2,11 @@
 //! finding with what to do. It reads what the broker already keeps for readers (listener
 //! addresses, alarm state, queue gauges, channel counts), so running it on a busy broker
 //! costs nothing but the listing.
+//!
+//! Growing backlogs are a trend, not a threshold: the queues' ready counts are sampled
+//! twice, `--interval` seconds apart (default 3; 0 skips the trend), and every queue whose
+//! count grew is reported with its rate. A deep but shrinking backlog is fine; a small one
+//! growing steadily is what fills a disk overnight.
 
 use serde_json::json;
 
@@ -12,12 +17,29 @@ use crate::broker::Broker;
 /// per operation and never close it leak them; RabbitMQ users meet this as thousands of
 /// channels on one connection).
 const MANY_CHANNELS: usize = 100;
-/// Ready messages beyond which a queue with consumers is reported as a deep backlog.
-const DEEP_BACKLOG: u32 = 100_000;
+/// The trend's default sampling interval, seconds (`--interval`).
+pub const DEFAULT_INTERVAL_SECS: f64 = 3.0;
 /// How long a listener may take to accept a test connection from this host.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn run(broker: &Broker) -> Response {
+/// Every queue's ready count now, by queue id: (vhost, name, ready).
+fn ready_counts(broker: &Broker) -> std::collections::HashMap<u64, (String, String, u32)> {
+    let mut out = std::collections::HashMap::new();
+    for (vhost, _) in broker.vhosts() {
+        for q in vhost.queues() {
+            let ready = q.gauges.ready.load(std::sync::atomic::Ordering::Relaxed);
+            out.insert(q.id, (q.vhost.to_string(), q.name.to_string(), ready));
+        }
+    }
+    out
+}
+
+/// Run the checks; `interval` is how long the backlog trend samples (zero: no trend).
+pub async fn run(broker: &Broker, interval: std::time::Duration) -> Response {
+    let before = (!interval.is_zero()).then(|| ready_counts(broker));
+    if before.is_some() {
+        tokio::time::sleep(interval).await;
+    }
     let mut rows = Vec::new();
     let mut add = |check: &str, status: &str, detail: String, advice: &str| {
         rows.push(vec![
@@ -91,17 +113,32 @@ pub async fn run(broker: &Broker) -> Response {
                     ),
                     "start its consumer, or bound it (x-expires, x-max-length, a policy), or delete it",
                 );
-            } else if ready > DEEP_BACKLOG {
-                add(
-                    "queue",
-                    "warning",
-                    format!(
-                        "queue '{}' in vhost '{}' has a backlog of {ready} ready messages ({consumers} consumers)",
-                        q.name, q.vhost
-                    ),
-                    "add consumers or raise their prefetch; warren keeps the backlog on disk",
-                );
             }
+        }
+    }
+
+    // Growing backlogs: queues whose ready count rose over the interval, consumed or not
+    // (a zombie queue that grows is both: forgotten, and filling up).
+    if let Some(before) = before {
+        let secs = interval.as_secs_f64();
+        let mut grown: Vec<_> = ready_counts(broker)
+            .into_iter()
+            .filter_map(|(id, (vhost, name, now))| {
+                let (_, _, then) = before.get(&id)?;
+                (now > *then).then_some((vhost, name, *then, now))
+            })
+            .collect();
+        grown.sort();
+        for (vhost, name, then, now) in grown {
+            let rate = f64::from(now - then) / secs;
+            add(
+                "backlog",
+                "warning",
+                format!(
+                    "queue '{name}' in vhost '{vhost}' is growing: {then} -> {now} ready messages in {secs}s ({rate:.1}/s)"
+                ),
+                "its consumers do not keep up: add consumers, raise their prefetch, or find what slows them",
+            );
         }
     }
 

@@ -66,7 +66,7 @@ fn conn_json(api: &Api, c: &ConnectionEntry) -> Value {
         "port": port.parse::<u16>().unwrap_or(0),
         "channels": c.channels.load(std::sync::atomic::Ordering::Relaxed),
         "connected_at": connected_at,
-        "state": "running",
+        "state": c.state.name(),
         "type": "network",
         "protocol": "AMQP 0-9-1",
         "ssl": false,

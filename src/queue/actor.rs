@@ -77,6 +77,8 @@ pub(super) struct QueueActor {
     page_retry: Option<Instant>,
     /// Shared with the handle: where this actor publishes its counts.
     gauges: Arc<crate::metrics::QueueGauges>,
+    /// The mailbox's flow count, shared with the handle (see `flow.rs`).
+    inflow: Arc<super::flow::Inflow>,
 }
 
 /// How soon a quiet queue comes back for messages still waiting to be paged out.
@@ -135,6 +137,7 @@ impl QueueActor {
             had_consumer: false,
             deleted: false,
             gauges: handle.gauges.clone(),
+            inflow: handle.inflow.clone(),
             store,
             timeout_scan: None,
             page_retry: None,
@@ -199,6 +202,8 @@ impl QueueActor {
             }
         }
         self.flush_store();
+        rx.close();
+        self.inflow.close();
         tracing::debug!(queue = %self.name, "queue actor stopped");
     }
 
@@ -214,6 +219,10 @@ impl QueueActor {
     }
 
     fn handle(&mut self, cmd: QueueCmd) {
+        let taken = super::publish_count(&cmd);
+        if taken > 0 {
+            self.inflow.taken(taken);
+        }
         if self.deleted {
             // Late commands to a deleted queue: answer the ones that wait for a reply.
             match cmd {

@@ -51,6 +51,8 @@ pub struct QueueArgs {
     /// What a consumer timeout does: requeue the delivery (warren's default) or close
     /// the channel (RabbitMQ's behaviour; `amqp.consumer_timeout_action`).
     pub timeout_closes_channel: bool,
+    /// The mailbox marks of back-pressure (`amqp.flow_*_messages`; see `flow.rs`).
+    pub flow: super::flow::FlowMarks,
 }
 
 impl QueueArgs {
@@ -84,6 +86,7 @@ impl QueueArgs {
             delivery_limit: int("x-delivery-limit"),
             consumer_timeout: int("x-consumer-timeout").filter(|&v| v > 0),
             timeout_closes_channel: false,
+            flow: Default::default(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! (validation and parsing of x-arguments), `ready` (the ready list, with priority
 //! levels), `admission` (reject-publish), `dead_letter` (x-death and republishing),
 //! `dispatch` (consumer priorities, single active consumer), `quorum` (delivery count and
-//! limit);
+//! limit), `flow` (the mailbox count behind publishers' back-pressure);
 //! TTL and x-expires are timers in the actor.
 
 mod actor;
@@ -16,6 +16,7 @@ pub mod args;
 pub mod consumer;
 pub mod dead_letter;
 mod dispatch;
+pub mod flow;
 mod quorum;
 mod ready;
 mod stored;
@@ -167,6 +168,9 @@ pub struct QueueHandle {
     urgent: mpsc::UnboundedSender<QueueCmd>,
     /// Counts for monitoring, kept current by the actor.
     pub gauges: Arc<crate::metrics::QueueGauges>,
+    /// Messages in the mailbox not yet taken by the actor: publishers' back-pressure
+    /// (see `flow.rs`).
+    pub inflow: Arc<flow::Inflow>,
 }
 
 /// A queue actor's mailbox: two lanes. Settlements (acks, nacks, rejects) and credit
@@ -192,11 +196,26 @@ impl Inbox {
         }
     }
 
+    /// Refuse further commands (the actor is stopping).
+    pub(crate) fn close(&mut self) {
+        self.urgent.close();
+        self.main.close();
+    }
+
     pub(crate) fn try_recv(&mut self) -> Option<QueueCmd> {
         self.urgent
             .try_recv()
             .ok()
             .or_else(|| self.main.try_recv().ok())
+    }
+}
+
+/// How many messages a command puts in the mailbox's flow count.
+pub(crate) fn publish_count(cmd: &QueueCmd) -> u64 {
+    match cmd {
+        QueueCmd::Publish(_) => 1,
+        QueueCmd::PublishBatch(ms) => ms.len() as u64,
+        _ => 0,
     }
 }
 
@@ -244,6 +263,7 @@ impl QueueHandle {
             tx,
             urgent: urgent_tx,
             gauges: Arc::default(),
+            inflow: Arc::new(flow::Inflow::new(args.flow)),
         });
         // Every queue of a broker with a store can page out; durable ones also journal.
         let store = vhost
@@ -263,8 +283,16 @@ impl QueueHandle {
     pub fn send(&self, cmd: QueueCmd) -> bool {
         match cmd {
             QueueCmd::Settle { .. } | QueueCmd::Kick => self.urgent.send(cmd).is_ok(),
+            QueueCmd::Publish(_) | QueueCmd::PublishBatch(_) => self.publish(cmd).0,
             _ => self.tx.send(cmd).is_ok(),
         }
+    }
+
+    /// Send a Publish or PublishBatch, counting it in the mailbox (one atomic add per
+    /// batch): (sent, the mailbox is now above the flow high mark).
+    pub fn publish(&self, cmd: QueueCmd) -> (bool, bool) {
+        let over = self.inflow.sent(publish_count(&cmd));
+        (self.tx.send(cmd).is_ok(), over)
     }
 
     /// Ask the queue something and wait for the answer; `None` if it was deleted.

@@ -19,6 +19,8 @@ pub struct QueueDefaults {
     pub consumer_timeout: Option<u64>,
     /// `amqp.consumer_timeout_action = "close_channel"`: RabbitMQ's behaviour.
     pub timeout_closes_channel: bool,
+    /// `amqp.flow_high_messages` / `amqp.flow_low_messages` (see `queue/flow.rs`).
+    pub flow: crate::queue::flow::FlowMarks,
 }
 
 impl Vhost {
@@ -47,6 +49,7 @@ impl Vhost {
             args.consumer_timeout = defaults.consumer_timeout;
         }
         args.timeout_closes_channel = defaults.timeout_closes_channel;
+        args.flow = defaults.flow;
         args
     }
 
