@@ -7,7 +7,7 @@
 //! (validation and parsing of x-arguments), `ready` (the ready list, with priority
 //! levels), `admission` (reject-publish), `dead_letter` (x-death and republishing),
 //! `dispatch` (consumer priorities, single active consumer), `quorum` (delivery count and
-//! limit);
+//! limit), `footprint` (the memory estimate shown for a queue);
 //! TTL and x-expires are timers in the actor.
 
 mod actor;
@@ -16,6 +16,7 @@ pub mod args;
 pub mod consumer;
 pub mod dead_letter;
 mod dispatch;
+pub mod footprint;
 mod quorum;
 mod ready;
 mod stored;
