@@ -339,9 +339,10 @@ async fn parameters_list_vhost_limits_and_operator_policies_and_global_parameter
     let limits = json!({"vhost": "/", "component": "vhost-limits", "name": "limits", "value": {"max-connections": 100}});
     let op = json!({"vhost": "/", "component": "operator_policy", "name": "cap",
         "value": {"pattern": "^cap", "definition": {"max-length": 5}, "priority": 1, "apply-to": "queues"}});
+    // Sorted by name, as RabbitMQ sorts its listings.
     assert_eq!(
         get_json(&addr, "/api/parameters").await,
-        json!([limits, op])
+        json!([op, limits])
     );
     assert_eq!(
         get_json(&addr, "/api/parameters/vhost-limits").await,
