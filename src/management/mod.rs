@@ -5,7 +5,8 @@
 //! Split by REST resource, one file per URL family, like LavinMQ's http/controller/:
 //! [`overview`] (overview, whoami, nodes, health checks), [`vhosts`], [`queues`],
 //! [`exchanges`], [`bindings`], [`users`] (users and permissions), [`limits`] (topic
-//! permissions, vhost and user limits), [`policies`],
+//! permissions, vhost and user limits), [`policies`], [`parameters`] (runtime and
+//! global parameters, extensions),
 //! [`connections`] and [`definitions`]. This file owns what they share: the router,
 //! HTTP basic authentication with RabbitMQ's tag rules ([`Caller`]), the error bodies
 //! ([`ApiError`]) and list pagination ([`list`]).
@@ -22,9 +23,11 @@ mod limits;
 mod list;
 mod message;
 mod overview;
+mod parameters;
 mod policies;
 mod queues;
 mod rates;
+mod server;
 mod users;
 mod vhosts;
 
@@ -58,6 +61,8 @@ pub struct Api {
     pub started: std::time::Instant,
     /// Message rates over the last sampling interval, for /api/overview.
     pub rates: Arc<rates::Rates>,
+    /// Each queue's rates over the last sampling interval, for /api/queues.
+    pub queue_rates: Arc<rates::QueueRates>,
 }
 
 /// The realm RabbitMQ's management plugin announces.
@@ -71,7 +76,6 @@ pub async fn serve(
     https: Option<(TcpListener, Arc<Tls>)>,
     amqp_addr: String,
 ) {
-    let mut shutdown = broker.shutdown_signal();
     let port = plain
         .as_ref()
         .or(https.as_ref().map(|h| &h.0))
@@ -83,6 +87,7 @@ pub async fn serve(
         management_port: port,
         started: std::time::Instant::now(),
         rates: Arc::default(),
+        queue_rates: Arc::default(),
     };
     let sampled = api.clone();
     tokio::spawn(api.rates.clone().run(
@@ -90,59 +95,22 @@ pub async fn serve(
         move || overview::message_stats(&sampled),
         api.broker.shutdown_signal(),
     ));
+    tokio::spawn(
+        api.queue_rates
+            .clone()
+            .run(api.broker.clone(), rates::INTERVAL),
+    );
     let app = router(api.clone());
     if let Some((listener, tls)) = https {
-        tokio::spawn(serve_tls(
+        tokio::spawn(server::serve(
             app.clone(),
             listener,
-            tls,
+            Some(tls),
             api.broker.shutdown_signal(),
         ));
     }
-    let Some(listener) = plain else { return };
-    let stop = async move {
-        // wait_for, not changed(): a shutdown before this task first ran must count.
-        let _ = shutdown.wait_for(|&down| down).await;
-    };
-    if let Err(e) = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop)
-    .await
-    {
-        tracing::error!(error = %e, "management API stopped");
-    }
-}
-
-/// The API over HTTPS: each accepted connection does its TLS handshake in its own task
-/// (a failure is logged by [`Tls::accept`]), then hyper serves the same router.
-async fn serve_tls(
-    app: Router,
-    listener: TcpListener,
-    tls: Arc<Tls>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else { continue };
-                let (app, tls) = (app.clone(), tls.clone());
-                tokio::spawn(async move {
-                    let Some((stream, _)) = tls.accept(tcp, peer).await else { return };
-                    // Handlers see the peer (loopback-only users) as over plain HTTP.
-                    let app = app.layer(axum::Extension(ConnectInfo(peer)));
-                    let service = hyper_util::service::TowerToHyperService::new(app);
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await
-                    {
-                        tracing::debug!(%peer, error = %e, "management HTTPS connection ended");
-                    }
-                });
-            }
-            _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
-        }
+    if let Some(listener) = plain {
+        server::serve(app, listener, None, api.broker.shutdown_signal()).await;
     }
 }
 
@@ -156,6 +124,7 @@ fn router(api: Api) -> Router {
         .merge(users::routes())
         .merge(limits::routes())
         .merge(policies::routes())
+        .merge(parameters::routes())
         .merge(connections::routes())
         .merge(definitions::routes())
         .fallback(|| async { ApiError::not_found() })

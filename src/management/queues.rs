@@ -2,7 +2,9 @@
 //! if-empty), purge (DELETE .../contents) and get messages (POST .../get).
 //!
 //! Counts come from each queue's gauge atomics ([`crate::metrics::QueueGauges`]), so
-//! listing thousands of queues never waits on (or wakes) their actors.
+//! listing thousands of queues never waits on (or wakes) their actors; rates come from
+//! the management's sampler ([`super::rates::QueueRates`]), and `memory` is the estimate
+//! of [`crate::queue::footprint`].
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -18,6 +20,7 @@ use serde_json::{json, Value};
 
 use super::list::reply_list;
 use super::message::{payload_json, properties_json};
+use super::rates::{details, QUEUE_KEYS};
 use super::{
     body_json, created_or_updated, json_bool, node_name, reply, vhost_of, Api, ApiError, ApiResult,
     Caller,
@@ -25,6 +28,7 @@ use super::{
 use crate::access::Perm;
 use crate::definitions::{json_to_table, table_to_json};
 use crate::error::AmqpError;
+use crate::metrics::QueueCounts;
 use crate::policy::Target;
 use crate::queue::{QueueCmd, QueueHandle, Settle};
 use crate::vhost::{check_exclusive, QueueDecl, Vhost};
@@ -41,16 +45,24 @@ pub fn routes() -> Router<Api> {
         .route("/api/queues/:vhost/:name/get", post(get_messages))
 }
 
-pub fn queue_json(v: &Vhost, q: &QueueHandle) -> Value {
+pub fn queue_json(api: &Api, v: &Vhost, q: &QueueHandle) -> Value {
     let g = &q.gauges;
     let (ready, unacked) = (g.ready.load(Relaxed) as u64, g.unacked.load(Relaxed) as u64);
+    let paged = (g.paged_out.load(Relaxed) as u64).min(ready);
+    let (ready_bytes, unacked_bytes) = (g.ready_bytes.load(Relaxed), g.unacked_bytes.load(Relaxed));
+    let paged_bytes = g.paged_out_bytes.load(Relaxed).min(ready_bytes);
+    let rates = api.queue_rates.of(q.id);
+    let rate = |key: &str| {
+        let i = QUEUE_KEYS.iter().position(|k| *k == key).unwrap_or(0);
+        details(rates[i])
+    };
     let [policy, operator_policy] = v.policy_names(
         &q.name,
         Target::Queue {
             quorum: crate::policy::is_quorum(&q.arguments),
         },
     );
-    json!({
+    let mut out = json!({
         "name": &*q.name,
         "vhost": &*q.vhost,
         "durable": q.durable,
@@ -65,16 +77,57 @@ pub fn queue_json(v: &Vhost, q: &QueueHandle) -> Value {
         "messages": ready + unacked,
         "messages_ready": ready,
         "messages_unacknowledged": unacked,
-        "messages_paged_out": g.paged_out.load(Relaxed),
-        "message_bytes_ready": g.ready_bytes.load(Relaxed),
+        "messages_details": rate("messages"),
+        "messages_ready_details": rate("messages_ready"),
+        "messages_unacknowledged_details": rate("messages_unacknowledged"),
+        "messages_paged_out": paged,
+        "messages_ram": ready - paged + unacked,
+        "messages_ready_ram": ready - paged,
+        "messages_unacknowledged_ram": unacked,
+        "message_bytes": ready_bytes + unacked_bytes,
+        "message_bytes_ready": ready_bytes,
+        "message_bytes_unacknowledged": unacked_bytes,
+        "message_bytes_paged_out": paged_bytes,
+        "message_bytes_ram": ready_bytes - paged_bytes + unacked_bytes,
+        "memory": crate::queue::footprint::memory(g),
         "consumers": g.consumers.load(Relaxed),
-    })
+    });
+    if let Some(stats) = message_stats(&g.counts.load(), &rates) {
+        out["message_stats"] = stats;
+    }
+    out
+}
+
+/// A queue's message_stats as RabbitMQ shows them (rabbit_mgmt_db:queue_stats): the
+/// `publish` group once something was published to it, the delivery group (get,
+/// get_no_ack, deliver, deliver_no_ack, redeliver, ack, deliver_get, get_empty) once
+/// something was delivered, fetched or asked for; no `message_stats` at all for a
+/// queue without such traffic.
+fn message_stats(c: &QueueCounts, rates: &[f64; QUEUE_KEYS.len()]) -> Option<Value> {
+    let mut m = serde_json::Map::new();
+    let mut put = |key: &str, value: u64| {
+        let i = QUEUE_KEYS.iter().position(|k| *k == key).unwrap_or(0);
+        m.insert(key.to_owned(), Value::from(value));
+        m.insert(format!("{key}_details"), details(rates[i]));
+    };
+    if c.publish > 0 {
+        put("publish", c.publish);
+    }
+    if c.deliver_get() + c.get_empty + c.ack + c.redeliver > 0 {
+        for (key, value) in c.fields() {
+            if key != "publish" {
+                put(key, value);
+            }
+        }
+        put("deliver_get", c.deliver_get());
+    }
+    (!m.is_empty()).then_some(Value::Object(m))
 }
 
 fn queues_of(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     let mut items = Vec::new();
     for v in super::visible_vhosts(api, caller, vhost) {
-        items.extend(v.queues().iter().map(|q| queue_json(&v, q)));
+        items.extend(v.queues().iter().map(|q| queue_json(api, &v, q)));
     }
     items
 }
@@ -117,7 +170,7 @@ async fn one(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let (v, q) = find(&api, &caller, &vhost, &name)?;
-    Ok(reply(queue_json(&v, &q)))
+    Ok(reply(queue_json(&api, &v, &q)))
 }
 
 /// queue.declare with the body's properties, checked as a channel would

@@ -86,15 +86,102 @@ pub struct QueueGauges {
     pub paged_out: AtomicU32,
     /// Bytes of the ready messages' bodies.
     pub ready_bytes: AtomicU64,
+    /// Bytes of the ready messages' bodies that are only on disk.
+    pub paged_out_bytes: AtomicU64,
+    /// Bytes of the unacknowledged messages' bodies.
+    pub unacked_bytes: AtomicU64,
+    /// What the queue has done since it was created (message_stats).
+    pub counts: QueueCounters,
+}
+
+/// A queue's sizes at the end of a burst, as its actor hands them to [`QueueGauges::set`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct QueueSizes {
+    pub ready: usize,
+    pub unacked: usize,
+    pub consumers: usize,
+    pub paged_out: usize,
+    pub ready_bytes: u64,
+    pub paged_out_bytes: u64,
+    pub unacked_bytes: u64,
 }
 
 impl QueueGauges {
-    pub fn set(&self, ready: usize, unacked: usize, consumers: usize, paged: usize, bytes: u64) {
-        self.ready.store(ready as u32, Relaxed);
-        self.unacked.store(unacked as u32, Relaxed);
-        self.consumers.store(consumers as u32, Relaxed);
-        self.paged_out.store(paged as u32, Relaxed);
-        self.ready_bytes.store(bytes, Relaxed);
+    pub fn set(&self, s: QueueSizes) {
+        self.ready.store(s.ready as u32, Relaxed);
+        self.unacked.store(s.unacked as u32, Relaxed);
+        self.consumers.store(s.consumers as u32, Relaxed);
+        self.paged_out.store(s.paged_out as u32, Relaxed);
+        self.ready_bytes.store(s.ready_bytes, Relaxed);
+        self.paged_out_bytes.store(s.paged_out_bytes, Relaxed);
+        self.unacked_bytes.store(s.unacked_bytes, Relaxed);
+    }
+}
+
+/// Declares a queue's message counters once: the plain [`QueueCounts`] its actor
+/// increments, the atomic [`QueueCounters`] it publishes them into once per burst, and
+/// the list readers walk. Names are RabbitMQ's queue `message_stats` keys.
+macro_rules! queue_counters {
+    ($($field:ident,)*) => {
+        /// A queue's message counts since it was created, kept by its actor in plain
+        /// integers (no atomic on the per-message path).
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct QueueCounts {
+            $(pub $field: u64,)*
+        }
+
+        /// [`QueueCounts`] as readers see them: stored (not added: the actor is the only
+        /// writer) after each burst.
+        #[derive(Debug, Default)]
+        pub struct QueueCounters {
+            $(pub $field: AtomicU64,)*
+        }
+
+        impl QueueCounters {
+            pub fn store(&self, c: &QueueCounts) {
+                $(self.$field.store(c.$field, Relaxed);)*
+            }
+
+            pub fn load(&self) -> QueueCounts {
+                QueueCounts { $($field: self.$field.load(Relaxed),)* }
+            }
+        }
+
+        impl QueueCounts {
+            /// (message_stats key, count) for each counter.
+            pub fn fields(&self) -> [(&'static str, u64); [$(stringify!($field),)*].len()] {
+                [$((stringify!($field), self.$field),)*]
+            }
+        }
+    };
+}
+
+queue_counters! {
+    publish,
+    deliver,
+    deliver_no_ack,
+    get,
+    get_no_ack,
+    get_empty,
+    redeliver,
+    ack,
+}
+
+impl QueueCounts {
+    /// RabbitMQ's `deliver_get`: every delivery, by consume or get, with or without ack.
+    pub fn deliver_get(&self) -> u64 {
+        self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
+    }
+
+    /// A message handed out: by basic.consume or basic.get, with or without acks.
+    pub fn delivery(&mut self, by_get: bool, no_ack: bool, redelivered: bool) {
+        self.redeliver += redelivered as u64;
+        *match (by_get, no_ack) {
+            (false, false) => &mut self.deliver,
+            (false, true) => &mut self.deliver_no_ack,
+            (true, false) => &mut self.get,
+            (true, true) => &mut self.get_no_ack,
+        } += 1;
     }
 }
 

@@ -54,41 +54,146 @@ fn escape_into(out: &mut String, v: &str) {
     }
 }
 
-/// Per-queue series: (metric, help, value of a queue's gauges).
+/// Per-queue series: (metric, type, help, value of a queue's gauges). Names, types and
+/// help texts are rabbitmq_prometheus's (queue_coarse_metrics, queue_metrics,
+/// queue_delivery_metrics).
 type QueueSeries = (
+    &'static str,
     &'static str,
     &'static str,
     fn(&crate::metrics::QueueGauges) -> u64,
 );
 
+const GAUGE: &str = "gauge";
+const COUNTER: &str = "counter";
+
+fn ram(g: &crate::metrics::QueueGauges) -> u64 {
+    (g.ready.load(Relaxed) as u64).saturating_sub(g.paged_out.load(Relaxed) as u64)
+}
+
+fn ram_bytes(g: &crate::metrics::QueueGauges) -> u64 {
+    g.ready_bytes
+        .load(Relaxed)
+        .saturating_sub(g.paged_out_bytes.load(Relaxed))
+}
+
 const QUEUE_SERIES: &[QueueSeries] = &[
     (
         "rabbitmq_queue_messages_ready",
+        GAUGE,
         "Messages ready to be delivered to consumers",
         |g| g.ready.load(Relaxed) as u64,
     ),
     (
         "rabbitmq_queue_messages_unacked",
+        GAUGE,
         "Messages delivered to consumers but not yet acknowledged",
         |g| g.unacked.load(Relaxed) as u64,
     ),
     (
         "rabbitmq_queue_messages",
+        GAUGE,
         "Sum of ready and unacknowledged messages - total queue depth",
         |g| (g.ready.load(Relaxed) + g.unacked.load(Relaxed)) as u64,
     ),
-    ("rabbitmq_queue_consumers", "Consumers on a queue", |g| {
+    ("rabbitmq_queue_consumers", GAUGE, "Consumers on a queue", |g| {
         g.consumers.load(Relaxed) as u64
     }),
     (
+        "rabbitmq_queue_process_memory_bytes",
+        GAUGE,
+        "Memory in bytes used by the Erlang queue process",
+        crate::queue::footprint::memory,
+    ),
+    (
+        "rabbitmq_queue_messages_ram",
+        GAUGE,
+        "Ready and unacknowledged messages stored in memory",
+        |g| ram(g) + g.unacked.load(Relaxed) as u64,
+    ),
+    (
+        "rabbitmq_queue_messages_ram_bytes",
+        GAUGE,
+        "Size of ready and unacknowledged messages stored in memory",
+        |g| ram_bytes(g) + g.unacked_bytes.load(Relaxed),
+    ),
+    (
+        "rabbitmq_queue_messages_ready_ram",
+        GAUGE,
+        "Ready messages stored in memory",
+        ram,
+    ),
+    (
+        "rabbitmq_queue_messages_unacked_ram",
+        GAUGE,
+        "Unacknowledged messages stored in memory",
+        |g| g.unacked.load(Relaxed) as u64,
+    ),
+    (
+        "rabbitmq_queue_messages_bytes",
+        GAUGE,
+        "Size in bytes of ready and unacknowledged messages",
+        |g| g.ready_bytes.load(Relaxed) + g.unacked_bytes.load(Relaxed),
+    ),
+    (
         "rabbitmq_queue_messages_ready_bytes",
+        GAUGE,
         "Size in bytes of ready messages",
         |g| g.ready_bytes.load(Relaxed),
     ),
     (
+        "rabbitmq_queue_messages_unacked_bytes",
+        GAUGE,
+        "Size in bytes of all unacknowledged messages",
+        |g| g.unacked_bytes.load(Relaxed),
+    ),
+    (
         "rabbitmq_queue_messages_paged_out",
+        GAUGE,
         "Messages paged out to disk",
         |g| g.paged_out.load(Relaxed) as u64,
+    ),
+    (
+        "rabbitmq_queue_get_ack_total",
+        COUNTER,
+        "Total number of messages fetched from a queue with basic.get in manual acknowledgement mode",
+        |g| g.counts.get.load(Relaxed),
+    ),
+    (
+        "rabbitmq_queue_get_total",
+        COUNTER,
+        "Total number of messages fetched from a queue with basic.get in automatic acknowledgement mode",
+        |g| g.counts.get_no_ack.load(Relaxed),
+    ),
+    (
+        "rabbitmq_queue_messages_delivered_ack_total",
+        COUNTER,
+        "Total number of messages delivered from a queue to consumers in manual acknowledgement mode",
+        |g| g.counts.deliver.load(Relaxed),
+    ),
+    (
+        "rabbitmq_queue_messages_delivered_total",
+        COUNTER,
+        "Total number of messages delivered from a queue to consumers in automatic acknowledgement mode",
+        |g| g.counts.deliver_no_ack.load(Relaxed),
+    ),
+    (
+        "rabbitmq_queue_messages_redelivered_total",
+        COUNTER,
+        "Total number of messages redelivered from a queue to consumers",
+        |g| g.counts.redeliver.load(Relaxed),
+    ),
+    (
+        "rabbitmq_queue_messages_acked_total",
+        COUNTER,
+        "Total number of messages acknowledged by consumers on a queue",
+        |g| g.counts.ack.load(Relaxed),
+    ),
+    (
+        "rabbitmq_queue_get_empty_total",
+        COUNTER,
+        "Total number of times basic.get operations fetched no message on a queue",
+        |g| g.counts.get_empty.load(Relaxed),
     ),
 ];
 
@@ -156,8 +261,8 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         "Consumers currently connected",
         consumers,
     );
-    for (name, help, value) in QUEUE_SERIES {
-        out.family(name, "gauge", help);
+    for (name, kind, help, value) in QUEUE_SERIES {
+        out.family(name, kind, help);
         if per_object {
             for q in &queues {
                 out.sample(

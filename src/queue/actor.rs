@@ -24,6 +24,7 @@ use super::{
 };
 use crate::error::AmqpError;
 use crate::message::Message;
+use crate::metrics::{QueueCounts, QueueSizes};
 use crate::protocol::properties;
 use crate::store::Recovered;
 use crate::util::IdHash;
@@ -44,6 +45,10 @@ struct Unacked {
     /// When the consumer timeout fires for it (None: no timeout).
     timeout_at: Option<Instant>,
 }
+
+/// For the memory estimate (`footprint.rs`): an unacked map entry, and the actor.
+pub(super) const UNACKED_ENTRY_BYTES: usize = std::mem::size_of::<(u64, Unacked)>();
+pub(super) const ACTOR_BYTES: usize = std::mem::size_of::<QueueActor>();
 
 pub(super) struct QueueActor {
     handle: Weak<QueueHandle>,
@@ -79,6 +84,11 @@ pub(super) struct QueueActor {
     gauges: Arc<crate::metrics::QueueGauges>,
     /// The mailbox's flow count, shared with the handle (see `flow.rs`).
     inflow: Arc<super::flow::Inflow>,
+    /// message_stats since the queue was created: plain integers bumped per message,
+    /// published into `gauges.counts` once per burst (no atomic per message).
+    counts: QueueCounts,
+    /// Bytes of the unacked messages' bodies (message_bytes_unacknowledged).
+    unacked_bytes: u64,
 }
 
 /// How soon a quiet queue comes back for messages still waiting to be paged out.
@@ -138,6 +148,8 @@ impl QueueActor {
             deleted: false,
             gauges: handle.gauges.clone(),
             inflow: handle.inflow.clone(),
+            counts: QueueCounts::default(),
+            unacked_bytes: 0,
             store,
             timeout_scan: None,
             page_retry: None,
@@ -292,6 +304,7 @@ impl QueueActor {
                 self.touch();
                 let mut expired = Vec::new();
                 let got = self.ready.pop_live(self.now(), &mut expired).map(|e| {
+                    self.counts.delivery(true, no_ack, e.redelivered);
                     if let (Some(id), false) = (
                         e.stored.as_ref().and_then(|s| s.durable_id()),
                         e.redelivered,
@@ -308,6 +321,7 @@ impl QueueActor {
                         // basic.get deliveries have no consumer to time out (and no
                         // connection to tell): only consumers' deliveries do.
                         let timeout_at = None;
+                        self.unacked_bytes += e.message.body.len() as u64;
                         self.unacked.insert(
                             e.id,
                             Unacked {
@@ -320,6 +334,7 @@ impl QueueActor {
                     }
                     got
                 });
+                self.counts.get_empty += got.is_none() as u64;
                 let _ = reply.send(got);
                 self.dead_letter(expired, Reason::Expired);
             }
@@ -508,13 +523,16 @@ impl QueueActor {
 
     /// Make this burst's outcome visible to scrapes (see `metrics`).
     fn publish_gauges(&self) {
-        self.gauges.set(
-            self.ready.len(),
-            self.unacked.len(),
-            self.consumers.len(),
-            self.ready.paged(),
-            self.ready.bytes(),
-        );
+        self.gauges.set(QueueSizes {
+            ready: self.ready.len(),
+            unacked: self.unacked.len(),
+            consumers: self.consumers.len(),
+            paged_out: self.ready.paged(),
+            ready_bytes: self.ready.bytes(),
+            paged_out_bytes: self.ready.paged_bytes(),
+            unacked_bytes: self.unacked_bytes,
+        });
+        self.gauges.counts.store(&self.counts);
     }
 
     /// Report to the store what this queue let go of (see `stored.rs`).
@@ -564,6 +582,7 @@ impl QueueActor {
     }
 
     fn enqueue(&mut self, message: Arc<Message>) {
+        self.counts.publish += 1;
         let id = self.next_id;
         self.next_id += 1;
         let ttl = self.ttl_of(&message);
@@ -674,6 +693,7 @@ impl QueueActor {
             let Some(u) = self.unacked.remove(&id) else {
                 continue;
             };
+            self.unacked_bytes -= u.entry.message.body.len() as u64;
             if let Some(cuid) = u.consumer_uid {
                 if let Some(c) = self.consumers.by_uid(cuid) {
                     c.in_flight = c.in_flight.saturating_sub(1);
@@ -688,7 +708,7 @@ impl QueueActor {
                     Err(e) => limit_exceeded.push(e),
                 },
                 Settle::Discard => dead.push(u.entry),
-                Settle::Ack => {}
+                Settle::Ack => self.counts.ack += 1,
             }
         }
         self.dead_letter(dead, Reason::Rejected);
@@ -729,6 +749,7 @@ impl QueueActor {
         }
         self.ready.drain();
         self.unacked.clear();
+        self.unacked_bytes = 0;
         self.timeout_scan = None;
         self.deleted = true;
     }
@@ -762,6 +783,7 @@ impl QueueActor {
                 first_deliveries.push(id);
             }
             let c = &self.consumers[i];
+            self.counts.delivery(false, c.no_ack, e.redelivered);
             let d = Delivery {
                 channel_uid: c.channel_uid,
                 channel: c.channel,
@@ -772,6 +794,7 @@ impl QueueActor {
                 redelivered: e.redelivered,
             };
             if !c.no_ack {
+                self.unacked_bytes += e.message.body.len() as u64;
                 self.unacked.insert(
                     e.id,
                     Unacked {

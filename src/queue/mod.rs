@@ -7,7 +7,8 @@
 //! (validation and parsing of x-arguments), `ready` (the ready list, with priority
 //! levels), `admission` (reject-publish), `dead_letter` (x-death and republishing),
 //! `dispatch` (consumer priorities, single active consumer), `quorum` (delivery count and
-//! limit), `flow` (the mailbox count behind publishers' back-pressure);
+//! limit), `flow` (the mailbox count behind publishers' back-pressure), `footprint` (the
+//! memory estimate shown for a queue);
 //! TTL and x-expires are timers in the actor.
 
 mod actor;
@@ -17,6 +18,7 @@ pub mod consumer;
 pub mod dead_letter;
 mod dispatch;
 pub mod flow;
+pub mod footprint;
 mod quorum;
 mod ready;
 mod stored;

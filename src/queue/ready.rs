@@ -88,6 +88,9 @@ impl Deadline {
 // One per queued message: keep it from growing unnoticed.
 const _: () = assert!(std::mem::size_of::<Queued>() == 48);
 
+/// What one ready message costs in the list, body aside (for `footprint`).
+pub(super) const QUEUED_BYTES: usize = std::mem::size_of::<Queued>();
+
 impl Queued {
     fn expired(&self, now: Instant) -> bool {
         self.expires.is_some_and(|at| at.at() <= now)
@@ -165,6 +168,8 @@ pub(super) struct Ready {
     bytes: u64,
     /// Messages whose bodies are only on disk.
     paged: usize,
+    /// Their bytes: what of `bytes` is not in memory.
+    paged_bytes: u64,
     /// Shared with publishers of a reject-publish queue; kept in step with `len`/`bytes`
     /// for messages leaving or re-entering (publishers reserve the arrivals).
     admission: Option<Arc<Admission>>,
@@ -183,6 +188,7 @@ impl Ready {
             len: 0,
             bytes: 0,
             paged: 0,
+            paged_bytes: 0,
             admission,
             pager,
         }
@@ -209,6 +215,11 @@ impl Ready {
     /// How many ready messages have their bodies only on disk.
     pub fn paged(&self) -> usize {
         self.paged
+    }
+
+    /// Bytes of the ready messages whose bodies are only on disk.
+    pub fn paged_bytes(&self) -> u64 {
+        self.paged_bytes
     }
 
     /// A priority queue's level for a message priority.
@@ -241,6 +252,7 @@ impl Ready {
         }
         if r.message.is_none() {
             self.paged += 1;
+            self.paged_bytes += r.bytes as u64;
         }
         self.levels[r.priority as usize].push_back(Queued {
             id: r.id,
@@ -307,6 +319,7 @@ impl Ready {
             if let Some(q) = level.get_mut(at).filter(|q| q.id == id) {
                 if q.message.take().is_some() {
                     self.paged += 1;
+                    self.paged_bytes += q.bytes as u64;
                 }
             }
         }
@@ -344,6 +357,7 @@ impl Ready {
                 None => lost.push(i),
             }
             self.paged -= 1;
+            self.paged_bytes -= l[i].bytes as u64;
         }
         for i in lost.into_iter().rev() {
             if let Some(q) = l.remove(i) {
@@ -434,6 +448,7 @@ impl Ready {
         self.len = 0;
         self.bytes = 0;
         self.paged = 0;
+        self.paged_bytes = 0;
         n
     }
 }
