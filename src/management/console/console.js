@@ -21,6 +21,8 @@ const state = {
   timer: null,
   generation: 0, // bumped by every navigation: late answers for an old page are dropped
   busy: false,
+  again: false, // a refresh was asked for while one ran
+  refreshFailed: false, // the error shown is a refresh's (cleared when one succeeds)
   samples: [], // overview samples for the charts: {t, rates, queued}
 };
 
@@ -43,7 +45,7 @@ function el(tag, attrs, ...children) {
     else if (k in node) node[k] = v;
     else node.setAttribute(k, v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -72,6 +74,7 @@ function json(v) {
 }
 
 function showError(message) {
+  state.refreshFailed = false;
   const box = $('error');
   box.textContent = message || '';
   box.hidden = !message;
@@ -111,8 +114,12 @@ async function api(method, path, body, headers) {
   return send('api' + path, init);
 }
 
+// `credentials: 'omit'`: the Authorization header is ours, not the browser's. Without
+// it a 401 (which carries WWW-Authenticate, as RabbitMQ's does) makes the browser open
+// its own login dialog and hold the request until someone answers it (the Fetch
+// standard prompts only when credentials are included).
 async function send(url, init) {
-  const resp = await fetch(url, init);
+  const resp = await fetch(url, Object.assign({ credentials: 'omit', cache: 'no-store' }, init));
   const raw = await resp.text();
   let data = null;
   try {
@@ -257,17 +264,33 @@ function stopRefresh() {
   state.refresh = null;
 }
 
+// Re-read the current page now. One refresh runs at a time; a request during one (an
+// action's result, a navigation) runs once more right after it, so it is never lost.
 async function refreshNow() {
-  if (!state.refresh || state.busy) return;
-  const generation = state.generation;
+  if (!state.refresh) return;
+  if (state.busy) {
+    state.again = true;
+    return;
+  }
   state.busy = true;
   try {
-    await state.refresh();
-    if (generation === state.generation) {
-      $('updated').textContent = 'Last update: ' + new Date().toLocaleTimeString();
-    }
-  } catch (e) {
-    if (generation === state.generation) showError(e.message);
+    do {
+      state.again = false;
+      const generation = state.generation;
+      try {
+        await state.refresh();
+        if (generation === state.generation) {
+          $('updated').textContent = 'Last update: ' + new Date().toLocaleTimeString();
+          if (state.refreshFailed) showError(''); // the API answers again
+          state.refreshFailed = false;
+        }
+      } catch (e) {
+        if (generation === state.generation) {
+          showError(e.message);
+          state.refreshFailed = true;
+        }
+      }
+    } while (state.again && state.refresh);
   } finally {
     state.busy = false;
   }
@@ -388,7 +411,7 @@ function form(testid, title, fields, submitLabel, onsubmit) {
     },
     el('h3', {}, title),
     fields,
-    el('button', { type: 'submit', testid: testid + '-submit' }, submitLabel)
+    el('button', { type: 'submit', testid: testid + '-submit', id: testid + '-submit' }, submitLabel)
   );
 }
 
