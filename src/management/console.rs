@@ -20,7 +20,10 @@ const CONSOLE_CSS: &str = include_str!("console/console.css");
 
 pub fn routes() -> Router<Api> {
     Router::new()
-        .route("/", get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }))
+        .route(
+            "/",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
         .route(
             "/index.html",
             get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
