@@ -274,3 +274,72 @@ def test_an_api_refusal_is_shown_with_its_reason(console, uniq):
     console.find_element(By.ID, "queue-declare-submit").click()
     wait(console).until(EC.visibility_of_element_located((By.ID, "error")))
     assert "x-max-length" in console.find_element(By.ID, "error").text
+
+
+def test_a_user_added_with_permissions_through_the_ui_can_connect(console, broker, uniq):
+    user = uniq("user")
+    goto(console, "#/users")
+    wait(console).until(EC.visibility_of_element_located((By.ID, "user-add")))
+    console.find_element(By.ID, "user-name").send_keys(user)
+    console.find_element(By.ID, "user-password").send_keys("s3cret")
+    console.find_element(By.ID, "user-tags").send_keys("management")
+    console.find_element(By.ID, "user-add-submit").click()
+    wait_text(console, "#notice", "User saved.")
+    wait_text(console, 'tr[data-testid="users-row"][data-name="%s"] td[data-field="tags"]' % user, "management")
+
+    params = pika.ConnectionParameters(
+        host=broker.host, port=broker.port, virtual_host="/",
+        credentials=pika.PlainCredentials(user, "s3cret"), connection_attempts=1)
+    # No permissions yet: the vhost refuses the user (RabbitMQ's 530 at connection.open).
+    with pytest.raises(pika.exceptions.AMQPConnectionError):
+        pika.BlockingConnection(params).close()
+
+    goto(console, "#/permissions")
+    wait(console).until(EC.visibility_of_element_located((By.ID, "permission-set")))
+    console.find_element(By.ID, "permission-user").send_keys(user)
+    console.find_element(By.ID, "permission-set-submit").click()
+    wait_text(console, "#notice", "Permission set.")
+    wait_text(console, 'tr[data-testid="permissions-row"][data-name="//%s"] td[data-field="read"]' % user, ".*")
+    conn = pika.BlockingConnection(params)
+    assert conn.is_open
+    conn.close()
+
+    goto(console, "#/users")
+    delete = 'tr[data-testid="users-row"][data-name="%s"] [data-testid="user-delete"]' % user
+    wait(console).until(EC.element_to_be_clickable((By.CSS_SELECTOR, delete))).click()
+    wait(console).until(EC.alert_is_present()).accept()
+    wait_text(console, "#notice", "User deleted.")
+    wait(console).until(lambda d: not d.find_elements(By.CSS_SELECTOR, delete))
+
+
+def test_a_policy_added_through_the_ui_applies_to_matching_queues(console, pika_conn, uniq):
+    q = uniq("q")
+    policy = uniq("policy")
+    ch = pika_conn.channel()
+    ch.queue_declare(q)
+    goto(console, "#/policies")
+    wait(console).until(EC.visibility_of_element_located((By.ID, "policy-add")))
+    console.find_element(By.ID, "policy-name").send_keys(policy)
+    console.find_element(By.ID, "policy-pattern").send_keys("^" + q.replace(".", "\\.") + "$")
+    console.find_element(By.CSS_SELECTOR, '#policy-apply-to option[value="queues"]').click()
+    console.find_element(By.ID, "policy-definition").send_keys('{"max-length": 1}')
+    console.find_element(By.ID, "policy-add-submit").click()
+    wait_text(console, "#notice", "Policy saved.")
+    wait_text(console, 'tr[data-testid="policies-row"][data-name="//%s"] td[data-field="definition"]' % policy,
+              '{"max-length":1}')
+
+    # The queue's page names the policy, and max-length 1 keeps only the newest message.
+    goto(console, "#/queues/%2F/" + q)
+    wait_text(console, '[data-testid="queue-props"] [data-field="policy"]', policy)
+    ch.confirm_delivery()
+    for body in (b"old", b"new"):
+        ch.basic_publish("", q, body)
+    assert ch.queue_declare(q, passive=True).method.message_count == 1
+    assert ch.basic_get(q, auto_ack=True)[2] == b"new"
+
+    goto(console, "#/policies")
+    delete = 'tr[data-testid="policies-row"][data-name="//%s"] [data-testid="policy-delete"]' % policy
+    wait(console).until(EC.element_to_be_clickable((By.CSS_SELECTOR, delete))).click()
+    wait(console).until(EC.alert_is_present()).accept()
+    wait_text(console, "#notice", "Policy deleted.")
+    ch.queue_delete(q)

@@ -703,7 +703,12 @@ function consumersPage(root) {
           { title: 'Virtual host', field: 'vhost', value: (c) => c.queue.vhost },
           { title: 'Queue', field: 'queue', value: (c) => queueLink(c.queue.vhost, c.queue.name) },
           { title: 'Consumer tag', field: 'consumer_tag' },
-          { title: 'Channel', field: 'channel', value: (c) => connectionLink(c.channel_details.connection_name || '') },
+          {
+            title: 'Channel',
+            field: 'channel',
+            value: (c) =>
+              el('a', { href: '#/connections' + seg(c.channel_details.connection_name || '') }, c.channel_details.name),
+          },
           { title: 'Ack required', field: 'ack_required', value: (c) => yesNo(c.ack_required) },
           { title: 'Exclusive', field: 'exclusive', value: (c) => yesNo(c.exclusive) },
           { title: 'Prefetch', field: 'prefetch_count', num: true },
