@@ -240,10 +240,17 @@ def test_the_connections_page_shows_a_clients_channel_count(console, pika_conn):
     channels[0].close()
     wait(console).until(lambda d: channel_count(d) == "2", "the closed channel leaves the count")
 
-    console.find_element(By.XPATH, row + '/td[@data-field="name"]/a').click()
+    link = console.find_element(By.XPATH, row + '/td[@data-field="name"]/a')
+    full_name = link.text  # RabbitMQ's "peer -> local"
+    link.click()
     wait(console).until(
         lambda d: len(d.find_elements(By.CSS_SELECTOR, '[data-testid="connection-channels-row"]')) == 2)
     wait_text(console, '[data-testid="connection-props"] [data-field="user_provided_name"]', name)
+
+    # The channels page lists them too, named "<connection> (<number>)".
+    goto(console, "#/channels")
+    mine = 'tr[data-testid="channels-row"][data-name^="%s ("]' % full_name
+    wait(console).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, mine)) == 2)
 
 
 def test_closing_a_connection_through_the_ui_closes_the_client(console, pika_conn):

@@ -660,35 +660,25 @@ function connectionPage(root, name) {
   };
 }
 
+const CHANNEL_COLUMNS = [
+  { title: 'Channel', field: 'name' },
+  { title: 'User', field: 'user' },
+  { title: 'Virtual host', field: 'vhost' },
+  { title: 'Mode', field: 'mode', value: (c) => (c.confirm ? 'confirm' : '') + (c.transactional ? 'tx' : '') },
+  { title: 'Prefetch', field: 'prefetch_count', num: true },
+  { title: 'Consumers', field: 'consumer_count', num: true },
+  { title: 'Unacked', field: 'messages_unacknowledged', num: true },
+  { title: 'Unconfirmed', field: 'messages_unconfirmed', num: true },
+];
+
 function channelTable(testid, rows) {
-  return table(
-    testid,
-    [
-      { title: 'Channel', field: 'name' },
-      { title: 'User', field: 'user' },
-      { title: 'Virtual host', field: 'vhost' },
-      { title: 'Mode', field: 'mode', value: (c) => (c.confirm ? 'confirm' : '') + (c.transactional ? 'tx' : '') },
-      { title: 'Prefetch', field: 'prefetch_count', num: true },
-      { title: 'Consumers', field: 'consumer_count', num: true },
-      { title: 'Unacked', field: 'messages_unacknowledged', num: true },
-      { title: 'Unconfirmed', field: 'messages_unconfirmed', num: true },
-    ],
-    rows,
-    (c) => c.name
-  );
+  return table(testid, CHANNEL_COLUMNS, rows, (c) => c.name);
 }
 
 function channelsPage(root) {
-  const holder = el('div');
-  let page = 1;
-  root.append(el('h2', {}, 'Channels'), holder);
-  return async () => {
-    const data = await api('GET', listPath('/channels', page, ''));
-    holder.replaceChildren(
-      el('p', { testid: 'channels-count' }, `${data.total_count} channels`),
-      channelTable('channels', data.items)
-    );
-  };
+  const list = pagedList('channels', '/channels', CHANNEL_COLUMNS, (c) => c.name);
+  root.append(el('h2', {}, 'Channels'), list.node);
+  return list.refresh;
 }
 
 function consumersPage(root) {
