@@ -112,7 +112,7 @@ def pika_conn(broker, uniq):
 
 
 def queue_cell(name, field):
-    return 'tr[data-testid="queues-row"][data-name="%s"] td[data-field="%s"]' % (name, field)
+    return 'tr[data-testid="queues-row"][data-vhost="/"][data-name="%s"] td[data-field="%s"]' % (name, field)
 
 
 def test_a_wrong_password_shows_the_apis_reason_and_no_console(driver, console_url, broker):
@@ -306,7 +306,7 @@ def test_a_user_added_with_permissions_through_the_ui_can_connect(console, broke
     console.find_element(By.ID, "permission-user").send_keys(user)
     console.find_element(By.ID, "permission-set-submit").click()
     wait_text(console, "#notice", "Permission set.")
-    wait_text(console, 'tr[data-testid="permissions-row"][data-name="//%s"] td[data-field="read"]' % user, ".*")
+    wait_text(console, 'tr[data-testid="permissions-row"][data-vhost="/"][data-name="%s"] td[data-field="read"]' % user, ".*")
     conn = pika.BlockingConnection(params)
     assert conn.is_open
     conn.close()
@@ -332,7 +332,7 @@ def test_a_policy_added_through_the_ui_applies_to_matching_queues(console, pika_
     console.find_element(By.ID, "policy-definition").send_keys('{"max-length": 1}')
     console.find_element(By.ID, "policy-add-submit").click()
     wait_text(console, "#notice", "Policy saved.")
-    wait_text(console, 'tr[data-testid="policies-row"][data-name="//%s"] td[data-field="definition"]' % policy,
+    wait_text(console, 'tr[data-testid="policies-row"][data-vhost="/"][data-name="%s"] td[data-field="definition"]' % policy,
               '{"max-length":1}')
 
     # The queue's page names the policy, and max-length 1 keeps only the newest message.
@@ -345,7 +345,7 @@ def test_a_policy_added_through_the_ui_applies_to_matching_queues(console, pika_
     assert ch.basic_get(q, auto_ack=True)[2] == b"new"
 
     goto(console, "#/policies")
-    delete = 'tr[data-testid="policies-row"][data-name="//%s"] [data-testid="policy-delete"]' % policy
+    delete = 'tr[data-testid="policies-row"][data-vhost="/"][data-name="%s"] [data-testid="policy-delete"]' % policy
     wait(console).until(EC.element_to_be_clickable((By.CSS_SELECTOR, delete))).click()
     wait(console).until(EC.alert_is_present()).accept()
     wait_text(console, "#notice", "Policy deleted.")

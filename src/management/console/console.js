@@ -303,14 +303,19 @@ function go(hash) {
 // ---------------------------------------------------------------- tables and forms
 
 // A table: columns are {title, field, num, value(row) -> text or node}. Each row is
-// <tr data-testid="<testid>-row" data-name="<key(row)>">, each cell data-field=field, so
-// tests find "the messages_ready cell of queue q" without depending on layout.
+// <tr data-testid="<testid>-row" data-name="<key(row)>">, plus data-vhost for objects
+// that live in a vhost, and each cell has data-field=field, so tests find "the
+// messages_ready cell of queue q in vhost /" without depending on layout.
 function table(testid, columns, rows, key) {
   const head = el('tr', {}, columns.map((c) => el('th', {}, c.title)));
   const body = rows.map((row) =>
     el(
       'tr',
-      { testid: testid + '-row', 'data-name': key ? key(row) : undefined },
+      {
+        testid: testid + '-row',
+        'data-name': key ? key(row) : undefined,
+        'data-vhost': typeof row.vhost === 'string' ? row.vhost : undefined,
+      },
       columns.map((c) =>
         el(
           'td',
@@ -733,7 +738,7 @@ function exchangesPage(root) {
       { title: 'Type', field: 'type' },
       { title: 'Features', field: 'features', value: features },
     ],
-    (x) => x.vhost + '/' + x.name
+    (x) => x.name
   );
   const add = form(
     'exchange-declare',
@@ -1206,7 +1211,7 @@ function permissionsPage(root) {
           },
         ],
         perms,
-        (p) => p.vhost + '/' + p.user
+        (p) => p.user
       )
     );
     topicHolder.replaceChildren(
@@ -1220,7 +1225,7 @@ function permissionsPage(root) {
           { title: 'Read', field: 'read' },
         ],
         topic,
-        (p) => p.vhost + '/' + p.user + '/' + p.exchange
+        (p) => p.user + '/' + p.exchange
       )
     );
   };
@@ -1280,7 +1285,7 @@ function policiesPage(root) {
           },
         ],
         list,
-        (p) => p.vhost + '/' + p.name
+        (p) => p.name
       )
     );
   };
