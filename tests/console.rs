@@ -75,6 +75,11 @@ fn the_page_is_served_at_the_root_and_as_index_html_without_credentials() {
         Some("text/html; charset=utf-8")
     );
     assert_eq!(root.header("cache-control"), Some("no-cache"));
+    // The browser itself refuses anything from another origin, and framing.
+    let policy = root.header("content-security-policy").unwrap();
+    assert!(policy.starts_with("default-src 'self';"), "{policy}");
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert_eq!(root.header("x-frame-options"), Some("DENY"));
     assert!(root.body.starts_with("<!DOCTYPE html>"));
     assert!(root.body.contains("id=\"login-form\""));
     assert!(root

@@ -18,16 +18,16 @@ const INDEX_HTML: &str = include_str!("console/index.html");
 const CONSOLE_JS: &str = include_str!("console/console.js");
 const CONSOLE_CSS: &str = include_str!("console/console.css");
 
+/// The page may load and call only its own origin (the browser then enforces "no
+/// CDN" too), and no other site may frame it (a framed console could be clicked
+/// through by a page the operator visits while logged in).
+const PAGE_POLICY: &str =
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
+
 pub fn routes() -> Router<Api> {
     Router::new()
-        .route(
-            "/",
-            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
-        )
-        .route(
-            "/index.html",
-            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
-        )
+        .route("/", get(page))
+        .route("/index.html", get(page))
         .route(
             "/js/console.js",
             get(|| async { asset(CONSOLE_JS, "text/javascript; charset=utf-8") }),
@@ -36,6 +36,17 @@ pub fn routes() -> Router<Api> {
             "/css/console.css",
             get(|| async { asset(CONSOLE_CSS, "text/css; charset=utf-8") }),
         )
+}
+
+async fn page() -> Response {
+    let mut resp = asset(INDEX_HTML, "text/html; charset=utf-8");
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_POLICY),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    resp
 }
 
 /// An embedded file with its type. `no-cache` (revalidate each load) rather than a long
