@@ -220,7 +220,7 @@ async fn serve(
         let listen = &broker.config.management.listen;
         let l = bind_http("management.listen", listen).await?;
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!("management API on http://{at}/api/");
+        tracing::info!("management API on http://{at}/api/, web console on http://{at}/");
         announce(&broker, "management", &at);
         Some(l)
     };
@@ -229,7 +229,7 @@ async fn serve(
             let listen = &broker.config.management.tls_listen;
             let l = bind_http("management.tls_listen", listen).await?;
             let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            tracing::info!("management API on https://{at}/api/");
+            tracing::info!("management API on https://{at}/api/, web console on https://{at}/");
             announce(&broker, "management_tls", &at);
             Some((l, tls.clone()))
         }

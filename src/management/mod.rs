@@ -1,6 +1,7 @@
 //! The management HTTP API (RabbitMQ's rabbitmq_management on port 15672): the same
 //! paths, JSON field names, status codes and error bodies, so rabbitmqadmin, monitoring
-//! scripts and HTTP-based tooling work unchanged. There is no web console.
+//! scripts and HTTP-based tooling work unchanged. The same port serves the web console
+//! ([`console`]), a page that is itself a client of this API.
 //!
 //! Split by REST resource, one file per URL family, like LavinMQ's http/controller/:
 //! [`overview`] (overview, whoami, nodes, health checks), [`vhosts`], [`queues`],
@@ -17,6 +18,7 @@
 
 mod bindings;
 mod connections;
+mod console;
 mod definitions;
 mod exchanges;
 mod limits;
@@ -127,6 +129,7 @@ fn router(api: Api) -> Router {
         .merge(parameters::routes())
         .merge(connections::routes())
         .merge(definitions::routes())
+        .merge(console::routes())
         .fallback(|| async { ApiError::not_found() })
         .with_state(api)
 }
