@@ -596,6 +596,9 @@ fn apply(table: &mut toml::Table, defaults: &toml::Table, o: &Override) -> Resul
         toml::Value::Integer(_) => {
             toml::Value::Integer(o.value.trim().parse().map_err(|_| bad("an integer"))?)
         }
+        toml::Value::Float(_) => {
+            toml::Value::Float(o.value.trim().parse().map_err(|_| bad("a number"))?)
+        }
         toml::Value::Boolean(_) => {
             toml::Value::Boolean(o.value.trim().parse().map_err(|_| bad("true or false"))?)
         }
@@ -653,6 +656,22 @@ mod tests {
             e.0.contains("WARREN_AMQP_HEARTBEAT") && e.0.contains("amqp.heartbeat"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn float_settings_can_be_overridden() {
+        let c = Config::load(
+            None,
+            &env(&[("WARREN_ALARMS_MEMORY_HIGH_WATERMARK", "0.4")]),
+        )
+        .unwrap();
+        assert_eq!(c.alarms.memory_high_watermark, 0.4);
+        let e = Config::load(
+            None,
+            &env(&[("WARREN_ALARMS_MEMORY_HIGH_WATERMARK", "lots")]),
+        )
+        .unwrap_err();
+        assert!(e.0.contains("expected a number"), "{e}");
     }
 
     #[test]

@@ -111,6 +111,40 @@ fn main() -> std::process::ExitCode {
 /// A start-up failure: the one line printed on stderr, and the exit code.
 struct Failure(u8, String);
 
+/// A memory watermark at or below what the broker already uses once its store is
+/// recovered would hold every publisher blocked from the first second: refuse to start
+/// rather than run like that (RabbitMQ starts and blocks, which looks like a hang).
+fn check_memory_limit(cfg: &warren::config::AlarmsConfig) -> Result<(), Failure> {
+    let (Some(limit), Some(used)) = (
+        warren::alarm::memory_limit(cfg),
+        warren::alarm::resident_memory(),
+    ) else {
+        return Ok(());
+    };
+    if limit > used {
+        return Ok(());
+    }
+    let mb = |b: u64| b / (1024 * 1024);
+    let setting = if cfg.memory_high_watermark_absolute > 0 {
+        "alarms.memory_high_watermark_absolute".to_string()
+    } else {
+        format!(
+            "alarms.memory_high_watermark = {} of this machine's or container's memory",
+            cfg.memory_high_watermark
+        )
+    };
+    Err(Failure(
+        78,
+        format!(
+            "not enough memory for the configured limits: the memory high watermark is {} MB \
+             ({setting}) but warren already uses {} MB after start-up, so every publisher \
+             would be blocked; raise the watermark or give the machine or container more memory",
+            mb(limit),
+            mb(used)
+        ),
+    ))
+}
+
 async fn run(config: Config, log_file: Option<warren::logfile::LogFile>) -> std::process::ExitCode {
     let notifier = warren::service::Notifier::from_env().map(std::sync::Arc::new);
     match serve(config, notifier.clone(), log_file).await {
@@ -140,6 +174,7 @@ async fn serve(
     broker.restore_access().map_err(|e| Failure(73, e))?;
     broker.restore_policies().map_err(|e| Failure(73, e))?;
     load_definitions(&broker).map_err(|e| Failure(78, e))?; // EX_CONFIG
+    check_memory_limit(&broker.config.alarms)?;
     broker.save_access();
     let control = warren::control::bind(&broker.config.data_dir)
         .await

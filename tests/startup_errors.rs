@@ -164,3 +164,31 @@ fn data_from_a_newer_warren_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_memory_watermark_below_what_warren_uses_is_refused() {
+    if is_external() {
+        return;
+    }
+    let dir = scratch("warren-memory");
+    // 1 MB: less than any broker's resident memory once started.
+    let (code, line) = start_fails(
+        &dir,
+        &["--set", "alarms.memory_high_watermark_absolute=1048576"],
+    );
+    assert_eq!(code, 78);
+    assert!(
+        line.contains("not enough memory for the configured limits"),
+        "{line}"
+    );
+    assert!(line.contains("watermark is 1 MB"), "{line}");
+    assert!(line.contains("raise the watermark"), "{line}");
+    // A fraction of a machine's memory that is too small says which setting it came from.
+    let (code, line) = start_fails(&dir, &["--set", "alarms.memory_high_watermark=0.00001"]);
+    assert_eq!(code, 78);
+    assert!(
+        line.contains("alarms.memory_high_watermark = 0.00001"),
+        "{line}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
