@@ -107,12 +107,12 @@ impl Channel {
         } else {
             Arc::from(c.consumer_tag.as_str())
         };
-        self.reply_consumer = Some(s.broker.reply_to.register(
+        self.reply_consumer = Some(Box::new(s.broker.reply_to.register(
             tag.clone(),
             s.events.clone(),
             self.uid,
             self.number,
-        ));
+        )));
         if !c.nowait {
             s.send(
                 self.number,

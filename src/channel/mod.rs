@@ -159,8 +159,10 @@ pub struct Channel {
     pub uid: u64,
     pub state: State,
     assembly: Assembler,
-    confirm: Option<ConfirmState>,
-    tx: Option<TxState>,
+    // Boxed, as is `reply_consumer`: most channels use neither confirms nor transactions,
+    // and every open channel would otherwise carry their room.
+    confirm: Option<Box<ConfirmState>>,
+    tx: Option<Box<TxState>>,
     routes: RouteCache,
     /// Write access per exchange, so publishing doesn't match a regex per message.
     grants: PublishGrants,
@@ -178,7 +180,7 @@ pub struct Channel {
     /// For the empty-queue-name shortcut (RabbitMQ's most_recently_declared_queue).
     last_queue: Option<String>,
     /// The direct reply-to consumer, if the channel consumes `amq.rabbitmq.reply-to`.
-    reply_consumer: Option<reply_to::ReplyConsumer>,
+    reply_consumer: Option<Box<reply_to::ReplyConsumer>>,
 }
 
 impl Channel {

@@ -154,7 +154,7 @@ impl Channel {
         }
         // Direct reply-to: `reply_to: amq.rabbitmq.reply-to` names this channel's consumer.
         let (properties, props) =
-            match reply_to::rewrite(&properties, &props, self.reply_consumer.as_ref())
+            match reply_to::rewrite(&properties, &props, self.reply_consumer.as_deref())
                 .map_err(|e| e.on(60, 40))?
             {
                 Some(rewritten) => rewritten,
@@ -430,7 +430,7 @@ impl Channel {
             ));
         }
         if self.confirm.is_none() {
-            self.confirm = Some(ConfirmState::default());
+            self.confirm = Some(Box::default());
         }
         if !nowait {
             s.send(
@@ -448,7 +448,7 @@ impl Channel {
             ));
         }
         if self.tx.is_none() {
-            self.tx = Some(TxState::default());
+            self.tx = Some(Box::default());
         }
         s.send(
             self.number,
@@ -458,7 +458,7 @@ impl Channel {
     }
 
     pub(super) async fn tx_commit(&mut self, s: &mut Session) -> Result<(), AmqpError> {
-        let Some(state) = self.tx.replace(TxState::default()) else {
+        let Some(state) = self.tx.as_deref_mut().map(std::mem::take) else {
             return Err(AmqpError::precondition_failed(
                 "channel is not transactional",
             ));
@@ -489,7 +489,7 @@ impl Channel {
     }
 
     pub(super) fn tx_rollback(&mut self, s: &mut Session) -> Result<(), AmqpError> {
-        let Some(state) = self.tx.replace(TxState::default()) else {
+        let Some(state) = self.tx.as_deref_mut().map(std::mem::take) else {
             return Err(AmqpError::precondition_failed(
                 "channel is not transactional",
             ));
