@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::args::{Overflow, QueueArgs};
 use super::dead_letter::{self, DeadLetterTarget, Reason};
 use super::dispatch::Consumers;
+use super::pace::Pace;
 use super::quorum;
 
 mod consumer_timeout;
@@ -89,6 +90,8 @@ pub(super) struct QueueActor {
     counts: QueueCounts,
     /// Bytes of the unacked messages' bodies (message_bytes_unacknowledged).
     unacked_bytes: u64,
+    /// Sizes the ready list's resident window by the consumers' pace.
+    pace: Pace,
 }
 
 /// How soon a quiet queue comes back for messages still waiting to be paged out.
@@ -150,6 +153,7 @@ impl QueueActor {
             inflow: handle.inflow.clone(),
             counts: QueueCounts::default(),
             unacked_bytes: 0,
+            pace: Pace::new(store.as_ref().map_or(usize::MAX, |s| s.store.resident())),
             store,
             timeout_scan: None,
             page_retry: None,
@@ -194,6 +198,7 @@ impl QueueActor {
                 }
                 Wake::Timer => self.on_timer(),
             }
+            let handed_out = self.counts.deliver_get();
             while !self.deleted && self.deliver() {
                 // More could go out but the budget ran out: let others run, then go on
                 // (commands that arrived meanwhile are handled first).
@@ -201,6 +206,14 @@ impl QueueActor {
                 self.handle_burst(&mut rx, &mut 0);
             }
             // After deliveries: what is still deep in the queue now pages out.
+            if let Some(window) = self.pace.update(
+                !self.consumers.is_empty(),
+                self.counts.deliver_get(),
+                self.ready.len(),
+                self.ready.bytes(),
+            ) {
+                self.ready.set_window(window);
+            }
             self.ready.page_out();
             self.page_retry = match (self.ready.paging_pending(), self.page_retry) {
                 (false, _) => None,
@@ -211,6 +224,14 @@ impl QueueActor {
             self.publish_gauges();
             if self.deleted {
                 break;
+            }
+            // Deliveries just woke the consumers' connection tasks, most likely onto this
+            // worker: let them write the messages out (and read the acks that give the
+            // consumers more credit) before the next burst of publishes. Without this, a
+            // queue whose mailbox never empties runs until tokio's budget stops it, its
+            // consumers wait for credit meanwhile, and it grows while they starve.
+            if self.counts.deliver_get() != handed_out {
+                tokio::task::yield_now().await;
             }
         }
         self.flush_store();

@@ -19,6 +19,7 @@ pub mod dead_letter;
 mod dispatch;
 pub mod flow;
 pub mod footprint;
+mod pace;
 mod quorum;
 mod ready;
 mod stored;

@@ -6,8 +6,9 @@
 //! id, because delivery always takes a level's head. Requeue inserts by id, which puts a
 //! message back exactly where it was within its priority.
 //!
-//! Paging: a queue keeps the bodies of only its oldest ready messages in memory
-//! (`store.resident_messages`). A message published while the queue is longer than that
+//! Paging: a queue keeps the bodies of only its oldest ready messages in memory (its
+//! window: `store.resident_messages`, wider while consumers take them fast, see
+//! `pace.rs`). A message published while the queue is longer than that
 //! is paged out once the store has written it (a persistent message of a durable queue is
 //! there already; others get a transient copy, dropped at restart); its entry keeps the
 //! store id, not the body; taking a paged message off the head reads it back from the store,
@@ -137,7 +138,8 @@ pub(super) struct Restored {
 pub(super) struct Pager {
     store: Arc<MessageStore>,
     tokens: Tokens,
-    /// Bodies kept in memory at the head of the queue.
+    /// Bodies kept in memory at the head of the queue: `store.resident_messages`, or
+    /// more while consumers take messages fast (see `pace.rs`).
     resident: usize,
     /// Messages to page out once the store has written them: (level, entry id, store id),
     /// in publish order.
@@ -284,18 +286,28 @@ impl Ready {
         let Some(p) = &mut self.pager else { return };
         // Write copies of the messages still deep in the queue; they page out once
         // the store has them, like persistent ones.
+        // (level, entry id, position): positions hold until the copies are made.
+        let mut deep: Vec<(u8, u64, usize)> = Vec::new();
+        let mut copies: Vec<&Message> = Vec::new();
         while let Some((level, id)) = p.unwritten.pop_front() {
-            let l = &mut self.levels[level as usize];
+            let l = &self.levels[level as usize];
             let at = l.partition_point(|x| x.id < id);
             if at < p.resident {
                 continue;
             }
-            if let Some(q) = l.get_mut(at).filter(|q| q.id == id && q.stored.is_none()) {
+            if let Some(q) = l.get(at).filter(|q| q.id == id && q.stored.is_none()) {
                 if let Some(m) = &q.message {
-                    let st = p.tokens.transient(p.store.persist_transient(m));
-                    p.pending.push_back((level, id, st.id()));
-                    q.stored = Some(st);
+                    deep.push((level, id, at));
+                    copies.push(m);
                 }
+            }
+        }
+        if !copies.is_empty() {
+            let first = p.store.persist_transient(&copies);
+            drop(copies);
+            for ((level, id, at), store_id) in deep.into_iter().zip(first..) {
+                self.levels[level as usize][at].stored = Some(p.tokens.transient(store_id));
+                p.pending.push_back((level, id, store_id));
             }
         }
         if p.unwritten.capacity() > 8192 {
@@ -326,6 +338,30 @@ impl Ready {
         // A burst of publishes can queue many page-outs at once; don't keep that capacity.
         if p.pending.capacity() > 8192 && p.pending.len() < p.pending.capacity() / 4 {
             p.pending.shrink_to(p.pending.len() * 2);
+        }
+    }
+
+    /// Change how many bodies stay in memory at the head (see `pace.rs`). Narrowing the
+    /// window queues what is now past it for paging out, as if it had just been published
+    /// there; widening it lets [`Ready::page_out`] keep what is waiting and now inside.
+    pub fn set_window(&mut self, window: usize) {
+        let Some(p) = &mut self.pager else { return };
+        let old = std::mem::replace(&mut p.resident, window);
+        if window >= old {
+            return;
+        }
+        // Positions only move towards the head (requeues aside), so what was never queued
+        // for paging lies inside the old window.
+        for (level, l) in self.levels.iter().enumerate() {
+            for q in l.range(window.min(l.len())..old.min(l.len())) {
+                if q.message.is_none() {
+                    continue;
+                }
+                match &q.stored {
+                    Some(st) => p.pending.push_back((level as u8, q.id, st.id())),
+                    None => p.unwritten.push_back((level as u8, q.id)),
+                }
+            }
         }
     }
 
@@ -450,5 +486,86 @@ impl Ready {
         self.paged = 0;
         self.paged_bytes = 0;
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+    use crate::queue::stored::StoreLink;
+    use bytes::Bytes;
+
+    fn entry(id: u64) -> Entry {
+        Entry {
+            id,
+            message: Arc::new(Message {
+                exchange: Bytes::new(),
+                routing_key: Bytes::from_static(b"q"),
+                properties: Bytes::new(),
+                body: Bytes::from(format!("m{id}")),
+                store_id: None,
+            }),
+            redelivered: false,
+            expires: None,
+            priority: 0,
+            stored: None,
+        }
+    }
+
+    fn paging_ready(name: &str, resident: u64) -> (Ready, StoreLink) {
+        let dir = std::env::temp_dir().join(format!("warren-ready-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = StoreConfig {
+            fsync: false,
+            resident_messages: resident,
+            ..StoreConfig::default()
+        };
+        let (store, _) =
+            MessageStore::open(&dir, &Default::default(), &config).expect("store opens");
+        let link = StoreLink::new(store.clone(), None);
+        let ready = Ready::new(None, None, Some(Pager::new(store, link.tokens.clone())));
+        (ready, link)
+    }
+
+    #[test]
+    fn narrowing_the_window_pages_out_what_lies_past_it() {
+        let (mut ready, link) = paging_ready("narrow", 1000);
+        for id in 1..=1000 {
+            ready.push_back(entry(id));
+        }
+        ready.page_out();
+        assert_eq!(ready.paged(), 0, "all inside the window");
+        ready.set_window(100);
+        ready.page_out(); // writes the copies
+        link.store.flush();
+        ready.page_out(); // drops the bodies the store now holds
+        assert_eq!(ready.paged(), 900);
+        // Read back in order, bodies intact.
+        for id in 1..=1000 {
+            let e = ready.pop_front().expect("a message");
+            assert_eq!(
+                (e.id, &e.message.body[..]),
+                (id, format!("m{id}").as_bytes())
+            );
+        }
+        assert_eq!(ready.paged(), 0);
+        assert!(ready.is_empty());
+    }
+
+    #[test]
+    fn a_wider_window_keeps_in_memory_what_it_covers() {
+        let (mut ready, link) = paging_ready("widen", 100);
+        for id in 1..=1000 {
+            ready.push_back(entry(id));
+        }
+        // Past the window at publish time, but inside it by the time the copies would
+        // be written: nothing is written or paged.
+        ready.set_window(2000);
+        ready.page_out();
+        link.store.flush();
+        ready.page_out();
+        assert_eq!(ready.paged(), 0);
+        assert!(!ready.paging_pending());
     }
 }

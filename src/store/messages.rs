@@ -48,6 +48,8 @@ const SEGMENT_EXT: &str = "seg";
 /// Hand-off to the writer thread.
 enum Op {
     Persist(Box<Persist>),
+    /// Copies to page messages out: a batch per queue wake-up, not an op per message.
+    Transient(Vec<Persist>),
     Ack {
         qid: u64,
         ids: Vec<u64>,
@@ -295,23 +297,28 @@ impl MessageStore {
         id
     }
 
-    /// Write a transient copy of a message so a queue can drop its body from memory
-    /// (read back with [`MessageStore::read`] once [`MessageStore::synced`] covers it).
-    pub fn persist_transient(&self, m: &Message) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let op = Op::Persist(Box::new(Persist {
-            id,
-            qids: Vec::new(),
-            exchange: m.exchange.clone(),
-            routing_key: m.routing_key.clone(),
-            properties: m.properties.clone(),
-            body: m.body.clone(),
-            waiter: None,
-        }));
-        if !self.send(op) {
+    /// Write transient copies of messages so a queue can drop their bodies from memory
+    /// (read back with [`MessageStore::read`] once [`MessageStore::synced`] covers them).
+    /// They get consecutive ids, the first returned, and go to the writer in one hand-off.
+    pub fn persist_transient(&self, ms: &[&Message]) -> u64 {
+        let first = self.next_id.fetch_add(ms.len() as u64, Ordering::AcqRel);
+        let copies = ms
+            .iter()
+            .zip(first..)
+            .map(|(m, id)| Persist {
+                id,
+                qids: Vec::new(),
+                exchange: m.exchange.clone(),
+                routing_key: m.routing_key.clone(),
+                properties: m.properties.clone(),
+                body: m.body.clone(),
+                waiter: None,
+            })
+            .collect();
+        if !ms.is_empty() && !self.send(Op::Transient(copies)) {
             self.broken.store(true, Ordering::Release);
         }
-        id
+        first
     }
 
     /// A queue let go of these transient copies.
@@ -437,6 +444,12 @@ impl Writer {
                             if !waiters.iter().any(|x| x.same_channel(&w)) {
                                 waiters.push(w);
                             }
+                        }
+                    }
+                    Op::Transient(copies) => {
+                        for p in &copies {
+                            fresh.push(self.encode_message(&mut buf, p));
+                            ids.push(p.id);
                         }
                     }
                     Op::Ack { qid, ids } => {
