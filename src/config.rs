@@ -146,9 +146,10 @@ pub struct StoreConfig {
     pub fsync: bool,
     /// Size at which the message journal starts a new segment file, bytes.
     pub segment_size: u64,
-    /// A queue keeps the bodies of about this many of its oldest ready messages in memory (more while consumers take them fast: see `queue/pace.rs`); later
-    /// ones stay only on disk (an index entry in memory) and are read back as the queue
-    /// drains, so a deep backlog costs disk, not RAM.
+    /// A queue keeps the bodies of about this many of its oldest ready messages in memory
+    /// (more while consumers take them fast: see `queue/pace.rs`); later ones stay only on
+    /// disk (an index entry in memory) and are read back as the queue drains, so a deep
+    /// backlog costs disk, not RAM.
     pub resident_messages: u64,
 }
 

@@ -75,6 +75,21 @@ struct Persist {
     waiter: Option<EventTx>,
 }
 
+impl Persist {
+    /// The message's parts, shared (no copy of the body).
+    fn of(id: u64, qids: Vec<u64>, m: &Message, waiter: Option<&EventTx>) -> Persist {
+        Persist {
+            id,
+            qids,
+            exchange: m.exchange.clone(),
+            routing_key: m.routing_key.clone(),
+            properties: m.properties.clone(),
+            body: m.body.clone(),
+            waiter: waiter.cloned(),
+        }
+    }
+}
+
 /// What start-up found, by durable queue id.
 pub type RecoveredByQueue = HashMap<u64, Vec<Recovered>>;
 
@@ -282,15 +297,7 @@ impl MessageStore {
     /// `waiter` is given, that connection gets [`ConnEvent::StoreSynced`] once it is on disk.
     pub fn persist(&self, qids: Vec<u64>, m: &Message, waiter: Option<&EventTx>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
-        let op = Op::Persist(Box::new(Persist {
-            id,
-            qids,
-            exchange: m.exchange.clone(),
-            routing_key: m.routing_key.clone(),
-            properties: m.properties.clone(),
-            body: m.body.clone(),
-            waiter: waiter.cloned(),
-        }));
+        let op = Op::Persist(Box::new(Persist::of(id, qids, m, waiter)));
         if !self.send(op) {
             self.broken.store(true, Ordering::Release);
         }
@@ -305,15 +312,7 @@ impl MessageStore {
         let copies = ms
             .iter()
             .zip(first..)
-            .map(|(m, id)| Persist {
-                id,
-                qids: Vec::new(),
-                exchange: m.exchange.clone(),
-                routing_key: m.routing_key.clone(),
-                properties: m.properties.clone(),
-                body: m.body.clone(),
-                waiter: None,
-            })
+            .map(|(m, id)| Persist::of(id, Vec::new(), m, None))
             .collect();
         if !ms.is_empty() && !self.send(Op::Transient(copies)) {
             self.broken.store(true, Ordering::Release);
