@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use super::codec::{Get, Put};
+use super::index::{Index, Ref};
 use super::record;
 use crate::config::StoreConfig;
 use crate::message::Message;
@@ -108,21 +109,9 @@ pub struct Recovered {
     pub delivered: bool,
 }
 
-/// Where a live message lies, and how many queues still hold it.
-#[derive(Debug, Clone, Copy)]
-struct Ref {
-    holders: u32,
-    segment: u32,
-    /// The record's payload: offset in the segment file, and length. A segment ends at
-    /// the first batch past `store.segment_size` (at most 1 GiB), so offsets fit 32 bits
-    /// and the entry stays 16 bytes: the index holds one per live message.
-    offset: u32,
-    len: u32,
-}
-
 /// Live messages by id, written by the writer thread once per batch, read by queues
 /// paging messages back in.
-type Index = Arc<Mutex<HashMap<u64, Ref, IdHash>>>;
+type SharedIndex = Arc<Mutex<Index>>;
 
 pub struct MessageStore {
     tx: Mutex<Option<mpsc::Sender<Op>>>,
@@ -137,7 +126,7 @@ pub struct MessageStore {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Woken after every batch the writer finishes (for [`MessageStore::wait_synced`]).
     progress: Arc<tokio::sync::Notify>,
-    index: Index,
+    index: SharedIndex,
     dir: PathBuf,
     /// Per durable queue, how many ready bodies stay in memory.
     resident: usize,
@@ -157,7 +146,7 @@ impl MessageStore {
         let synced = Arc::new(AtomicU64::new(recovery.max_id));
         let broken = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(tokio::sync::Notify::new());
-        let index: Index = Arc::new(Mutex::new(std::mem::take(&mut recovery.refs)));
+        let index: SharedIndex = Arc::new(Mutex::new(std::mem::take(&mut recovery.refs)));
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             segment: recovery.next_segment,
@@ -223,7 +212,7 @@ impl MessageStore {
     pub fn read(&self, ids: &[u64]) -> Vec<Option<Message>> {
         let refs: Vec<Option<Ref>> = {
             let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-            ids.iter().map(|id| index.get(id).copied()).collect()
+            ids.iter().map(|&id| index.get(id)).collect()
         };
         let mut out: Vec<Option<Message>> = ids.iter().map(|_| None).collect();
         // Visit in disk order, coalescing neighbours into spans.
@@ -409,7 +398,7 @@ struct Writer {
     segment_size: u64,
     fsync: bool,
     /// Live messages: queues still holding each, and where it lies.
-    index: Index,
+    index: SharedIndex,
     /// Live messages per segment.
     live: HashMap<u64, u64>,
     /// Ids arrive out of order (publishers number them on their own threads): the
@@ -564,16 +553,11 @@ impl Writer {
     }
 
     /// One queue let go of message `id`; when none holds it, its segment may go.
-    fn release(&mut self, index: &mut HashMap<u64, Ref, IdHash>, id: u64) {
-        let Some(r) = index.get_mut(&id) else {
+    fn release(&mut self, index: &mut Index, id: u64) {
+        let Some(gone) = index.release(id) else {
             return;
         };
-        r.holders -= 1;
-        if r.holders > 0 {
-            return;
-        }
-        let segment = r.segment as u64;
-        index.remove(&id);
+        let segment = gone.segment as u64;
         if let Some(n) = self.live.get_mut(&segment) {
             *n -= 1;
             if *n == 0 && segment != self.segment {
@@ -611,7 +595,7 @@ impl Writer {
 
 struct Recovery {
     by_queue: HashMap<u64, Vec<Recovered>>,
-    refs: HashMap<u64, Ref, IdHash>,
+    refs: Index,
     live: HashMap<u64, u64>,
     max_id: u64,
     next_segment: u64,
@@ -644,16 +628,10 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     let mut delivered: HashSet<(u64, u64), IdHash> = HashSet::default();
     // One buffer for every segment: a fresh one each time costs a page fault per page.
     let mut data = Vec::new();
-    // Message records seen, to size the index once (growing it rehashes a million entries).
-    let mut stored = 0;
     for &n in &segs {
         let path = segment_path(dir, n);
         read_into(&path, &mut data)?;
         let report = record::scan(&data, |_, payload| {
-            if payload.first() == Some(&b'M') {
-                stored += 1;
-                return;
-            }
             let mut g = Get::new(payload);
             let (Some(kind @ (b'A' | b'D')), Some(qid), Some(n)) = (g.u8(), g.u64(), g.u32())
             else {
@@ -681,7 +659,7 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
 
     let mut r = Recovery {
         by_queue: HashMap::new(),
-        refs: HashMap::with_capacity_and_hasher(stored, IdHash::default()),
+        refs: Index::default(),
         live: HashMap::new(),
         max_id: 0,
         next_segment: segs.last().map_or(1, |n| n + 1),

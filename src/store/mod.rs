@@ -9,6 +9,7 @@
 //! Every log uses the checksummed record framing of [`record`].
 
 mod codec;
+mod index;
 pub mod messages;
 pub mod record;
 pub mod topology;
