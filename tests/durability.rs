@@ -62,6 +62,21 @@ async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
     out
 }
 
+/// A management API GET as guest, over a plain socket; the response body.
+fn management_get(broker: &Broker, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(broker.management_addr()).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map_or(out.clone(), |(_, b)| b.to_string())
+}
+
 fn bodies(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -169,6 +184,11 @@ async fn persistent_messages_in_durable_queues_survive_a_crash_transient_ones_do
         confirm_publish(&ch, "transient-q", &["lost".to_string()], persistent()).await;
     }
     let broker = Broker::spawn_in(broker.crash(), &[]);
+    // Listings show the recovered messages before any client touches the queue.
+    if broker.has_management() {
+        let body = management_get(&broker, "/api/queues/%2f/q");
+        assert!(body.contains("\"messages\":3,"), "{body}");
+    }
     let (_conn, ch) = broker.channel().await;
     assert_eq!(
         drain(&ch, "q").await,

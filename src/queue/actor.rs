@@ -162,6 +162,8 @@ impl QueueActor {
         for r in recovered {
             actor.restore(r);
         }
+        // Listings and metrics see what was recovered before the first command arrives.
+        actor.publish_gauges();
         tokio::spawn(actor.run(rx));
     }
 
