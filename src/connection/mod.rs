@@ -102,7 +102,7 @@ async fn serve_halves<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (writer_tx, writer_rx) = mpsc::unbounded_channel();
+    let (writer_tx, writer_rx) = writer::outbox();
     let writer_task = tokio::spawn(writer::run(write_half, writer_rx));
     let mut conn = Connection {
         id: crate::util::next_id(),
@@ -186,7 +186,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
 
     fn flush(&mut self) {
         if !self.out.is_empty() {
-            let _ = self.writer.send(self.out.take());
+            self.writer.send(self.out.take());
         }
     }
 
@@ -409,7 +409,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             }
             s.tally.flush(&self.broker.counters);
             if !s.out.is_empty() {
-                let _ = self.writer.send(s.out.take());
+                self.writer.send(s.out.take());
                 sent = true;
             }
             if published {
@@ -422,7 +422,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
         s.tally.flush(&self.broker.counters);
 
         if !s.out.is_empty() {
-            let _ = self.writer.send(s.out.take());
+            self.writer.send(s.out.take());
         }
         for ch in channels.values_mut() {
             ch.teardown();
