@@ -7,6 +7,27 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use warren::config::{Config, Override, Source};
 
+/// mimalloc rather than glibc's malloc: a message is allocated on its publisher's
+/// connection thread and freed on its consumer's, and glibc serialises such frees on the
+/// allocating arena's lock. Under a 16-byte flood that was a quarter of the broker's CPU
+/// in futex waits, and mimalloc (frees to a page's lock-free list) lifted scenario A by a
+/// third.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay`: its index in mimalloc v3's `mi_option_e` (`mimalloc.h`);
+/// libmimalloc-sys names only v2's options.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Emptied pages go back to the OS 100 ms after they empty rather than mimalloc's 1 s:
+/// a drained backlog is given back while the broker is still busy (RSS per queued
+/// message, `1M x 16 B`, is ~72 bytes this way and ~123 with the default).
+/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
+fn tune_allocator() {
+    // SAFETY: sets a plain integer option; called first thing in main.
+    unsafe { libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, 100) }
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "warren",
@@ -32,6 +53,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let mut overrides = Config::env_overrides(std::env::vars());
     let mut flag = |key: &str, value: String, name: &str| {
@@ -474,4 +496,19 @@ async fn bind_http(key: &str, listen: &str) -> Result<tokio::net::TcpListener, F
     tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Failure(71, warren::server::bind_error_for(key, listen, &e)))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The option index is mimalloc v3's purge delay: the only option whose default is
+    /// 1000 (ms). Fails if a mimalloc upgrade renumbers its options.
+    #[test]
+    fn purge_delay_option_index() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+            return;
+        }
+        // SAFETY: reads a plain integer option.
+        let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        assert_eq!(v, 1000);
+    }
 }
