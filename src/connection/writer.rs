@@ -34,6 +34,13 @@ pub struct WriterTx(Arc<Outbox>);
 /// The writer task's side.
 pub struct WriterRx(Arc<Outbox>);
 
+impl Outbox {
+    /// The queued frames; a panic elsewhere while holding the lock leaves a plain vector.
+    fn frames(&self) -> std::sync::MutexGuard<'_, Vec<Bytes>> {
+        self.frames.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub fn outbox() -> (WriterTx, WriterRx) {
     let shared = Arc::new(Outbox::default());
     (WriterTx(shared.clone()), WriterRx(shared))
@@ -46,7 +53,7 @@ impl WriterTx {
             return;
         }
         {
-            let mut frames = self.0.frames.lock().unwrap_or_else(|e| e.into_inner());
+            let mut frames = self.0.frames();
             if frames.is_empty() {
                 *frames = batch;
             } else {
@@ -71,8 +78,7 @@ impl WriterRx {
         loop {
             // Read `closed` before taking: a batch sent before the close is seen either way.
             let closed = self.0.closed.load(Ordering::Acquire);
-            let batch =
-                std::mem::take(&mut *self.0.frames.lock().unwrap_or_else(|e| e.into_inner()));
+            let batch = std::mem::take(&mut *self.0.frames());
             if !batch.is_empty() {
                 return Some(batch);
             }
@@ -101,10 +107,7 @@ pub async fn run<W: AsyncWrite + Unpin>(mut socket: W, mut rx: WriterRx) {
         }
     }
     rx.0.closed.store(true, Ordering::Release);
-    rx.0.frames
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clear();
+    rx.0.frames().clear();
     let _ = socket.shutdown().await;
 }
 
