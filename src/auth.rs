@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 
-use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::AMQPValue;
 
 use crate::access::Access;
@@ -76,7 +75,7 @@ fn parse_amqplain(response: &[u8]) -> Result<(String, String), AuthError> {
     let mut framed = Vec::with_capacity(response.len() + 4);
     framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
     framed.extend_from_slice(response);
-    let (_, table) = parse_field_table(&framed[..]).map_err(|_| AuthError::Malformed)?;
+    let table = crate::protocol::table::decode(&framed).map_err(|_| AuthError::Malformed)?;
     let get = |k: &str| match table.inner().get(k) {
         Some(AMQPValue::LongString(s)) => String::from_utf8(s.as_bytes().to_vec()).ok(),
         Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_owned()),

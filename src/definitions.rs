@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::access::{password, Limits};
 use crate::broker::{Broker, VhostMeta};
 use crate::exchange::Destination;
+use crate::protocol::table;
 use crate::vhost::{ExchangeDecl, QueueDecl};
 
 /// What an import did not take. Warnings are things warren ignores on purpose (unknown
@@ -180,6 +181,10 @@ pub fn import(broker: &Broker, defs: &Value) -> ImportReport {
         );
         return r;
     };
+    if let Err(e) = check_nesting(defs) {
+        r.errors.push(e);
+        return r;
+    }
     for key in top.keys().filter(|k| !KNOWN_KEYS.contains(&k.as_str())) {
         r.warnings.push(format!("unknown key '{key}' ignored"));
     }
@@ -452,6 +457,28 @@ fn value_to_json(v: &AMQPValue) -> Value {
     }
 }
 
+/// Refuse a JSON document whose objects and arrays nest deeper than the field tables
+/// warren decodes ([`table::MAX_DEPTH`]): its arguments and headers become tables, and a
+/// table too deep to decode again must never reach the store. Every document that can
+/// carry tables (HTTP bodies, definitions, policies) passes here.
+pub fn check_nesting(v: &Value) -> Result<(), String> {
+    fn within(v: &Value, levels: usize) -> bool {
+        match v {
+            Value::Array(a) => levels > 0 && a.iter().all(|i| within(i, levels - 1)),
+            Value::Object(m) => levels > 0 && m.values().all(|i| within(i, levels - 1)),
+            _ => true,
+        }
+    }
+    if within(v, table::MAX_DEPTH) {
+        Ok(())
+    } else {
+        Err(format!(
+            "JSON nested deeper than {} levels",
+            table::MAX_DEPTH
+        ))
+    }
+}
+
 /// JSON arguments as RabbitMQ's import reads them: strings are long strings, integers
 /// signed 64-bit, objects tables.
 pub fn json_to_table(v: Option<&Value>) -> FieldTable {
@@ -483,6 +510,17 @@ fn json_to_value(v: &Value) -> AMQPValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_bounded_as_tables_are() {
+        let mut v = json!(1);
+        for _ in 0..table::MAX_DEPTH {
+            v = json!({ "k": v });
+        }
+        assert_eq!(check_nesting(&v), Ok(()));
+        assert!(check_nesting(&json!([v])).is_err());
+        assert!(check_nesting(&json!({ "a": [v] })).is_err());
+    }
 
     #[test]
     fn arguments_round_trip() {

@@ -1208,3 +1208,51 @@ async fn an_exclusive_queue_is_listed_but_not_touched_over_http() {
     assert_eq!(r.json["reason"], format!("405 RESOURCE_LOCKED - {locked}"));
     assert!(queue_exists(&_conn, &q).await);
 }
+
+/// JSON bodies become field tables (arguments, headers): nested deeper than the tables
+/// warren decodes (64 levels), they are refused with 400 before anything is stored;
+/// nested a few dozen levels, they work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_nested_deeper_than_tables_decode_is_refused() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let nest = |levels: usize| {
+        let mut v = json!("bottom");
+        for _ in 0..levels {
+            v = json!({ "k": v });
+        }
+        v
+    };
+    let q = unique("mgmt-deep");
+    let path = format!("/api/queues/%2F/{q}");
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"durable": true, "arguments": {"x-deep": nest(70)}})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert!(r.json["reason"]
+        .as_str()
+        .unwrap()
+        .contains("nested deeper than 64"));
+    assert_eq!(api.call("GET", &path, None).await.status, 404);
+
+    let defs = json!({"queues": [{"name": q, "vhost": "/", "durable": true,
+                                   "auto_delete": false, "arguments": {"x-deep": nest(70)}}]});
+    let r = api.call("POST", "/api/definitions", Some(defs)).await;
+    assert_eq!(r.status, 400, "{}", r.json);
+    assert_eq!(api.call("GET", &path, None).await.status, 404);
+
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(json!({"durable": true, "arguments": {"x-deep": nest(30)}})),
+        )
+        .await;
+    assert!(matches!(r.status, 201 | 204), "{} {}", r.status, r.json);
+    let got = api.get(&path).await;
+    assert_eq!(got["arguments"]["x-deep"], nest(30));
+}

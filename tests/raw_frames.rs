@@ -404,3 +404,233 @@ fn interleaved_publishes_on_two_channels_are_accepted() {
     c.expect_method(1, 50, 41);
     c.close();
 }
+
+// ---------------------------------------------------------------------------
+// Nesting depth. amq-protocol's table parser recurses once per level; a 9 KB frame
+// of 1,200 nested tables used to overflow a worker's stack and abort the broker,
+// before login (client properties, AMQPLAIN) and after (arguments, headers).
+// ---------------------------------------------------------------------------
+
+/// A length-prefixed table `depth` levels deep (the outer table is level 1), built
+/// without recursion: `{k: {k: ... {}}}`.
+fn deep_table(depth: usize) -> Vec<u8> {
+    let mut t = vec![0, 0, 0, 0];
+    for _ in 1..depth {
+        let mut payload = vec![1, b'k', b'F'];
+        payload.extend_from_slice(&t);
+        t = (payload.len() as u32).to_be_bytes().to_vec();
+        t.extend_from_slice(&payload);
+    }
+    t
+}
+
+/// The deepest tables warren decodes (warren::protocol::table::MAX_DEPTH).
+const MAX_DEPTH: usize = 64;
+
+fn expect_syntax_close(c: &mut RawConn, class_id: u16, method_id: u16) {
+    let close = c.expect_connection_close();
+    assert_eq!(close.code, 502, "{close:?}");
+    assert!(close.text.starts_with("SYNTAX_ERROR - "), "{close:?}");
+    assert!(close.text.contains("nested deeper than 64"), "{close:?}");
+    assert_eq!(
+        (close.class_id, close.method_id),
+        (class_id, method_id),
+        "{close:?}"
+    );
+    c.expect_eof(WAIT);
+}
+
+#[test]
+fn deeply_nested_client_properties_close_502_and_the_broker_lives() {
+    let mut broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    let args = Enc::new()
+        .raw(&deep_table(1200))
+        .shortstr("PLAIN")
+        .longstr(b"\0guest\0guest")
+        .shortstr("en_US")
+        .done();
+    assert!(args.len() < 9000);
+    c.send_method(0, 10, 11, &args);
+    expect_syntax_close(&mut c, 10, 11);
+    still_alive(&mut broker);
+}
+
+#[test]
+fn deeply_nested_amqplain_response_is_refused_and_the_broker_lives() {
+    let mut broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send_start_ok("AMQPLAIN", &deep_table(1200)[4..]);
+    // Refused as any unreadable AMQPLAIN response is: the connection goes, nothing else.
+    let _ = c.read_frame();
+    c.expect_eof(WAIT);
+    still_alive(&mut broker);
+}
+
+/// Every client method that carries a table, with the fields before it; the table goes last.
+fn methods_with_tables() -> Vec<(u16, u16, Enc)> {
+    let q = unique("deep-q");
+    vec![
+        (
+            40,
+            10,
+            Enc::new()
+                .u16(0)
+                .shortstr("deep-x")
+                .shortstr("direct")
+                .u8(0),
+        ),
+        (
+            40,
+            30,
+            Enc::new()
+                .u16(0)
+                .shortstr("amq.direct")
+                .shortstr("amq.fanout")
+                .shortstr("k")
+                .u8(0),
+        ),
+        (
+            40,
+            40,
+            Enc::new()
+                .u16(0)
+                .shortstr("amq.direct")
+                .shortstr("amq.fanout")
+                .shortstr("k")
+                .u8(0),
+        ),
+        (50, 10, Enc::new().u16(0).shortstr(&q).u8(0)),
+        (
+            50,
+            20,
+            Enc::new()
+                .u16(0)
+                .shortstr(&q)
+                .shortstr("amq.direct")
+                .shortstr("k")
+                .u8(0),
+        ),
+        (
+            50,
+            50,
+            Enc::new()
+                .u16(0)
+                .shortstr(&q)
+                .shortstr("amq.direct")
+                .shortstr("k"),
+        ),
+        (
+            60,
+            20,
+            Enc::new().u16(0).shortstr(&q).shortstr("ctag").u8(0),
+        ),
+    ]
+}
+
+#[test]
+fn deeply_nested_method_arguments_close_502_and_the_broker_lives() {
+    let mut broker = Broker::start();
+    for (class_id, method_id, fields) in methods_with_tables() {
+        let mut c = open_ch1(&broker);
+        c.send_method(
+            1,
+            class_id,
+            method_id,
+            &fields.raw(&deep_table(1200)).done(),
+        );
+        expect_syntax_close(&mut c, class_id, method_id);
+        // One level past the bound is refused the same way.
+        let mut c = open_ch1(&broker);
+        let (_, _, fields) = methods_with_tables().remove(0);
+        c.send_method(1, 40, 10, &fields.raw(&deep_table(MAX_DEPTH + 1)).done());
+        expect_syntax_close(&mut c, 40, 10);
+        still_alive(&mut broker);
+    }
+}
+
+/// A content header with a headers table and nothing else.
+fn header_with_headers(body_size: u64, headers: &[u8]) -> Vec<u8> {
+    let p = Enc::new()
+        .u16(60)
+        .u16(0)
+        .u64(body_size)
+        .u16(1 << 13)
+        .raw(headers)
+        .done();
+    raw::frame(raw::FRAME_HEADER, 1, &p)
+}
+
+#[test]
+fn deeply_nested_message_headers_close_502_and_the_broker_lives() {
+    let mut broker = Broker::start();
+    for exchange in ["amq.headers", "amq.direct", ""] {
+        let mut c = open_ch1(&broker);
+        let mut bytes =
+            raw::method_frame(1, 60, 40, &raw::basic_publish_args(exchange, "k", false));
+        bytes.extend(header_with_headers(1, &deep_table(1200)));
+        bytes.extend(raw::body_frame(1, b"x"));
+        c.send(&bytes).unwrap();
+        let close = c.expect_connection_close();
+        assert_eq!(
+            (close.code, close.class_id, close.method_id),
+            (502, 60, 40),
+            "{close:?}"
+        );
+        c.expect_eof(WAIT);
+        still_alive(&mut broker);
+    }
+}
+
+#[test]
+fn tables_nested_to_the_bound_are_declared_routed_and_delivered_unchanged() {
+    let broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let q = unique("deep-ok");
+    // A queue argument nested MAX_DEPTH levels (counting the arguments table itself).
+    let mut args = Enc::new().u16(0).shortstr(&q).u8(0).done();
+    let nested = deep_table(MAX_DEPTH - 1);
+    let mut table = vec![1, b'n', b'F'];
+    table.extend_from_slice(&nested);
+    args.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    args.extend_from_slice(&table);
+    c.send_method(1, 50, 10, &args);
+    c.expect_method(1, 50, 11);
+    // Bound through the headers exchange on a top-level key of a MAX_DEPTH-deep headers table.
+    let bind = Enc::new()
+        .u16(0)
+        .shortstr(&q)
+        .shortstr("amq.headers")
+        .shortstr("")
+        .u8(0)
+        .table(&[
+            ("x-match", raw::Value::LongStr(b"any".to_vec())),
+            // A void value matches on the key's presence (as in RabbitMQ).
+            ("k", raw::Value::Void),
+        ])
+        .done();
+    c.send_method(1, 50, 20, &bind);
+    c.expect_method(1, 50, 21);
+    let headers = deep_table(MAX_DEPTH);
+    let mut bytes = raw::method_frame(
+        1,
+        60,
+        40,
+        &raw::basic_publish_args("amq.headers", "", false),
+    );
+    bytes.extend(header_with_headers(3, &headers));
+    bytes.extend(raw::body_frame(1, b"abc"));
+    c.send(&bytes).unwrap();
+    c.send_method(1, 60, 70, &Enc::new().u16(0).shortstr(&q).u8(1).done());
+    c.expect_method(1, 60, 71);
+    let h = c.read_non_heartbeat();
+    assert_eq!(h.typ, raw::FRAME_HEADER);
+    // class, weight, size, flags, then the headers exactly as published.
+    assert_eq!(&h.payload[12..14], &(1u16 << 13).to_be_bytes());
+    assert_eq!(&h.payload[14..], &headers[..]);
+    c.close();
+}

@@ -501,5 +501,12 @@ pub fn decode_error(e: method::DecodeError, payload: &[u8]) -> AmqpError {
             method_id,
         } => AmqpError::command_invalid(format!("unknown method {class_id}.{method_id}"))
             .on(class_id, method_id),
+        // RabbitMQ has no bound (Erlang grows the stack); warren refuses what it cannot
+        // decode safely, as undecodable arguments.
+        method::DecodeError::TooDeep {
+            class_id,
+            method_id,
+        } => AmqpError::syntax_error(crate::protocol::table::Refused::TooDeep.to_string())
+            .on(class_id, method_id),
     }
 }

@@ -121,6 +121,13 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             Ok(_) => Err(Abort::Close(
                 AmqpError::command_invalid("expected a connection method").on(class_id, method_id),
             )),
+            Err(method::DecodeError::TooDeep { .. }) => Err(Abort::Close(
+                AmqpError::syntax_error(format!(
+                    "malformed connection method: {}",
+                    crate::protocol::table::Refused::TooDeep
+                ))
+                .on(class_id, method_id),
+            )),
             Err(_) => Err(Abort::Close(
                 AmqpError::syntax_error("malformed connection method").on(class_id, method_id),
             )),

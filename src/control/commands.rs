@@ -283,6 +283,8 @@ async fn run(broker: &Broker, req: &Request) -> Result {
             let definition: Value = serde_json::from_str(arg(req, 2)?).map_err(|e| {
                 Response::error(EX_DATAERR, format!("Could not parse JSON document: {e}"))
             })?;
+            crate::definitions::check_nesting(&definition)
+                .map_err(|e| Response::error(EX_DATAERR, e))?;
             let priority = match req.flags.get("priority") {
                 None => 0,
                 Some(p) => p.parse::<i64>().map_err(|_| {

@@ -13,6 +13,11 @@ use crate::definitions::{json_to_table, table_to_json};
 /// absent properties are left out.
 pub fn properties_json(raw: &[u8]) -> Value {
     let mut m = Map::new();
+    // amq-protocol's property parser recurses into the headers without a bound: only
+    // properties whose headers passed warren's own walk are handed to it.
+    if crate::protocol::properties::Properties::parse(raw).is_none() {
+        return Value::Object(m);
+    }
     let Ok((_, p)) = parse_properties(raw) else {
         return Value::Object(m);
     };

@@ -244,7 +244,11 @@ pub fn body_json(body: &[u8]) -> ApiResult<serde_json::Map<String, Value>> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Default::default());
     }
-    match serde_json::from_slice::<Value>(body) {
+    let doc = serde_json::from_slice::<Value>(body);
+    if let Ok(v) = &doc {
+        crate::definitions::check_nesting(v).map_err(ApiError::bad_request)?;
+    }
+    match doc {
         Ok(Value::Object(m)) => Ok(m),
         Ok(Value::Null) => Ok(Default::default()),
         Ok(Value::String(_)) => Err(ApiError::bad_request(

@@ -49,6 +49,8 @@ pub enum DecodeError {
     /// A class or method this protocol does not have: NOT_IMPLEMENTED... RabbitMQ answers
     /// COMMAND_INVALID (503) for an unknown method id.
     Unknown { class_id: u16, method_id: u16 },
+    /// An arguments or properties table nested deeper than warren decodes.
+    TooDeep { class_id: u16, method_id: u16 },
 }
 
 /// A bounds-checked cursor over a method payload.
@@ -161,6 +163,18 @@ pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {
             })
         })(),
         _ => {
+            if let Some(table) = table_argument(class_id, method_id, payload) {
+                match super::table::check_framed(table) {
+                    Err(super::table::Refused::TooDeep) => {
+                        return Err(DecodeError::TooDeep {
+                            class_id,
+                            method_id,
+                        })
+                    }
+                    Err(super::table::Refused::Malformed) => return Err(syntax),
+                    Ok(_) => {}
+                }
+            }
             return match parse_class(&payload[..]) {
                 Ok((_, class)) => Ok(Method::Other(Box::new(class))),
                 Err(_) if !known(class_id, method_id) => Err(DecodeError::Unknown {
@@ -172,6 +186,62 @@ pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {
         }
     };
     hot.ok_or(syntax)
+}
+
+/// Where the field table of a method that carries one starts (its length prefix first),
+/// so that it can be checked before amq-protocol's recursive parser sees it. `None` for
+/// methods without a table, and where the fields before it are truncated (the parser
+/// then refuses the frame without reaching a table).
+fn table_argument(class_id: u16, method_id: u16, payload: &Bytes) -> Option<&[u8]> {
+    let mut r = Reader {
+        buf: payload,
+        pos: 4,
+    };
+    match (class_id, method_id) {
+        // connection.start: version major, minor, server-properties.
+        (10, 10) => {
+            r.u16()?;
+        }
+        // connection.start-ok: client-properties first.
+        (10, 11) => {}
+        // exchange.declare: ticket, exchange, type, bits, arguments.
+        (40, 10) => {
+            r.u16()?;
+            r.shortstr()?;
+            r.shortstr()?;
+            r.u8()?;
+        }
+        // exchange.bind/unbind, queue.bind: ticket, three names, bits, arguments.
+        (40, 30) | (40, 40) | (50, 20) => {
+            r.u16()?;
+            r.shortstr()?;
+            r.shortstr()?;
+            r.shortstr()?;
+            r.u8()?;
+        }
+        // queue.declare: ticket, queue, bits, arguments.
+        (50, 10) => {
+            r.u16()?;
+            r.shortstr()?;
+            r.u8()?;
+        }
+        // queue.unbind: ticket, queue, exchange, routing key, arguments (no bits).
+        (50, 50) => {
+            r.u16()?;
+            r.shortstr()?;
+            r.shortstr()?;
+            r.shortstr()?;
+        }
+        // basic.consume: ticket, queue, consumer tag, bits, arguments.
+        (60, 20) => {
+            r.u16()?;
+            r.shortstr()?;
+            r.shortstr()?;
+            r.u8()?;
+        }
+        _ => return None,
+    }
+    payload.get(r.pos..)
 }
 
 /// Whether (class, method) exists in AMQP 0-9-1 (RabbitMQ's variant).

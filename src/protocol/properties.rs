@@ -4,7 +4,6 @@
 //! them back out unchanged on delivery, so a client's field tables keep their type tags
 //! and key order. This module only locates the few properties the broker itself acts on.
 
-use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::FieldTable;
 
 const CONTENT_TYPE: u16 = 1 << 15;
@@ -69,6 +68,9 @@ impl Properties {
                     if end > raw.len() {
                         return None;
                     }
+                    // Walked here, once, so that nothing later (routing, dead-lettering,
+                    // the management API, recovery) can meet a table too deep to decode.
+                    super::table::check(&raw[pos + 4..end]).ok()?;
                     p.headers = Some((pos, end));
                     pos = end;
                 }
@@ -100,7 +102,7 @@ impl Properties {
     /// The headers table, decoded (only the headers exchange needs it).
     pub fn headers(&self, raw: &[u8]) -> Option<FieldTable> {
         let (start, end) = self.headers?;
-        parse_field_table(&raw[start..end]).ok().map(|(_, t)| t)
+        super::table::decode(&raw[start..end]).ok()
     }
 
     /// Whether the publisher sent a headers table (a flag test, no parsing).

@@ -6,7 +6,92 @@
 //! rewrite works on raw `(key, tagged value)` pairs instead. Tags follow RabbitMQ's
 //! reading of the spec (`s` is a signed short, `l` a signed long long).
 
+use amq_protocol::types::parsing::parse_field_table;
+use amq_protocol::types::FieldTable;
 use bytes::BufMut;
+
+/// The deepest nesting of tables and arrays warren decodes (the outer table is level 1).
+///
+/// amq-protocol's parser, and the encoder, `Clone`, `Drop` and `Debug` of its value types,
+/// recurse once per level with no bound of their own: a 9 KB frame nesting 1,500 tables
+/// overflows a worker's stack and aborts the process. Every table is therefore walked
+/// (without recursion deeper than this bound) before it is decoded, and JSON documents
+/// that could become tables (HTTP bodies, definitions, policies) are held to the same
+/// bound, so every table warren stores decodes again when read back. An unoptimised
+/// build needs about 5 KB of stack per level; 64 levels leave most of a worker's 2 MiB.
+pub const MAX_DEPTH: usize = 64;
+
+/// Why a table was refused before decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Tables or arrays nest deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// A field or value is truncated or has an unknown type tag.
+    Malformed,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::TooDeep => write!(f, "field table nested deeper than {MAX_DEPTH} levels"),
+            Refused::Malformed => f.write_str("malformed field table"),
+        }
+    }
+}
+
+/// Check a table payload (the bytes after its 4-byte length): well-formed, and no deeper
+/// than [`MAX_DEPTH`]. Recursion here is bounded by the depth it checks.
+pub fn check(payload: &[u8]) -> Result<(), Refused> {
+    check_fields(payload, 1)
+}
+
+fn check_fields(payload: &[u8], depth: usize) -> Result<(), Refused> {
+    for field in iter(payload) {
+        check_value(field.ok_or(Refused::Malformed)?.value, depth)?;
+    }
+    Ok(())
+}
+
+/// `v` is one well-formed tagged value (as `value_len` measured it) at `depth`.
+fn check_value(v: &[u8], depth: usize) -> Result<(), Refused> {
+    match v[0] {
+        b'F' | b'A' if depth >= MAX_DEPTH => Err(Refused::TooDeep),
+        b'F' => check_fields(&v[5..], depth + 1),
+        b'A' => {
+            let mut items = &v[5..];
+            while !items.is_empty() {
+                let n = value_len(items).ok_or(Refused::Malformed)?;
+                check_value(&items[..n], depth + 1)?;
+                items = &items[n..];
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Check a length-prefixed table (as it stands on the wire) and return its total length.
+pub fn check_framed(framed: &[u8]) -> Result<usize, Refused> {
+    let len = u32::from_be_bytes(
+        framed
+            .get(..4)
+            .ok_or(Refused::Malformed)?
+            .try_into()
+            .unwrap_or_default(),
+    );
+    let end = (len as usize).checked_add(4).ok_or(Refused::Malformed)?;
+    check(framed.get(4..end).ok_or(Refused::Malformed)?)?;
+    Ok(end)
+}
+
+/// Decode a length-prefixed table, refusing one that is malformed or too deep before
+/// amq-protocol's recursive parser sees it. The only way warren decodes a table.
+pub fn decode(framed: &[u8]) -> Result<FieldTable, Refused> {
+    check_framed(framed)?;
+    parse_field_table(framed)
+        .map(|(_, t)| t)
+        .map_err(|_| Refused::Malformed)
+}
 
 /// One field of a table: its key and its value bytes, type tag included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,5 +294,60 @@ mod tests {
         assert!(fields(&[1, b'a', b'S', 0, 0, 0, 9]).is_none());
         assert!(fields(&[1, b'a', b'?']).is_none());
         assert!(fields(&[5, b'a']).is_none());
+    }
+
+    /// A framed table `depth` levels deep, alternating tables and arrays below the top.
+    pub(crate) fn nested(depth: usize) -> Vec<u8> {
+        let mut value = longstr(b"bottom");
+        for level in (2..=depth).rev() {
+            value = if level % 2 == 0 {
+                table(&[(&b"t"[..], value)])
+            } else {
+                array(&[long(level as i64), value])
+            };
+        }
+        let payload = table_payload(&[(&b"top"[..], value)]);
+        let mut framed = (payload.len() as u32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&payload);
+        framed
+    }
+
+    #[test]
+    fn depth_is_bounded_before_decoding() {
+        assert_eq!(check_framed(&nested(1)).map(|_| ()), Ok(()));
+        assert_eq!(decode(&nested(MAX_DEPTH)).map(|_| ()), Ok(()));
+        assert_eq!(
+            decode(&nested(MAX_DEPTH + 1)).map(|_| ()),
+            Err(Refused::TooDeep)
+        );
+        // Far deeper than any stack could take: refused at level MAX_DEPTH + 1.
+        assert_eq!(decode(&nested(20_000)).map(|_| ()), Err(Refused::TooDeep));
+        assert_eq!(
+            decode(&[0, 0, 0, 3, 1, b'a', b'?']).map(|_| ()),
+            Err(Refused::Malformed)
+        );
+        assert_eq!(decode(&[0, 0, 0, 9]).map(|_| ()), Err(Refused::Malformed));
+    }
+
+    /// Everything warren does with a decoded table (clone, encode, format, drop) recurses
+    /// per level: at the deepest table it accepts, all of it fits in a tokio worker's
+    /// default 2 MiB stack with room to spare, even unoptimised.
+    #[test]
+    fn deepest_accepted_table_fits_a_worker_stack() {
+        use amq_protocol::frame::WriteContext;
+        use amq_protocol::types::generation::gen_field_table;
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(|| {
+                let t = decode(&nested(MAX_DEPTH)).unwrap();
+                let copy = t.clone();
+                assert!(format!("{copy:?}").len() > MAX_DEPTH);
+                let out = gen_field_table(&t)(WriteContext::from(Vec::new())).unwrap();
+                assert_eq!(out.write, nested(MAX_DEPTH));
+                drop((t, copy));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

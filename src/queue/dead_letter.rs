@@ -64,6 +64,12 @@ pub fn publish(
     let mut routed = Vec::new();
     for m in messages {
         let Some((dl, deaths)) = make_message(m, reason, queue, target, now) else {
+            // Only a message stored by an older warren can get here (publishes are
+            // checked): its properties cannot be rewritten safely, so it is not routed.
+            tracing::warn!(
+                queue,
+                "dead-lettering skipped a message whose properties do not decode"
+            );
             continue;
         };
         let props = Properties::parse(&dl.properties);

@@ -3,7 +3,6 @@
 
 use amq_protocol::frame::WriteContext;
 use amq_protocol::types::generation::gen_field_table;
-use amq_protocol::types::parsing::parse_field_table;
 use amq_protocol::types::FieldTable;
 
 pub trait Put {
@@ -89,7 +88,7 @@ impl<'a> Get<'a> {
     pub fn table(&mut self) -> Option<FieldTable> {
         let len = u32::from_be_bytes(self.buf.get(..4)?.try_into().ok()?) as usize;
         let raw = self.take(4 + len)?;
-        parse_field_table(raw).ok().map(|(_, t)| t)
+        crate::protocol::table::decode(raw).ok()
     }
 }
 
