@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 
-use super::Destination;
+use super::{Destination, Dests};
 
 #[derive(Debug, Default)]
 pub struct DirectRouter {
     /// A destination appears once per binding (bindings may differ only by arguments).
-    by_key: HashMap<String, Vec<Destination>>,
+    by_key: HashMap<String, Dests>,
 }
 
 impl DirectRouter {
@@ -17,9 +17,7 @@ impl DirectRouter {
 
     pub fn unbind(&mut self, key: &str, dest: &Destination) {
         if let Some(v) = self.by_key.get_mut(key) {
-            if let Some(i) = v.iter().position(|d| d == dest) {
-                v.swap_remove(i);
-            }
+            v.remove(dest);
             if v.is_empty() {
                 self.by_key.remove(key);
             }
@@ -28,7 +26,7 @@ impl DirectRouter {
 
     pub fn route(&self, key: &str, out: &mut Vec<Destination>) {
         if let Some(v) = self.by_key.get(key) {
-            out.extend(v.iter().cloned());
+            out.extend(v.as_slice().iter().cloned());
         }
     }
 }

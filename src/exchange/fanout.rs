@@ -1,10 +1,10 @@
 //! Fanout exchange: every binding gets every message, whatever the routing key.
 
-use super::Destination;
+use super::{Destination, Dests};
 
 #[derive(Debug, Default)]
 pub struct FanoutRouter {
-    dests: Vec<Destination>,
+    dests: Dests,
 }
 
 impl FanoutRouter {
@@ -13,12 +13,10 @@ impl FanoutRouter {
     }
 
     pub fn unbind(&mut self, dest: &Destination) {
-        if let Some(i) = self.dests.iter().position(|d| d == dest) {
-            self.dests.swap_remove(i);
-        }
+        self.dests.remove(dest);
     }
 
     pub fn route(&self, out: &mut Vec<Destination>) {
-        out.extend(self.dests.iter().cloned());
+        out.extend(self.dests.as_slice().iter().cloned());
     }
 }

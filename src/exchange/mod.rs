@@ -2,6 +2,8 @@
 //! [`Router`]: bind, unbind, and route a routing key (and, for headers, the headers) to
 //! destinations. The topology that owns exchanges lives in [`crate::vhost`].
 
+mod bindings;
+mod dests;
 mod direct;
 mod fanout;
 mod headers;
@@ -11,6 +13,8 @@ use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
 
+pub use bindings::Bindings;
+pub use dests::Dests;
 pub use direct::DirectRouter;
 pub use fanout::FanoutRouter;
 pub use headers::HeadersRouter;
@@ -101,7 +105,7 @@ pub struct Exchange {
     /// `alternate-exchange`: where messages go that this exchange routes nowhere.
     pub alternate: Option<Arc<str>>,
     /// Outgoing bindings in the order they were made (for listing and unbinding).
-    pub bindings: Vec<Binding>,
+    pub bindings: Bindings,
     router: Router,
 }
 
@@ -127,53 +131,50 @@ impl Exchange {
             internal,
             alternate,
             arguments,
-            bindings: Vec::new(),
+            bindings: Bindings::default(),
             router: Router::new(kind),
         }
     }
 
     /// Add a binding; false if an identical one exists.
     pub fn bind(&mut self, b: Binding) -> bool {
-        if self.bindings.contains(&b) {
+        if !self.bindings.insert(b.clone()) {
             return false;
         }
         match &mut self.router {
             Router::Direct(r) => r.bind(&b.routing_key, b.destination.clone()),
             Router::Fanout(r) => r.bind(b.destination.clone()),
             Router::Topic(r) => r.bind(&b.routing_key, b.destination.clone()),
-            Router::Headers(r) => r.bind(&b.arguments, b.destination.clone()),
+            Router::Headers(r) => r.bind(&b.arguments, b.destination),
         }
-        self.bindings.push(b);
         true
     }
 
     /// Remove a binding; false if there was none.
     pub fn unbind(&mut self, b: &Binding) -> bool {
-        let Some(i) = self.bindings.iter().position(|x| x == b) else {
+        let Some(b) = self.bindings.remove(b) else {
             return false;
         };
-        let b = self.bindings.remove(i);
+        self.unroute(&b);
+        true
+    }
+
+    fn unroute(&mut self, b: &Binding) {
         match &mut self.router {
             Router::Direct(r) => r.unbind(&b.routing_key, &b.destination),
             Router::Fanout(r) => r.unbind(&b.destination),
             Router::Topic(r) => r.unbind(&b.routing_key, &b.destination),
             Router::Headers(r) => r.unbind(&b.arguments, &b.destination),
         }
-        true
     }
 
     /// Remove every binding to `dest` (it is being deleted); returns how many.
     pub fn unbind_destination(&mut self, dest: &Destination) -> usize {
-        let doomed: Vec<Binding> = self
-            .bindings
-            .iter()
-            .filter(|b| &b.destination == dest)
-            .cloned()
-            .collect();
-        for b in &doomed {
-            self.unbind(b);
+        let gone = self.bindings.remove_destination(dest);
+        for b in &gone {
+            self.unroute(b);
         }
-        doomed.len()
+        gone.len()
     }
 
     /// Refuse binding arguments this exchange type can't use.

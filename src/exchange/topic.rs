@@ -3,15 +3,15 @@
 //! rabbit_exchange_type_topic), so matching walks the key's words, not the bindings:
 //! routing cost does not grow with the number of bindings.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::Destination;
+use super::{Destination, Dests};
 
 #[derive(Debug, Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
     /// Bindings whose key ends at this node, once per binding.
-    dests: Vec<Destination>,
+    dests: Dests,
 }
 
 impl Node {
@@ -44,9 +44,7 @@ impl TopicRouter {
         fn remove(node: &mut Node, words: &[&str], dest: &Destination) {
             match words.split_first() {
                 None => {
-                    if let Some(i) = node.dests.iter().position(|d| d == dest) {
-                        node.dests.swap_remove(i);
-                    }
+                    node.dests.remove(dest);
                 }
                 Some((w, rest)) => {
                     if let Some(child) = node.children.get_mut(*w) {
@@ -64,30 +62,45 @@ impl TopicRouter {
 
     pub fn route(&self, key: &str, out: &mut Vec<Destination>) {
         let ws: Vec<&str> = words(key).collect();
-        walk(&self.root, &ws, out);
+        walk(&self.root, &ws, out, &mut None);
     }
 }
 
-fn walk(node: &Node, words: &[&str], out: &mut Vec<Destination>) {
+/// `seen` holds the (`#` node, words left) pairs already walked: a binding such as
+/// `#.#.#...` (or `#.*.#.*...`) would otherwise be walked once per way of splitting the
+/// key among its `#`s, exponentially many for a long key, and one publish would hold
+/// a worker for ever. Each pair gives the same destinations however it is reached.
+fn walk(
+    node: &Node,
+    words: &[&str],
+    out: &mut Vec<Destination>,
+    seen: &mut Option<HashSet<(*const Node, usize)>>,
+) {
     if let Some(hash) = node.children.get("#") {
         // `#` may swallow any number of the remaining words, including none.
         for skip in 0..=words.len() {
-            walk(hash, &words[skip..], out);
+            let rest = &words[skip..];
+            if seen
+                .get_or_insert_with(HashSet::new)
+                .insert((hash as *const Node, rest.len()))
+            {
+                walk(hash, rest, out, seen);
+            }
         }
     }
     let Some((w, rest)) = words.split_first() else {
-        out.extend(node.dests.iter().cloned());
+        out.extend(node.dests.as_slice().iter().cloned());
         return;
     };
     // "*" and "#" in a routing key are plain words; the branches above and below
     // already cover binding words equal to them.
     if *w != "#" && *w != "*" {
         if let Some(child) = node.children.get(*w) {
-            walk(child, rest, out);
+            walk(child, rest, out, seen);
         }
     }
     if let Some(star) = node.children.get("*") {
-        walk(star, rest, out);
+        walk(star, rest, out, seen);
     }
 }
 
@@ -172,5 +185,14 @@ mod tests {
             matched(&r, "stock.42.nyse"),
             ["42"].map(String::from).into()
         );
+    }
+
+    #[test]
+    fn many_hashes_against_a_long_key_route_at_once() {
+        // 127 `#`s and a 128-word key: without the walk's memory, C(255, 127) paths.
+        let key = vec!["#"; 127].join(".");
+        let r = router(&[key.as_str(), "#.*.#.*.#.*.#.*.#.*.#.*.#.*.#.*.#.*.#"]);
+        let long = vec!["w"; 128].join(".");
+        assert_eq!(matched(&r, &long).len(), 2);
     }
 }

@@ -6,7 +6,7 @@
 //! At start-up the log is replayed into a [`Snapshot`] and rewritten as just that
 //! snapshot, so it never grows beyond one record per live entity plus recent changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -50,6 +50,36 @@ pub struct VhostDefs {
     pub exchanges: BTreeMap<String, ExchangeDef>,
     pub queues: BTreeMap<String, QueueDef>,
     pub bindings: Vec<BindingDef>,
+    /// The identities of `bindings` ([`BindingDef::identity`]), so that replaying a log
+    /// of many binds does not search the list for each one.
+    bound: HashSet<Vec<u8>>,
+}
+
+impl BindingDef {
+    /// Every part of the binding, encoded: equal bindings have equal identities.
+    fn identity(&self) -> Vec<u8> {
+        let mut id = Vec::new();
+        id.put_str(&self.source);
+        id.put_u8(self.to_queue as u8);
+        id.put_str(&self.destination);
+        id.put_str(&self.routing_key);
+        id.put_table(&self.arguments);
+        id
+    }
+}
+
+impl VhostDefs {
+    /// Drop the bindings `doomed` picks.
+    fn unbind_where(&mut self, doomed: impl Fn(&BindingDef) -> bool) {
+        let bound = &mut self.bound;
+        self.bindings.retain(|b| {
+            let gone = doomed(b);
+            if gone {
+                bound.remove(&b.identity());
+            }
+            !gone
+        });
+    }
 }
 
 /// What the log describes, replayed.
@@ -111,8 +141,7 @@ impl Snapshot {
             Change::DeleteExchange { vhost, name } => {
                 if let Some(v) = self.vhosts.get_mut(&vhost) {
                     v.exchanges.remove(&name);
-                    v.bindings
-                        .retain(|b| b.source != name && (b.to_queue || b.destination != name));
+                    v.unbind_where(|b| b.source == name || (!b.to_queue && b.destination == name));
                 }
             }
             Change::Queue { vhost, name, def } => {
@@ -125,19 +154,18 @@ impl Snapshot {
             Change::DeleteQueue { vhost, name } => {
                 if let Some(v) = self.vhosts.get_mut(&vhost) {
                     v.queues.remove(&name);
-                    v.bindings
-                        .retain(|b| !(b.to_queue && b.destination == name));
+                    v.unbind_where(|b| b.to_queue && b.destination == name);
                 }
             }
             Change::Bind { vhost, binding } => {
                 let v = self.vhosts.entry(vhost).or_default();
-                if !v.bindings.contains(&binding) {
+                if v.bound.insert(binding.identity()) {
                     v.bindings.push(binding);
                 }
             }
             Change::Unbind { vhost, binding } => {
                 if let Some(v) = self.vhosts.get_mut(&vhost) {
-                    v.bindings.retain(|b| b != &binding);
+                    v.unbind_where(|b| b == &binding);
                 }
             }
         }

@@ -416,6 +416,13 @@ impl RawConn {
         RawConn { stream }
     }
 
+    /// A second handle on the same socket (e.g. to write from another thread).
+    pub fn try_clone(&self) -> RawConn {
+        RawConn {
+            stream: self.stream.try_clone().expect("clone the socket"),
+        }
+    }
+
     pub fn set_read_timeout(&self, d: Duration) {
         self.stream.set_read_timeout(Some(d)).unwrap();
     }
