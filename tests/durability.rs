@@ -786,3 +786,191 @@ async fn transient_backlogs_page_out_too_and_are_gone_after_a_restart() {
     let got: Vec<String> = drain(&ch, "mixed").await.into_iter().map(|m| m.0).collect();
     assert!(got == want, "only the persistent ones survive, in order");
 }
+
+// ---------------------------------------------------------------------------
+// A damaged data directory: nothing warren cannot account for is deleted or cut off
+// without a copy in quarantine/, and damage that could lose a queue stops the start.
+// ---------------------------------------------------------------------------
+
+/// Bytes no record framing accepts (a fixed pseudo-random stream).
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8 | 0x80
+        })
+        .collect()
+}
+
+/// A crashed broker's data dir with a durable queue "q" holding `n` persistent messages.
+async fn crashed_with_messages(n: usize) -> std::path::PathBuf {
+    let broker = Broker::start();
+    {
+        let (_conn, ch) = broker.channel().await;
+        within(ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+        declare_durable(&ch, "q", no_args()).await;
+        confirm_publish(&ch, "q", &bodies("m", n), persistent()).await;
+    }
+    broker.crash()
+}
+
+/// Run warren on `dir` expecting it to refuse to start; its stderr.
+fn refused_start(dir: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--amqp-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("WARREN_METRICS_LISTEN", "127.0.0.1:0")
+        .env("WARREN_MANAGEMENT_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "warren started on a damaged data dir"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn quarantined(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut v: Vec<_> = std::fs::read_dir(dir.join("quarantine"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    (name, e.metadata().unwrap().len())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topology_log_refuses_to_start_and_keeps_the_messages() {
+    if skip_external() {
+        return;
+    }
+    let dir = crashed_with_messages(1000).await;
+    std::fs::remove_file(dir.join("topology.log")).unwrap();
+    let segs: Vec<_> = segments(&dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let err = refused_start(&dir);
+    assert!(err.contains("topology.log is missing"), "{err}");
+    let after: Vec<_> = segments(&dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(after, segs, "the segments are untouched");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_topology_log_refuses_to_start_and_is_left_as_it_was() {
+    if skip_external() {
+        return;
+    }
+    let dir = crashed_with_messages(10).await;
+    let log = dir.join("topology.log");
+    let mut data = std::fs::read(&log).unwrap();
+    let n = data.len().min(64);
+    data[..n].copy_from_slice(&noise(n));
+    std::fs::write(&log, &data).unwrap();
+    let err = refused_start(&dir);
+    assert!(err.contains("topology.log is damaged"), "{err}");
+    assert_eq!(std::fs::read(&log).unwrap(), data);
+    assert_eq!(segments(&dir).len(), 1, "no segment deleted");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noise_over_a_segment_is_set_aside_not_truncated_away() {
+    if skip_external() {
+        return;
+    }
+    let dir = crashed_with_messages(200).await;
+    let seg = segments(&dir).pop().unwrap();
+    let original = std::fs::read(&seg).unwrap();
+    // Random bytes over the start of the file: the first records are gone, the rest
+    // is recovered, and the whole file is kept as it was found.
+    let mut damaged = original.clone();
+    damaged[..4096].copy_from_slice(&noise(4096));
+    std::fs::write(&seg, &damaged).unwrap();
+    let broker = Broker::spawn_in(dir, &[]);
+    let (_conn, ch) = broker.channel().await;
+    let got: Vec<String> = drain(&ch, "q").await.into_iter().map(|m| m.0).collect();
+    assert!(
+        !got.is_empty() && got.len() < 200,
+        "{} recovered",
+        got.len()
+    );
+    assert_eq!(
+        got.last().map(String::as_str),
+        Some(bodies("m", 200)[199].as_str())
+    );
+    drop((_conn, ch));
+    let dir = broker.crash();
+    let q = quarantined(&dir);
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(q[0].0.ends_with(".seg-damaged"), "{q:?}");
+    assert_eq!(q[0].1 as usize, damaged.len());
+
+    // A segment that is noise from its first byte to its last: no record to keep, and
+    // no torn write either; the bytes go to quarantine before the file is emptied.
+    let seg = segments(&dir).pop().unwrap();
+    std::fs::write(&seg, noise(10_000)).unwrap();
+    let broker = Broker::spawn_in(dir, &[]);
+    let dir = broker.crash();
+    let q = quarantined(&dir);
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert!(
+        q.iter()
+            .any(|(name, len)| name.ends_with(".seg-tail-at-0") && *len == 10_000),
+        "{q:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_data_dir_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    if skip_external() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("warren-private-{}/data", std::process::id()));
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    let broker = Broker::spawn_in(dir.clone(), &[]);
+    {
+        let (_conn, ch) = broker.channel().await;
+        within(ch.confirm_select(ConfirmSelectOptions::default()))
+            .await
+            .unwrap();
+        declare_durable(&ch, "q", no_args()).await;
+        confirm_publish(&ch, "q", &bodies("m", 3), persistent()).await;
+    }
+    warrenctl(&dir, &["add_user", "alice", "secret"]);
+    let mut seen = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if meta.is_file() {
+            assert_eq!(mode, 0o600, "{}", p.display());
+            seen += 1;
+        }
+    }
+    assert!(dir.join("access.json").exists());
+    assert!(seen >= 5, "checked {seen} files");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+}

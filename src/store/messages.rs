@@ -140,7 +140,7 @@ impl MessageStore {
         live_qids: &HashSet<u64>,
         config: &StoreConfig,
     ) -> io::Result<(Arc<MessageStore>, RecoveredByQueue)> {
-        fs::create_dir_all(dir)?;
+        super::files::create_dir(dir)?;
         let started = std::time::Instant::now();
         let mut recovery = recover(dir, live_qids)?;
         let synced = Arc::new(AtomicU64::new(recovery.max_id));
@@ -384,7 +384,7 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
 }
 
 fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
-    OpenOptions::new()
+    super::files::options()
         .create(true)
         .append(true)
         .open(segment_path(dir, n))
@@ -650,6 +650,15 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
             }
         });
         record::report(&path, data.len(), &report);
+        // Nothing is cut off or skipped without a copy: a damaged segment whole, else
+        // the torn tail about to be truncated.
+        let data_dir = dir.parent().unwrap_or(dir);
+        if !report.corrupt_at.is_empty() {
+            super::files::quarantine(data_dir, &path, "damaged", &data)?;
+        } else if report.valid_len < data.len() {
+            let what = format!("tail-at-{}", report.valid_len);
+            super::files::quarantine(data_dir, &path, &what, &data[report.valid_len..])?;
+        }
         if report.valid_len < data.len() {
             let f = OpenOptions::new().write(true).open(&path)?;
             f.set_len(report.valid_len as u64)?;

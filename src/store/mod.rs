@@ -9,13 +9,14 @@
 //! Every log uses the checksummed record framing of [`record`].
 
 mod codec;
+pub mod files;
 mod index;
 pub mod messages;
 pub mod record;
 pub mod topology;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,7 +63,10 @@ impl Store {
         let err = |what: &str, e: std::io::Error| {
             StoreError(format!("{what} in data dir {}: {e}", dir.display()))
         };
-        fs::create_dir_all(dir).map_err(|e| unusable(dir, &e))?;
+        if let Some(warning) = files::exposure(dir) {
+            tracing::warn!("{warning}");
+        }
+        files::create_dir(dir).map_err(|e| unusable(dir, &e))?;
         let lock = lock(dir)?;
         let node_id = meta(dir)?;
         let (topology, snapshot) = TopologyLog::open(dir, config.fsync)
@@ -99,7 +103,7 @@ impl Store {
     pub fn write_file(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!("{name}.new"));
-        let mut f = File::create(&tmp)?;
+        let mut f = files::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, &path)?;
@@ -135,7 +139,7 @@ fn unusable(dir: &Path, e: &std::io::Error) -> StoreError {
 
 fn lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("warren.lock");
-    let mut f = OpenOptions::new()
+    let mut f = files::options()
         .read(true)
         .write(true)
         .create(true)
@@ -182,7 +186,7 @@ fn meta(dir: &Path) -> Result<String, StoreError> {
     let text =
         format!("# warren data directory; do not edit.\nformat = {FORMAT}\nnode_id = \"{id}\"\n");
     let tmp = dir.join("meta.toml.new");
-    fs::write(&tmp, text)
+    files::write(&tmp, text.as_bytes())
         .and_then(|()| File::open(&tmp)?.sync_all())
         .and_then(|()| fs::rename(&tmp, &path))
         .map_err(|e| StoreError(format!("cannot write {}: {e}", path.display())))?;

@@ -76,6 +76,18 @@ pub fn scan(data: &[u8], mut f: impl FnMut(usize, &[u8])) -> ScanReport {
     report
 }
 
+/// Whether the bytes after `valid_len` can be what a crash leaves of one record being
+/// written: fewer bytes than a header, or a header announcing at most `max` bytes that
+/// run past the end of the file. Anything else there is damage, not a torn write.
+pub fn torn_tail(data: &[u8], valid_len: usize, max: usize) -> bool {
+    let tail = &data[valid_len.min(data.len())..];
+    if tail.len() < HEADER {
+        return true;
+    }
+    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+    len <= max && HEADER + len > tail.len()
+}
+
 /// Log a scan's findings once, naming the file.
 pub fn report(path: &Path, total: usize, r: &ScanReport) {
     for at in &r.corrupt_at {
@@ -130,5 +142,21 @@ mod tests {
         );
         assert_eq!(r.corrupt_at, vec![bad]);
         assert_eq!(r.valid_len, buf.len());
+    }
+
+    #[test]
+    fn torn_tails_are_told_from_damage() {
+        let mut buf = Vec::new();
+        append(&mut buf, b"whole");
+        let whole = buf.len();
+        append(&mut buf, b"cut short by a crash");
+        assert!(torn_tail(&buf[..buf.len() - 3], whole, 1024));
+        assert!(torn_tail(&buf[..whole + 5], whole, 1024));
+        // A complete record whose checksum fails is damage, as is a length no record has.
+        let mut bad = buf.clone();
+        bad[whole + 9] ^= 1;
+        assert!(!torn_tail(&bad, whole, 1024));
+        let garbage: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(97) | 0x80).collect();
+        assert!(!torn_tail(&garbage, 0, 1024));
     }
 }

@@ -20,6 +20,19 @@ use super::record;
 
 const FILE: &str = "topology.log";
 
+/// The largest topology record a torn tail can announce (a change with its arguments is
+/// a few kilobytes; random bytes rarely claim less than this).
+const TORN_MAX: usize = 16 << 20;
+
+/// Whether the message store next to the topology log has any segment.
+fn has_segments(dir: &Path) -> bool {
+    fs::read_dir(dir.join("messages")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "seg"))
+    })
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeDef {
     pub kind: String,
@@ -335,13 +348,42 @@ impl TopologyLog {
         let path = dir.join(FILE);
         let mut snapshot = Snapshot::default();
         if let Ok(data) = fs::read(&path) {
+            let mut unreadable = Vec::new();
             let report = record::scan(&data, |offset, payload| match decode(payload) {
                 Some(c) => snapshot.apply(c),
-                None => {
-                    tracing::warn!(file = %path.display(), offset, "unreadable topology record skipped")
-                }
+                None => unreadable.push(offset),
             });
-            record::report(&path, data.len(), &report);
+            unreadable.extend(&report.corrupt_at);
+            if report.valid_len < data.len()
+                && !record::torn_tail(&data, report.valid_len, TORN_MAX)
+            {
+                unreadable.push(report.valid_len);
+            }
+            if let Some(first) = unreadable.iter().min() {
+                // Replaying around a lost record could forget a queue, and recovery would
+                // then drop that queue's messages: refuse, and touch nothing.
+                return Err(io::Error::other(format!(
+                    "{} is damaged ({} unreadable record(s), the first at offset {first}); \
+                     nothing was changed. Restore it from a backup, or move it and messages/ \
+                     aside to start without the durable topology and messages",
+                    path.display(),
+                    unreadable.len()
+                )));
+            }
+            if report.valid_len < data.len() {
+                // A torn tail after a crash: compaction below leaves it out; keep a copy.
+                let what = format!("tail-at-{}", report.valid_len);
+                let data_dir = path.parent().unwrap_or(dir);
+                super::files::quarantine(data_dir, &path, &what, &data[report.valid_len..])?;
+                record::report(&path, data.len(), &report);
+            }
+        } else if has_segments(dir) {
+            return Err(io::Error::other(format!(
+                "{} is missing but messages/ holds persistent messages: without it they belong \
+                 to no queue. Restore it from a backup, or move messages/ aside to start empty; \
+                 nothing was changed",
+                path.display()
+            )));
         }
         // Compact: write the snapshot to a new file, sync it, then swap it in.
         let tmp = dir.join(format!("{FILE}.new"));
@@ -350,7 +392,7 @@ impl TopologyLog {
             record::append_with(&mut buf, |o| encode(&c, o));
         }
         {
-            let mut f = File::create(&tmp)?;
+            let mut f = super::files::create(&tmp)?;
             f.write_all(&buf)?;
             f.sync_all()?;
         }
