@@ -31,6 +31,7 @@
 //! - [`error`]: protocol errors as values carrying their reply codes.
 //! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
 
+pub mod accept;
 pub mod access;
 pub mod alarm;
 pub mod arguments;

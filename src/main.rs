@@ -198,6 +198,8 @@ async fn serve(
     load_definitions(&broker).map_err(|e| Failure(78, e))?; // EX_CONFIG
     check_memory_limit(&broker.config.alarms)?;
     broker.save_access();
+    // One descriptor held back for the accept loops (see accept.rs).
+    warren::accept::reserve();
     let control = warren::control::bind(&broker.config.data_dir)
         .await
         .map_err(|e| {

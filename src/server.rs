@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::accept;
 use crate::broker::Broker;
 use crate::tls::Tls;
 
@@ -40,16 +41,17 @@ pub fn bind_error_for(key: &str, listen: &str, e: &std::io::Error) -> String {
 /// Accept connections until the broker shuts down.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     let mut shutdown = broker.shutdown_signal();
+    let mut failures = accept::Failures::new("amqp");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    failures.accepted();
                     tokio::spawn(crate::connection::serve(broker.clone(), socket, peer));
                 }
                 Err(e) => {
-                    // Out of file descriptors and the like: log, back off, go on.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let shed = accept::shed(&listener, &e).await;
+                    failures.failed(&e, shed).await;
                 }
             },
             // wait_for, not changed(): a shutdown before this task first ran must count.
@@ -62,10 +64,12 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
 /// connection's own task, so a slow or failing client never holds up accepting others.
 pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>) {
     let mut shutdown = broker.shutdown_signal();
+    let mut failures = accept::Failures::new("amqps");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    failures.accepted();
                     let _ = socket.set_nodelay(true);
                     let (broker, tls) = (broker.clone(), tls.clone());
                     tokio::spawn(async move {
@@ -75,8 +79,8 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>
                     });
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "accept failed (amqps)");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let shed = accept::shed(&listener, &e).await;
+                    failures.failed(&e, shed).await;
                 }
             },
             _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,

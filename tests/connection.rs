@@ -438,3 +438,117 @@ async fn lapin_connects_and_closes_cleanly() {
     within(conn.close(200, "bye".into())).await.unwrap();
     let _ = Dec::new(&[]);
 }
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn warrenctl(broker: &Broker, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        .arg("--data-dir")
+        .arg(broker.data_dir().unwrap())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Out of file descriptors: new clients are refused at once (not left hanging), the
+/// accept loops do not spin, connections already open carry on, and warrenctl still
+/// works, so an operator can close connections; once some close, clients get in again.
+#[test]
+fn running_out_of_descriptors_refuses_new_clients_and_keeps_the_rest() {
+    if is_external() {
+        return;
+    }
+    let broker = Broker::start();
+    let pid = broker.pid();
+    // A descriptor limit a few dozen above what the broker holds now.
+    let limit = (open_descriptors(pid) + 24) as u64;
+    let l = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: prlimit on our own child with a valid struct.
+    assert_eq!(
+        unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &l, std::ptr::null_mut()) },
+        0
+    );
+
+    let mut held = Vec::new();
+    let refused = loop {
+        assert!(held.len() < 64, "the limit never bit");
+        let mut c = RawConn::connect(&broker.addr());
+        c.set_read_timeout(WAIT);
+        c.send_protocol_header();
+        match c.read_frame() {
+            Ok(_) => {
+                // Logged in, so that warrenctl lists it.
+                c.send_start_ok_plain("guest", "guest");
+                let tune = c.read_tune();
+                c.send_tune_ok(tune);
+                c.send_open("/");
+                c.expect_method(0, 10, 41);
+                held.push(c);
+            }
+            Err(e) => break e,
+        }
+    };
+    // Refused, not timed out.
+    assert_ne!(refused.kind(), std::io::ErrorKind::WouldBlock, "{refused}");
+    assert_ne!(refused.kind(), std::io::ErrorKind::TimedOut, "{refused}");
+
+    // More clients knock, on every port; the broker does not spin meanwhile.
+    let before = cpu_ticks(pid);
+    for _ in 0..20 {
+        for addr in [broker.addr(), broker.management_addr().to_owned()] {
+            let _ = std::net::TcpStream::connect(&addr);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let spent = cpu_ticks(pid) - before;
+    assert!(
+        spent < 50,
+        "{spent} ticks of CPU in a second while out of descriptors"
+    );
+
+    // warrenctl gets through on the reserve descriptor.
+    let out = warrenctl(&broker, &["-q", "list_connections", "pid"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pids = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(pids.lines().count() >= held.len() - 1, "{pids}");
+
+    // An open connection is unaffected.
+    let mut first = held.remove(0);
+    first.open_channel(1);
+    first.close();
+    drop(held.drain(..4));
+    // Descriptors are back: clients connect again.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut c = RawConn::connect(&broker.addr());
+        c.set_read_timeout(WAIT);
+        c.send_protocol_header();
+        if c.read_frame().is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused after connections closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -115,15 +115,36 @@ pub async fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
 /// Serve control connections until the broker shuts down; then remove the socket.
 pub async fn serve(broker: Arc<Broker>, listener: UnixListener) {
     let mut shutdown = broker.shutdown_signal();
+    let mut failures = crate::accept::Failures::new("control");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    failures.accepted();
                     tokio::spawn(serve_one(broker.clone(), stream));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "control socket accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // Out of descriptors, the operator's warrenctl is served on the
+                    // reserve one: it is how connections get closed to end the episode.
+                    let mut served = false;
+                    if crate::accept::out_of_descriptors(&e) && crate::accept::release_reserve() {
+                        let accepted = tokio::time::timeout(
+                            std::time::Duration::from_millis(10),
+                            listener.accept(),
+                        )
+                        .await;
+                        if let Ok(Ok((stream, _))) = accepted {
+                            served = true;
+                            let broker = broker.clone();
+                            tokio::spawn(async move {
+                                serve_one(broker, stream).await;
+                                crate::accept::reserve();
+                            });
+                        } else {
+                            crate::accept::reserve();
+                        }
+                    }
+                    failures.failed(&e, served).await;
                 }
             },
             // wait_for, not changed(): a shutdown before this task first ran must count.

@@ -32,10 +32,19 @@ pub async fn serve(
     tls: Option<Arc<Tls>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut failures = crate::accept::Failures::new("management");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((tcp, peer)) = accepted else { continue };
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let shed = crate::accept::shed(&listener, &e).await;
+                        failures.failed(&e, shed).await;
+                        continue;
+                    }
+                };
+                failures.accepted();
                 let _ = tcp.set_nodelay(true);
                 // Handlers see the peer (for loopback-only users) in ConnectInfo.
                 let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));

@@ -19,10 +19,19 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serve scrapes until the broker shuts down.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     let mut shutdown = broker.shutdown_signal();
+    let mut failures = crate::accept::Failures::new("prometheus");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let (stream, _) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let shed = crate::accept::shed(&listener, &e).await;
+                        failures.failed(&e, shed).await;
+                        continue;
+                    }
+                };
+                failures.accepted();
                 tokio::spawn(handle(broker.clone(), stream));
             }
             // wait_for, not changed(): a shutdown before this task first ran must count.
@@ -34,10 +43,19 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
 /// Serve scrapes over HTTPS (the `[tls]` certificate) until the broker shuts down.
 pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>) {
     let mut shutdown = broker.shutdown_signal();
+    let mut failures = crate::accept::Failures::new("prometheus_tls");
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let shed = crate::accept::shed(&listener, &e).await;
+                        failures.failed(&e, shed).await;
+                        continue;
+                    }
+                };
+                failures.accepted();
                 let (broker, tls) = (broker.clone(), tls.clone());
                 tokio::spawn(async move {
                     if let Some((stream, _)) = tls.accept(stream, peer).await {
