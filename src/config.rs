@@ -31,6 +31,13 @@ pub struct ManagementConfig {
     /// The same API over HTTPS with the `[tls]` certificate settings, host:port; empty:
     /// off. RabbitMQ's management.ssl.port (15671). Env: WARREN_MANAGEMENT_TLS_LISTEN.
     pub tls_listen: String,
+    /// The largest request body taken, in bytes (a definitions import is the big one).
+    /// RabbitMQ's management.http.max_body_size, same default.
+    pub max_body_size: u64,
+    /// Seconds a client has to send a request's body once its head has arrived; then
+    /// 408 and the connection is closed (a body trickled a byte at a time would hold a
+    /// socket and a task for ever).
+    pub body_timeout: u64,
 }
 
 impl Default for ManagementConfig {
@@ -38,6 +45,8 @@ impl Default for ManagementConfig {
         ManagementConfig {
             listen: "0.0.0.0:15672".to_owned(),
             tls_listen: String::new(),
+            max_body_size: 20_000_000,
+            body_timeout: 60,
         }
     }
 }

@@ -1256,3 +1256,73 @@ async fn json_nested_deeper_than_tables_decode_is_refused() {
     let got = api.get(&path).await;
     assert_eq!(got["arguments"]["x-deep"], nest(30));
 }
+
+/// Large definitions go through (RabbitMQ takes up to management.http.max_body_size,
+/// 20 MB by default); beyond the limit, 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_request_bodies_up_to_the_limit_are_taken() {
+    let Some(broker) = spawn() else { return };
+    let api = Api::of(&broker);
+    let q = unique("mgmt-big-defs");
+    // 2.5 MB, most of it in a key the import ignores (with a warning).
+    let defs = json!({
+        "warren_test_padding": "p".repeat(2_500_000),
+        "queues": [{"name": q, "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}],
+    });
+    let r = api.call("POST", "/api/definitions", Some(defs)).await;
+    assert!(matches!(r.status, 201 | 204), "{} {}", r.status, r.json);
+    assert_eq!(
+        api.call("GET", &format!("/api/queues/%2F/{q}"), None)
+            .await
+            .status,
+        200
+    );
+
+    let too_big = json!({ "warren_test_padding": "p".repeat(20_000_001) });
+    let r = api.call("POST", "/api/definitions", Some(too_big)).await;
+    assert_eq!(r.status, 413, "{}", r.json);
+}
+
+/// A body that trickles in is cut off after management.body_timeout with 408, and the
+/// connection is closed: it cannot hold a socket and a task for ever.
+#[test]
+fn a_trickled_request_body_is_cut_off() {
+    if is_external() {
+        return;
+    }
+    let n = std::process::id();
+    let dir = std::env::temp_dir().join(format!("warren-body-timeout-{n}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let broker = Broker::spawn_in_env(dir, &[], &[("WARREN_MANAGEMENT_BODY_TIMEOUT", "2")]);
+    let mut s = TcpStream::connect(broker.management_addr()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let head = format!(
+        "PUT /api/vhosts/trickle HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+        basic("guest", "guest")
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let started = std::time::Instant::now();
+    let sender = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..40 {
+                if s.write_all(b" ").is_err() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+        })
+    };
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "cut off after {:?}",
+        started.elapsed()
+    );
+    sender.join().unwrap();
+}

@@ -117,6 +117,10 @@ pub async fn serve(
 }
 
 fn router(api: Api) -> Router {
+    let limits = BodyLimits {
+        max: api.broker.config.management.max_body_size as usize,
+        within: std::time::Duration::from_secs(api.broker.config.management.body_timeout.max(1)),
+    };
     Router::new()
         .merge(overview::routes())
         .merge(vhosts::routes())
@@ -132,6 +136,57 @@ fn router(api: Api) -> Router {
         .merge(console::routes())
         .fallback(|| async { ApiError::not_found() })
         .with_state(api)
+        // The body is taken whole by `limited_body` below, which enforces the size.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(move |req, next| {
+            limited_body(limits, req, next)
+        }))
+}
+
+/// How much of a request body the API takes, and for how long it waits for it.
+#[derive(Debug, Clone, Copy)]
+struct BodyLimits {
+    max: usize,
+    within: std::time::Duration,
+}
+
+/// Read the request body whole before any handler runs: refused with 413 past the size
+/// limit, and with 408 (and the connection closed) when it has not all arrived in time.
+/// The head has its own deadline (server.rs); without this one, a client trickling its
+/// body a byte at a time would hold a connection open for ever.
+async fn limited_body(
+    limits: BodyLimits,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(limits.within, axum::body::to_bytes(body, limits.max));
+    match read.await {
+        Ok(Ok(bytes)) => {
+            let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(req).await
+        }
+        Ok(Err(_)) => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            error: "bad_request",
+            reason: format!(
+                "request body larger than management.max_body_size ({} bytes)",
+                limits.max
+            ),
+        }
+        .into_response(),
+        Err(_) => {
+            let mut r = ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                error: "request_timeout",
+                reason: "the request body did not arrive within management.body_timeout".into(),
+            }
+            .into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
+    }
 }
 
 // ---- errors ----
