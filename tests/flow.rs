@@ -192,3 +192,93 @@ async fn a_flooding_publisher_is_throttled_its_queue_stays_bounded_and_nothing_i
         "{cs}"
     );
 }
+
+/// A consumer without a prefetch limit whose client never reads its socket: the broker
+/// stops delivering to it once its socket is backed up (rather than holding the whole
+/// backlog in that connection's outbox), and when it goes, what it held comes back to
+/// the queue and pages out to disk again instead of staying in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_never_reads_does_not_pin_the_backlog_in_memory() {
+    use common::raw::{Enc, RawConn};
+    if is_external() {
+        eprintln!("skipped: reads queue figures through warrenctl");
+        return;
+    }
+    const N: usize = 20_000;
+    let broker = Broker::start();
+    let dir = broker.data_dir().unwrap();
+    let q = unique("never-reads");
+    {
+        let (_conn, ch) = broker.channel().await;
+        declare_queue(&ch, &q).await;
+        let body = vec![b'x'; 4096];
+        for _ in 0..N {
+            within(ch.basic_publish(
+                "".into(),
+                q.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default(),
+            ))
+            .await
+            .unwrap();
+        }
+        wait_message_count(&ch, &q, N as u32).await;
+    }
+    let figures = |q: &str| {
+        let rows = ctl_json(
+            &dir,
+            &[
+                "list_queues",
+                "name",
+                "messages_unacknowledged",
+                "messages_ram",
+            ],
+        );
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == q)
+            .cloned()
+            .unwrap();
+        (
+            row["messages_unacknowledged"].as_u64().unwrap(),
+            row["messages_ram"].as_u64().unwrap(),
+        )
+    };
+    let (mut c, _) = RawConn::open(&broker.addr());
+    c.open_channel(1);
+    let consume = Enc::new()
+        .u16(0)
+        .shortstr(&q)
+        .shortstr("ctag")
+        .u8(0)
+        .table(&[]);
+    c.send_method(1, 60, 20, &consume.done());
+    // Deliveries stop once ~16 MB wait for the socket (plus what the kernel buffers).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (unacked, _) = figures(&q);
+    assert!(unacked > 1000, "deliveries started: {unacked}");
+    let settled = figures(&q).0;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(figures(&q).0, settled, "deliveries stopped");
+    assert!(
+        settled < N as u64 / 2,
+        "{settled} of {N} sent to a client that reads nothing"
+    );
+    drop(c);
+    // Everything is back, and past the resident window it is on disk, not in memory.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (unacked, ram) = figures(&q);
+        if unacked == 0 && ram <= 4096 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "unacked {unacked}, in memory {ram}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -184,7 +184,8 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new(number: u16) -> Channel {
+    /// `congested`: the connection writer's flag (see [`ChannelLimiter`]).
+    pub fn new(number: u16, congested: Arc<std::sync::atomic::AtomicBool>) -> Channel {
         Channel {
             number,
             uid: crate::util::next_id(),
@@ -194,7 +195,7 @@ impl Channel {
             tx: None,
             routes: RouteCache::default(),
             grants: PublishGrants::default(),
-            limiter: Arc::new(ChannelLimiter::default()),
+            limiter: Arc::new(ChannelLimiter::on(congested)),
             consumer_prefetch: 0,
             consumers: HashMap::default(),
             next_tag: 1,
@@ -463,7 +464,7 @@ impl Channel {
     }
 
     /// Ask every queue this channel consumes from to try delivering again.
-    fn kick_queues(&self) {
+    pub fn kick_queues(&self) {
         for q in self.queues.values() {
             q.send(QueueCmd::Kick);
         }

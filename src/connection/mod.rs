@@ -299,6 +299,12 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                         Err(_) => alarms_open = false,
                     }
                 }
+                // The client read what it was behind on: deliveries may go out again.
+                _ = self.writer.drained() => {
+                    for ch in channels.values() {
+                        ch.kick_queues();
+                    }
+                }
                 _ = drained(&throttled), if !throttled.is_empty() => {
                     throttled.clear();
                     self.state.set(if blocked { ConnState::BLOCKED } else { ConnState::RUNNING });
@@ -546,7 +552,10 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             self.broker
                 .admit_channel(&s.user)
                 .map_err(|e| e.on(20, 10))?;
-            channels.insert(number, Box::new(Channel::new(number)));
+            channels.insert(
+                number,
+                Box::new(Channel::new(number, self.writer.congestion())),
+            );
             self.channel_count
                 .store(channels.len(), std::sync::atomic::Ordering::Relaxed);
             s.send(

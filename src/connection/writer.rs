@@ -6,10 +6,16 @@
 //! The hand-off is one shared vector behind a mutex (locked once per batch, to append or
 //! to swap it out) and a [`Notify`]: an mpsc channel would allocate a 32-slot block and
 //! cache-padded state up front, over a kilobyte that every idle connection would carry.
+//!
+//! A client that does not read its socket would otherwise make the outbox hold every
+//! message its consumers are sent (a consumer without prefetch takes a whole backlog):
+//! past [`CONGESTED_BYTES`] not yet written, the connection is congested, and queues
+//! hold its consumers' deliveries (their channel limiters say so) until the writer has
+//! brought it below [`UNCONGESTED_BYTES`] and woken the connection task to kick them.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes};
@@ -19,10 +25,22 @@ use tokio::sync::Notify;
 /// iovecs per writev (Linux allows 1024).
 const MAX_IOV: usize = 256;
 
+/// Bytes queued for the socket past which the connection is congested.
+pub const CONGESTED_BYTES: usize = 16 << 20;
+/// ...and below which it is not any more.
+pub const UNCONGESTED_BYTES: usize = 4 << 20;
+
 #[derive(Default)]
 struct Outbox {
     frames: Mutex<Vec<Bytes>>,
     ready: Notify,
+    /// Bytes handed to the writer and not yet written to the socket.
+    queued: AtomicUsize,
+    /// Set by the sender past [`CONGESTED_BYTES`], cleared by the writer below
+    /// [`UNCONGESTED_BYTES`]; shared with the connection's channel limiters.
+    congested: Arc<AtomicBool>,
+    /// Signalled when the writer clears `congested`.
+    drained: Notify,
     /// One side is gone: the connection task (the writer writes what is left, then shuts
     /// the socket down) or the writer (the socket failed: later frames are dropped).
     closed: AtomicBool,
@@ -52,6 +70,10 @@ impl WriterTx {
         if self.0.closed.load(Ordering::Acquire) {
             return;
         }
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
+        if self.0.queued.fetch_add(bytes, Ordering::AcqRel) + bytes > CONGESTED_BYTES {
+            self.0.congested.store(true, Ordering::Release);
+        }
         {
             let mut frames = self.0.frames();
             if frames.is_empty() {
@@ -61,6 +83,19 @@ impl WriterTx {
             }
         }
         self.0.ready.notify_one();
+    }
+}
+
+impl WriterTx {
+    /// The congestion flag, for the connection's channel limiters.
+    pub fn congestion(&self) -> Arc<AtomicBool> {
+        self.0.congested.clone()
+    }
+
+    /// Resolves when the writer has relieved a congestion (a permit is kept if the
+    /// connection task was not waiting).
+    pub async fn drained(&self) {
+        self.0.drained.notified().await
     }
 }
 
@@ -95,6 +130,7 @@ impl WriterRx {
 pub async fn run<W: AsyncWrite + Unpin>(mut socket: W, mut rx: WriterRx) {
     let mut pending: VecDeque<Bytes> = VecDeque::new();
     while let Some(batch) = rx.recv().await {
+        let bytes: usize = batch.iter().map(Bytes::len).sum();
         pending.extend(batch);
         // flush: TLS keeps records it could not write yet; on plain TCP it is a no-op.
         let written = match write_all(&mut socket, &mut pending).await {
@@ -104,6 +140,10 @@ pub async fn run<W: AsyncWrite + Unpin>(mut socket: W, mut rx: WriterRx) {
         if let Err(e) = written {
             tracing::debug!(error = %e, "socket write failed");
             break;
+        }
+        let left = rx.0.queued.fetch_sub(bytes, Ordering::AcqRel) - bytes;
+        if left < UNCONGESTED_BYTES && rx.0.congested.swap(false, Ordering::AcqRel) {
+            rx.0.drained.notify_one();
         }
     }
     rx.0.closed.store(true, Ordering::Release);

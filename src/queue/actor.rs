@@ -708,6 +708,7 @@ impl QueueActor {
     fn settle(&mut self, channel: Option<u64>, ids: Vec<u64>, how: Settle) {
         let mut dead = Vec::new();
         let mut limit_exceeded = Vec::new();
+        let mut requeued = Vec::new();
         for id in ids {
             if channel.is_some_and(|ch| self.unacked.get(&id).is_some_and(|u| u.channel_uid != ch))
             {
@@ -726,7 +727,7 @@ impl QueueActor {
                 Settle::Requeue => match quorum::returned(&self.args, u.entry) {
                     Ok(mut e) => {
                         e.redelivered = true;
-                        self.ready.requeue(e);
+                        requeued.push(e);
                     }
                     Err(e) => limit_exceeded.push(e),
                 },
@@ -734,6 +735,7 @@ impl QueueActor {
                 Settle::Ack => self.counts.ack += 1,
             }
         }
+        self.ready.requeue_all(requeued);
         self.dead_letter(dead, Reason::Rejected);
         self.dead_letter(limit_exceeded, Reason::DeliveryLimit);
     }

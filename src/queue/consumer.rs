@@ -66,32 +66,43 @@ pub struct Delivery {
 }
 
 /// Channel-wide state that queues consult before each delivery: client flow control
-/// (channel.flow) and the prefetch shared by all the channel's consumers
+/// (channel.flow), the connection's socket backing up (the client is not reading what
+/// it is sent), and the prefetch shared by all the channel's consumers
 /// (basic.qos global=true). The channel owns it; queues only read it and take credit.
 #[derive(Debug)]
 pub struct ChannelLimiter {
     active: AtomicBool,
+    /// The connection's writer's congestion flag (see connection/writer.rs).
+    congested: Arc<AtomicBool>,
     global_prefetch: AtomicU32,
     in_flight: AtomicU32,
 }
 
 impl Default for ChannelLimiter {
     fn default() -> Self {
-        ChannelLimiter {
-            active: AtomicBool::new(true),
-            global_prefetch: AtomicU32::new(0),
-            in_flight: AtomicU32::new(0),
-        }
+        ChannelLimiter::on(Arc::default())
     }
 }
 
 impl ChannelLimiter {
+    /// A channel's limiter on a connection whose writer sets `congested`.
+    pub fn on(congested: Arc<AtomicBool>) -> ChannelLimiter {
+        ChannelLimiter {
+            active: AtomicBool::new(true),
+            congested,
+            global_prefetch: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
     pub fn set_active(&self, active: bool) {
         self.active.store(active, Ordering::Release);
     }
 
+    /// Whether deliveries may go out now: not stopped by channel.flow, and the socket
+    /// not backed up.
     pub fn is_active(&self) -> bool {
-        self.active.load(Ordering::Acquire)
+        self.active.load(Ordering::Acquire) && !self.congested.load(Ordering::Acquire)
     }
 
     pub fn global_prefetch(&self) -> u32 {

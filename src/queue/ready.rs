@@ -152,6 +152,18 @@ pub(super) struct Pager {
 }
 
 impl Pager {
+    /// Queue a resident message for [`Ready::page_out`] (which checks again, when it
+    /// runs, that the message is still past the window).
+    fn queue_page_out(&mut self, level: u8, q: &Queued) {
+        if q.message.is_none() {
+            return;
+        }
+        match &q.stored {
+            Some(st) => self.pending.push_back((level, q.id, st.id())),
+            None => self.unwritten.push_back((level, q.id)),
+        }
+    }
+
     pub fn new(store: Arc<MessageStore>, tokens: Tokens) -> Pager {
         Pager {
             resident: store.resident(),
@@ -267,8 +279,41 @@ impl Ready {
         });
     }
 
+    /// Messages coming back (requeue), each to its original place in its level. What
+    /// lands past the resident window, or is pushed past it, is queued for paging out
+    /// like a new message there: a consumer that took a whole backlog and then went away
+    /// (or never read its socket) leaves it on disk again, not in memory.
+    pub fn requeue_all(&mut self, mut entries: Vec<Entry>) {
+        // Highest id first: each of the others then goes in front of those, which for
+        // the usual case (a channel closing with all its deliveries) is the head of the
+        // level, where inserting moves nothing.
+        entries.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        let back: Vec<(u8, u64)> = entries.iter().map(|e| (e.priority, e.id)).collect();
+        for e in entries {
+            self.requeue(e);
+        }
+        let Some(p) = &mut self.pager else { return };
+        let resident = p.resident;
+        for (level, id) in back.iter().copied() {
+            let l = &self.levels[level as usize];
+            let at = l.partition_point(|x| x.id < id);
+            if at >= resident {
+                if let Some(q) = l.get(at).filter(|q| q.id == id) {
+                    p.queue_page_out(level, q);
+                }
+            }
+        }
+        // Those the requeued ones pushed out of the window.
+        for (level, l) in self.levels.iter().enumerate() {
+            let end = l.len().min(resident + back.len());
+            for q in l.range(resident.min(end)..end) {
+                p.queue_page_out(level as u8, q);
+            }
+        }
+    }
+
     /// A message coming back (requeue): to its original place in its level.
-    pub fn requeue(&mut self, e: Entry) {
+    fn requeue(&mut self, e: Entry) {
         let bytes = e.message.body.len() as u64;
         self.len += 1;
         self.bytes += bytes;
@@ -354,13 +399,7 @@ impl Ready {
         // for paging lies inside the old window.
         for (level, l) in self.levels.iter().enumerate() {
             for q in l.range(window.min(l.len())..old.min(l.len())) {
-                if q.message.is_none() {
-                    continue;
-                }
-                match &q.stored {
-                    Some(st) => p.pending.push_back((level as u8, q.id, st.id())),
-                    None => p.unwritten.push_back((level as u8, q.id)),
-                }
+                p.queue_page_out(level as u8, q);
             }
         }
     }
@@ -567,5 +606,40 @@ mod tests {
         ready.page_out();
         assert_eq!(ready.paged(), 0);
         assert!(!ready.paging_pending());
+    }
+
+    #[test]
+    fn a_requeued_backlog_goes_back_to_disk_past_the_window() {
+        let (mut ready, link) = paging_ready("requeue", 100);
+        for id in 1..=1000 {
+            ready.push_back(entry(id));
+        }
+        ready.page_out();
+        link.store.flush();
+        ready.page_out();
+        assert_eq!(ready.paged(), 900);
+        // A consumer takes everything (all of it read back into memory)...
+        let mut taken: Vec<Entry> = std::iter::from_fn(|| ready.pop_front()).collect();
+        assert_eq!((taken.len(), ready.paged()), (1000, 0));
+        // ...and goes away: everything comes back, in any order, ahead of a new message.
+        ready.push_back(entry(1001));
+        taken.reverse();
+        taken.swap(3, 700);
+        ready.requeue_all(taken);
+        ready.page_out();
+        link.store.flush();
+        ready.page_out();
+        assert_eq!(
+            ready.paged(),
+            901,
+            "all but the window's 100 bodies back on disk"
+        );
+        for id in 1..=1001 {
+            let e = ready.pop_front().expect("a message");
+            assert_eq!(
+                (e.id, &e.message.body[..]),
+                (id, format!("m{id}").as_bytes())
+            );
+        }
     }
 }
