@@ -287,7 +287,7 @@ impl Ready {
         // Highest id first: each of the others then goes in front of those, which for
         // the usual case (a channel closing with all its deliveries) is the head of the
         // level, where inserting moves nothing.
-        entries.sort_unstable_by(|a, b| b.id.cmp(&a.id));
+        entries.sort_unstable_by_key(|e| std::cmp::Reverse(e.id));
         let back: Vec<(u8, u64)> = entries.iter().map(|e| (e.priority, e.id)).collect();
         for e in entries {
             self.requeue(e);
