@@ -6,8 +6,18 @@
 //!
 //! A monitor task samples usage once per interval and publishes the state on a watch
 //! channel; connections look at it only when it changes, never per message.
+//!
+//! What the memory alarm compares is resident memory, made to mean the broker's own
+//! memory: mimalloc keeps blocks freed by another thread on the owning thread's pages
+//! until that thread allocates again, so after a burst (1 MB messages published on one
+//! worker, freed on another) and a purge, an idle broker could stay hundreds of
+//! megabytes over the mark, the alarm set for good. While memory is high the monitor
+//! asks every thread to hand back what it has freed ([`release_freed_memory`], run by
+//! tokio's workers as they park, see `main.rs`) before it measures. Near the mark it
+//! samples more often, so a flood overshoots it by little.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,27 +97,88 @@ pub fn free_disk(path: &Path) -> Option<u64> {
 /// Growth of resident memory after which the monitor returns freed memory to the OS.
 const TRIM_STEP: u64 = 16 << 20;
 
+/// Memory is sampled at least this often (more often if `check_interval_ms` says so):
+/// a flood of large messages can add hundreds of megabytes in a second.
+const USUAL_CHECK: Duration = Duration::from_millis(100);
+/// ...and this often when, at the pace it grew since the last sample, it would reach
+/// the limit within a few samples.
+const CLOSE_CHECK: Duration = Duration::from_millis(20);
+/// Releases are at least this far apart: each makes every thread walk its pages.
+const RELEASE_GAP: Duration = Duration::from_millis(250);
+
+/// Bumped when threads should hand freed memory back; each does once per bump.
+static RELEASE_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static RELEASED_AT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Hand this thread's freed memory back to the OS if a release was asked for since it
+/// last did (one atomic load otherwise). Tokio's workers call it as they park.
+pub fn release_freed_memory() {
+    let epoch = RELEASE_EPOCH.load(Ordering::Acquire);
+    if RELEASED_AT.with(|r| r.replace(epoch)) != epoch {
+        collect();
+    }
+}
+
+/// Ask every thread to release freed memory, and wait until they likely have: idle
+/// workers are woken (they release as they park again), busy ones do at their next park.
+async fn release_everywhere() {
+    RELEASE_EPOCH.fetch_add(1, Ordering::AcqRel);
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    for _ in 0..workers * 2 {
+        tokio::spawn(async {});
+    }
+    // This (blocking) thread's own share, then time for the workers to park.
+    let _ = tokio::task::spawn_blocking(collect).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// mimalloc: collect this thread's pages (blocks freed by other threads included) and
+/// return emptied memory to the OS now rather than after the purge delay.
+fn collect() {
+    // SAFETY: mi_collect only frees memory this thread's heap no longer uses.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 /// Sample usage every interval and publish alarm changes on `tx`.
 pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender<AlarmState>>) {
     let limit = memory_limit(&cfg);
     if let Some(l) = limit {
         tracing::info!(limit_bytes = l, "memory high watermark");
     }
-    let mut tick = tokio::time::interval(Duration::from_millis(cfg.check_interval_ms.max(10)));
-    // Resident memory right after the last trim.
+    let usual = Duration::from_millis(cfg.check_interval_ms.max(10)).min(USUAL_CHECK);
+    // Resident memory right after the last release.
     let mut trimmed_at = resident_memory().unwrap_or(0);
+    let mut used = Some(trimmed_at);
+    let mut growth = 0u64;
+    let mut released = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
+        let headroom = match (used, limit) {
+            (Some(u), Some(l)) => l.saturating_sub(u),
+            _ => u64::MAX,
+        };
+        let near = growth.saturating_mul(4) >= headroom;
+        tokio::time::sleep(if near { CLOSE_CHECK } else { usual }).await;
+        let before = used;
         // Freed memory stays resident until the allocator returns it: a queue that pages
-        // a backlog out, or consumers draining one, free many small blocks between live
-        // ones that glibc keeps. Give it back when the alarm is on (so the alarm sees the
-        // drop) and whenever resident memory has grown by TRIM_STEP since the last trim.
-        let mut used = resident_memory();
-        // Measured from the lowest point since the last trim, so growth after a drain counts.
+        // a backlog out, or consumers draining one, free blocks that mimalloc keeps on
+        // their threads' pages. Have it given back while over the limit or alarmed (so
+        // the alarm sees the drop) and whenever resident memory has grown by TRIM_STEP.
+        used = resident_memory();
+        growth = match (before, used) {
+            (Some(b), Some(u)) => u.saturating_sub(b),
+            _ => 0,
+        };
+        // Measured from the lowest point since the last release, so growth after a
+        // drain counts.
         trimmed_at = trimmed_at.min(used.unwrap_or(trimmed_at));
-        if tx.borrow().memory || used.is_some_and(|u| u > trimmed_at + TRIM_STEP) {
-            // It holds the allocator's locks for a few milliseconds: not on a worker.
-            let _ = tokio::task::spawn_blocking(trim).await;
+        let over = matches!((used, limit), (Some(u), Some(l)) if u > l);
+        let wanted = tx.borrow().memory || over || used.is_some_and(|u| u > trimmed_at + TRIM_STEP);
+        if wanted && released.elapsed() >= RELEASE_GAP {
+            release_everywhere().await;
+            released = tokio::time::Instant::now();
             used = resident_memory();
             trimmed_at = used.unwrap_or(0);
         }
@@ -144,17 +215,6 @@ pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender
         }
     }
 }
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() {
-    // SAFETY: malloc_trim only releases free memory back to the OS.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn trim() {}
 
 #[cfg(test)]
 mod tests {

@@ -132,7 +132,8 @@ pub struct AlarmsConfig {
     pub memory_high_watermark_absolute: u64,
     /// Publishers are blocked when the data directory's disk has less free space, bytes.
     pub disk_free_limit: u64,
-    /// How often usage is sampled, milliseconds.
+    /// How often usage is sampled, milliseconds: at most 100, and more often while
+    /// memory grows towards the watermark (see alarm.rs).
     pub check_interval_ms: u64,
 }
 

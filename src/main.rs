@@ -119,6 +119,8 @@ fn main() -> std::process::ExitCode {
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // The memory alarm's release of freed memory reaches every worker here.
+        .on_thread_park(warren::alarm::release_freed_memory)
         .build()
     {
         Ok(r) => r,
