@@ -783,3 +783,75 @@ async fn message_ttl_expires_messages() {
     assert!(get(&ch, &q, true).await.is_none());
     delete_queues(&conn, &[&q]).await;
 }
+
+/// Tens of thousands of queues on one connection (declared with nowait, as fast as a
+/// client can send them) leave other clients served, and go when their connection does.
+#[test]
+fn twenty_thousand_exclusive_queues_come_and_go_without_stalling_others() {
+    use common::raw::{self, Enc, RawConn};
+    if is_external() {
+        return;
+    }
+    const N: usize = 20_000;
+    let broker = Broker::start();
+    let (mut c, _) = RawConn::open(&broker.addr());
+    c.open_channel(1);
+    let prefix = unique("many-q");
+    let mut frames = Vec::new();
+    for i in 0..N {
+        // exclusive (bit 2) | nowait (bit 4)
+        let declare = Enc::new()
+            .u16(0)
+            .shortstr(&format!("{prefix}-{i}"))
+            .u8(4 | 16);
+        frames.extend(raw::method_frame(1, 50, 10, &declare.table(&[]).done()));
+    }
+    let writer = {
+        let mut c2 = c.try_clone();
+        std::thread::spawn(move || c2.send(&frames).unwrap())
+    };
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let (mut other, _) = RawConn::open(&broker.addr());
+        other.open_channel(1);
+        other.close();
+        assert!(t.elapsed() < WAIT, "a connection took {:?}", t.elapsed());
+    }
+    writer.join().unwrap();
+    let last = format!("{prefix}-{}", N - 1);
+    c.send_method(
+        1,
+        50,
+        10,
+        &Enc::new()
+            .u16(0)
+            .shortstr(&last)
+            .u8(1 | 4)
+            .table(&[])
+            .done(),
+    );
+    c.expect_method(1, 50, 11);
+    c.close();
+    // Closing the connection deletes them all.
+    let deadline = std::time::Instant::now() + WAIT * 4;
+    loop {
+        let (mut probe, _) = RawConn::open(&broker.addr());
+        probe.open_channel(1);
+        probe.send_method(
+            1,
+            50,
+            10,
+            &Enc::new().u16(0).shortstr(&last).u8(1).table(&[]).done(),
+        );
+        let f = probe.read_non_heartbeat();
+        if f.method() == Some((20, 40)) {
+            break; // 404: gone
+        }
+        probe.close();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queues outlived their connection"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
