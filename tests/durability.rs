@@ -974,3 +974,66 @@ async fn a_new_data_dir_is_private_to_its_owner() {
     drop(broker);
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
+
+/// Copy a data-dir fixture to a fresh temporary directory.
+fn fixture(name: &str) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let dst = std::env::temp_dir().join(format!("warren-fixture-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    let mut stack = vec![(src, dst.clone())];
+    while let Some((from, to)) = stack.pop() {
+        std::fs::create_dir_all(&to).unwrap();
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push((e.path(), to.join(e.file_name())));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
+    dst
+}
+
+/// The crash loop of a data dir written by an older warren (fixture made with
+/// tests/fixtures/deep-headers-dead-letter.py): a durable queue with a 3 s TTL whose
+/// dead-letter exchange is of type headers, holding one persistent message whose headers
+/// nest 15,000 tables deep. The older broker recovered it, and when the TTL fired,
+/// decoding the headers to route the dead letter overflowed the stack: abort, restart,
+/// abort. Nothing read back from the store can crash the broker now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_message_with_pathological_headers_cannot_crash_the_broker() {
+    if skip_external() {
+        return;
+    }
+    let dir = fixture("deep-headers-dead-letter");
+    let mut broker = Broker::spawn_in(dir, &[]);
+    {
+        let (_conn, ch) = broker.channel().await;
+        assert_eq!(
+            message_count(&ch, "ttl").await,
+            1,
+            "the message was recovered"
+        );
+        // The TTL fires 3 s after start; dead-lettering meets the headers then.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while message_count(&ch, "ttl").await > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the message never expired"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(broker.is_alive());
+        assert_eq!(message_count(&ch, "sink").await, 0);
+    }
+    assert!(broker.is_alive(), "the broker survived the expiry");
+    // And a restart after it is an ordinary one.
+    let dir = broker.stop().0;
+    let broker = Broker::spawn_in(dir, &[]);
+    let (_conn, ch) = broker.channel().await;
+    assert_eq!(message_count(&ch, "ttl").await, 0);
+}
