@@ -74,6 +74,25 @@ impl Failures {
         }
     }
 
+    /// The next connection on a TCP listener, riding out failures as described above.
+    pub async fn next(
+        &mut self,
+        listener: &tokio::net::TcpListener,
+    ) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(accepted) => {
+                    self.accepted();
+                    return accepted;
+                }
+                Err(e) => {
+                    let shed = shed(listener, &e).await;
+                    self.failed(&e, shed).await;
+                }
+            }
+        }
+    }
+
     /// After a successful accept: ends an episode, with one line.
     pub fn accepted(&mut self) {
         if self.count > 0 {
@@ -118,7 +137,7 @@ impl Failures {
 /// Out of descriptors: accept the pending connection on the reserve descriptor and close
 /// it at once, so that its client is refused now instead of waiting in the queue.
 /// Whether one was shed.
-pub async fn shed(listener: &tokio::net::TcpListener, e: &io::Error) -> bool {
+async fn shed(listener: &tokio::net::TcpListener, e: &io::Error) -> bool {
     if !out_of_descriptors(e) || !release_reserve() {
         return false;
     }

@@ -44,16 +44,9 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     let mut failures = accept::Failures::new("amqp");
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    failures.accepted();
-                    tokio::spawn(crate::connection::serve(broker.clone(), socket, peer));
-                }
-                Err(e) => {
-                    let shed = accept::shed(&listener, &e).await;
-                    failures.failed(&e, shed).await;
-                }
-            },
+            (socket, peer) = failures.next(&listener) => {
+                tokio::spawn(crate::connection::serve(broker.clone(), socket, peer));
+            }
             // wait_for, not changed(): a shutdown before this task first ran must count.
             _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
         }
@@ -67,22 +60,15 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>
     let mut failures = accept::Failures::new("amqps");
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, peer)) => {
-                    failures.accepted();
-                    let _ = socket.set_nodelay(true);
-                    let (broker, tls) = (broker.clone(), tls.clone());
-                    tokio::spawn(async move {
-                        if let Some((stream, info)) = tls.accept(socket, peer).await {
-                            crate::connection::serve_tls(broker, stream, peer, info).await;
-                        }
-                    });
-                }
-                Err(e) => {
-                    let shed = accept::shed(&listener, &e).await;
-                    failures.failed(&e, shed).await;
-                }
-            },
+            (socket, peer) = failures.next(&listener) => {
+                let _ = socket.set_nodelay(true);
+                let (broker, tls) = (broker.clone(), tls.clone());
+                tokio::spawn(async move {
+                    if let Some((stream, info)) = tls.accept(socket, peer).await {
+                        crate::connection::serve_tls(broker, stream, peer, info).await;
+                    }
+                });
+            }
             _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
         }
     }

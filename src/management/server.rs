@@ -35,16 +35,7 @@ pub async fn serve(
     let mut failures = crate::accept::Failures::new("management");
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let shed = crate::accept::shed(&listener, &e).await;
-                        failures.failed(&e, shed).await;
-                        continue;
-                    }
-                };
-                failures.accepted();
+            (tcp, peer) = failures.next(&listener) => {
                 let _ = tcp.set_nodelay(true);
                 // Handlers see the peer (for loopback-only users) in ConnectInfo.
                 let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));

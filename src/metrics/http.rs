@@ -22,16 +22,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     let mut failures = crate::accept::Failures::new("prometheus");
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let shed = crate::accept::shed(&listener, &e).await;
-                        failures.failed(&e, shed).await;
-                        continue;
-                    }
-                };
-                failures.accepted();
+            (stream, _) = failures.next(&listener) => {
                 tokio::spawn(handle(broker.clone(), stream));
             }
             // wait_for, not changed(): a shutdown before this task first ran must count.
@@ -46,16 +37,7 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>
     let mut failures = crate::accept::Failures::new("prometheus_tls");
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let shed = crate::accept::shed(&listener, &e).await;
-                        failures.failed(&e, shed).await;
-                        continue;
-                    }
-                };
-                failures.accepted();
+            (stream, peer) = failures.next(&listener) => {
                 let (broker, tls) = (broker.clone(), tls.clone());
                 tokio::spawn(async move {
                     if let Some((stream, _)) = tls.accept(stream, peer).await {
