@@ -181,7 +181,7 @@ pub fn import(broker: &Broker, defs: &Value) -> ImportReport {
         );
         return r;
     };
-    if let Err(e) = check_nesting(defs) {
+    if let Err(e) = check_json(defs) {
         r.errors.push(e);
         return r;
     }
@@ -457,26 +457,33 @@ fn value_to_json(v: &AMQPValue) -> Value {
     }
 }
 
-/// Refuse a JSON document whose objects and arrays nest deeper than the field tables
-/// warren decodes ([`table::MAX_DEPTH`]): its arguments and headers become tables, and a
-/// table too deep to decode again must never reach the store. Every document that can
-/// carry tables (HTTP bodies, definitions, policies) passes here.
-pub fn check_nesting(v: &Value) -> Result<(), String> {
-    fn within(v: &Value, levels: usize) -> bool {
+/// Refuse a JSON document that could not become field tables: its arguments and headers
+/// do, so its objects and arrays may nest no deeper than the tables warren decodes
+/// ([`table::MAX_DEPTH`]; a table too deep to decode again must never reach the store),
+/// and its object keys (field names, short strings) may be at most 255 bytes.
+/// Every document that can carry tables (HTTP bodies, definitions, policies) passes
+/// here, so [`json_to_table`] can take what it is given.
+pub fn check_json(v: &Value) -> Result<(), String> {
+    fn within(v: &Value, levels: usize) -> Result<(), String> {
+        let deeper = || format!("JSON nested deeper than {} levels", table::MAX_DEPTH);
         match v {
-            Value::Array(a) => levels > 0 && a.iter().all(|i| within(i, levels - 1)),
-            Value::Object(m) => levels > 0 && m.values().all(|i| within(i, levels - 1)),
-            _ => true,
+            Value::Array(a) if levels == 0 => Err(deeper()),
+            Value::Object(_) if levels == 0 => Err(deeper()),
+            Value::Array(a) => a.iter().try_for_each(|i| within(i, levels - 1)),
+            Value::Object(m) => m.iter().try_for_each(|(k, i)| {
+                if k.len() > 255 {
+                    let at = (0..=64).rev().find(|&n| k.is_char_boundary(n)).unwrap_or(0);
+                    return Err(format!(
+                        "JSON key longer than 255 bytes (a field name): '{}...'",
+                        &k[..at]
+                    ));
+                }
+                within(i, levels - 1)
+            }),
+            _ => Ok(()),
         }
     }
-    if within(v, table::MAX_DEPTH) {
-        Ok(())
-    } else {
-        Err(format!(
-            "JSON nested deeper than {} levels",
-            table::MAX_DEPTH
-        ))
-    }
+    within(v, table::MAX_DEPTH)
 }
 
 /// JSON arguments as RabbitMQ's import reads them: strings are long strings, integers
@@ -517,9 +524,14 @@ mod tests {
         for _ in 0..table::MAX_DEPTH {
             v = json!({ "k": v });
         }
-        assert_eq!(check_nesting(&v), Ok(()));
-        assert!(check_nesting(&json!([v])).is_err());
-        assert!(check_nesting(&json!({ "a": [v] })).is_err());
+        assert_eq!(check_json(&v), Ok(()));
+        assert!(check_json(&json!([v])).is_err());
+        assert!(check_json(&json!({ "a": [v] })).is_err());
+        let long = "k".repeat(256);
+        assert!(check_json(&json!({ "arguments": { long.clone(): 1 } }))
+            .unwrap_err()
+            .contains("longer than 255"));
+        assert_eq!(check_json(&json!({ &long[..255]: 1 })), Ok(()));
     }
 
     #[test]

@@ -283,7 +283,7 @@ async fn run(broker: &Broker, req: &Request) -> Result {
             let definition: Value = serde_json::from_str(arg(req, 2)?).map_err(|e| {
                 Response::error(EX_DATAERR, format!("Could not parse JSON document: {e}"))
             })?;
-            crate::definitions::check_nesting(&definition)
+            crate::definitions::check_json(&definition)
                 .map_err(|e| Response::error(EX_DATAERR, e))?;
             let priority = match req.flags.get("priority") {
                 None => 0,

@@ -58,7 +58,8 @@ pub fn properties_from_json(m: &Map<String, Value>) -> Result<Bytes, String> {
     for (k, v) in m {
         let text = || -> Result<amq_protocol::types::ShortString, String> {
             match v {
-                Value::String(s) => Ok(s.as_str().into()),
+                Value::String(s) => amq_protocol::types::ShortString::try_new(s.as_str())
+                    .map_err(|_| format!("property {k} is longer than 255 bytes")),
                 Value::Number(n) => Ok(n.to_string().into()),
                 _ => Err(format!("invalid value for property {k}")),
             }

@@ -301,7 +301,7 @@ pub fn body_json(body: &[u8]) -> ApiResult<serde_json::Map<String, Value>> {
     }
     let doc = serde_json::from_slice::<Value>(body);
     if let Ok(v) = &doc {
-        crate::definitions::check_nesting(v).map_err(ApiError::bad_request)?;
+        crate::definitions::check_json(v).map_err(ApiError::bad_request)?;
     }
     match doc {
         Ok(Value::Object(m)) => Ok(m),

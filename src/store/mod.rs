@@ -71,6 +71,14 @@ impl Store {
         let node_id = meta(dir)?;
         let (topology, snapshot) = TopologyLog::open(dir, config.fsync)
             .map_err(|e| err("cannot read the topology log", e))?;
+        // Ids are never reused; one at the end of the id space can only be damage.
+        let next_qid = snapshot.max_qid().checked_add(1).ok_or_else(|| {
+            StoreError(format!(
+                "topology.log in data dir {} names a queue id ({}) no warren assigns; it is damaged: restore it from a backup",
+                dir.display(),
+                snapshot.max_qid()
+            ))
+        })?;
         let live: HashSet<u64> = snapshot
             .vhosts
             .values()
@@ -83,7 +91,7 @@ impl Store {
             messages,
             node_id,
             dir: dir.to_path_buf(),
-            next_qid: AtomicU64::new(snapshot.max_qid() + 1),
+            next_qid: AtomicU64::new(next_qid),
             _lock: lock,
         });
         Ok(Opened {
@@ -191,4 +199,34 @@ fn meta(dir: &Path) -> Result<String, StoreError> {
         .and_then(|()| fs::rename(&tmp, &path))
         .map_err(|e| StoreError(format!("cannot write {}: {e}", path.display())))?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    /// A topology log naming the last queue id (found by fuzzing: `+ 1` overflowed)
+    /// is refused as damage, not wrapped round to reuse id 0.
+    #[test]
+    fn a_queue_id_at_the_end_of_the_id_space_is_refused() {
+        let dir = std::env::temp_dir().join(format!("warren-qid-max-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        {
+            let Opened { store, .. } = Store::open(&dir, &StoreConfig::default()).unwrap();
+            store.topology.append(&Change::Queue {
+                vhost: "/".into(),
+                name: "q".into(),
+                def: topology::QueueDef {
+                    qid: u64::MAX,
+                    auto_delete: false,
+                    arguments: Default::default(),
+                },
+            });
+            store.topology.sync();
+        }
+        let err = Store::open(&dir, &StoreConfig::default()).err().unwrap();
+        assert!(err.0.contains("no warren assigns"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
