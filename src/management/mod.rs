@@ -116,7 +116,8 @@ pub async fn serve(
     }
 }
 
-fn router(api: Api) -> Router {
+/// The API's routes (public for the fuzz harness in tests/fuzz, which calls it directly).
+pub fn router(api: Api) -> Router {
     Router::new()
         .merge(overview::routes())
         .merge(vhosts::routes())

@@ -1,0 +1,131 @@
+//! Target `connection`: the whole connection state machine, fed a client's byte stream:
+//! protocol header, handshake (start-ok and SASL, tune-ok, open), channels, every
+//! method, publishing (content assembly, routing, confirms, transactions), consuming,
+//! heartbeats and closing, against a fresh in-memory broker (the store has its own
+//! target).
+//!
+//! Input: what a client sends (a recording of a real client is a valid input). The
+//! harness writes it into an in-memory pipe the connection task reads
+//! (`connection::serve_halves`), one client turn at a time: after every frame except
+//! those a client pipelines (publish, content, ack/nack/reject) it lets the broker run
+//! until idle, so replies such as deliveries come before the acks that follow them, as
+//! with a real client. Then it stays silent for two virtual hours (heartbeat timeouts,
+//! TTLs and consumer timeouts fire; time is paused, so this costs nothing), closes its
+//! side and waits for the connection task to end.
+//!
+//! Checks beyond "no panic": everything the broker writes is well-formed: whole frames
+//! with the end octet, methods that decode, content headers that parse.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren::protocol::method;
+use warren::protocol::properties::Properties;
+
+use crate::wire::{pieces, Piece};
+
+/// Whether the client would wait for the broker after sending this piece.
+fn turn_ends_after(p: &Piece<'_>) -> bool {
+    match p {
+        Piece::Frame { kind: 1, .. } => !matches!(
+            p.method(),
+            Some((60, 40)) | Some((60, 80)) | Some((60, 90)) | Some((60, 120))
+        ),
+        Piece::Frame { kind: 2 | 3, .. } => false,
+        _ => true,
+    }
+}
+
+pub fn run(data: &[u8]) {
+    let rt = crate::runtime();
+    let out = rt.block_on(async {
+        let broker = warren::broker::Broker::new(crate::config());
+        let (client, server) = tokio::io::duplex(256 * 1024);
+        let (server_read, server_write) = tokio::io::split(server);
+        let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        let conn = tokio::spawn(warren::connection::serve_halves(
+            broker.clone(),
+            server_read,
+            server_write,
+            peer,
+            None,
+        ));
+        let (mut from_broker, mut to_broker) = tokio::io::split(client);
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            let _ = from_broker.read_to_end(&mut out).await;
+            out
+        });
+        for p in pieces(data) {
+            if to_broker.write_all(p.bytes()).await.is_err() {
+                break;
+            }
+            if turn_ends_after(&p) {
+                crate::settle().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+        let _ = to_broker.shutdown().await;
+        // The connection ends once the client has gone (its writer lingers at most 5 s).
+        let ended = tokio::time::timeout(Duration::from_secs(3600), conn).await;
+        assert!(
+            ended.is_ok(),
+            "the connection task was still running an hour after the client closed"
+        );
+        drop(to_broker);
+        let out = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("the broker's side of the pipe closes after the connection ends")
+            .expect("reader task");
+        broker.shut_down();
+        out
+    });
+    drop(rt);
+    check_output(&out);
+}
+
+/// Everything the broker wrote is well-formed.
+fn check_output(out: &[u8]) {
+    if out.starts_with(b"AMQP") {
+        // A protocol header answers an unsupported one, and ends the connection.
+        assert_eq!(out, &warren::protocol::PROTOCOL_HEADER[..]);
+        return;
+    }
+    let all = pieces(out);
+    for p in &all {
+        match *p {
+            Piece::Frame {
+                kind,
+                payload,
+                whole,
+                ..
+            } => {
+                assert_eq!(
+                    whole.last(),
+                    Some(&0xCE),
+                    "broker wrote a frame without its end octet"
+                );
+                match kind {
+                    1 => {
+                        let payload = bytes::Bytes::copy_from_slice(payload);
+                        if let Err(e) = method::decode(&payload) {
+                            panic!("broker wrote a method it cannot decode ({e:?}): {payload:02x?}");
+                        }
+                    }
+                    2 => {
+                        assert!(payload.len() >= 14, "short content header from the broker");
+                        assert!(
+                            Properties::parse(&payload[12..]).is_some(),
+                            "broker wrote content-header properties it does not accept: {payload:02x?}"
+                        );
+                    }
+                    3 | 8 => {}
+                    k => panic!("broker wrote a frame of type {k}"),
+                }
+            }
+            Piece::Rest(rest) => panic!("broker wrote a partial frame at the end: {rest:02x?}"),
+            Piece::Header(h) => panic!("broker wrote {h:02x?} in the middle of its frames"),
+        }
+    }
+}
