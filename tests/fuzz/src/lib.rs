@@ -11,6 +11,7 @@
 pub mod connection;
 pub mod definitions;
 pub mod frame;
+pub mod known;
 pub mod management;
 pub mod method;
 pub mod store;
