@@ -27,6 +27,26 @@ pub fn store_qid_overflow(topology_record: &[u8]) -> bool {
     .unwrap_or(false)
 }
 
+/// crashes/definitions-long-argument-key, management-long-argument-key and
+/// management-long-property: text longer than 255 bytes where a JSON document becomes an
+/// AMQP short string (`ShortString::from`, which panics): an object key inside
+/// arguments or headers (`definitions::json_to_table`), or a string property of a
+/// message published through the management API (`properties_from_json`).
+pub fn json_long_short_string(doc: &[u8]) -> bool {
+    fn walk(v: &serde_json::Value, in_properties: bool) -> bool {
+        match v {
+            serde_json::Value::Object(m) => m.iter().any(|(k, v)| {
+                k.len() > 255
+                    || (in_properties && v.as_str().is_some_and(|s| s.len() > 255))
+                    || walk(v, k == "properties")
+            }),
+            serde_json::Value::Array(a) => a.iter().any(|v| walk(v, false)),
+            _ => false,
+        }
+    }
+    serde_json::from_slice::<serde_json::Value>(doc).is_ok_and(|v| walk(&v, false))
+}
+
 /// The store codec's little-endian reading, for the filters above.
 struct Reader<'a>(&'a [u8]);
 
