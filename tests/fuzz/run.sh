@@ -14,8 +14,10 @@
 #
 # Environment: FUZZ_WORK (scratch directory, default a new one under /tmp, kept when
 # something failed), WARREN_FUZZ_TARGET_DIR (cargo target dir, default
-# ${CARGO_TARGET_DIR:-target}/fuzz), FUZZ_JOBS (targets run at once, default 1),
-# FUZZ_ARGS (extra libFuzzer flags).
+# ${CARGO_TARGET_DIR:-target}/fuzz), FUZZ_JOBS (targets fuzzed at once, default 2: one
+# per core of the 2-core machines this runs on),
+# FUZZ_ARGS (extra libFuzzer flags), FUZZ_CARGO_ARGS (extra cargo build flags, e.g.
+# --timings).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
@@ -50,7 +52,9 @@ build_start=$(date +%s)
 echo "=== building fuzz targets (${TARGETS[*]}) in $CARGO_TARGET_DIR" >&2
 bin_args=()
 for t in "${TARGETS[@]}"; do bin_args+=(--bin "$t"); done
-cargo build --release --locked --manifest-path "$HERE/Cargo.toml" --target "$TRIPLE" "${bin_args[@]}"
+# shellcheck disable=SC2086
+cargo build --release --locked --manifest-path "$HERE/Cargo.toml" --target "$TRIPLE" \
+    "${bin_args[@]}" ${FUZZ_CARGO_ARGS:-}
 BIN="$CARGO_TARGET_DIR/$TRIPLE/release"
 echo "=== built in $(( $(date +%s) - build_start )) s" >&2
 
@@ -65,19 +69,20 @@ ulimit -s 2048
 failed=()
 summary=()
 
-# Reproducers of fixed bugs: each must now run clean.
+# Reproducers of fixed bugs: each must now run clean (one run per file: libFuzzer stops
+# at the first crash).
+shopt -s nullglob
 for t in "${TARGETS[@]}"; do
-    shopt -s nullglob
-    repro=("$HERE"/crashes/"$t"-*)
-    shopt -u nullglob
-    [ ${#repro[@]} -eq 0 ] && continue
-    echo "=== $t: ${#repro[@]} reproducer(s) from tests/fuzz/crashes" >&2
-    if ! "$BIN/$t" -timeout=10 -rss_limit_mb=2048 "${repro[@]}" >"$WORK/$t.crashes.log" 2>&1; then
-        tail -n 40 "$WORK/$t.crashes.log" >&2
-        echo "run.sh: $t: a reproducer in tests/fuzz/crashes still fails (log: $WORK/$t.crashes.log)" >&2
-        failed+=("$t (reproducer)")
-    fi
+    for f in "$HERE"/crashes/"$t"-*; do
+        log="$WORK/repro-$(basename "$f").log"
+        if ! "$BIN/$t" -timeout=10 -rss_limit_mb=2048 "$f" >"$log" 2>&1; then
+            why="$(grep -m1 -A1 -E 'panicked at|ERROR: libFuzzer' "$log" | tr '\n' ' ')"
+            echo "run.sh: $t: tests/fuzz/crashes/$(basename "$f") still fails: $why(log: $log)" >&2
+            failed+=("$t (reproducer $(basename "$f"))")
+        fi
+    done
 done
+shopt -u nullglob
 
 if [ "$SECS" = 0 ]; then
     [ ${#failed[@]} -eq 0 ] || { echo "run.sh: FAILED: ${failed[*]}"; exit 1; }
@@ -99,7 +104,7 @@ run_one() {
     echo "$rc" >"$dir/rc"
 }
 
-jobs_max="${FUZZ_JOBS:-1}"
+jobs_max="${FUZZ_JOBS:-2}"
 for t in "${TARGETS[@]}"; do
     echo "=== $t: fuzzing for $SECS s" >&2
     run_one "$t" &
@@ -130,7 +135,9 @@ echo "=== fuzz summary ($SECS s per target)"
 printf '%s\n' "${summary[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
     echo "run.sh: FAILED: ${failed[*]} (inputs and logs kept in $WORK)"
+    nfailed="$(printf '%s\n' "${failed[@]}" | sed 's/ (reproducer.*//' | sort -u | wc -l)"
+    echo "fuzz: $(( ${#TARGETS[@]} - nfailed )) passed, $nfailed failed"
     exit 1
 fi
 [ -n "${FUZZ_WORK:-}" ] || rm -rf "$WORK"
-echo "$(( ${#TARGETS[@]} )) passed, 0 failed"
+echo "fuzz: ${#TARGETS[@]} passed, 0 failed"
