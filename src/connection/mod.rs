@@ -92,7 +92,9 @@ pub async fn serve_tls(
     serve_halves(broker, reader, write_half, peer, Some(Arc::new(tls))).await
 }
 
-async fn serve_halves<R, W>(
+/// Serve one connection over any byte stream (the fuzz harness in tests/fuzz drives it
+/// through an in-memory pipe).
+pub async fn serve_halves<R, W>(
     broker: Arc<Broker>,
     reader: R,
     write_half: W,

@@ -116,7 +116,8 @@ pub async fn serve(
     }
 }
 
-fn router(api: Api) -> Router {
+/// The API's routes (public for the fuzz harness in tests/fuzz, which calls it directly).
+pub fn router(api: Api) -> Router {
     let limits = BodyLimits {
         max: api.broker.config.management.max_body_size as usize,
         within: std::time::Duration::from_secs(api.broker.config.management.body_timeout.max(1)),
