@@ -2,7 +2,9 @@
 # Every test warren has, from a fresh machine: formatting and lints, unit tests, the Rust
 # integration tests (lapin over TCP against a spawned broker), and the cross-client suite
 # (pika, kombu, Celery, oslo.messaging, the RabbitMQ Java client, amqp091-go's own
-# integration tests, amqp-tools), which installs what it needs (apt, a Python venv).
+# integration tests, amqp-tools), which installs what it needs (apt, a Python venv);
+# then the fuzz targets: the inputs that once crashed one are replayed, and each target
+# fuzzes for 30 s (tests/fuzz/README.md).
 #
 #   tests/run-all.sh
 set -euo pipefail
@@ -21,3 +23,6 @@ cargo test --no-fail-fast -- --test-threads 4
 
 step "cross-client conformance suite"
 WARREN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/warren" tests/clients/run.sh
+
+step "fuzz targets: reproducers, then 30 s each (tests/fuzz/run.sh)"
+tests/fuzz/run.sh 30
