@@ -122,7 +122,11 @@ pub fn run(data: &[u8]) {
         let (out, tuned) = converse(&broker, data).await;
         crate::settle().await;
         // Nothing of the connection outlives it.
-        assert_eq!(broker.connection_count(), 0, "a closed connection is still listed");
+        assert_eq!(
+            broker.connection_count(),
+            0,
+            "a closed connection is still listed"
+        );
         let vhost = broker.vhost("/").expect("the default vhost");
         for q in vhost.queues() {
             assert!(
@@ -174,7 +178,10 @@ fn probe_conversation() -> Vec<u8> {
             virtual_host: ShortString::from("/"),
         })),
     );
-    m(1, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})));
+    m(
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    );
     m(
         1,
         AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
@@ -227,7 +234,9 @@ fn check_probe(out: &[u8]) {
     let all = pieces(out);
     let methods: Vec<(u16, u16)> = all.iter().filter_map(|p| p.method()).collect();
     let body = all.iter().find_map(|p| match p {
-        Piece::Frame { kind: 3, payload, .. } => Some(*payload),
+        Piece::Frame {
+            kind: 3, payload, ..
+        } => Some(*payload),
         _ => None,
     });
     assert!(

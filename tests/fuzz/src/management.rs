@@ -93,15 +93,16 @@ pub fn run(data: &[u8]) {
                 continue;
             }
             // A request that waits on a queue is answered within virtual seconds.
-            let answer = tokio::time::timeout(Duration::from_secs(600), api.call(method, path, body))
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "no answer in 10 minutes to {} {}",
-                        String::from_utf8_lossy(method),
-                        String::from_utf8_lossy(path)
-                    )
-                });
+            let answer =
+                tokio::time::timeout(Duration::from_secs(600), api.call(method, path, body))
+                    .await
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "no answer in 10 minutes to {} {}",
+                            String::from_utf8_lossy(method),
+                            String::from_utf8_lossy(path)
+                        )
+                    });
             if let Some((status, body)) = answer {
                 assert!(
                     status < 500,

@@ -46,7 +46,10 @@ pub fn run(data: &[u8]) {
                 assert!(data.len() >= 4 + 5 * warren::protocol::table::MAX_DEPTH);
             }
             let err = warren::channel::decode_error(e, data);
-            assert!(err.code >= 500, "a decode error is a connection or channel error");
+            assert!(
+                err.code >= 500,
+                "a decode error is a connection or channel error"
+            );
             let _ = err.text.len();
         }
     }

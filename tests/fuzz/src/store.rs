@@ -104,7 +104,9 @@ pub fn run(data: &[u8]) {
             return;
         };
         // As main does at start-up; a file it cannot read stops the start.
-        let restored = broker.restore_access().and_then(|()| broker.restore_policies());
+        let restored = broker
+            .restore_access()
+            .and_then(|()| broker.restore_policies());
         let _ = warren::definitions::export(&broker);
         if restored.is_err() {
             broker.close_store();

@@ -47,7 +47,9 @@ fn framed(data: &[u8]) {
         // What the store does with it: write it, read it back.
         let bytes = encode(&t);
         let back = table::decode(&bytes).unwrap_or_else(|e| {
-            panic!("a table warren decoded does not decode again after encoding ({e}): {bytes:02x?}")
+            panic!(
+                "a table warren decoded does not decode again after encoding ({e}): {bytes:02x?}"
+            )
         });
         assert_eq!(
             encode(&back),
@@ -89,7 +91,11 @@ fn walk(payload: &[u8]) {
         value(f.value, 0);
         rebuilt.push((f.key, f.value));
     }
-    assert_eq!(table::table_payload(&rebuilt), payload, "fields copied byte for byte");
+    assert_eq!(
+        table::table_payload(&rebuilt),
+        payload,
+        "fields copied byte for byte"
+    );
     if let Some(f) = fields.first() {
         let _ = table::get(&fields, &String::from_utf8_lossy(f.key));
     }
