@@ -16,9 +16,6 @@ pub fn run(data: &[u8]) {
     let Ok(doc) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    if crate::known::skipping() && crate::known::json_long_short_string(data) {
-        return;
-    }
     let rt = crate::runtime();
     rt.block_on(async {
         let first = Broker::new(crate::config());

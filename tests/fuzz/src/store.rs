@@ -74,23 +74,7 @@ fn lay_out(dir: &Path, data: &[u8]) {
     }
 }
 
-/// Whether the topology log holds a record that hits a known bug (see `known`).
-fn known_bug(files: &[(String, Vec<u8>)]) -> bool {
-    let mut hit = false;
-    for (name, bytes) in files {
-        if name == "topology.log" {
-            warren::store::record::scan(bytes, |_, payload| {
-                hit |= crate::known::store_qid_overflow(payload);
-            });
-        }
-    }
-    hit
-}
-
 pub fn run(data: &[u8]) {
-    if crate::known::skipping() && known_bug(&files(data)) {
-        return;
-    }
     let dir = scratch();
     lay_out(&dir, data);
     let mut config = crate::config();
