@@ -81,7 +81,8 @@ shopt -s nullglob
 for t in "${TARGETS[@]}"; do
     for f in "$HERE"/crashes/"$t"-*; do
         log="$WORK/repro-$(basename "$f").log"
-        if ! "$BIN/$t" -timeout=10 -rss_limit_mb=2048 "$f" >"$log" 2>&1; then
+        if ! "$BIN/$t" -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$WORK/repro-" "$f" \
+            >"$log" 2>&1; then
             why="$(grep -m1 -A1 -E 'panicked at|ERROR: libFuzzer' "$log" | tr '\n' ' ')"
             echo "run.sh: $t: tests/fuzz/crashes/$(basename "$f") still fails: $why(log: $log)" >&2
             failed+=("$t (reproducer $(basename "$f"))")

@@ -2,8 +2,8 @@
 # Replace the committed seed corpora with a handful of candidate inputs
 # (tools/make_corpora.py): libFuzzer's -merge=1 measures what each covers, and
 # tools/pick.py picks greedily the inputs that add the most coverage, at most
-# $FUZZ_SEEDS per target (default 12; 20 connections, 40 methods, 16 tables), none over 64 KiB. The candidates' descriptive
-# file names are kept.
+# $FUZZ_SEEDS per target (default 12; 20 connections, 40 methods, 16 tables), none
+# over 64 KiB. The candidates' descriptive file names are kept.
 #
 #   tests/fuzz/tools/minimize.sh CANDIDATES_DIR [TARGET...]
 #
@@ -27,6 +27,7 @@ for t in "${TARGETS[@]}"; do
     [ -d "$CAND/$t" ] || continue
     merged="$(mktemp -d)"
     "$BIN/$t" -merge=1 -merge_control_file="$merged.ctl" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="$merged-" \
         "$merged" "$CAND/$t" >"$merged.log" 2>&1 ||
         { tail -n 30 "$merged.log" >&2; echo "minimize: $t: merge failed" >&2; exit 1; }
     mkdir -p "$FUZZ/corpus/$t"
