@@ -69,15 +69,20 @@ pub struct VhostDefs {
 }
 
 impl BindingDef {
-    /// Every part of the binding, encoded: equal bindings have equal identities.
+    /// Every part of the binding, encoded as the log writes it: equal bindings have
+    /// equal identities.
     fn identity(&self) -> Vec<u8> {
         let mut id = Vec::new();
-        id.put_str(&self.source);
-        id.put_u8(self.to_queue as u8);
-        id.put_str(&self.destination);
-        id.put_str(&self.routing_key);
-        id.put_table(&self.arguments);
+        self.encode(&mut id);
         id
+    }
+
+    fn encode(&self, o: &mut Vec<u8>) {
+        o.put_str(&self.source);
+        o.put_u8(self.to_queue as u8);
+        o.put_str(&self.destination);
+        o.put_str(&self.routing_key);
+        o.put_table(&self.arguments);
     }
 }
 
@@ -223,13 +228,6 @@ impl Snapshot {
 }
 
 fn encode(c: &Change, o: &mut Vec<u8>) {
-    let binding = |o: &mut Vec<u8>, b: &BindingDef| {
-        o.put_str(&b.source);
-        o.put_u8(b.to_queue as u8);
-        o.put_str(&b.destination);
-        o.put_str(&b.routing_key);
-        o.put_table(&b.arguments);
-    };
     match c {
         Change::AddVhost(v) => {
             o.put_u8(b'V');
@@ -269,12 +267,12 @@ fn encode(c: &Change, o: &mut Vec<u8>) {
         Change::Bind { vhost, binding: b } => {
             o.put_u8(b'B');
             o.put_str(vhost);
-            binding(o, b);
+            b.encode(o);
         }
         Change::Unbind { vhost, binding: b } => {
             o.put_u8(b'b');
             o.put_str(vhost);
-            binding(o, b);
+            b.encode(o);
         }
     }
 }
