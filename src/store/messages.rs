@@ -162,13 +162,18 @@ impl MessageStore {
             broken: broken.clone(),
             progress: progress.clone(),
         };
+        // Ids are never reused; one at the end of the id space can only be damage (found
+        // by fuzzing: `+ 1` overflowed).
+        let next_id = recovery.max_id.checked_add(1).ok_or_else(|| {
+            io::Error::other("a segment holds a message id no warren assigns; it is damaged")
+        })?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("warren-store".into())
             .spawn(move || writer.run(rx))?;
         let store = Arc::new(MessageStore {
             tx: Mutex::new(Some(tx)),
-            next_id: AtomicU64::new(recovery.max_id + 1),
+            next_id: AtomicU64::new(next_id),
             synced,
             broken,
             closed: AtomicBool::new(false),
@@ -624,6 +629,13 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 /// queue still holds. Bodies are not kept: queues read back what they need.
 fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     let segs = segments(dir)?;
+    // The index keeps segment numbers in 32 bits; warren numbers them from 1 up.
+    if let Some(n) = segs.iter().find(|&&n| n >= u64::from(u32::MAX)) {
+        return Err(io::Error::other(format!(
+            "{} is not a segment warren writes (numbered past 2^32); move it aside",
+            segment_path(dir, *n).display()
+        )));
+    }
     let mut acked: HashSet<(u64, u64), IdHash> = HashSet::default();
     let mut delivered: HashSet<(u64, u64), IdHash> = HashSet::default();
     // One buffer for every segment: a fresh one each time costs a page fault per page.
@@ -873,5 +885,38 @@ mod tests {
         drop(s);
         let (_s, rec) = MessageStore::open(&dir, &live, &cfg(false, 64)).unwrap();
         assert_eq!(rec[&7].len(), 1);
+    }
+
+    /// Damage that names the last message id, or a segment numbered past what the index
+    /// holds, is refused at open (found by fuzzing: `max_id + 1` overflowed).
+    #[test]
+    fn ids_and_segment_numbers_out_of_range_are_refused() {
+        use super::super::codec::Put;
+        let dir = tmp("id-max");
+        fs::create_dir_all(&dir).unwrap();
+        let mut payload = Vec::new();
+        payload.put_u8(b'M');
+        payload.put_u64(u64::MAX);
+        payload.put_u16(1);
+        payload.put_u64(1);
+        for field in [&b""[..], b"q", &[0x10, 0, 2], b"body"] {
+            payload.put_bytes(field);
+        }
+        let mut seg = Vec::new();
+        record::append(&mut seg, &payload);
+        fs::write(segment_path(&dir, 1), &seg).unwrap();
+        let live: HashSet<u64> = [1].into();
+        let err = MessageStore::open(&dir, &live, &cfg(false, 1 << 20))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no warren assigns"), "{err}");
+
+        fs::remove_file(segment_path(&dir, 1)).unwrap();
+        fs::write(segment_path(&dir, 1 << 33), b"").unwrap();
+        let err = MessageStore::open(&dir, &live, &cfg(false, 1 << 20))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("past 2^32"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
