@@ -2,7 +2,8 @@
 //!
 //! Module map, in the order a message travels:
 //! - [`server`]: the TCP listeners (AMQP, and amqps through [`tls`]); one
-//!   [`connection`] task per client.
+//!   [`connection`] task per client. [`accept`]: what every accept loop does when
+//!   accepting fails (out of file descriptors).
 //! - [`connection`]: handshake, frame reading, heartbeats, and the writer task that
 //!   coalesces outgoing frames; drives the connection's channels.
 //! - [`protocol`]: the wire format: frames, methods (hand-written on the per-message
