@@ -25,13 +25,15 @@ pub fn options() -> OpenOptions {
 }
 
 /// `File::create`, mode 0600.
-pub fn create(path: &Path) -> io::Result<File> {
+fn create(path: &Path) -> io::Result<File> {
     options().write(true).create(true).truncate(true).open(path)
 }
 
-/// `fs::write`, mode 0600.
-pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
-    io::Write::write_all(&mut create(path)?, data)
+/// `fs::write` then `sync_all`, mode 0600: the bytes are on disk when it returns.
+pub fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = create(path)?;
+    io::Write::write_all(&mut f, data)?;
+    f.sync_all()
 }
 
 /// Keep a copy of `bytes` from `file` (what recovery is about to cut off, or a whole
@@ -51,9 +53,7 @@ pub fn quarantine(
         .unwrap_or(0);
     let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let path = dir.join(format!("{stamp}-{name}-{what}"));
-    let mut f = create(&path)?;
-    io::Write::write_all(&mut f, bytes)?;
-    f.sync_all()?;
+    write_synced(&path, bytes)?;
     tracing::warn!(
         file = %file.display(),
         copy = %path.display(),
@@ -88,7 +88,7 @@ mod tests {
         // SAFETY: umask only changes the process's file-creation mask.
         let old = unsafe { libc::umask(0) };
         create_dir(&dir.join("a/b")).unwrap();
-        write(&dir.join("a/b/f"), b"x").unwrap();
+        write_synced(&dir.join("a/b/f"), b"x").unwrap();
         unsafe { libc::umask(old) };
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir.join("a")), DIR_MODE);

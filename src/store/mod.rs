@@ -111,9 +111,7 @@ impl Store {
     pub fn write_file(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!("{name}.new"));
-        let mut f = files::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
+        files::write_synced(&tmp, data)?;
         fs::rename(&tmp, &path)?;
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
@@ -194,8 +192,7 @@ fn meta(dir: &Path) -> Result<String, StoreError> {
     let text =
         format!("# warren data directory; do not edit.\nformat = {FORMAT}\nnode_id = \"{id}\"\n");
     let tmp = dir.join("meta.toml.new");
-    files::write(&tmp, text.as_bytes())
-        .and_then(|()| File::open(&tmp)?.sync_all())
+    files::write_synced(&tmp, text.as_bytes())
         .and_then(|()| fs::rename(&tmp, &path))
         .map_err(|e| StoreError(format!("cannot write {}: {e}", path.display())))?;
     Ok(id)

@@ -389,11 +389,7 @@ impl TopologyLog {
         for c in snapshot.changes() {
             record::append_with(&mut buf, |o| encode(&c, o));
         }
-        {
-            let mut f = super::files::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-        }
+        super::files::write_synced(&tmp, &buf)?;
         fs::rename(&tmp, &path)?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
