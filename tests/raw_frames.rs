@@ -634,3 +634,118 @@ fn tables_nested_to_the_bound_are_declared_routed_and_delivered_unchanged() {
     assert_eq!(&h.payload[14..], &headers[..]);
     c.close();
 }
+
+/// A short string of any bytes (`Enc::shortstr` takes text).
+fn sstr(b: &[u8]) -> Vec<u8> {
+    let mut v = vec![b.len() as u8];
+    v.extend_from_slice(b);
+    v
+}
+
+/// A method's own short strings (names, consumer tags, routing keys of bindings, reply
+/// texts) must be UTF-8: RabbitMQ 3.10 closes the connection with 501 "Malformed UTF-8
+/// in shortstr" (its framing asserts it), naming no method. basic.publish's are not
+/// checked, and neither are field names inside tables: those are taken.
+#[test]
+fn short_strings_that_are_not_utf8_close_501_but_table_names_and_publish_keys_pass() {
+    let mut broker = Broker::start();
+    let q = unique("utf8");
+    let refused: Vec<(&str, u16, u16, Vec<u8>)> = vec![
+        (
+            "queue.declare name",
+            50,
+            10,
+            [&[0, 0][..], &sstr(b"q\xff"), &[0, 0, 0, 0, 0]].concat(),
+        ),
+        (
+            "exchange.declare type",
+            40,
+            10,
+            [
+                &[0, 0][..],
+                &sstr(q.as_bytes()),
+                &sstr(b"\xff"),
+                &[0, 0, 0, 0, 0],
+            ]
+            .concat(),
+        ),
+        (
+            "queue.bind routing key",
+            50,
+            20,
+            [
+                &[0, 0][..],
+                &sstr(q.as_bytes()),
+                &sstr(b"amq.direct"),
+                &sstr(b"k\xc3"),
+                &[0, 0, 0, 0, 0],
+            ]
+            .concat(),
+        ),
+        (
+            "basic.consume tag",
+            60,
+            20,
+            [
+                &[0, 0][..],
+                &sstr(q.as_bytes()),
+                &sstr(b"t\xff"),
+                &[0, 0, 0, 0, 0],
+            ]
+            .concat(),
+        ),
+        (
+            "basic.get queue",
+            60,
+            70,
+            [&[0, 0][..], &sstr(b"\x80"), &[0]].concat(),
+        ),
+        (
+            "channel.close text",
+            20,
+            40,
+            [&[0, 200][..], &sstr(b"bye\xff"), &[0, 0, 0, 0]].concat(),
+        ),
+    ];
+    for (what, class, method, args) in refused {
+        let mut c = open_ch1(&broker);
+        c.send_method(1, 50, 10, &queue_declare_args(&q));
+        c.expect_method(1, 50, 11);
+        c.send_method(1, class, method, &args);
+        let close = c.expect_connection_close();
+        assert_eq!(
+            (
+                close.code,
+                close.text.as_str(),
+                close.class_id,
+                close.method_id
+            ),
+            (501, "FRAME_ERROR - Malformed UTF-8 in shortstr", 0, 0),
+            "{what}"
+        );
+    }
+    still_alive(&mut broker);
+
+    let mut c = open_ch1(&broker);
+    // An argument whose name is not UTF-8, at the top and nested: declared.
+    let nested = [&[2, b'n', 0xfe, b'V'][..]].concat();
+    let mut table = vec![2, b'k', 0xff, b'V', 1, b't', b'F'];
+    table.extend_from_slice(&(nested.len() as u32).to_be_bytes());
+    table.extend_from_slice(&nested);
+    let mut args = [&[0, 0][..], &sstr(q.as_bytes()), &[0]].concat();
+    args.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    args.extend_from_slice(&table);
+    c.send_method(1, 50, 10, &args);
+    c.expect_method(1, 50, 11);
+    // A publish whose routing key is not UTF-8 is taken (it routes nowhere here), and the
+    // channel still works.
+    let mut bytes = raw::method_frame(1, 60, 40, &[&[0, 0, 0][..], &sstr(b"k\xff"), &[0]].concat());
+    bytes.extend(raw::content_header_frame(1, 1));
+    bytes.extend(raw::body_frame(1, b"x"));
+    c.send(&bytes).unwrap();
+    c.send_method(1, 60, 70, &Enc::new().u16(0).shortstr(&q).u8(1).done());
+    c.expect_method(1, 60, 72);
+    c.send_method(1, 50, 40, &Enc::new().u16(0).shortstr(&q).u8(0).done());
+    c.expect_method(1, 50, 41);
+    c.close();
+}

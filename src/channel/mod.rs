@@ -497,6 +497,8 @@ pub fn decode_error(e: method::DecodeError, payload: &[u8]) -> AmqpError {
             crate::protocol::frame::erlang_binary(&payload[4..])
         ))
         .on(class_id, method_id),
+        // RabbitMQ names neither class nor method for it.
+        method::DecodeError::Utf8 => AmqpError::frame_error("Malformed UTF-8 in shortstr"),
         method::DecodeError::Unknown {
             class_id,
             method_id,

@@ -512,6 +512,11 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
         } else {
             (0, 0)
         };
+        if ids == (20, 40) {
+            // channel.close is answered without looking at its arguments, but they must
+            // decode, as in RabbitMQ (a reply text that is not UTF-8 is a frame error).
+            method::decode(&f.payload).map_err(|e| crate::channel::decode_error(e, &f.payload))?;
+        }
         let Some(ch) = channels.get_mut(&number) else {
             match ids {
                 // Our channel.close crossed the client's: we already answered its close

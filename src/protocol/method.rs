@@ -51,6 +51,10 @@ pub enum DecodeError {
     Unknown { class_id: u16, method_id: u16 },
     /// An arguments or properties table nested deeper than warren decodes.
     TooDeep { class_id: u16, method_id: u16 },
+    /// A short string argument (a name, a reply text) that is not UTF-8, which RabbitMQ
+    /// refuses as a frame error (its framing asserts UTF-8 on every method short string
+    /// but basic.publish's; field names inside tables are repaired instead).
+    Utf8,
 }
 
 /// A bounds-checked cursor over a method payload.
@@ -163,6 +167,7 @@ pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {
             })
         })(),
         _ => {
+            let mut repaired = None;
             if let Some(table) = table_argument(class_id, method_id, payload) {
                 match super::table::check_framed(table) {
                     Err(super::table::Refused::TooDeep) => {
@@ -172,15 +177,24 @@ pub fn decode(payload: &Bytes) -> Result<Method, DecodeError> {
                         })
                     }
                     Err(super::table::Refused::Malformed) => return Err(syntax),
-                    Ok(_) => {}
+                    Ok(len) => {
+                        if let Some(t) = super::table::repair_keys(&table[..len]) {
+                            let at = payload.len() - table.len();
+                            let mut p = payload[..at].to_vec();
+                            p.extend_from_slice(&t);
+                            p.extend_from_slice(&table[len..]);
+                            repaired = Some(p);
+                        }
+                    }
                 }
             }
-            return match parse_class(&payload[..]) {
+            return match parse_class(repaired.as_deref().unwrap_or(payload)) {
                 Ok((_, class)) => Ok(Method::Other(Box::new(class))),
                 Err(_) if !known(class_id, method_id) => Err(DecodeError::Unknown {
                     class_id,
                     method_id,
                 }),
+                Err(e) if is_utf8_error(&e) => Err(DecodeError::Utf8),
                 Err(_) => Err(syntax),
             };
         }
@@ -242,6 +256,12 @@ fn table_argument(class_id: u16, method_id: u16, payload: &Bytes) -> Option<&[u8
         _ => return None,
     }
     payload.get(r.pos..)
+}
+
+/// Whether amq-protocol refused a short string for not being UTF-8: the only `map_res` in
+/// its parsers is the short string's UTF-8 conversion (pinned by a test below).
+fn is_utf8_error(e: &impl std::fmt::Debug) -> bool {
+    format!("{e:?}").contains("MapRes")
 }
 
 /// Whether (class, method) exists in AMQP 0-9-1 (RabbitMQ's variant).
@@ -445,5 +465,26 @@ mod tests {
         assert!(matches!(decode(&p), Err(DecodeError::Unknown { .. })));
         let p = Bytes::from_static(&[0, 50, 0, 10, 0]);
         assert!(matches!(decode(&p), Err(DecodeError::Syntax { .. })));
+    }
+
+    /// A method's own short strings must be UTF-8 (RabbitMQ: "Malformed UTF-8 in
+    /// shortstr"); field names inside its tables need not be.
+    #[test]
+    fn short_strings_must_be_utf8_field_names_need_not() {
+        // queue.declare: ticket, name "q\xff", bits, empty table.
+        let p = Bytes::from_static(b"\x00\x32\x00\x0a\x00\x00\x02q\xff\x00\x00\x00\x00\x00");
+        assert_eq!(decode(&p).err(), Some(DecodeError::Utf8));
+        // ... a truncated one is still a syntax error.
+        let p = Bytes::from_static(b"\x00\x32\x00\x0a\x00\x00\x05q");
+        assert!(matches!(decode(&p), Err(DecodeError::Syntax { .. })));
+        // queue.declare "q" with the argument b"k\xff" = void.
+        let p = Bytes::from_static(b"\x00\x32\x00\x0a\x00\x00\x01q\x00\x00\x00\x00\x04\x02k\xffV");
+        let Ok(Method::Other(class)) = decode(&p) else {
+            panic!("queue.declare with a non-UTF-8 argument name decodes")
+        };
+        let AMQPClass::Queue(amq_protocol::protocol::queue::AMQPMethod::Declare(d)) = *class else {
+            panic!("{class:?}")
+        };
+        assert!(d.arguments.inner().contains_key("k?"));
     }
 }

@@ -88,9 +88,69 @@ pub fn check_framed(framed: &[u8]) -> Result<usize, Refused> {
 /// amq-protocol's recursive parser sees it. The only way warren decodes a table.
 pub fn decode(framed: &[u8]) -> Result<FieldTable, Refused> {
     check_framed(framed)?;
-    parse_field_table(framed)
+    let repaired = repair_keys(framed);
+    parse_field_table(repaired.as_deref().unwrap_or(framed))
         .map(|(_, t)| t)
         .map_err(|_| Refused::Malformed)
+}
+
+/// A copy of a checked, length-prefixed table whose field names that are not UTF-8 have
+/// each bad byte replaced by `?` (same length, so the table's framing holds), or `None`
+/// when every name, at every depth, is UTF-8 already.
+///
+/// RabbitMQ takes any bytes as a field name (it checks UTF-8 in a method's own short
+/// strings, not inside tables); amq-protocol's parser refuses such a name and with it
+/// the whole frame. A repaired name only differs from the client's in bytes that no
+/// text-keyed lookup (`x-*` arguments, `x-match`, `CC`) could have matched anyway.
+pub fn repair_keys(framed: &[u8]) -> Option<Vec<u8>> {
+    let mut bad = Vec::new();
+    bad_keys(framed.get(4..)?, 4, 1, &mut bad);
+    if bad.is_empty() {
+        return None;
+    }
+    let mut out = framed.to_vec();
+    for at in bad {
+        out[at] = b'?';
+    }
+    Some(out)
+}
+
+/// Collect the offsets (from `base`) of the bytes of field names that are not UTF-8, in
+/// the table payload `payload` and every table nested in it. Depth is bounded as in
+/// [`check`], which the caller has passed.
+fn bad_keys(payload: &[u8], base: usize, depth: usize, bad: &mut Vec<usize>) {
+    let start = payload.as_ptr() as usize;
+    for field in iter(payload).map_while(|f| f) {
+        if std::str::from_utf8(field.key).is_err() {
+            let key_at = base + (field.key.as_ptr() as usize - start);
+            let mut pos = 0;
+            for chunk in field.key.utf8_chunks() {
+                pos += chunk.valid().len();
+                bad.extend((pos..pos + chunk.invalid().len()).map(|i| key_at + i));
+                pos += chunk.invalid().len();
+            }
+        }
+        let value_at = base + (field.value.as_ptr() as usize - start);
+        bad_keys_in_value(field.value, value_at, depth, bad);
+    }
+}
+
+fn bad_keys_in_value(v: &[u8], base: usize, depth: usize, bad: &mut Vec<usize>) {
+    if depth >= MAX_DEPTH {
+        return;
+    }
+    match v.first() {
+        Some(b'F') => bad_keys(&v[5..], base + 5, depth + 1, bad),
+        Some(b'A') => {
+            let mut at = 5;
+            while at < v.len() {
+                let Some(n) = value_len(&v[at..]) else { return };
+                bad_keys_in_value(&v[at..at + n], base + at, depth + 1, bad);
+                at += n;
+            }
+        }
+        _ => {}
+    }
 }
 
 /// One field of a table: its key and its value bytes, type tag included.
@@ -267,6 +327,40 @@ pub fn table<K: AsRef<[u8]>, V: AsRef<[u8]>>(fields: &[(K, V)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Framed (length-prefixed) form of a table payload.
+    fn framed(payload: &[u8]) -> Vec<u8> {
+        let mut v = (payload.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn field_names_that_are_not_utf8_are_repaired_at_every_depth() {
+        let inner = table(&[(&b"in\xfe"[..], longstr(b"v\xff"))]);
+        let t = framed(&table_payload(&[
+            (&b"x-max-length"[..], long(5)),
+            (&b"k\xff\xc3"[..], long(1)),
+            (&b"arr"[..], array(&[inner.clone(), long(2)])),
+            (&b"t"[..], table(&[(&b"\xe2\x82"[..], inner)])),
+        ]));
+        let decoded = decode(&t).expect("decodes");
+        let keys: Vec<&str> = decoded.inner().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys, ["arr", "k??", "t", "x-max-length"]);
+        let repaired = repair_keys(&t).unwrap();
+        assert_eq!(repaired.len(), t.len());
+        // Values are bytes and stay as sent; only names changed.
+        let f = fields(&repaired[4..]).unwrap();
+        let nested = table_fields(get(&f, "t").unwrap()).unwrap();
+        assert_eq!(nested[0].key, b"??");
+        let deepest = table_fields(nested[0].value).unwrap();
+        assert_eq!(
+            (deepest[0].key, as_longstr(deepest[0].value)),
+            (&b"in?"[..], Some(&b"v\xff"[..]))
+        );
+        let ok = framed(&table_payload(&[("ключ".as_bytes(), long(1))]));
+        assert_eq!(repair_keys(&ok), None);
+    }
 
     #[test]
     fn walks_and_rewrites_fields() {
