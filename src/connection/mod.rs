@@ -547,15 +547,8 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                     n.channel_max
                 )));
             }
-            // RabbitMQ limits only the count; the spec numbers channels 1..=channel_max,
-            // and no client picks a higher number, so one that does is refused too.
-            if n.channel_max != 0 && number > n.channel_max {
-                return Err(AmqpError::not_allowed(format!(
-                    "channel number {number} is above the negotiated channel_max ({})",
-                    n.channel_max
-                ))
-                .on(20, 10));
-            }
+            // Only the count is limited: RabbitMQ opens channel 65535 under channel_max
+            // 2047, and so does warren (channels are a map, not a table of channel_max).
             self.broker
                 .admit_channel(&s.user)
                 .map_err(|e| e.on(20, 10))?;
