@@ -82,7 +82,7 @@ pub struct AmqpConfig {
     pub frame_max: u32,
     /// Heartbeat interval offered in connection.tune, seconds (0 disables).
     pub heartbeat: u16,
-    /// Largest message body accepted, bytes (RabbitMQ 4.x default: 16 MiB).
+    /// Largest message body accepted, bytes (RabbitMQ 3.x default: 128 MiB).
     pub max_message_size: u64,
     /// Seconds a client has to complete the handshake.
     pub handshake_timeout: u64,
@@ -260,7 +260,7 @@ impl Default for AmqpConfig {
             channel_max: 2047,
             frame_max: 131_072,
             heartbeat: 60,
-            max_message_size: 16 * 1024 * 1024,
+            max_message_size: 128 * 1024 * 1024,
             handshake_timeout: 10,
             consumer_timeout: 1_800_000,
             consumer_timeout_action: "requeue".to_owned(),

@@ -877,25 +877,26 @@ async fn qos_with_nonzero_prefetch_size_closes_connection_540() {
     drop(ch);
 }
 
-/// warren enforces a 16 MiB max message size (like RabbitMQ 4.x; RabbitMQ
-/// 3.10's default is 128 MiB), so this test only runs against warren.
+/// The default max message size is RabbitMQ 3.x's, 128 MiB: a 20 MB message is taken
+/// (RabbitMQ 4.x's 16 MiB would refuse it), one over 128 MiB closes the channel with 406.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_larger_than_max_size_closes_channel_406() {
-    if is_external() {
-        eprintln!("skipped: warren-specific limit (16 MiB)");
-        return;
-    }
     let broker = Broker::start();
     let (conn, ch) = broker.channel().await;
     let q = unique("too-big");
     declare_queue(&ch, &q).await;
+    let body = vec![b'x'; 20_000_000];
+    publish(&ch, "", &q, &body).await;
+    let got = get(&ch, &q, true).await.expect("the 20 MB message");
+    assert_eq!(got.data.len(), body.len());
+    drop(got);
     let watch = ChannelWatch::new(&ch).await;
-    let body = vec![b'x'; 17 * 1024 * 1024];
+    let body = vec![b'x'; 128 * 1024 * 1024 + 1];
     publish(&ch, "", &q, &body).await;
     watch
         .assert_closed(
             406,
-            "PRECONDITION_FAILED - message size 17825792 is larger than configured max size 16777216",
+            "PRECONDITION_FAILED - message size 134217729 is larger than configured max size 134217728",
         )
         .await;
     assert_connection_alive(&conn).await;
