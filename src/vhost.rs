@@ -625,7 +625,23 @@ impl Vhost {
         conn_id: u64,
     ) -> Result<(), AmqpError> {
         let mut t = self.write();
-        self.check_binding(&t, source, &dest, conn_id)?;
+        // Unbinding is idempotent: a missing queue, exchange or binding is success, as in
+        // RabbitMQ (rabbit_binding:remove ignores absent ends), because cleanup code
+        // unbinds after auto-delete exchanges and exclusive queues may be gone. The
+        // default exchange and someone else's exclusive queue are still refused.
+        if source.is_empty() || matches!(&dest, Destination::Exchange(x) if x.is_empty()) {
+            return Err(AmqpError::access_refused(
+                "operation not permitted on the default exchange",
+            ));
+        }
+        if let Destination::Queue(q) = &dest {
+            if let Some(q) = t.queues.get(&**q) {
+                check_exclusive(q, conn_id)?;
+            }
+        }
+        if !t.exchanges.contains_key(source) || !Self::destination_exists(&t, &dest) {
+            return Ok(());
+        }
         let binding = Binding {
             source: Arc::from(source),
             destination: dest,

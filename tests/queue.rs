@@ -487,6 +487,55 @@ async fn unbind_of_nonexistent_binding_is_ok() {
     delete_exchanges(&conn, &[&x]).await;
 }
 
+/// Unbinding is idempotent: with the queue, the exchange(s) or both missing, queue.unbind
+/// and exchange.unbind answer ok (RabbitMQ 3.10), on the same channel, one after another;
+/// cleanup code after an auto-delete exchange went away relies on it. The default
+/// exchange is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbind_with_missing_ends_is_ok() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let q = unique("unbind-ends-q");
+    let x = unique("unbind-ends-x");
+    let gone_q = unique("unbind-gone-q");
+    let gone_x = unique("unbind-gone-x");
+    declare_queue(&ch, &q).await;
+    declare_exchange(&ch, &x, ExchangeKind::Fanout).await;
+    for (queue, exchange) in [(&q, &gone_x), (&gone_q, &x), (&gone_q, &gone_x)] {
+        within(ch.queue_unbind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "k".into(),
+            no_args(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("queue.unbind {queue} from {exchange}: {e}"));
+    }
+    for (dest, source) in [(&x, &gone_x), (&gone_x, &x), (&gone_q, &gone_x)] {
+        within(ch.exchange_unbind(
+            dest.as_str().into(),
+            source.as_str().into(),
+            "k".into(),
+            ExchangeUnbindOptions::default(),
+            no_args(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("exchange.unbind {dest} from {source}: {e}"));
+    }
+    let watch = ChannelWatch::new(&ch).await;
+    let _ = ch
+        .queue_unbind(q.as_str().into(), "".into(), q.as_str().into(), no_args())
+        .await;
+    watch
+        .assert_closed(
+            403,
+            "ACCESS_REFUSED - operation not permitted on the default exchange",
+        )
+        .await;
+    delete_queues(&conn, &[&q]).await;
+    delete_exchanges(&conn, &[&x]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_to_missing_exchange_closes_channel_404() {
     let broker = Broker::start();
