@@ -904,3 +904,64 @@ fn twenty_thousand_exclusive_queues_come_and_go_without_stalling_others() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// RabbitMQ drops CR and LF from the queue and exchange names given to declare, delete,
+/// bind and unbind (declare-ok names the stripped queue), and takes the names given to
+/// basic.get, basic.consume, queue.purge and basic.publish, and routing keys, as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declare_bind_and_delete_strip_line_breaks_from_names() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let q = unique("crlf-q");
+    let x = unique("crlf-x");
+    let (q_nl, x_nl) = (format!("{q}\r\n"), format!("\n{x}\r"));
+    let declared = declare_queue(&ch, &q_nl).await;
+    assert_eq!(declared.name().as_str(), q);
+    assert_eq!(message_count(&ch, &format!("\r{q}")).await, 0);
+    declare_exchange(&ch, &x_nl, ExchangeKind::Direct).await;
+    // Bound with both names broken; the key keeps its line break.
+    bind(&ch, &format!("{q}\n"), &format!("{x}\n"), "k\n").await;
+    publish(&ch, &x, "k", b"no").await;
+    publish(&ch, &x, "k\n", b"yes").await;
+    wait_message_count(&ch, &q, 1).await;
+    assert_eq!(get(&ch, &q, true).await.expect("routed").data, b"yes");
+    within(ch.queue_unbind(
+        format!("{q}\r").as_str().into(),
+        format!("{x}\r\n").as_str().into(),
+        "k\n".into(),
+        no_args(),
+    ))
+    .await
+    .expect("queue.unbind");
+    publish(&ch, &x, "k\n", b"unbound").await;
+    // basic.get takes the name as it is: no queue has the line break.
+    let watch = ChannelWatch::new(&ch).await;
+    let _ = ch
+        .basic_get(q_nl.as_str().into(), BasicGetOptions { no_ack: true })
+        .await;
+    watch
+        .assert_closed(404, &format!("NOT_FOUND - no queue '{q_nl}' in vhost '/'"))
+        .await;
+    let ch = within(conn.create_channel()).await.unwrap();
+    assert_eq!(message_count(&ch, &q).await, 0, "the unbind held");
+    within(ch.queue_delete(q_nl.as_str().into(), QueueDeleteOptions::default()))
+        .await
+        .expect("queue.delete");
+    within(ch.exchange_delete(x_nl.as_str().into(), ExchangeDeleteOptions::default()))
+        .await
+        .expect("exchange.delete");
+    let watch = ChannelWatch::new(&ch).await;
+    let _ = ch
+        .queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            no_args(),
+        )
+        .await;
+    watch
+        .assert_closed(404, &format!("NOT_FOUND - no queue '{q}' in vhost '/'"))
+        .await;
+}

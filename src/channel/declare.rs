@@ -6,7 +6,7 @@ use super::{Channel, Session};
 use crate::access::Perm;
 use crate::error::AmqpError;
 use crate::exchange::{Destination, ExchangeKind};
-use crate::protocol::short;
+use crate::protocol::{short, ShortString};
 use crate::queue::{QueueCmd, QueueStats};
 use crate::vhost::{check_exclusive, ExchangeDecl, QueueDecl};
 
@@ -16,6 +16,10 @@ impl Channel {
         s: &mut Session,
         d: exchange::Declare,
     ) -> Result<(), AmqpError> {
+        let d = exchange::Declare {
+            exchange: strip_cr_lf(d.exchange),
+            ..d
+        };
         let name = d.exchange.as_str();
         if d.passive {
             if name.is_empty() {
@@ -60,6 +64,10 @@ impl Channel {
         s: &mut Session,
         d: exchange::Delete,
     ) -> Result<(), AmqpError> {
+        let d = exchange::Delete {
+            exchange: strip_cr_lf(d.exchange),
+            ..d
+        };
         let name = d.exchange.as_str();
         // The default and amq.* exchanges are refused before permissions (RabbitMQ).
         if !name.is_empty() && !name.starts_with("amq.") {
@@ -80,6 +88,11 @@ impl Channel {
         s: &mut Session,
         b: exchange::Bind,
     ) -> Result<(), AmqpError> {
+        let b = exchange::Bind {
+            source: strip_cr_lf(b.source),
+            destination: strip_cr_lf(b.destination),
+            ..b
+        };
         authorize_binding(
             s,
             b.source.as_str(),
@@ -109,6 +122,11 @@ impl Channel {
         s: &mut Session,
         u: exchange::Unbind,
     ) -> Result<(), AmqpError> {
+        let u = exchange::Unbind {
+            source: strip_cr_lf(u.source),
+            destination: strip_cr_lf(u.destination),
+            ..u
+        };
         authorize_binding(
             s,
             u.source.as_str(),
@@ -138,6 +156,10 @@ impl Channel {
         s: &mut Session,
         d: queue::Declare,
     ) -> Result<(), AmqpError> {
+        let d = queue::Declare {
+            queue: strip_cr_lf(d.queue),
+            ..d
+        };
         if d.passive && s.broker.reply_to.exists(d.queue.as_str()) {
             // The direct reply-to pseudo-queue (and live reply ids): RabbitMQ answers
             // 0 messages, 1 consumer (rabbit_channel:return_queue_declare_ok(_, _, 0, 1)).
@@ -223,6 +245,11 @@ impl Channel {
     }
 
     pub(super) fn queue_bind(&mut self, s: &mut Session, b: queue::Bind) -> Result<(), AmqpError> {
+        let b = queue::Bind {
+            queue: strip_cr_lf(b.queue),
+            exchange: strip_cr_lf(b.exchange),
+            ..b
+        };
         let (name, key) = self.binding_target(b.queue.as_str(), b.routing_key.as_str())?;
         authorize_binding(s, b.exchange.as_str(), "queue", &name, &key)?;
         s.vhost.bind(
@@ -246,6 +273,11 @@ impl Channel {
         s: &mut Session,
         u: queue::Unbind,
     ) -> Result<(), AmqpError> {
+        let u = queue::Unbind {
+            queue: strip_cr_lf(u.queue),
+            exchange: strip_cr_lf(u.exchange),
+            ..u
+        };
         let (name, key) = self.binding_target(u.queue.as_str(), u.routing_key.as_str())?;
         authorize_binding(s, u.exchange.as_str(), "queue", &name, &key)?;
         s.vhost.unbind(
@@ -290,6 +322,10 @@ impl Channel {
         s: &mut Session,
         d: queue::Delete,
     ) -> Result<(), AmqpError> {
+        let d = queue::Delete {
+            queue: strip_cr_lf(d.queue),
+            ..d
+        };
         let name = self.expand_queue(d.queue.as_str())?;
         s.authorize("queue", &name, Perm::Configure)?;
         // Deleting a queue that does not exist succeeds with a count of 0 (RabbitMQ).
@@ -311,6 +347,19 @@ impl Channel {
             );
         }
         Ok(())
+    }
+}
+
+/// RabbitMQ drops CR and LF from the names of queues and exchanges that are declared,
+/// deleted, bound and unbound (rabbit_channel's strip_cr_lf: a name with a line break is
+/// near impossible to manage from a shell), so `"orders\r\n"` declares `orders` and
+/// declare-ok says so. Names given to basic.get, basic.consume, queue.purge and
+/// basic.publish, routing keys and consumer tags are taken as they are, as there.
+fn strip_cr_lf(name: ShortString) -> ShortString {
+    if name.as_str().contains(['\r', '\n']) {
+        short(name.as_str().replace(['\r', '\n'], ""))
+    } else {
+        name
     }
 }
 
