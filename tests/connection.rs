@@ -553,3 +553,56 @@ fn running_out_of_descriptors_refuses_new_clients_and_keeps_the_rest() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A start-ok whose payload (class and method ids, then arguments) is `size` bytes:
+/// PLAIN guest/guest, with client properties padded to fit.
+fn start_ok_of_size(size: usize) -> Vec<u8> {
+    let tail = Enc::new()
+        .shortstr("PLAIN")
+        .longstr(b"\0guest\0guest")
+        .shortstr("en_US")
+        .done();
+    // ids (4) + table length (4) + key "pad" (1 + 3) + tag and length (5) + pad + tail
+    let pad = size - (4 + 4 + 4 + 5 + tail.len());
+    let mut args = Enc::new()
+        .table(&[("pad", Value::LongStr(vec![b'x'; pad]))])
+        .done();
+    args.extend_from_slice(&tail);
+    let mut payload = Enc::new().u16(10).u16(11).done();
+    payload.extend_from_slice(&args);
+    assert_eq!(payload.len(), size);
+    payload
+}
+
+/// Before tune-ok no frame_max is agreed: frames are held to the minimum frame size,
+/// 4096 bytes of payload (RabbitMQ 3.10: `frame_too_large`; it closes the socket without
+/// a close frame, warren sends 501 first). A start-ok of 4096 bytes is taken.
+#[test]
+fn frames_before_tuning_are_at_most_4096_bytes() {
+    let broker = Broker::start();
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    c.send(&raw::frame(raw::FRAME_METHOD, 0, &start_ok_of_size(4096)))
+        .unwrap();
+    c.read_tune();
+    drop(c);
+
+    let mut c = RawConn::connect(&broker.addr());
+    c.send_protocol_header();
+    c.read_start();
+    let _ = c.send(&raw::frame(raw::FRAME_METHOD, 0, &start_ok_of_size(4097)));
+    // Until the connection ends: no tune, and a close (if any) is a frame error.
+    while let Ok(f) = c.read_frame() {
+        match f.method() {
+            Some((10, 30)) => panic!("a 4097-byte start-ok was taken"),
+            Some((10, 50)) => {
+                let close = raw::parse_close(f.args());
+                assert_eq!(close.code, 501, "{close:?}");
+                assert!(close.text.contains("frame_too_large"), "{close:?}");
+                break;
+            }
+            _ => {}
+        }
+    }
+}

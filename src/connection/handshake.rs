@@ -151,9 +151,10 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
         let _ = self.rbuf.split_to(8);
 
         let amqp = self.broker.config.amqp.clone();
-        // Before tune-ok the client may send frames up to the spec's minimum frame size;
-        // start-ok with large client properties is allowed up to our own frame_max.
-        let pre_tune_max = amqp.frame_max.max(frame::FRAME_MIN_SIZE);
+        // Before tune-ok no frame_max is agreed, so frames are held to the spec's minimum
+        // frame size, as RabbitMQ holds them (a start-ok with client properties over 4 KiB
+        // is a frame error): nobody buffers more than 4 KiB before logging in.
+        let pre_tune_max = frame::FRAME_MIN_SIZE;
 
         self.send0(AMQPClass::Connection(connection::AMQPMethod::Start(
             connection::Start {

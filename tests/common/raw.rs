@@ -375,7 +375,7 @@ pub struct Close {
     pub method_id: u16,
 }
 
-fn parse_close(args: &[u8]) -> Close {
+pub fn parse_close(args: &[u8]) -> Close {
     let mut d = Dec::new(args);
     Close {
         code: d.u16(),
