@@ -1054,3 +1054,190 @@ fn sixty_thousand_bindings_leave_the_broker_responsive() {
     c.expect_method(2, 40, 21);
     c.close();
 }
+
+/// Declare an auto-delete exchange (`auto_delete`) or a plain one.
+async fn declare_x(ch: &Channel, name: &str, kind: ExchangeKind, auto_delete: bool) {
+    within(ch.exchange_declare(
+        name.into(),
+        kind,
+        ExchangeDeclareOptions {
+            auto_delete,
+            ..Default::default()
+        },
+        no_args(),
+    ))
+    .await
+    .expect("exchange.declare");
+}
+
+async fn bind_x(ch: &Channel, dest: &str, source: &str, key: &str) {
+    within(ch.exchange_bind(
+        dest.into(),
+        source.into(),
+        key.into(),
+        ExchangeBindOptions::default(),
+        no_args(),
+    ))
+    .await
+    .expect("exchange.bind");
+}
+
+async fn delete_x(ch: &Channel, name: &str) {
+    within(ch.exchange_delete(name.into(), ExchangeDeleteOptions::default()))
+        .await
+        .expect("exchange.delete");
+}
+
+async fn delete_q(ch: &Channel, name: &str) {
+    within(ch.queue_delete(name.into(), QueueDeleteOptions::default()))
+        .await
+        .expect("queue.delete");
+}
+
+/// rabbit_exchange:maybe_auto_delete, as RabbitMQ 3.10 applies it: an auto-delete exchange
+/// goes when the last binding with it as the *source* goes (by unbind, by deleting the
+/// queue or exchange at the other end, one at a time or several at once when a
+/// connection's exclusive queues go), cascading through exchange-to-exchange bindings;
+/// never bound, or only a destination, it stays; afterwards a publish to it is 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_delete_exchanges_go_with_their_last_source_binding() {
+    use ExchangeKind::{Direct, Fanout};
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let name = |p: &str| unique(&format!("adx-{p}"));
+
+    // Never bound: stays. Unbinding one of two keys: stays; the last: goes.
+    let (x, q) = (name("keys"), name("keys-q"));
+    declare_x(&ch, &x, Direct, true).await;
+    assert!(exchange_exists(&conn, &x).await, "never bound");
+    declare_queue(&ch, &q).await;
+    bind(&ch, &q, &x, "a").await;
+    bind(&ch, &q, &x, "b").await;
+    within(ch.queue_unbind(q.as_str().into(), x.as_str().into(), "a".into(), no_args()))
+        .await
+        .unwrap();
+    assert!(exchange_exists(&conn, &x).await, "one binding left");
+    within(ch.queue_unbind(q.as_str().into(), x.as_str().into(), "b".into(), no_args()))
+        .await
+        .unwrap();
+    assert!(!exchange_exists(&conn, &x).await, "last binding unbound");
+    delete_q(&ch, &q).await;
+
+    // Two queues: the first deletion leaves it, the second takes it.
+    let (x, q1, q2) = (name("queues"), name("q1"), name("q2"));
+    declare_x(&ch, &x, Fanout, true).await;
+    for q in [&q1, &q2] {
+        declare_queue(&ch, q).await;
+        bind(&ch, q, &x, "").await;
+    }
+    delete_q(&ch, &q1).await;
+    assert!(exchange_exists(&conn, &x).await, "one queue left");
+    delete_q(&ch, &q2).await;
+    assert!(!exchange_exists(&conn, &x).await, "both queues gone");
+
+    // Cascade: top (auto-delete) -> mid (auto-delete) -> queue. Deleting the queue takes
+    // mid, whose deletion removes top's last binding and takes top.
+    let (top, mid, q) = (name("top"), name("mid"), name("casc-q"));
+    declare_x(&ch, &top, Fanout, true).await;
+    declare_x(&ch, &mid, Fanout, true).await;
+    declare_queue(&ch, &q).await;
+    bind(&ch, &q, &mid, "").await;
+    bind_x(&ch, &mid, &top, "").await;
+    delete_q(&ch, &q).await;
+    assert!(!exchange_exists(&conn, &mid).await, "mid");
+    assert!(!exchange_exists(&conn, &top).await, "top, through mid");
+
+    // Deleting the destination exchange removes the source's last binding. Several
+    // sources at once: one still bound to a queue stays until that queue goes.
+    let (a, b, dest, q) = (name("a"), name("b"), name("dest"), name("ab-q"));
+    declare_x(&ch, &a, Fanout, true).await;
+    declare_x(&ch, &b, Fanout, true).await;
+    declare_x(&ch, &dest, Fanout, false).await;
+    declare_queue(&ch, &q).await;
+    bind_x(&ch, &dest, &a, "").await;
+    bind_x(&ch, &dest, &b, "").await;
+    bind(&ch, &q, &b, "").await;
+    delete_x(&ch, &dest).await;
+    assert!(!exchange_exists(&conn, &a).await, "a lost its only binding");
+    assert!(
+        exchange_exists(&conn, &b).await,
+        "b is still bound to a queue"
+    );
+    delete_q(&ch, &q).await;
+    assert!(!exchange_exists(&conn, &b).await, "b lost its last binding");
+
+    // Only a destination: unbinding it from its source leaves both.
+    let (src, ad) = (name("src"), name("dest-only"));
+    declare_x(&ch, &src, Fanout, false).await;
+    declare_x(&ch, &ad, Fanout, true).await;
+    bind_x(&ch, &ad, &src, "").await;
+    within(ch.exchange_unbind(
+        ad.as_str().into(),
+        src.as_str().into(),
+        "".into(),
+        ExchangeUnbindOptions::default(),
+        no_args(),
+    ))
+    .await
+    .unwrap();
+    assert!(exchange_exists(&conn, &ad).await, "a destination only");
+    delete_x(&ch, &src).await;
+    delete_x(&ch, &ad).await;
+
+    // Several at once: a connection's three exclusive queues bound to it go with the
+    // connection; a channel that published to it before gets 404 after.
+    let x = name("excl");
+    declare_x(&ch, &x, Direct, true).await;
+    let other = broker.connect().await;
+    let och = within(other.create_channel()).await.unwrap();
+    for i in 0..3 {
+        let q = name("excl-q");
+        within(och.queue_declare(
+            q.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            no_args(),
+        ))
+        .await
+        .unwrap();
+        bind(&och, &q, &x, &format!("k{i}")).await;
+    }
+    let pch = confirm_channel(&conn).await;
+    within(
+        within(pch.basic_publish(
+            x.as_str().into(),
+            "k1".into(),
+            BasicPublishOptions::default(),
+            b"routed",
+            BasicProperties::default(),
+        ))
+        .await
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    within(other.close(200, "bye".into())).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while exchange_exists(&conn, &x).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "exclusive queues gone, exchange stays"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let watch = ChannelWatch::new(&pch).await;
+    let _ = pch
+        .basic_publish(
+            x.as_str().into(),
+            "k1".into(),
+            BasicPublishOptions::default(),
+            b"after",
+            BasicProperties::default(),
+        )
+        .await;
+    watch
+        .assert_closed(404, &format!("NOT_FOUND - no exchange '{x}' in vhost '/'"))
+        .await;
+}
