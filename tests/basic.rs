@@ -766,6 +766,40 @@ async fn qos_prefetch_count_is_shared_across_channel_when_global() {
     delete_queues(&conn, &[&q]).await;
 }
 
+/// A channel's global prefetch (basic.qos global=true) holds back a no-ack consumer on
+/// the same channel too while the channel's acked deliveries use it up (RabbitMQ's
+/// limiter refuses every delivery then); acks free it. No-ack deliveries take no credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_prefetch_used_up_holds_back_no_ack_consumers_until_acks() {
+    let broker = Broker::start();
+    let conn = broker.connect().await;
+    let acked = queue_with_messages(&conn, "gq-acked", 2).await;
+    let free = queue_with_messages(&conn, "gq-noack", 3).await;
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.basic_qos(2, BasicQosOptions { global: true }))
+        .await
+        .unwrap();
+    let mut a = consume(&ch, &acked, false).await;
+    let first = next_delivery(&mut a).await.delivery_tag;
+    let second = next_delivery(&mut a).await.delivery_tag;
+    let mut b = consume(&ch, &free, true).await;
+    assert_no_delivery(&mut b).await;
+    // One ack frees one unit, which no-ack deliveries do not use up: the no-ack
+    // consumer gets its whole queue while the other delivery stays unacked.
+    within(ch.basic_ack(first, BasicAckOptions::default()))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        next_delivery(&mut b).await;
+    }
+    assert_eq!(message_count(&ch, &free).await, 0);
+    within(ch.basic_ack(second, BasicAckOptions::default()))
+        .await
+        .unwrap();
+    assert_eq!(message_count(&ch, &acked).await, 0);
+    delete_queues(&conn, &[&acked, &free]).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos_prefetch_does_not_limit_no_ack_consumers() {
     let broker = Broker::start();

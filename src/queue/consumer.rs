@@ -113,6 +113,12 @@ impl ChannelLimiter {
         self.global_prefetch.store(n, Ordering::Release);
     }
 
+    /// Whether the channel is below its global prefetch (always, without one).
+    pub fn has_room(&self) -> bool {
+        let limit = self.global_prefetch.load(Ordering::Acquire);
+        limit == 0 || self.in_flight.load(Ordering::Acquire) < limit
+    }
+
     /// Take one unit of channel-wide credit for an acknowledged delivery.
     pub fn try_acquire(&self) -> bool {
         let limit = self.global_prefetch.load(Ordering::Acquire);
@@ -172,7 +178,11 @@ impl Consumer {
             return false;
         }
         if self.no_ack {
-            return true;
+            // A no-ack delivery is never acked, so it takes no credit; but while the
+            // channel is at its global prefetch it waits too, as RabbitMQ's limiter
+            // refuses every delivery then (rabbit_limiter's can_send), until acks of
+            // the channel's other consumers free credit.
+            return self.limiter.has_room();
         }
         if self.prefetch != 0 && self.in_flight >= self.prefetch {
             return false;
