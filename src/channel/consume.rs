@@ -401,16 +401,18 @@ impl Channel {
                 None => per_queue.push((&u.queue, vec![u.msg_id])),
             }
         }
+        // Credit first: the channel was at its global prefetch, so queues wait on it, and
+        // they hear of it before the settled queues do (a settled queue tries to deliver
+        // again on its own, and going first it would take the credit every time).
+        if self.limiter.release(counted) {
+            self.kick_queues();
+        }
         for (q, ids) in per_queue {
             q.send(QueueCmd::Settle {
                 channel_uid: self.uid,
                 ids,
                 how,
             });
-        }
-        if self.limiter.release(counted) {
-            // The channel was at its global prefetch: other queues may be waiting on it.
-            self.kick_queues();
         }
     }
 

@@ -177,6 +177,8 @@ pub struct Channel {
     timed_out: BTreeSet<u64>,
     /// Queues this channel consumes from or holds deliveries of: told when it closes.
     queues: HashMap<u64, Arc<QueueHandle>, IdHash>,
+    /// Where the next [`Channel::kick_queues`] starts in `queues`: it moves on each time.
+    kick_from: std::cell::Cell<usize>,
     /// For the empty-queue-name shortcut (RabbitMQ's most_recently_declared_queue).
     last_queue: Option<String>,
     /// The direct reply-to consumer, if the channel consumes `amq.rabbitmq.reply-to`.
@@ -202,6 +204,7 @@ impl Channel {
             unacked: VecDeque::new(),
             timed_out: BTreeSet::new(),
             queues: HashMap::default(),
+            kick_from: std::cell::Cell::new(0),
             last_queue: None,
             reply_consumer: None,
         }
@@ -464,8 +467,18 @@ impl Channel {
     }
 
     /// Ask every queue this channel consumes from to try delivering again.
+    /// Tell every queue with a consumer on this channel that it may deliver again. The
+    /// first one told usually takes the credit that was freed, so the order moves on by
+    /// one each time: under a shared (global) prefetch every queue gets its turn, where a
+    /// fixed order starved all but one (RabbitMQ's limiter varies the order at random).
     pub fn kick_queues(&self) {
-        for q in self.queues.values() {
+        let n = self.queues.len();
+        if n == 0 {
+            return;
+        }
+        let from = self.kick_from.get() % n;
+        self.kick_from.set(from + 1);
+        for q in self.queues.values().cycle().skip(from).take(n) {
             q.send(QueueCmd::Kick);
         }
     }
