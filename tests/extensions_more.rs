@@ -472,3 +472,74 @@ async fn a_mandatory_reply_is_delivered_and_also_returned_as_unroutable() {
     assert_eq!(returned.reply_code, 312);
     assert_eq!(body_str(&next_delivery(&mut replies).await), "pong");
 }
+
+/// The rules of consumer priorities, with consumers coming and going while messages
+/// flow, all on one channel with a per-consumer prefetch of 2 (RabbitMQ 3.10 gives the
+/// same deliveries): the highest priority with credit gets the next message, equal
+/// priorities take turns, a lower one only while all higher ones are at their prefetch;
+/// credit freed by an ack or a requeue goes by the same rules; a consumer added with a
+/// higher priority takes over at once; a cancelled one gets nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_priorities_hold_as_credit_frees_and_consumers_come_and_go() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    let q = unique("prio-rules");
+    declare_queue(&ch, &q).await;
+    let cch = prefetch_channel(&conn, 2).await;
+    let mut low = consume_prio(&cch, &q, 0).await;
+    let mut hi1 = consume_prio(&cch, &q, 10).await;
+    let mut hi2 = consume_prio(&cch, &q, 10).await;
+    let mut mid = consume_prio(&cch, &q, 5).await;
+    for i in 0..20 {
+        publish(&ch, "", &q, format!("m{i:02}").as_bytes()).await;
+    }
+    async fn take(c: &mut Consumer, n: usize) -> Vec<Delivery> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(next_delivery(c).await);
+        }
+        assert_no_delivery(c).await;
+        v
+    }
+    let bodies = |ds: &[Delivery]| ds.iter().map(body_str).collect::<Vec<_>>();
+    // Turns between the two highest, then the middle, then the lowest: two each.
+    let h1 = take(&mut hi1, 2).await;
+    let h2 = take(&mut hi2, 2).await;
+    assert_eq!(bodies(&h1), ["m00", "m02"]);
+    assert_eq!(bodies(&h2), ["m01", "m03"]);
+    let m = take(&mut mid, 2).await;
+    assert_eq!(bodies(&m), ["m04", "m05"]);
+    let l = take(&mut low, 2).await;
+    assert_eq!(bodies(&l), ["m06", "m07"]);
+
+    // Credit freed on the lowest goes to it: everything above is at its prefetch.
+    within(l[0].ack(BasicAckOptions::default())).await.unwrap();
+    assert_eq!(bodies(&take(&mut low, 1).await), ["m08"]);
+    // Freed on a high one: that one, not the middle or low one.
+    within(h2[0].ack(BasicAckOptions::default())).await.unwrap();
+    assert_eq!(bodies(&take(&mut hi2, 1).await), ["m09"]);
+    assert_no_delivery(&mut mid).await;
+    // A requeue frees the credit and puts the message back at the head: it goes to the
+    // highest consumer with credit, here the one that gave it back.
+    within(h1[0].nack(BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let again = take(&mut hi1, 1).await;
+    assert_eq!(bodies(&again), ["m00"]);
+    assert!(again[0].redelivered);
+
+    // A higher consumer joins: it takes the next two at once.
+    let mut top = consume_prio(&cch, &q, 20).await;
+    assert_eq!(bodies(&take(&mut top, 2).await), ["m10", "m11"]);
+    // The top one cancelled: freeing credit below goes by the rules again.
+    within(cch.basic_cancel(top.tag().as_str().into(), BasicCancelOptions::default()))
+        .await
+        .unwrap();
+    within(m[0].ack(BasicAckOptions::default())).await.unwrap();
+    assert_eq!(bodies(&take(&mut mid, 1).await), ["m12"]);
+    assert_no_delivery(&mut low).await;
+    delete_queues(&conn, &[&q]).await;
+}
