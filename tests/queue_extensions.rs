@@ -269,6 +269,70 @@ async fn max_length_bytes_counts_body_bytes_and_drops_head() {
     delete_queues(&conn, &[&q]).await;
 }
 
+/// Requeues into a queue at its length limit (RabbitMQ 3.10's requeue_and_run): a
+/// drop-head queue that the requeue takes over its limit drops from the head at once,
+/// dead-lettering with reason maxlen, so the requeued messages themselves go; the two
+/// reject-publish modes refuse publishes only, so a requeue overshoots the limit and
+/// keeps the messages, in their places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeue_into_a_full_queue_follows_the_overflow_mode() {
+    let broker = Broker::start();
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    for overflow in ["drop-head", "reject-publish", "reject-publish-dlx"] {
+        let (q, dlq) = (unique("requeue-full"), unique("requeue-full-dlq"));
+        declare_queue(&ch, &dlq).await;
+        declare_args(
+            &ch,
+            &q,
+            vec![
+                ("x-max-length", AMQPValue::LongInt(3)),
+                ("x-overflow", lstr(overflow)),
+                ("x-dead-letter-exchange", lstr("")),
+                ("x-dead-letter-routing-key", lstr(&dlq)),
+            ],
+        )
+        .await;
+        for m in ["m0", "m1", "m2"] {
+            publish_confirmed(&ch, "", &q, m.as_bytes(), BasicProperties::default()).await;
+        }
+        let m0 = wait_get_unacked(&ch, &q).await;
+        let m1 = wait_get_unacked(&ch, &q).await;
+        // Two taken out: room for two more ready ones (unacked do not count).
+        for m in ["m3", "m4"] {
+            publish_confirmed(&ch, "", &q, m.as_bytes(), BasicProperties::default()).await;
+        }
+        within(m1.delivery.nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        within(m0.delivery.reject(BasicRejectOptions { requeue: true }))
+            .await
+            .unwrap();
+        if overflow == "drop-head" {
+            // Each requeue puts its message back at the head, over the limit: it goes.
+            let first = wait_get(&ch, &dlq).await;
+            let second = wait_get(&ch, &dlq).await;
+            assert_eq!(
+                (&first.delivery.data[..], &second.delivery.data[..]),
+                (&b"m1"[..], &b"m0"[..])
+            );
+            assert_eq!(longstr_of(field(&x_death(&first)[0], "reason")), "maxlen");
+            assert_eq!(drain(&ch, &q).await, ["m2", "m3", "m4"]);
+        } else {
+            assert_eq!(
+                drain(&ch, &q).await,
+                ["m0", "m1", "m2", "m3", "m4"],
+                "{overflow}"
+            );
+            assert_eq!(drain(&ch, &dlq).await, Vec::<String>::new(), "{overflow}");
+        }
+        delete_queues(&conn, &[&q, &dlq]).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reject_publish_nacks_a_confirming_publisher_when_full() {
     let broker = Broker::start();

@@ -735,7 +735,15 @@ impl QueueActor {
                 Settle::Ack => self.counts.ack += 1,
             }
         }
+        let requeues = !requeued.is_empty();
         self.ready.requeue_all(requeued);
+        if requeues && self.over_limit() {
+            // rabbit_amqqueue_process:requeue_and_run: a drop-head queue that a requeue
+            // took over its limit drops from the head (dead-lettering, reason maxlen)
+            // before it delivers again. reject-publish queues may overshoot: their
+            // limit refuses publishes only.
+            self.drop_over_limit();
+        }
         self.dead_letter(dead, Reason::Rejected);
         self.dead_letter(limit_exceeded, Reason::DeliveryLimit);
     }
