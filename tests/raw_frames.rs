@@ -750,3 +750,82 @@ fn short_strings_that_are_not_utf8_close_501_but_table_names_and_publish_keys_pa
     c.expect_method(1, 50, 41);
     c.close();
 }
+
+/// The broker's connection.close, read without answering it.
+fn read_close_unanswered(c: &mut RawConn) -> Close {
+    loop {
+        let f = c.read_frame().expect("expected connection.close");
+        if f.method() == Some((10, 50)) {
+            return raw::parse_close(f.args());
+        }
+    }
+}
+
+/// Close races (RabbitMQ 3.10): a client whose connection.close crosses the broker's
+/// (sent for an error the client has not seen yet) gets its close-ok, so it sees the
+/// error instead of waiting out its close timeout; a close-ok nobody asked for is 504.
+#[test]
+fn a_close_crossing_the_brokers_is_answered_and_an_unasked_close_ok_is_504() {
+    let mut broker = Broker::start();
+    let close_args = Enc::new().u16(200).shortstr("bye").u16(0).u16(0).done();
+    for (what, bad) in [
+        ("undecodable method", raw::method_frame(1, 60, 40, &[0])),
+        ("unknown frame type", raw::frame(9, 0, b"abc")),
+    ] {
+        let mut c = open_ch1(&broker);
+        let mut bytes = bad;
+        bytes.extend(raw::method_frame(0, 10, 50, &close_args));
+        c.send(&bytes).unwrap();
+        let close = read_close_unanswered(&mut c);
+        assert_eq!(close.code, 501, "{what}: {close:?}");
+        c.expect_method(0, 10, 51);
+    }
+    // The crossing close arriving later is answered too.
+    let mut c = open_ch1(&broker);
+    c.send(&raw::frame(9, 0, b"abc")).unwrap();
+    assert_eq!(read_close_unanswered(&mut c).code, 501);
+    c.send_method(0, 10, 50, &close_args);
+    c.expect_method(0, 10, 51);
+
+    let mut c = open_ch1(&broker);
+    c.send_method(0, 10, 51, &[]);
+    check_close(
+        &c.expect_connection_close(),
+        504,
+        "CHANNEL_ERROR - unexpected method in connection state running",
+        10,
+        51,
+    );
+    still_alive(&mut broker);
+}
+
+/// A passive queue.declare takes an empty name as it is ("no queue ''"), where the
+/// methods that use a queue take it for the channel's last declared one.
+#[test]
+fn passive_declare_of_an_empty_name_is_not_the_last_queue() {
+    let broker = Broker::start();
+    let mut c = open_ch1(&broker);
+    let q = unique("passive-empty");
+    c.send_method(1, 50, 10, &queue_declare_args(&q));
+    c.expect_method(1, 50, 11);
+    c.send_method(
+        1,
+        50,
+        10,
+        &Enc::new().u16(0).shortstr("").u8(1).table(&[]).done(),
+    );
+    let close = c.expect_channel_close(1);
+    assert_eq!(
+        (
+            close.code,
+            close.text.as_str(),
+            close.class_id,
+            close.method_id
+        ),
+        (404, "NOT_FOUND - no queue '' in vhost '/'", 50, 10)
+    );
+    c.open_channel(1);
+    c.send_method(1, 50, 40, &Enc::new().u16(0).shortstr(&q).u8(0).done());
+    c.expect_method(1, 50, 41);
+    c.close();
+}

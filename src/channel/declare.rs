@@ -176,8 +176,9 @@ impl Channel {
             return Ok(());
         }
         let q = if d.passive {
-            let name = self.expand_queue(d.queue.as_str())?;
-            s.vhost.queue_for(&name, s.conn_id)?
+            // Taken as it is: an empty name is not the channel's last queue here (RabbitMQ
+            // answers "no queue ''"), unlike in the methods that use a queue.
+            s.vhost.queue_for(d.queue.as_str(), s.conn_id)?
         } else {
             let name = match d.queue.as_str() {
                 "" => crate::util::generated_name("amq.gen"),

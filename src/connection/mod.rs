@@ -359,6 +359,14 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                         method::encode(&mut s.out.buf, 0, &close_method(&e));
                         closing = Some(Instant::now() + CLOSE_TIMEOUT);
                         end = End::Error;
+                        // What the client sent after the offending frame may be buffered
+                        // already, its own connection.close (crossing ours) among it.
+                        if !matches!(
+                            self.process_frames(&mut s, &mut channels, &n, true).await,
+                            Ok(true)
+                        ) {
+                            break;
+                        }
                     }
                 }
             }
@@ -472,11 +480,23 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                 }
             };
             if closing {
-                // Only the peer's close-ok (or its own close) matters now.
+                // Only the peer's close-ok, or its own close, matters now. A close that
+                // crossed ours is answered, as RabbitMQ answers it: the client is waiting
+                // for its close-ok, and without one it would wait out its timeout instead
+                // of seeing the error we sent.
                 if f.kind == FRAME_METHOD && f.channel == 0 {
-                    let ids = method::class_method(&f.payload);
-                    if ids == (10, 51) || ids == (10, 50) {
-                        return Ok(false);
+                    match method::class_method(&f.payload) {
+                        (10, 51) => return Ok(false),
+                        (10, 50) => {
+                            s.send(
+                                0,
+                                AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                    connection::CloseOk {},
+                                )),
+                            );
+                            return Ok(false);
+                        }
+                        _ => {}
                     }
                 }
                 continue;
@@ -637,7 +657,8 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                     self.client_closed = true;
                     Ok(false)
                 }
-                AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(false),
+                // A close-ok nobody asked for is refused like any other unexpected
+                // method (504), as RabbitMQ does.
                 AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
                     s.send(
                         0,
