@@ -348,7 +348,7 @@ impl Channel {
                             refused = true;
                             skip_durable = true;
                         } else {
-                            let waiter = self.confirm.is_some().then_some(&s.events);
+                            let waiter = self.confirm.is_some().then_some(&s.store_synced);
                             let id = store.messages.persist(qids, &m, waiter);
                             m.store_id = Some(id);
                             stored = Some(id);

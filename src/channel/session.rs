@@ -30,6 +30,9 @@ pub struct Session {
     pub caps: ClientCaps,
     /// Where queues send deliveries and notifications for this connection.
     pub events: EventTx,
+    /// Notified by the message store when what this connection persisted is on disk:
+    /// publisher confirms waiting for it may go out.
+    pub store_synced: Arc<tokio::sync::Notify>,
     pub out: OutBuf,
     /// Exclusive queues this connection declared: deleted when it closes.
     pub exclusive_queues: Vec<Arc<QueueHandle>>,

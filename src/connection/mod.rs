@@ -248,6 +248,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             frame_max: n.frame_max,
             caps: n.caps,
             events: events_tx,
+            store_synced: Arc::default(),
             out: OutBuf::default(),
             exclusive_queues: Vec::new(),
             publishes: PublishBatch::default(),
@@ -274,6 +275,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
         let mut throttled: Vec<Arc<crate::queue::QueueHandle>> = Vec::new();
         let mut closing: Option<Instant> = None;
         let mut end = End::Closed;
+        let store_synced = s.store_synced.clone();
 
         loop {
             let mut result: Result<bool, AmqpError> = Ok(true);
@@ -293,6 +295,12 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                             break;
                         }
                         next = events_rx.try_recv().ok();
+                    }
+                }
+                // The store has synced what this connection persisted.
+                _ = store_synced.notified() => {
+                    for ch in channels.values_mut() {
+                        ch.flush_confirms(&mut s);
                     }
                 }
                 changed = alarms.changed(), if alarms_open => {
@@ -713,11 +721,6 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             } => {
                 if let Some(ch) = channels.values_mut().find(|c| c.uid == channel_uid) {
                     ch.cancel_ok(s, &consumer_tag, nowait);
-                }
-            }
-            ConnEvent::StoreSynced => {
-                for ch in channels.values_mut() {
-                    ch.flush_confirms(s);
                 }
             }
             ConnEvent::ListChannels(reply) => {

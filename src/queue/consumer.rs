@@ -27,8 +27,6 @@ pub enum ConnEvent {
         consumer_tag: Arc<str>,
         nowait: bool,
     },
-    /// The message store synced: publisher confirms waiting for it may go out.
-    StoreSynced,
     /// Close the connection (broker shutdown, management action). The rare events'
     /// errors are boxed: every connection's event channel allocates its first block of
     /// slots up front, sized by the largest variant.

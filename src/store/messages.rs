@@ -34,6 +34,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+use tokio::sync::Notify;
 
 use super::codec::{Get, Put};
 use super::index::{Index, Ref};
@@ -41,7 +42,6 @@ use super::record;
 use crate::config::StoreConfig;
 use crate::message::Message;
 use crate::protocol::properties;
-use crate::queue::{ConnEvent, EventTx};
 use crate::util::IdHash;
 
 const SEGMENT_EXT: &str = "seg";
@@ -73,12 +73,12 @@ struct Persist {
     routing_key: Bytes,
     properties: Bytes,
     body: Bytes,
-    waiter: Option<EventTx>,
+    waiter: Option<Arc<Notify>>,
 }
 
 impl Persist {
     /// The message's parts, shared (no copy of the body).
-    fn of(id: u64, qids: Vec<u64>, m: &Message, waiter: Option<&EventTx>) -> Persist {
+    fn of(id: u64, qids: Vec<u64>, m: &Message, waiter: Option<&Arc<Notify>>) -> Persist {
         Persist {
             id,
             qids,
@@ -288,8 +288,9 @@ impl MessageStore {
     }
 
     /// Queue a message for the durable queues `qids`; returns its store id. When
-    /// `waiter` is given, that connection gets [`ConnEvent::StoreSynced`] once it is on disk.
-    pub fn persist(&self, qids: Vec<u64>, m: &Message, waiter: Option<&EventTx>) -> u64 {
+    /// `waiter` is given, it is notified once the message is on disk (a connection waits
+    /// on it to send publisher confirms; the store knows nothing of connections).
+    pub fn persist(&self, qids: Vec<u64>, m: &Message, waiter: Option<&Arc<Notify>>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
         let op = Op::Persist(Box::new(Persist::of(id, qids, m, waiter)));
         if !self.send(op) {
@@ -423,7 +424,7 @@ impl Writer {
             let mut ids = Vec::new();
             let mut durable = false;
             let mut fresh = Vec::new();
-            let mut waiters: Vec<EventTx> = Vec::new();
+            let mut waiters: Vec<Arc<Notify>> = Vec::new();
             let mut flushes = Vec::new();
             let mut acks = Vec::new();
             let mut next = Some(first);
@@ -434,7 +435,7 @@ impl Writer {
                         durable |= !p.qids.is_empty();
                         ids.push(p.id);
                         if let Some(w) = p.waiter {
-                            if !waiters.iter().any(|x| x.same_channel(&w)) {
+                            if !waiters.iter().any(|x| Arc::ptr_eq(x, &w)) {
                                 waiters.push(w);
                             }
                         }
@@ -491,7 +492,7 @@ impl Writer {
             // Wake waiting publishers either way: on failure they nack.
             self.progress.notify_waiters();
             for w in waiters {
-                let _ = w.send(ConnEvent::StoreSynced);
+                w.notify_one();
             }
             if self.written >= self.segment_size {
                 self.roll();
