@@ -13,8 +13,8 @@ use crate::access::{self, Access, AccessError};
 use crate::alarm::AlarmState;
 use crate::config::Config;
 use crate::error::{code, AmqpError};
+use crate::event::{ConnEvent, EventTx};
 use crate::policy::{Kind as PolicyKind, Policy};
-use crate::queue::{ConnEvent, EventTx};
 use crate::store::{Change, Opened, Store, StoreError};
 use crate::vhost::Vhost;
 

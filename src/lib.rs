@@ -30,6 +30,8 @@
 //! - [`policy`]: policies and operator policies: validation, matching, and how they
 //!   merge with a queue's own arguments.
 //! - [`error`]: protocol errors as values carrying their reply codes.
+//! - [`event`]: a connection's mailbox: what queues, the broker and the control
+//!   surfaces tell it (deliveries, cancellations, closes, listings).
 //! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
 
 pub mod accept;
@@ -44,6 +46,7 @@ pub mod connection;
 pub mod control;
 pub mod definitions;
 pub mod error;
+pub mod event;
 pub mod exchange;
 pub mod logfile;
 pub mod management;

@@ -9,8 +9,9 @@ use amq_protocol::protocol::AMQPClass;
 use super::{reply_to, Channel, ConsumerRef, Session, State, Unacked};
 use crate::access::Perm;
 use crate::error::AmqpError;
+use crate::event::Delivery;
 use crate::protocol::{method, short};
-use crate::queue::{Consumer, Delivery, QueueCmd, Settle};
+use crate::queue::{Consumer, QueueCmd, Settle};
 use crate::vhost::check_exclusive;
 
 impl Channel {

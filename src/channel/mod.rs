@@ -19,6 +19,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::access::PublishGrants;
 use crate::error::AmqpError;
+use crate::event::ChannelInfo;
 use crate::protocol::frame::{Frame, FRAME_BODY, FRAME_HEADER, FRAME_METHOD};
 use crate::protocol::method::{self, Method, Publish};
 use crate::protocol::properties::Properties;
@@ -133,24 +134,6 @@ struct Unacked {
 struct ConsumerRef {
     queue: Arc<QueueHandle>,
     no_ack: bool,
-}
-
-/// One channel as listings show it (rabbitmqctl list_channels), taken by its
-/// connection task when asked.
-#[derive(Debug, Clone)]
-pub struct ChannelInfo {
-    pub number: u16,
-    pub consumer_count: usize,
-    pub messages_unacknowledged: usize,
-    /// basic.qos global=false: the prefetch new consumers get.
-    pub prefetch_count: u32,
-    /// basic.qos global=true: the prefetch shared by the channel's consumers.
-    pub global_prefetch_count: u32,
-    pub confirm: bool,
-    pub transactional: bool,
-    pub messages_unconfirmed: u64,
-    pub messages_uncommitted: usize,
-    pub acks_uncommitted: usize,
 }
 
 pub struct Channel {

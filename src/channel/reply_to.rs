@@ -14,9 +14,9 @@ use bytes::Bytes;
 use dashmap::DashMap;
 
 use crate::error::AmqpError;
+use crate::event::{ConnEvent, Delivery, EventTx};
 use crate::message::Message;
 use crate::protocol::properties::{self, Properties};
-use crate::queue::{ConnEvent, Delivery, EventTx};
 
 /// The pseudo-queue's name, and the prefix of reply routing keys (plus a dot).
 pub const NAME: &str = "amq.rabbitmq.reply-to";

@@ -8,10 +8,11 @@ use amq_protocol::protocol::AMQPClass;
 use crate::access::Perm;
 use crate::broker::Broker;
 use crate::error::AmqpError;
+use crate::event::EventTx;
 use crate::message::Message;
 use crate::protocol::method;
 use crate::protocol::outbuf::OutBuf;
-use crate::queue::{EventTx, QueueCmd, QueueHandle};
+use crate::queue::{QueueCmd, QueueHandle};
 use crate::vhost::Vhost;
 
 /// Client capabilities announced in connection.start-ok that change what we send.

@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 use super::{Request, Response};
 use crate::access::{AccessError, Limits};
 use crate::broker::{Broker, VhostMeta};
+use crate::event::ConnEvent;
 use crate::exchange::Destination;
-use crate::queue::{ConnEvent, QueueCmd, QueueStats};
+use crate::queue::{QueueCmd, QueueStats};
 
 /// rabbitmqctl's exit codes.
 pub const EX_USAGE: u8 = 64;

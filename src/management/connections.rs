@@ -21,7 +21,8 @@ use super::list::reply_list;
 use super::{node_name, reply, vhost_of, Api, ApiError, ApiResult, Caller};
 use crate::broker::ConnectionEntry;
 use crate::definitions::table_to_json;
-use crate::queue::{ConnEvent, QueueCmd};
+use crate::event::ConnEvent;
+use crate::queue::QueueCmd;
 
 /// Longest wait for the connections' (or queues') answers to a listing.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);

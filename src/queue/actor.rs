@@ -19,11 +19,9 @@ mod consumer_timeout;
 mod reconfigure;
 use super::ready::{Entry, Pager, Ready, Restored};
 use super::stored::{StoreLink, Stored};
-use super::{
-    ConnEvent, Consumer, ConsumerInfo, Delivery, EventTx, GetOk, Inbox, QueueCmd, QueueHandle,
-    QueueStats, Settle,
-};
+use super::{Consumer, ConsumerInfo, GetOk, Inbox, QueueCmd, QueueHandle, QueueStats, Settle};
 use crate::error::AmqpError;
+use crate::event::{ConnEvent, Delivery, EventTx};
 use crate::message::Message;
 use crate::metrics::{QueueCounts, QueueSizes};
 use crate::protocol::properties;

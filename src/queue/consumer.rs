@@ -1,67 +1,12 @@
-//! Consumers as a queue sees them, the channel-wide limiter they share, and the events a
-//! queue sends back to the consumer's connection.
+//! Consumers as a queue sees them, and the channel-wide limiter they share. What a queue
+//! sends back to a consumer's connection is in [`crate::event`].
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use amq_protocol::types::FieldTable;
-use tokio::sync::{mpsc, oneshot};
 
-use crate::error::AmqpError;
-use crate::message::Message;
-
-/// What queues (and the broker) send to a connection. One unbounded channel per
-/// connection, so a queue never waits on a slow client; ordering per sender is kept,
-/// which is what makes cancel-ok arrive after the deliveries that preceded it.
-#[derive(Debug)]
-pub enum ConnEvent {
-    Deliveries(Vec<Delivery>),
-    /// The queue went away under a consumer: send basic.cancel (consumer_cancel_notify).
-    ConsumerCancelled {
-        channel_uid: u64,
-        consumer_tag: Arc<str>,
-    },
-    /// The queue has removed a consumer the client cancelled: send cancel-ok now.
-    CancelOk {
-        channel_uid: u64,
-        consumer_tag: Arc<str>,
-        nowait: bool,
-    },
-    /// Close the connection (broker shutdown, management action). The rare events'
-    /// errors are boxed: every connection's event channel allocates its first block of
-    /// slots up front, sized by the largest variant.
-    Close(Box<AmqpError>),
-    /// Close one channel with this error (a consumer timeout in RabbitMQ's mode).
-    CloseChannel {
-        channel_uid: u64,
-        error: Box<AmqpError>,
-    },
-    /// A consumer timeout requeued this delivery: the channel forgets it, and a late
-    /// ack or reject of its tag is accepted and ignored.
-    DeliveryTimedOut {
-        channel_uid: u64,
-        queue_id: u64,
-        msg_id: u64,
-    },
-    /// warrenctl list_channels: the connection describes its open channels. Asked of
-    /// the connection task, their owner, so nothing on the message path keeps
-    /// statistics for it.
-    ListChannels(oneshot::Sender<Vec<crate::channel::ChannelInfo>>),
-}
-
-pub type EventTx = mpsc::UnboundedSender<ConnEvent>;
-
-#[derive(Debug)]
-pub struct Delivery {
-    pub channel_uid: u64,
-    pub channel: u16,
-    pub consumer_tag: Arc<str>,
-    pub queue_id: u64,
-    /// The queue's id for this message, echoed back on ack/reject.
-    pub msg_id: u64,
-    pub message: Arc<Message>,
-    pub redelivered: bool,
-}
+use crate::event::EventTx;
 
 /// Channel-wide state that queues consult before each delivery: client flow control
 /// (channel.flow), the connection's socket backing up (the client is not reading what

@@ -30,12 +30,13 @@ use std::sync::{Arc, OnceLock, Weak};
 use amq_protocol::types::FieldTable;
 use tokio::sync::{mpsc, oneshot};
 
-pub use consumer::{ChannelLimiter, ConnEvent, Consumer, Delivery, EventTx};
+pub use consumer::{ChannelLimiter, Consumer};
 
 use admission::Admission;
 use args::{Overflow, QueueArgs};
 
 use crate::error::AmqpError;
+use crate::event::EventTx;
 use crate::message::Message;
 use crate::vhost::Vhost;
 

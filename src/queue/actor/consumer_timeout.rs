@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::super::{ConnEvent, Settle};
+use super::super::Settle;
 use super::QueueActor;
 use crate::error::AmqpError;
+use crate::event::ConnEvent;
 
 impl QueueActor {
     /// Deliveries left unacknowledged past the consumer timeout. Warren's default
