@@ -14,7 +14,7 @@ use crate::arguments::{self, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS};
 use crate::error::{rs, AmqpError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::policy::PolicySet;
-use crate::queue::{QueueHandle, QueueSpec};
+use crate::queue::{Host, QueueHandle, QueueSpec};
 use crate::store::topology::{BindingDef, ExchangeDef, QueueDef, VhostDefs};
 use crate::store::{Change, Recovered, Store};
 
@@ -84,6 +84,27 @@ pub struct ExchangeInfo {
 pub enum RouteError {
     NoExchange,
     Internal,
+}
+
+/// The narrow view of a vhost its queues get (see [`Host`]).
+impl Host for Vhost {
+    fn route(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Arc<QueueHandle>>,
+    ) -> bool {
+        self.route_keys(exchange, keys, headers, out).is_ok()
+    }
+
+    fn store(&self) -> Option<Arc<Store>> {
+        Vhost::store(self).cloned()
+    }
+
+    fn remove_queue(&self, queue: &Arc<QueueHandle>) {
+        Vhost::remove_queue(self, queue)
+    }
 }
 
 impl Vhost {

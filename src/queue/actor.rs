@@ -19,7 +19,9 @@ mod consumer_timeout;
 mod reconfigure;
 use super::ready::{Entry, Pager, Ready, Restored};
 use super::stored::{StoreLink, Stored};
-use super::{Consumer, ConsumerInfo, GetOk, Inbox, QueueCmd, QueueHandle, QueueStats, Settle};
+use super::{
+    Consumer, ConsumerInfo, GetOk, Host, Inbox, QueueCmd, QueueHandle, QueueStats, Settle,
+};
 use crate::error::AmqpError;
 use crate::event::{ConnEvent, Delivery, EventTx};
 use crate::message::Message;
@@ -27,7 +29,6 @@ use crate::metrics::{QueueCounts, QueueSizes};
 use crate::protocol::properties;
 use crate::store::Recovered;
 use crate::util::IdHash;
-use crate::vhost::Vhost;
 
 /// Work (commands; a published message counts as one) handled before delivering, and
 /// deliveries made before yielding: bounds the time one busy queue holds a worker thread
@@ -52,7 +53,8 @@ pub(super) const ACTOR_BYTES: usize = std::mem::size_of::<QueueActor>();
 pub(super) struct QueueActor {
     handle: Weak<QueueHandle>,
     name: Arc<str>,
-    vhost: Weak<Vhost>,
+    /// The vhost, as far as a queue may see it.
+    host: Weak<dyn Host>,
     auto_delete: bool,
     args: QueueArgs,
     dead_letter: Option<DeadLetterTarget>,
@@ -113,7 +115,7 @@ impl QueueActor {
     pub(super) fn start(
         handle: &Arc<QueueHandle>,
         args: QueueArgs,
-        vhost: Weak<Vhost>,
+        host: Weak<dyn Host>,
         store: Option<StoreLink>,
         recovered: Vec<Recovered>,
         rx: Inbox,
@@ -129,7 +131,7 @@ impl QueueActor {
         let mut actor = QueueActor {
             handle: Arc::downgrade(handle),
             name: handle.name.clone(),
-            vhost,
+            host,
             auto_delete: handle.auto_delete,
             ready: Ready::new(
                 args.max_priority,
@@ -504,10 +506,10 @@ impl QueueActor {
     }
 
     fn dead_letter_messages(&mut self, messages: Vec<Arc<Message>>, reason: Reason) {
-        let (Some(target), Some(vhost)) = (&self.dead_letter, self.vhost.upgrade()) else {
+        let (Some(target), Some(host)) = (&self.dead_letter, self.host.upgrade()) else {
             return;
         };
-        dead_letter::publish(&vhost, target, &self.name, reason, &messages);
+        dead_letter::publish(&*host, target, &self.name, reason, &messages);
     }
 
     /// x-max-length / x-max-length-bytes exceeded (drop-head only: reject-publish queues
@@ -526,10 +528,10 @@ impl QueueActor {
 
     fn describe(&self) -> String {
         let vhost = self
-            .vhost
+            .handle
             .upgrade()
-            .map(|v| v.name.clone())
-            .unwrap_or_default();
+            .map(|h| h.vhost.clone())
+            .unwrap_or_else(|| Arc::from(""));
         crate::error::rs("queue", &self.name, &vhost)
     }
 
@@ -765,8 +767,8 @@ impl QueueActor {
     }
 
     fn remove_from_vhost(&self) {
-        if let (Some(vhost), Some(handle)) = (self.vhost.upgrade(), self.handle.upgrade()) {
-            vhost.remove_queue(&handle);
+        if let (Some(host), Some(handle)) = (self.host.upgrade(), self.handle.upgrade()) {
+            host.remove_queue(&handle);
         }
     }
 

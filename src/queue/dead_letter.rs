@@ -10,11 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::QueueCmd;
+use super::{Host, QueueCmd};
 use crate::message::Message;
 use crate::protocol::properties::{self, Properties};
 use crate::protocol::table::{self, RawField};
-use crate::vhost::Vhost;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -51,7 +50,7 @@ type Death = Option<(Vec<u8>, Vec<u8>)>;
 /// Republish dead messages from `queue` to its DLX. A missing exchange drops them
 /// silently, as RabbitMQ does.
 pub fn publish(
-    vhost: &Vhost,
+    host: &dyn Host,
     target: &DeadLetterTarget,
     queue: &str,
     reason: Reason,
@@ -81,10 +80,7 @@ pub fn publish(
         let mut keys = vec![key.as_str()];
         keys.extend(cc.iter().map(String::as_str));
         routed.clear();
-        if vhost
-            .route_keys(&target.exchange, &keys, &mut headers, &mut routed)
-            .is_err()
-        {
+        if !host.route(&target.exchange, &keys, &mut headers, &mut routed) {
             continue;
         }
         let mut targets = Vec::with_capacity(routed.len());
@@ -104,7 +100,7 @@ pub fn publish(
         // (nobody waits for a confirm).
         let mut dl = dl;
         if props.is_some_and(|p| p.persistent()) {
-            if let Some(store) = vhost.store() {
+            if let Some(store) = host.store() {
                 let qids: Vec<u64> = targets.iter().filter_map(|q| q.store_qid).collect();
                 if !qids.is_empty() && !store.messages.is_broken() {
                     dl.store_id = Some(store.messages.persist(qids, &dl, None));

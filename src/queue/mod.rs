@@ -38,7 +38,7 @@ use args::{Overflow, QueueArgs};
 use crate::error::AmqpError;
 use crate::event::EventTx;
 use crate::message::Message;
-use crate::vhost::Vhost;
+use crate::store::Store;
 
 /// What a channel does with delivered messages it settles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,9 +239,27 @@ pub struct QueueSpec {
     pub queue_args: QueueArgs,
 }
 
+/// What a queue asks of the vhost that holds it. A queue is handed a `Weak` of this and
+/// of nothing else above it (the vhost implements it), so the queue layer looks only
+/// down: routing its dead letters and leaving the vhost are the two ways up it has.
+pub trait Host: Send + Sync {
+    /// Route by `exchange` and routing `keys` into `out`; false if the exchange is gone.
+    fn route(
+        &self,
+        exchange: &str,
+        keys: &[&str],
+        headers: &mut dyn FnMut() -> Option<FieldTable>,
+        out: &mut Vec<Arc<QueueHandle>>,
+    ) -> bool;
+    /// The data directory's store, where the broker has one.
+    fn store(&self) -> Option<Arc<Store>>;
+    /// Take `queue` out of the vhost (auto-delete, x-expires).
+    fn remove_queue(&self, queue: &Arc<QueueHandle>);
+}
+
 impl QueueHandle {
     /// Start a queue's actor. Must run inside the tokio runtime.
-    pub fn spawn(spec: QueueSpec, vhost: Weak<Vhost>, vhost_name: Arc<str>) -> Arc<QueueHandle> {
+    pub fn spawn(spec: QueueSpec, host: Weak<dyn Host>, vhost_name: Arc<str>) -> Arc<QueueHandle> {
         let (tx, main) = mpsc::unbounded_channel();
         let (urgent_tx, urgent) = mpsc::unbounded_channel();
         let rx = Inbox { urgent, main };
@@ -270,11 +288,11 @@ impl QueueHandle {
             inflow: Arc::new(flow::Inflow::new(args.flow)),
         });
         // Every queue of a broker with a store can page out; durable ones also journal.
-        let store = vhost
+        let store = host
             .upgrade()
-            .and_then(|v| v.store().cloned())
+            .and_then(|h| h.store())
             .map(|s| stored::StoreLink::new(s.messages.clone(), spec.store_qid));
-        actor::QueueActor::start(&handle, args, vhost, store, spec.recovered, rx);
+        actor::QueueActor::start(&handle, args, host, store, spec.recovered, rx);
         handle
     }
 
