@@ -763,7 +763,8 @@ fn read_close_unanswered(c: &mut RawConn) -> Close {
 
 /// Close races (RabbitMQ 3.10): a client whose connection.close crosses the broker's
 /// (sent for an error the client has not seen yet) gets its close-ok, so it sees the
-/// error instead of waiting out its close timeout; a close-ok nobody asked for is 504.
+/// error instead of waiting out its close timeout; so does each of two closes; a close-ok
+/// nobody asked for is 504.
 #[test]
 fn a_close_crossing_the_brokers_is_answered_and_an_unasked_close_ok_is_504() {
     let mut broker = Broker::start();
@@ -785,6 +786,14 @@ fn a_close_crossing_the_brokers_is_answered_and_an_unasked_close_ok_is_504() {
     c.send(&raw::frame(9, 0, b"abc")).unwrap();
     assert_eq!(read_close_unanswered(&mut c).code, 501);
     c.send_method(0, 10, 50, &close_args);
+    c.expect_method(0, 10, 51);
+
+    // A client that closes twice gets two close-oks.
+    let mut c = open_ch1(&broker);
+    let mut bytes = raw::method_frame(0, 10, 50, &close_args);
+    bytes.extend(raw::method_frame(0, 10, 50, &close_args));
+    c.send(&bytes).unwrap();
+    c.expect_method(0, 10, 51);
     c.expect_method(0, 10, 51);
 
     let mut c = open_ch1(&broker);

@@ -140,7 +140,7 @@ pub async fn serve_halves<R, W>(
             tracing::warn!(peer = %peer, "closing connection during handshake: {}", e.text);
             conn.send0(close_method(&e));
             conn.flush();
-            conn.linger().await;
+            conn.linger(crate::protocol::frame::FRAME_MIN_SIZE).await;
         }
         Ok(Ok(n)) => conn.run(n).await,
     }
@@ -192,22 +192,45 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
         }
     }
 
-    /// After a close we initiated: read (and drop) until the peer closes or time runs
-    /// out, so the close frame isn't lost to a TCP reset.
-    async fn linger(&mut self) {
+    /// After a close (ours, or the client's and our close-ok): read until the peer closes
+    /// the socket or time runs out, so our last frame isn't lost to a TCP reset. A
+    /// close-ok ends it early; a connection.close is answered with close-ok, as RabbitMQ
+    /// answers each (a client whose close crossed ours, or that sent two, waits for it);
+    /// anything else is dropped.
+    async fn linger(&mut self, frame_max: u32) {
         let deadline = Instant::now() + CLOSE_TIMEOUT;
         loop {
-            self.rbuf.clear();
-            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)).await {
-                Ok(Ok(n)) if n > 0 => {
-                    // A close-ok ends it early.
-                    if self.rbuf.len() >= 11
-                        && self.rbuf[0] == FRAME_METHOD
-                        && self.rbuf[7..11] == [0, 10, 0, 51]
-                    {
-                        return;
+            loop {
+                let f = match frame::decode(&mut self.rbuf, frame_max) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Not frames: drop them, so nothing grows while we wait.
+                        self.rbuf.clear();
+                        break;
                     }
+                };
+                if f.kind != FRAME_METHOD || f.channel != 0 {
+                    continue;
                 }
+                match method::class_method(&f.payload) {
+                    (10, 51) => return,
+                    (10, 50) => {
+                        let mut out = BytesMut::new();
+                        method::encode(
+                            &mut out,
+                            0,
+                            &AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                connection::CloseOk {},
+                            )),
+                        );
+                        self.writer.send(vec![out.freeze()]);
+                    }
+                    _ => {}
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.reader.read_buf(&mut self.rbuf)).await {
+                Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
         }
@@ -454,7 +477,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
         Self::delete_exclusive_queues(&mut s).await;
         self.broker.unregister_connection(self.id);
         if self.client_closed {
-            self.linger().await;
+            self.linger(n.frame_max).await;
         }
         if let End::Error = end {
             tracing::debug!(peer = %self.peer, "connection closed after error");
