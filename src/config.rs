@@ -458,10 +458,10 @@ impl Config {
                 ),
             );
         }
-        if let Err(e) = crate::tls::protocol_versions(&t.versions) {
+        if let Err(e) = crate::tls::suites::protocol_versions(&t.versions) {
             return bad("versions", e);
         }
-        if let Err(e) = crate::tls::cipher_suites(&t.ciphers, &t.versions) {
+        if let Err(e) = crate::tls::suites::cipher_suites(&t.ciphers, &t.versions) {
             return bad("ciphers", e);
         }
         if t.handshake_timeout == 0 {
