@@ -186,7 +186,7 @@ impl Vhost {
                 QueueHandle::spawn(spec, self.me.clone(), self.name.clone()),
             );
         }
-        for b in &defs.bindings {
+        for b in defs.bindings() {
             let dest = if b.to_queue {
                 Destination::Queue(Arc::from(b.destination.as_str()))
             } else {
