@@ -105,6 +105,12 @@ impl Host for Vhost {
     fn remove_queue(&self, queue: &Arc<QueueHandle>) {
         Vhost::remove_queue(self, queue)
     }
+
+    fn set_aside(&self, queue: &str, message: &crate::message::Message) {
+        if let Some(store) = Vhost::store(self) {
+            store.set_aside(&crate::error::rs("queue", queue, &self.name), message);
+        }
+    }
 }
 
 impl Vhost {

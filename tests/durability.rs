@@ -1002,7 +1002,8 @@ fn fixture(name: &str) -> std::path::PathBuf {
 /// dead-letter exchange is of type headers, holding one persistent message whose headers
 /// nest 15,000 tables deep. The older broker recovered it, and when the TTL fired,
 /// decoding the headers to route the dead letter overflowed the stack: abort, restart,
-/// abort. Nothing read back from the store can crash the broker now.
+/// abort. Nothing read back from the store can crash the broker now, and the message
+/// it cannot route is set aside in quarantine/, not dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_message_with_pathological_headers_cannot_crash_the_broker() {
     if skip_external() {
@@ -1031,6 +1032,22 @@ async fn a_stored_message_with_pathological_headers_cannot_crash_the_broker() {
         assert_eq!(message_count(&ch, "sink").await, 0);
     }
     assert!(broker.is_alive(), "the broker survived the expiry");
+    // The message it could not dead-letter is not lost: set aside, whole, in quarantine/.
+    let quarantine = broker.data_dir().unwrap().join("quarantine");
+    let kept: Vec<_> = std::fs::read_dir(&quarantine)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        kept.len(),
+        1,
+        "set aside in {}: {kept:?}",
+        quarantine.display()
+    );
+    let size = std::fs::metadata(&kept[0]).unwrap().len();
+    assert!(
+        size > 15_000 * 5,
+        "the whole message is kept ({size} bytes)"
+    );
     // And a restart after it is an ordinary one.
     let dir = broker.stop().0;
     let broker = Broker::spawn_in(dir, &[]);

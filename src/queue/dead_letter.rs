@@ -64,11 +64,13 @@ pub fn publish(
     for m in messages {
         let Some((dl, deaths)) = make_message(m, reason, queue, target, now) else {
             // Only a message stored by an older warren can get here (publishes are
-            // checked): its properties cannot be rewritten safely, so it is not routed.
+            // checked): its properties cannot be rewritten safely, so it is not routed,
+            // and not lost either: it is set aside for recovery by hand.
             tracing::warn!(
                 queue,
                 "dead-lettering skipped a message whose properties do not decode"
             );
+            host.set_aside(queue, m);
             continue;
         };
         let props = Properties::parse(&dl.properties);

@@ -255,6 +255,8 @@ pub trait Host: Send + Sync {
     fn store(&self) -> Option<Arc<Store>>;
     /// Take `queue` out of the vhost (auto-delete, x-expires).
     fn remove_queue(&self, queue: &Arc<QueueHandle>);
+    /// Keep a message the queue cannot pass on (see [`Store::set_aside`]).
+    fn set_aside(&self, queue: &str, message: &Message);
 }
 
 impl QueueHandle {

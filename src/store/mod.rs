@@ -107,6 +107,34 @@ impl Store {
         self.messages.freeze();
     }
 
+    /// Keep a copy of a message the broker can no longer handle (a dead letter whose
+    /// properties do not decode) in `quarantine/`, rather than lose it: one file, one
+    /// record in the message segments' format (a transient message, id 0), so the tools
+    /// that read segments read it. `from` names where it was (logged, not in the name).
+    pub fn set_aside(&self, from: &str, m: &crate::message::Message) {
+        use codec::Put;
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let mut record = Vec::new();
+        record::append_with(&mut record, |o| {
+            o.put_u8(b'T');
+            o.put_u64(0);
+            o.put_u16(0);
+            o.put_bytes(&m.exchange);
+            o.put_bytes(&m.routing_key);
+            o.put_bytes(&m.properties);
+            o.put_bytes(&m.body);
+        });
+        let what = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        match files::quarantine(&self.dir, Path::new("message"), &what, &record) {
+            Ok(path) => tracing::warn!(from, copy = %path.display(), "message set aside"),
+            Err(e) => tracing::error!(from, error = %e, "could not set a message aside"),
+        }
+    }
+
     /// Replace a small file in the data directory atomically (write, sync, rename).
     pub fn write_file(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
         let path = self.dir.join(name);
