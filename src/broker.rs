@@ -30,7 +30,8 @@ fn queue_defaults(config: &Config) -> crate::vhost::QueueDefaults {
     crate::vhost::QueueDefaults {
         consumer_timeout: (config.amqp.consumer_timeout > 0)
             .then_some(config.amqp.consumer_timeout),
-        timeout_closes_channel: config.amqp.consumer_timeout_action == "close_channel",
+        timeout_closes_channel: config.amqp.consumer_timeout_action
+            == crate::config::ConsumerTimeoutAction::CloseChannel,
         flow: crate::queue::flow::FlowMarks {
             high: config.amqp.flow_high_messages,
             low: config.amqp.flow_low_messages,

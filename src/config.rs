@@ -6,6 +6,26 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// What a consumer timeout does (`amqp.consumer_timeout_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsumerTimeoutAction {
+    /// warren's default: the stuck delivery goes back to its queue, the channel stays open.
+    Requeue,
+    /// RabbitMQ's behaviour: 406 PRECONDITION_FAILED on the channel.
+    CloseChannel,
+}
+
+/// `tls.verify`, RabbitMQ's `ssl_options.verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsVerify {
+    /// No client certificate is asked for.
+    VerifyNone,
+    /// Client certificates are asked for and checked against `tls.cacertfile`.
+    VerifyPeer,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -89,10 +109,8 @@ pub struct AmqpConfig {
     /// Milliseconds a delivery may stay unacknowledged (RabbitMQ's consumer_timeout,
     /// default 30 minutes; 0 disables). Queues override it with `x-consumer-timeout`.
     pub consumer_timeout: u64,
-    /// What a consumer timeout does: "requeue" (warren's default: the stuck delivery
-    /// goes back to its queue, the channel stays open) or "close_channel" (RabbitMQ's
-    /// behaviour: 406 PRECONDITION_FAILED on the channel).
-    pub consumer_timeout_action: String,
+    /// What a consumer timeout does.
+    pub consumer_timeout_action: ConsumerTimeoutAction,
     /// Back-pressure: a connection whose publishes leave a queue with more than this
     /// many messages waiting in its mailbox (sent, not yet taken by the queue) stops
     /// being read, its state `flow`, until the mailbox is below `flow_low_messages`.
@@ -197,8 +215,8 @@ pub struct TlsConfig {
     pub keyfile: String,
     /// CA certificates that client certificates must chain to, PEM.
     pub cacertfile: String,
-    /// `verify_none` (no client certificate asked for) or `verify_peer`.
-    pub verify: String,
+    /// Whether client certificates are asked for (RabbitMQ's `ssl_options.verify`).
+    pub verify: TlsVerify,
     /// With verify_peer: refuse clients that present no certificate.
     pub fail_if_no_peer_cert: bool,
     /// Protocol versions offered: `tlsv1.3`, `tlsv1.2`.
@@ -219,7 +237,7 @@ impl Default for TlsConfig {
             certfile: String::new(),
             keyfile: String::new(),
             cacertfile: String::new(),
-            verify: "verify_none".to_owned(),
+            verify: TlsVerify::VerifyNone,
             fail_if_no_peer_cert: false,
             versions: vec!["tlsv1.3".to_owned(), "tlsv1.2".to_owned()],
             ciphers: Vec::new(),
@@ -263,7 +281,7 @@ impl Default for AmqpConfig {
             max_message_size: 128 * 1024 * 1024,
             handshake_timeout: 10,
             consumer_timeout: 1_800_000,
-            consumer_timeout_action: "requeue".to_owned(),
+            consumer_timeout_action: ConsumerTimeoutAction::Requeue,
             flow_high_messages: 20_000,
             flow_low_messages: 10_000,
             connection_max: 0,
@@ -347,6 +365,17 @@ impl Config {
             toml::Table::try_from(Config::default()).map_err(|e| ConfigError(e.to_string()))?;
         for o in overrides {
             apply(&mut table, &defaults, o)?;
+            // A value of the right TOML type can still be refused (a name none of a
+            // setting's choices has): say which setting, as for a type error.
+            if let Err(e) = toml::Value::Table(table.clone()).try_into::<Config>() {
+                return Err(ConfigError(format!(
+                    "{}: invalid value '{}' for {}: {}",
+                    o.source,
+                    o.value,
+                    o.key,
+                    e.message()
+                )));
+            }
         }
         let config: Config = toml::Value::Table(table)
             .try_into()
@@ -413,15 +442,6 @@ impl Config {
                 "must be between 1 and 536870912 bytes",
             );
         }
-        if !matches!(
-            self.amqp.consumer_timeout_action.as_str(),
-            "requeue" | "close_channel"
-        ) {
-            return bad(
-                "amqp.consumer_timeout_action",
-                "expected \"requeue\" or \"close_channel\"",
-            );
-        }
         if !(4096..=1 << 30).contains(&self.store.segment_size) {
             return bad(
                 "store.segment_size",
@@ -443,12 +463,6 @@ impl Config {
             Err(ConfigError(format!("invalid value for tls.{key}: {why}")))
         };
         let t = &self.tls;
-        if !["verify_none", "verify_peer"].contains(&t.verify.as_str()) {
-            return bad(
-                "verify",
-                format!("'{}': expected verify_none or verify_peer", t.verify),
-            );
-        }
         if !["distinguished_name", "common_name"].contains(&t.ssl_cert_login_from.as_str()) {
             return bad(
                 "ssl_cert_login_from",
@@ -476,13 +490,13 @@ impl Config {
         if t.keyfile.is_empty() {
             return bad("keyfile", "required when tls.certfile is set".to_owned());
         }
-        if t.verify == "verify_peer" && t.cacertfile.is_empty() {
+        if t.verify == TlsVerify::VerifyPeer && t.cacertfile.is_empty() {
             return bad(
                 "cacertfile",
                 "required with tls.verify = \"verify_peer\" (the CAs client certificates must chain to)".to_owned(),
             );
         }
-        if t.fail_if_no_peer_cert && t.verify != "verify_peer" {
+        if t.fail_if_no_peer_cert && t.verify != TlsVerify::VerifyPeer {
             return bad(
                 "fail_if_no_peer_cert",
                 "true needs tls.verify = \"verify_peer\" (with verify_none no certificate is asked for)".to_owned(),
@@ -665,6 +679,30 @@ mod tests {
         let e = Config::load(None, &env(&[("WARREN_AMQP_HEARTBEAT", "soon")])).unwrap_err();
         assert!(
             e.0.contains("WARREN_AMQP_HEARTBEAT") && e.0.contains("amqp.heartbeat"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn settings_with_a_set_of_names_are_typed_and_a_wrong_name_is_named() {
+        let c = Config::load(
+            None,
+            &env(&[
+                ("WARREN_AMQP_CONSUMER_TIMEOUT_ACTION", "close_channel"),
+                ("WARREN_TLS_VERIFY", "verify_peer"),
+                ("WARREN_TLS_CACERTFILE", "/ca.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.amqp.consumer_timeout_action, c.tls.verify),
+            (ConsumerTimeoutAction::CloseChannel, TlsVerify::VerifyPeer)
+        );
+        let e = Config::load(None, &env(&[("WARREN_TLS_VERIFY", "verify_maybe")])).unwrap_err();
+        assert!(
+            e.0.contains("WARREN_TLS_VERIFY")
+                && e.0.contains("tls.verify")
+                && e.0.contains("verify_none"),
             "{e}"
         );
     }

@@ -59,7 +59,7 @@ pub fn server_config(t: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| format!("tls.versions / tls.ciphers: {e}"))?;
-    let builder = if t.verify == "verify_peer" {
+    let builder = if t.verify == crate::config::TlsVerify::VerifyPeer {
         let mut roots = RootCertStore::empty();
         for ca in read_certs("cacertfile", &t.cacertfile)? {
             roots
