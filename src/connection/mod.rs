@@ -157,6 +157,11 @@ fn close_method(e: &AmqpError) -> AMQPClass {
     }))
 }
 
+/// connection.close-ok, our answer to every client close.
+fn close_ok_method() -> AMQPClass {
+    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}))
+}
+
 fn channel_close_method(e: &AmqpError) -> AMQPClass {
     AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
         reply_code: e.code,
@@ -217,13 +222,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                     (10, 51) => return,
                     (10, 50) => {
                         let mut out = BytesMut::new();
-                        method::encode(
-                            &mut out,
-                            0,
-                            &AMQPClass::Connection(connection::AMQPMethod::CloseOk(
-                                connection::CloseOk {},
-                            )),
-                        );
+                        method::encode(&mut out, 0, &close_ok_method());
                         self.writer.send(vec![out.freeze()]);
                     }
                     _ => {}
@@ -519,12 +518,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                     match method::class_method(&f.payload) {
                         (10, 51) => return Ok(false),
                         (10, 50) => {
-                            s.send(
-                                0,
-                                AMQPClass::Connection(connection::AMQPMethod::CloseOk(
-                                    connection::CloseOk {},
-                                )),
-                            );
+                            s.send(0, close_ok_method());
                             return Ok(false);
                         }
                         _ => {}
@@ -679,12 +673,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                     }
                     channels.clear();
                     Self::delete_exclusive_queues(s).await;
-                    s.send(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
-                            connection::CloseOk {},
-                        )),
-                    );
+                    s.send(0, close_ok_method());
                     self.client_closed = true;
                     Ok(false)
                 }
