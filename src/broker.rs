@@ -2,7 +2,7 @@
 //! connections. One per process; shared by every connection as `Arc<Broker>`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -15,15 +15,9 @@ use crate::config::Config;
 use crate::error::{code, AmqpError};
 use crate::event::{ConnEvent, EventTx};
 use crate::policy::{Kind as PolicyKind, Policy};
-use crate::store::{Change, Opened, Store, StoreError};
+use crate::store::meta::VhostInfo;
+use crate::store::{Change, Opened, Snapshot, Store, StoreError};
 use crate::vhost::Vhost;
-
-/// Users, vhosts, permissions and limits, in the data directory.
-const ACCESS_FILE: &str = "access.json";
-
-/// Policies and operator policies, in the data directory: `{"policies": [...],
-/// "operator_policies": [...]}`, each item as RabbitMQ's definitions write a policy.
-const POLICIES_FILE: &str = "policies.json";
 
 /// The queue settings that come from the configuration.
 fn queue_defaults(config: &Config) -> crate::vhost::QueueDefaults {
@@ -81,12 +75,9 @@ impl ConnState {
     }
 }
 
-/// A virtual host's description and tags (RabbitMQ's vhost metadata).
-#[derive(Debug, Clone, Default)]
-pub struct VhostMeta {
-    pub description: String,
-    pub tags: Vec<String>,
-}
+/// A virtual host's description and tags (RabbitMQ's vhost metadata), as the metadata
+/// log keeps them.
+pub type VhostMeta = VhostInfo;
 
 pub struct Broker {
     pub config: Config,
@@ -95,8 +86,6 @@ pub struct Broker {
     /// Users, permissions and limits: the single owner of who may do what.
     pub access: Access,
     vhosts: DashMap<String, (Arc<Vhost>, VhostMeta)>,
-    /// The access generation last written to the data directory.
-    access_saved: AtomicU64,
     connections: DashMap<u64, ConnectionEntry>,
     /// Direct reply-to consumers by reply id (see `channel/reply_to.rs`).
     pub reply_to: Arc<crate::channel::reply_to::Registry>,
@@ -111,29 +100,31 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker that keeps nothing on disk.
+    /// A broker that keeps nothing on disk, as a new node starts.
     pub fn new(config: Config) -> Arc<Broker> {
-        Self::build(config, None)
+        let mut snapshot = Snapshot::default();
+        for c in access::seed(&config.defaults) {
+            snapshot.apply(c);
+        }
+        let broker = Self::build(config, None, &snapshot);
+        broker.restore_vhosts(&snapshot, &mut Default::default());
+        broker
     }
 
-    /// Open the data directory, recover durable state, and build the broker on it.
-    /// Must run inside the tokio runtime (queues are tasks).
+    /// Open the data directory, recover the durable definitions and messages, and build
+    /// the broker on them. Must run inside the tokio runtime (queues are tasks).
     pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {
         let Opened {
             store,
             snapshot,
             mut messages,
-        } = Store::open(&config.data_dir, &config.store)?;
-        let broker = Self::build(config, Some(store.clone()));
-        for (name, defs) in &snapshot.vhosts {
-            let vhost = broker
-                .vhosts
-                .entry(name.clone())
-                .or_insert_with(|| (broker.new_vhost(name), VhostMeta::default()))
-                .0
-                .clone();
-            vhost.restore(defs, &mut messages);
-        }
+        } = Store::open(
+            &config.data_dir,
+            &config.store,
+            &access::seed(&config.defaults),
+        )?;
+        let broker = Self::build(config, Some(store), &snapshot);
+        broker.restore_vhosts(&snapshot, &mut messages);
         let dropped: usize = messages.values().map(Vec::len).sum();
         if dropped > 0 {
             tracing::warn!(
@@ -144,6 +135,42 @@ impl Broker {
         Ok(broker)
     }
 
+    /// The vhosts of the snapshot with what is in them: exchanges, queues (with their
+    /// recovered messages), bindings, then the policies, applied to all of those.
+    fn restore_vhosts(
+        &self,
+        snapshot: &Snapshot,
+        messages: &mut std::collections::HashMap<u64, Vec<crate::store::Recovered>>,
+    ) {
+        for (name, defs) in &snapshot.vhosts {
+            let vhost = self.new_vhost(name);
+            vhost.restore(defs, messages);
+            for p in defs.policies.values() {
+                let kind = if p.operator {
+                    PolicyKind::Operator
+                } else {
+                    PolicyKind::Policy
+                };
+                let definition = serde_json::from_str(&p.definition).unwrap_or_default();
+                match Policy::new(
+                    kind,
+                    name,
+                    &p.name,
+                    &p.pattern,
+                    &p.apply_to,
+                    &definition,
+                    p.priority,
+                ) {
+                    Ok(policy) => vhost.restore_policy(kind, policy),
+                    Err(e) => {
+                        tracing::warn!(policy = p.name, vhost = name, "stored policy left out: {e}")
+                    }
+                }
+            }
+            self.vhosts.insert(name.clone(), (vhost, defs.info.clone()));
+        }
+    }
+
     /// A new vhost object with the broker's queue defaults.
     fn new_vhost(&self, name: &str) -> Arc<Vhost> {
         let v = Vhost::with_store(name, self.store.clone());
@@ -151,26 +178,12 @@ impl Broker {
         v
     }
 
-    fn build(config: Config, store: Option<Arc<Store>>) -> Arc<Broker> {
-        let vhosts = DashMap::new();
-        let default_vhost = Vhost::with_store(&config.defaults.vhost, store.clone());
-        default_vhost.set_queue_defaults(queue_defaults(&config));
-        vhosts.insert(
-            config.defaults.vhost.clone(),
-            (
-                default_vhost,
-                VhostMeta {
-                    description: "Default virtual host".to_owned(),
-                    tags: Vec::new(),
-                },
-            ),
-        );
+    fn build(config: Config, store: Option<Arc<Store>>, snapshot: &Snapshot) -> Arc<Broker> {
         Arc::new(Broker {
-            access: Access::new(&config.defaults),
-            access_saved: AtomicU64::new(0),
+            access: Access::restore(snapshot, &config.defaults, store.clone()),
             store,
             config,
-            vhosts,
+            vhosts: DashMap::new(),
             connections: DashMap::new(),
             reply_to: Arc::default(),
             shutdown: watch::channel(false).0,
@@ -202,15 +215,21 @@ impl Broker {
             .vhosts
             .entry(name.to_owned())
             .or_insert_with(|| {
+                // Recorded under the map's entry lock, so a concurrent delete_vhost of
+                // the same name is recorded before or after, as it happens.
                 if let Some(s) = &self.store {
-                    s.topology.append(&Change::AddVhost(name.to_owned()));
+                    s.meta.append(&Change::AddVhost(name.to_owned()));
+                    s.meta.append(&Change::VhostInfo {
+                        vhost: name.to_owned(),
+                        info: meta.clone(),
+                    });
                 }
                 (self.new_vhost(name), meta)
             })
             .0
             .clone();
         if let Some(s) = &self.store {
-            s.topology.sync();
+            s.meta.sync();
         }
         Ok(vhost)
     }
@@ -218,11 +237,23 @@ impl Broker {
     /// delete_vhost: its connections are closed, its queues deleted, and the
     /// permissions in it forgotten.
     pub async fn delete_vhost(&self, name: &str) -> Result<(), AccessError> {
-        let Some((_, (vhost, _))) = self.vhosts.remove(name) else {
+        // Recorded under the map's lock, as add_vhost records: an add_vhost of the same
+        // name racing this one is recorded after the deletion, as it happened. The
+        // record implies everything in the vhost and every permission on it.
+        let removed = self.vhosts.remove_if(name, |_, (vhost, _)| {
+            vhost.record_deletion();
+            true
+        });
+        let Some((_, (vhost, _))) = removed else {
             return Err(AccessError::Invalid(format!(
                 "Virtual host '{name}' does not exist"
             )));
         };
+        if let Some(s) = &self.store {
+            s.meta.sync();
+        }
+        // Its permissions and limits go with it (policies are the vhost's own).
+        self.access.vhost_deleted(name);
         for c in self.connections.iter().filter(|c| c.vhost == name) {
             let _ = c.events.send(ConnEvent::Close(
                 AmqpError::new(
@@ -235,13 +266,6 @@ impl Broker {
         for q in vhost.queues() {
             let _ = vhost.delete_queue(&q, false, false).await;
         }
-        if let Some(s) = &self.store {
-            s.topology.append(&Change::DeleteVhost(name.to_owned()));
-            s.topology.sync();
-        }
-        self.access.vhost_deleted(name);
-        // Its policies went with it.
-        self.save_policies();
         Ok(())
     }
 
@@ -385,87 +409,10 @@ impl Broker {
         self.shutdown.subscribe()
     }
 
-    /// Write users, vhosts, permissions and limits to `access.json` in the data
-    /// directory if they changed since the last save (RabbitMQ's definitions format,
-    /// without queues, exchanges and bindings, which the topology log keeps).
-    pub fn save_access(&self) {
-        let Some(store) = &self.store else { return };
-        let generation = self.access.generation();
-        if self.access_saved.swap(generation, Ordering::AcqRel) == generation {
-            return;
-        }
-        let mut doc = crate::definitions::export(self);
-        if let Some(o) = doc.as_object_mut() {
-            // Topology is in the topology log, policies in their own file.
-            for key in ["queues", "exchanges", "bindings", "policies"] {
-                o.remove(key);
-            }
-        }
-        let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        if let Err(e) = store.write_file(ACCESS_FILE, &text) {
-            tracing::error!(error = %e, "could not save users and permissions");
-        }
-    }
-
-    /// At start-up: bring back what [`Broker::save_access`] wrote. The saved users
-    /// and permissions replace the defaults, so a deleted guest stays deleted.
-    pub fn restore_access(&self) -> Result<(), String> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let Some(text) = store.read_file(ACCESS_FILE) else {
-            return Ok(());
-        };
-        let doc: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| format!("{ACCESS_FILE} in the data directory is not valid JSON: {e}"))?;
-        let saved = |key: &str, field: &str| -> Vec<String> {
-            doc.get(key)
-                .and_then(|v| v.as_array())
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|x| x.get(field).and_then(|f| f.as_str()).map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        let users = saved("users", "name");
-        for u in self.access.users() {
-            if !users.contains(&u.name) {
-                let _ = self.access.delete_user(&u.name);
-            }
-        }
-        let permitted: Vec<(String, String)> = doc
-            .get("permissions")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| {
-                        Some((
-                            p.get("vhost")?.as_str()?.to_owned(),
-                            p.get("user")?.as_str()?.to_owned(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (vhost, user, _) in self.access.permissions() {
-            if !permitted.contains(&(vhost.clone(), user.clone())) {
-                let _ = self.access.clear_permissions(&vhost, &user);
-            }
-        }
-        let report = crate::definitions::import(self, &doc);
-        if !report.errors.is_empty() {
-            return Err(format!("{ACCESS_FILE}: {}", report.errors.join("; ")));
-        }
-        self.access_saved
-            .store(self.access.generation(), Ordering::Release);
-        Ok(())
-    }
-
     // ---- policies ----
 
-    /// set_policy / set_operator_policy: validate (RabbitMQ's texts), store, apply to
-    /// what matches now, and save. Errors are the validation message.
+    /// set_policy / set_operator_policy: validate (RabbitMQ's texts), record, and apply
+    /// to what matches now. Errors are the validation message.
     #[allow(clippy::too_many_arguments)]
     pub fn set_policy(
         &self,
@@ -485,19 +432,13 @@ impl Broker {
         tracing::info!(
             "Successfully set policy '{name}' matching {apply_to} names in virtual host '{vhost}' using pattern '{pattern}'"
         );
-        self.save_policies();
         Ok(())
     }
 
     /// clear_policy / clear_operator_policy; false if there was no such policy.
     pub fn clear_policy(&self, kind: PolicyKind, vhost: &str, name: &str) -> bool {
-        let cleared = self
-            .vhost(vhost)
-            .is_some_and(|v| v.clear_policy(kind, name));
-        if cleared {
-            self.save_policies();
-        }
-        cleared
+        self.vhost(vhost)
+            .is_some_and(|v| v.clear_policy(kind, name))
     }
 
     /// A vhost's policies of a kind (all vhosts for `None`), highest priority first as
@@ -511,63 +452,6 @@ impl Broker {
             .collect();
         all.sort_by_key(|p| std::cmp::Reverse(p.priority));
         all
-    }
-
-    /// Write every vhost's policies to the data directory.
-    fn save_policies(&self) {
-        let Some(store) = &self.store else { return };
-        let json = |kind| {
-            self.list_policies(kind, None)
-                .iter()
-                .map(Policy::to_json)
-                .collect::<Vec<_>>()
-        };
-        let doc = serde_json::json!({
-            "policies": json(PolicyKind::Policy),
-            "operator_policies": json(PolicyKind::Operator),
-        });
-        let text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-        if let Err(e) = store.write_file(POLICIES_FILE, &text) {
-            tracing::error!(error = %e, "could not save policies");
-        }
-    }
-
-    /// At start-up: bring back the policies [`Broker::save_policies`] wrote, applying
-    /// them to the recovered queues and exchanges.
-    pub fn restore_policies(&self) -> Result<(), String> {
-        let Some(store) = &self.store else {
-            return Ok(());
-        };
-        let Some(text) = store.read_file(POLICIES_FILE) else {
-            return Ok(());
-        };
-        let doc: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| format!("{POLICIES_FILE} in the data directory is not valid JSON: {e}"))?;
-        for (key, kind) in [
-            ("policies", PolicyKind::Policy),
-            ("operator_policies", PolicyKind::Operator),
-        ] {
-            for p in doc
-                .get(key)
-                .and_then(|v| v.as_array())
-                .into_iter()
-                .flatten()
-            {
-                let (vhost, name) = (json_str(p, "vhost"), json_str(p, "name"));
-                if let Err(e) = self.set_policy(
-                    kind,
-                    vhost,
-                    name,
-                    json_str(p, "pattern"),
-                    p.get("definition").unwrap_or(&serde_json::Value::Null),
-                    p.get("priority").and_then(|v| v.as_i64()).unwrap_or(0),
-                    p.get("apply-to").and_then(|v| v.as_str()).unwrap_or("all"),
-                ) {
-                    tracing::warn!(policy = name, vhost, "saved policy not restored: {e}");
-                }
-            }
-        }
-        Ok(())
     }
 
     /// First step of a shutdown: from now on, queues letting go of messages or being
@@ -601,10 +485,6 @@ impl Broker {
             ));
         }
     }
-}
-
-fn json_str<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
-    v.get(key).and_then(|x| x.as_str()).unwrap_or_default()
 }
 
 /// This node's name, RabbitMQ's `name@host` shape (`warren@host`): the management API

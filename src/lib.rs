@@ -14,8 +14,9 @@
 //! - [`exchange`]: the exchange types, one router per file (direct, fanout, topic, headers).
 //! - [`queue`]: queue actors, each the single owner of its messages and consumers.
 //! - [`message`]: a published message, shared by every queue it reaches.
-//! - [`store`]: the data directory: durable topology and persistent messages, with
-//!   group-committed syncs behind publisher confirms.
+//! - [`store`]: the data directory: the metadata log (every durable definition: topology,
+//!   policies, users, permissions, limits) and persistent messages, with group-committed
+//!   syncs behind publisher confirms.
 //! - [`broker`]: the process-wide state (vhosts, the access model, live connections).
 //! - [`access`]: users, password hashes, permissions, topic permissions and limits.
 //! - [`auth`]: SASL mechanisms. [`config`]: configuration loading. [`logfile`]: `log.file`,

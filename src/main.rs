@@ -195,11 +195,8 @@ async fn serve(
     // Opening the store takes the data directory's lock: nothing else in it (the
     // control socket) is touched before that.
     let broker = warren::broker::Broker::open(config).map_err(|e| Failure(73, e.to_string()))?; // EX_CANTCREAT
-    broker.restore_access().map_err(|e| Failure(73, e))?;
-    broker.restore_policies().map_err(|e| Failure(73, e))?;
     load_definitions(&broker).map_err(|e| Failure(78, e))?; // EX_CONFIG
     check_memory_limit(&broker.config.alarms)?;
-    broker.save_access();
     // One descriptor held back for the accept loops (see accept.rs).
     warren::accept::reserve();
     let control = warren::control::bind(&broker.config.data_dir)

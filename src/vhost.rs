@@ -5,7 +5,7 @@
 //! topology change bumps. Changes take the write lock briefly and never across an await.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
 use amq_protocol::types::FieldTable;
@@ -15,7 +15,7 @@ use crate::error::{rs, AmqpError};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::policy::PolicySet;
 use crate::queue::{Host, QueueHandle, QueueSpec};
-use crate::store::topology::{BindingDef, ExchangeDef, QueueDef, VhostDefs};
+use crate::store::meta::{BindingDef, ExchangeDef, QueueDef, VhostDefs};
 use crate::store::{Change, Recovered, Store};
 
 mod policies;
@@ -51,6 +51,9 @@ pub struct Vhost {
     policies: RwLock<PolicySet>,
     /// Defaults for queues created here that do not come from their arguments.
     queue_defaults: RwLock<QueueDefaults>,
+    /// Deleted: its deletion is recorded, and nothing that follows (its queues going
+    /// away) may be, lest it land on a new vhost of the same name at replay.
+    deleted: AtomicBool,
 }
 
 pub struct ExchangeDecl<'a> {
@@ -135,6 +138,7 @@ impl Vhost {
             store,
             policies: RwLock::default(),
             queue_defaults: RwLock::default(),
+            deleted: AtomicBool::new(false),
         })
     }
 
@@ -145,19 +149,35 @@ impl Vhost {
     /// Record a durable change; call with the topology lock held so the log keeps the
     /// order of the changes, then [`Vhost::sync_log`] once the lock is released.
     fn log(&self, change: impl FnOnce(String) -> Change) {
+        if self.deleted.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(s) = &self.store {
-            s.topology.append(&change(self.name.to_string()));
+            s.meta.append(&change(self.name.to_string()));
+        }
+    }
+
+    /// Record the vhost's deletion (not yet synced) as its last record: under its
+    /// topology and policy locks, the two that order its other records, so none of
+    /// them can land after it and be replayed onto a new vhost of the same name.
+    pub fn record_deletion(&self) {
+        let _topology = self.write();
+        let _policies = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        if !self.deleted.swap(true, Ordering::AcqRel) {
+            if let Some(s) = &self.store {
+                s.meta.append(&Change::DeleteVhost(self.name.to_string()));
+            }
         }
     }
 
     /// Make logged changes durable before the client hears they happened.
     fn sync_log(&self) {
         if let Some(s) = &self.store {
-            s.topology.sync();
+            s.meta.sync();
         }
     }
 
-    /// Rebuild what the topology log and message store hold for this vhost (start-up).
+    /// Rebuild what the metadata log and message store hold for this vhost (start-up).
     pub fn restore(&self, defs: &VhostDefs, messages: &mut HashMap<u64, Vec<Recovered>>) {
         let mut t = self.write();
         for (name, x) in &defs.exchanges {

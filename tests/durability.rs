@@ -852,18 +852,18 @@ fn quarantined(dir: &std::path::Path) -> Vec<(String, u64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_topology_log_refuses_to_start_and_keeps_the_messages() {
+async fn a_missing_metadata_log_refuses_to_start_and_keeps_the_messages() {
     if skip_external() {
         return;
     }
     let dir = crashed_with_messages(1000).await;
-    std::fs::remove_file(dir.join("topology.log")).unwrap();
+    std::fs::remove_file(dir.join("meta.log")).unwrap();
     let segs: Vec<_> = segments(&dir)
         .iter()
         .map(|p| std::fs::read(p).unwrap())
         .collect();
     let err = refused_start(&dir);
-    assert!(err.contains("topology.log is missing"), "{err}");
+    assert!(err.contains("meta.log is missing"), "{err}");
     let after: Vec<_> = segments(&dir)
         .iter()
         .map(|p| std::fs::read(p).unwrap())
@@ -873,18 +873,18 @@ async fn a_missing_topology_log_refuses_to_start_and_keeps_the_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_topology_log_refuses_to_start_and_is_left_as_it_was() {
+async fn a_damaged_metadata_log_refuses_to_start_and_is_left_as_it_was() {
     if skip_external() {
         return;
     }
     let dir = crashed_with_messages(10).await;
-    let log = dir.join("topology.log");
+    let log = dir.join("meta.log");
     let mut data = std::fs::read(&log).unwrap();
     let n = data.len().min(64);
     data[..n].copy_from_slice(&noise(n));
     std::fs::write(&log, &data).unwrap();
     let err = refused_start(&dir);
-    assert!(err.contains("topology.log is damaged"), "{err}");
+    assert!(err.contains("meta.log is damaged"), "{err}");
     assert_eq!(std::fs::read(&log).unwrap(), data);
     assert_eq!(segments(&dir).len(), 1, "no segment deleted");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -969,8 +969,10 @@ async fn a_new_data_dir_is_private_to_its_owner() {
             seen += 1;
         }
     }
-    assert!(dir.join("access.json").exists());
-    assert!(seen >= 5, "checked {seen} files");
+    // The password hashes are in the metadata log; meta.toml, warren.lock and a
+    // segment make four files at least.
+    assert!(dir.join("meta.log").exists());
+    assert!(seen >= 4, "checked {seen} files");
     drop(broker);
     let _ = std::fs::remove_dir_all(dir.parent().unwrap());
 }
@@ -1053,4 +1055,138 @@ async fn a_stored_message_with_pathological_headers_cannot_crash_the_broker() {
     let broker = Broker::spawn_in(dir, &[]);
     let (_conn, ch) = broker.channel().await;
     assert_eq!(message_count(&ch, "ttl").await, 0);
+}
+
+/// Lines of a warrenctl listing, without its header lines.
+fn rows(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| l.contains('\t'))
+        .filter(|l| {
+            !["name\t", "user\t", "vhost\t", "source_name\t"]
+                .iter()
+                .any(|h| l.starts_with(h))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A data directory in format 1 (warren up to c81b744 kept exchanges, queues and
+/// bindings in topology.log, users, vhosts, permissions and limits in access.json, and
+/// policies in policies.json; the fixture was written by that binary with
+/// tests/fixtures/make-datadir-v1.sh) starts on today's binary with all of it, its old
+/// files set aside, and from then on lives in meta.log alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_data_dir_is_migrated_with_everything_in_it() {
+    if skip_external() {
+        return;
+    }
+    let dir = fixture("datadir-v1");
+    let broker = Broker::spawn_in(dir.clone(), &[]);
+    let ctl = |args: &[&str]| rows(&warrenctl(&dir, args));
+    assert_eq!(
+        ctl(&["list_users"]),
+        ["admin\t[administrator]", "alice\t[management, policymaker]"],
+        "the users, and no guest: it was deleted"
+    );
+    assert_eq!(
+        ctl(&["list_vhosts", "name", "description", "tags"]),
+        ["/\tDefault virtual host\t[]", "app\tthe app\t[prod, eu]"]
+    );
+    assert_eq!(
+        ctl(&["list_permissions", "-p", "app"]),
+        ["admin\t.*\t.*\t.*", "alice\t^alice-.*\t.*\t.*"]
+    );
+    assert_eq!(
+        ctl(&["list_topic_permissions", "-p", "app"]),
+        ["alice\tamq.topic\t^alice\\.\t.*"]
+    );
+    assert_eq!(
+        ctl(&["list_vhost_limits", "-p", "app"]),
+        ["app\t{\"max-queues\":50}"]
+    );
+    assert_eq!(
+        ctl(&["list_user_limits"]),
+        ["alice\t{\"max-connections\":7}"]
+    );
+    assert_eq!(
+        ctl(&["list_policies", "-p", "app"]),
+        ["app\tbounded\t^alice-\tqueues\t[{\"max-length\",500}]\t3"]
+    );
+    assert_eq!(
+        ctl(&["list_operator_policies", "-p", "app"]),
+        ["app\tcap\t.*\tqueues\t[{\"max-length-bytes\",1048576}]\t0"]
+    );
+    assert_eq!(
+        ctl(&[
+            "list_queues",
+            "-p",
+            "app",
+            "name",
+            "messages",
+            "policy",
+            "operator_policy"
+        ]),
+        ["alice-work\t1\tbounded\tcap"],
+        "the queue, its message, and the policies applied to it"
+    );
+    assert_eq!(
+        ctl(&["list_bindings", "-p", "/"]),
+        [
+            "\texchange\torders\tqueue\torders\t[]",
+            "events\texchange\torders\tqueue\torder.*\t[]"
+        ]
+    );
+    // The password hashes came across: both users log in with their passwords.
+    {
+        let conn = connect(&broker.url_with("admin", "adminpw", "%2f")).await;
+        let ch = within(conn.create_channel()).await.unwrap();
+        let got: Vec<String> = drain(&ch, "orders")
+            .await
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        assert_eq!(got, ["order 1", "order 2", "order 3"]);
+        let conn = connect(&broker.url_with("alice", "s3cret", "app")).await;
+        let ch = within(conn.create_channel()).await.unwrap();
+        let got: Vec<String> = drain(&ch, "alice-work")
+            .await
+            .into_iter()
+            .map(|m| m.0)
+            .collect();
+        assert_eq!(got, ["job"]);
+    }
+    assert!(
+        try_connect(&broker.url()).await.is_err(),
+        "guest stays deleted"
+    );
+    // Format 1's files are set aside, not deleted; meta.toml says format 2.
+    for f in ["topology.log", "access.json", "policies.json"] {
+        assert!(!dir.join(f).exists(), "{f} moved");
+        assert!(dir.join("migrated-format-1").join(f).exists(), "{f} kept");
+    }
+    let meta = std::fs::read_to_string(dir.join("meta.toml")).unwrap();
+    assert!(meta.contains("format = 2"), "{meta}");
+    // A change after the migration, then restarts: all of it from meta.log alone.
+    warrenctl(&dir, &["clear_policy", "-p", "app", "bounded"]);
+    warrenctl(&dir, &["delete_user", "alice"]);
+    let broker = Broker::spawn_in(broker.crash(), &[]);
+    let broker = Broker::spawn_in(broker.stop().0, &[]);
+    assert_eq!(ctl(&["list_users"]), ["admin\t[administrator]"]);
+    assert_eq!(ctl(&["list_policies", "-p", "app"]), Vec::<String>::new());
+    assert_eq!(ctl(&["list_operator_policies", "-p", "app"]).len(), 1);
+    assert_eq!(
+        ctl(&["list_permissions", "-p", "app"]),
+        ["admin\t.*\t.*\t.*"],
+        "alice's permissions went with her"
+    );
+    assert_eq!(
+        ctl(&["list_topic_permissions", "-p", "app"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ctl(&["list_queues", "-p", "/", "name", "messages"]),
+        ["orders\t0"]
+    );
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
 }

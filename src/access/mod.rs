@@ -2,7 +2,8 @@
 //! topic permissions, and vhost limits. [`Access`] is the single owner of all of it;
 //! connections and channels ask it questions (`authenticate`, `check`, ...) and the
 //! control socket changes it. Every change bumps [`Access::generation`], which is what
-//! per-channel caches of publish verdicts compare against.
+//! per-channel caches of publish verdicts compare against, and is recorded in the
+//! metadata log (`store/meta`) under the same lock, synced before the caller returns.
 //!
 //! Checks follow RabbitMQ's access-control table
 //! (<https://www.rabbitmq.com/docs/access-control>) and rabbit_channel.erl; refusal texts
@@ -15,10 +16,12 @@ pub mod permission;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::config::DefaultsConfig;
 use crate::error::{rs, AmqpError};
+use crate::store::meta::{PermissionDef, Snapshot, TopicPermissionDef, UserDef, VhostInfo};
+use crate::store::{Change, Store};
 pub use permission::{Grant, Pattern, Perm, Permission, PublishGrants, TopicPermission};
 
 /// The tags RabbitMQ knows; others are accepted and kept, as RabbitMQ does.
@@ -30,6 +33,40 @@ pub const KNOWN_TAGS: &[&str] = &[
     "impersonator",
 ];
 
+/// What a new node starts with, as RabbitMQ seeds one: the default vhost, and the
+/// default user (guest unless configured) with the administrator tag and full
+/// permissions on it.
+pub fn seed(defaults: &DefaultsConfig) -> Vec<Change> {
+    vec![
+        Change::AddVhost(defaults.vhost.clone()),
+        Change::VhostInfo {
+            vhost: defaults.vhost.clone(),
+            info: VhostInfo {
+                description: "Default virtual host".to_owned(),
+                tags: Vec::new(),
+            },
+        },
+        Change::User {
+            name: defaults.user.clone(),
+            def: UserDef {
+                password_hash: password::hash(&defaults.password),
+                hashing_algorithm: password::SHA256.to_owned(),
+                tags: vec!["administrator".to_owned()],
+                limits: Limits::new(),
+            },
+        },
+        Change::Permission {
+            vhost: defaults.vhost.clone(),
+            user: defaults.user.clone(),
+            def: PermissionDef {
+                configure: ".*".to_owned(),
+                write: ".*".to_owned(),
+                read: ".*".to_owned(),
+            },
+        },
+    ]
+}
+
 #[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
@@ -40,9 +77,7 @@ pub struct User {
     pub limits: Limits,
 }
 
-/// RabbitMQ's limit maps (`{"max-connections": 10}`), as given. A negative value means
-/// no limit, 0 means none allowed.
-pub type Limits = BTreeMap<String, i64>;
+pub use crate::store::meta::Limits;
 
 /// A limit's value if it limits anything.
 pub fn limit(limits: &Limits, key: &str) -> Option<u64> {
@@ -96,21 +131,98 @@ pub struct Access {
     state: RwLock<State>,
     generation: AtomicU64,
     loopback_only: Vec<String>,
+    /// Where every change is recorded (None: a broker that keeps nothing).
+    store: Option<Arc<Store>>,
 }
 
 impl Access {
-    /// The default user (guest unless configured) with the administrator tag and full
-    /// permissions on the default vhost, as RabbitMQ seeds a fresh node.
+    /// A fresh node's access model (see [`seed`]), kept nowhere.
     pub fn new(defaults: &DefaultsConfig) -> Access {
-        let access = Access {
-            state: RwLock::new(State::default()),
+        let mut snapshot = Snapshot::default();
+        for c in seed(defaults) {
+            snapshot.apply(c);
+        }
+        Self::restore(&snapshot, defaults, None)
+    }
+
+    /// The users, permissions and limits the metadata log holds, recording changes to it
+    /// from now on. A stored pattern that no longer compiles (none should: each was
+    /// checked when set) is left out with a warning rather than stopping the broker.
+    pub fn restore(
+        snapshot: &Snapshot,
+        defaults: &DefaultsConfig,
+        store: Option<Arc<Store>>,
+    ) -> Access {
+        let mut state = State::default();
+        for (name, u) in &snapshot.users {
+            state.users.insert(
+                name.clone(),
+                User {
+                    name: name.clone(),
+                    password_hash: u.password_hash.clone(),
+                    hashing_algorithm: u.hashing_algorithm.clone(),
+                    tags: u.tags.clone(),
+                    limits: u.limits.clone(),
+                },
+            );
+        }
+        for ((vhost, user), p) in &snapshot.permissions {
+            match Permission::new(&p.configure, &p.write, &p.read) {
+                Ok(perm) => {
+                    state
+                        .permissions
+                        .insert((vhost.clone(), user.clone()), perm);
+                }
+                Err(e) => tracing::warn!(vhost, user, "stored permissions left out: {e}"),
+            }
+        }
+        for ((vhost, user, exchange), t) in &snapshot.topic_permissions {
+            let patterns = Pattern::with_vars(&t.write, user, vhost)
+                .and_then(|w| Ok((w, Pattern::with_vars(&t.read, user, vhost)?)));
+            match patterns {
+                Ok((write, read)) => state
+                    .topic_permissions
+                    .entry((vhost.clone(), user.clone()))
+                    .or_default()
+                    .push(TopicPermission {
+                        exchange: exchange.clone(),
+                        write,
+                        read,
+                    }),
+                Err(e) => tracing::warn!(
+                    vhost,
+                    user,
+                    exchange,
+                    "stored topic permissions left out: {e}"
+                ),
+            }
+        }
+        for (vhost, defs) in &snapshot.vhosts {
+            if !defs.limits.is_empty() {
+                state
+                    .vhost_limits
+                    .insert(vhost.clone(), defs.limits.clone());
+            }
+        }
+        Access {
+            state: RwLock::new(state),
             generation: AtomicU64::new(1),
             loopback_only: defaults.loopback_users.clone(),
-        };
-        let _ = access.add_user(&defaults.user, Some(&defaults.password));
-        let _ = access.set_user_tags(&defaults.user, vec!["administrator".to_owned()]);
-        let _ = access.set_permissions(&defaults.vhost, &defaults.user, ".*", ".*", ".*");
-        access
+            store,
+        }
+    }
+
+    /// Finish a change: record it while the lock that ordered it is still held (so the
+    /// log's order is the order of the changes), release the lock, then sync before
+    /// the caller (the CLI, the HTTP API, an import) hears that it happened.
+    fn commit(&self, guard: RwLockWriteGuard<'_, State>, change: Change) {
+        if let Some(s) = &self.store {
+            s.meta.append(&change);
+        }
+        drop(guard);
+        if let Some(s) = &self.store {
+            s.meta.sync();
+        }
     }
 
     /// Bumped by every change; caches of verdicts compare against it.
@@ -204,27 +316,27 @@ impl Access {
             )));
         }
         let mut state = self.write();
-        match state.users.get_mut(name) {
-            Some(_) if !replace => Err(AccessError::UserExists(name.to_owned())),
+        let user = match state.users.get_mut(name) {
+            Some(_) if !replace => return Err(AccessError::UserExists(name.to_owned())),
             Some(u) => {
                 u.password_hash = hash;
                 u.hashing_algorithm = algorithm;
-                Ok(())
+                u.clone()
             }
             None => {
-                state.users.insert(
-                    name.to_owned(),
-                    User {
-                        name: name.to_owned(),
-                        password_hash: hash,
-                        hashing_algorithm: algorithm,
-                        tags: Vec::new(),
-                        limits: Limits::new(),
-                    },
-                );
-                Ok(())
+                let u = User {
+                    name: name.to_owned(),
+                    password_hash: hash,
+                    hashing_algorithm: algorithm,
+                    tags: Vec::new(),
+                    limits: Limits::new(),
+                };
+                state.users.insert(name.to_owned(), u.clone());
+                u
             }
-        }
+        };
+        self.commit(state, user_change(&user));
+        Ok(())
     }
 
     /// delete_user: the user, their permissions and topic permissions.
@@ -235,16 +347,20 @@ impl Access {
         }
         state.permissions.retain(|(_, u), _| u != name);
         state.topic_permissions.retain(|(_, u), _| u != name);
+        self.commit(state, Change::DeleteUser(name.to_owned()));
         Ok(())
     }
 
-    fn with_user<T>(&self, name: &str, f: impl FnOnce(&mut User) -> T) -> Result<T, AccessError> {
+    fn with_user(&self, name: &str, f: impl FnOnce(&mut User)) -> Result<(), AccessError> {
         let mut state = self.write();
         let u = state
             .users
             .get_mut(name)
             .ok_or_else(|| AccessError::NoSuchUser(name.to_owned()))?;
-        Ok(f(u))
+        f(u);
+        let change = user_change(u);
+        self.commit(state, change);
+        Ok(())
     }
 
     /// change_password (`None`: clear_password).
@@ -284,6 +400,16 @@ impl Access {
         state
             .permissions
             .insert((vhost.to_owned(), user.to_owned()), p);
+        let change = Change::Permission {
+            vhost: vhost.to_owned(),
+            user: user.to_owned(),
+            def: PermissionDef {
+                configure: configure.to_owned(),
+                write: write.to_owned(),
+                read: read.to_owned(),
+            },
+        };
+        self.commit(state, change);
         Ok(())
     }
 
@@ -295,6 +421,11 @@ impl Access {
         state
             .permissions
             .remove(&(vhost.to_owned(), user.to_owned()));
+        let change = Change::ClearPermission {
+            vhost: vhost.to_owned(),
+            user: user.to_owned(),
+        };
+        self.commit(state, change);
         Ok(())
     }
 
@@ -331,6 +462,16 @@ impl Access {
         list.retain(|t| t.exchange != exchange);
         list.push(tp);
         list.sort_by(|a, b| a.exchange.cmp(&b.exchange));
+        let change = Change::TopicPermission {
+            vhost: vhost.to_owned(),
+            user: user.to_owned(),
+            exchange: exchange.to_owned(),
+            def: TopicPermissionDef {
+                write: write.to_owned(),
+                read: read.to_owned(),
+            },
+        };
+        self.commit(state, change);
         Ok(())
     }
 
@@ -356,6 +497,13 @@ impl Access {
                 }
             }
         }
+        let (vhost, user) = key;
+        let change = Change::ClearTopicPermission {
+            vhost,
+            user,
+            exchange: exchange.map(str::to_owned),
+        };
+        self.commit(state, change);
         Ok(())
     }
 
@@ -376,8 +524,13 @@ impl Access {
         if limits.is_empty() {
             state.vhost_limits.remove(vhost);
         } else {
-            state.vhost_limits.insert(vhost.to_owned(), limits);
+            state.vhost_limits.insert(vhost.to_owned(), limits.clone());
         }
+        let change = Change::VhostLimits {
+            vhost: vhost.to_owned(),
+            limits,
+        };
+        self.commit(state, change);
         Ok(())
     }
 
@@ -389,7 +542,8 @@ impl Access {
             .unwrap_or_default()
     }
 
-    /// A vhost went away: so do the permissions and limits in it.
+    /// A vhost went away: so do the permissions and limits in it. Not recorded: the
+    /// vhost's deletion, which the broker records, implies it.
     pub fn vhost_deleted(&self, vhost: &str) {
         let mut state = self.write();
         state.permissions.retain(|(v, _), _| v != vhost);
@@ -482,6 +636,19 @@ impl Access {
                 "access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
             )))
         }
+    }
+}
+
+/// A user's record: the whole user as it now is.
+fn user_change(u: &User) -> Change {
+    Change::User {
+        name: u.name.clone(),
+        def: UserDef {
+            password_hash: u.password_hash.clone(),
+            hashing_algorithm: u.hashing_algorithm.clone(),
+            tags: u.tags.clone(),
+            limits: u.limits.clone(),
+        },
     }
 }
 

@@ -168,10 +168,7 @@ async fn serve_one(broker: Arc<Broker>, stream: UnixStream) {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
                 tracing::info!(command = %req.command, "control request");
-                let response = commands::handle(&broker, req).await;
-                // Users, permissions and limits are kept on disk as they change.
-                broker.save_access();
-                response
+                commands::handle(&broker, req).await
             }
             Err(e) => Response::error(64, format!("malformed control request: {e}")),
         };

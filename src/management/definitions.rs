@@ -115,7 +115,6 @@ fn apply(api: &Api, doc: &Value) -> ApiResult {
     for w in &report.warnings {
         tracing::warn!("definitions import over HTTP: {w}");
     }
-    api.broker.save_access();
     if !report.errors.is_empty() {
         return Err(ApiError::bad_request(report.errors.join("; ")));
     }

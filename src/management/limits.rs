@@ -87,7 +87,6 @@ async fn put_topic(
         .access
         .set_topic_permissions(&vhost, &user, x, w, r)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    api.broker.save_access();
     Ok(created_or_updated(!existed))
 }
 
@@ -104,7 +103,6 @@ async fn delete_topic(
         .broker
         .access
         .clear_topic_permissions(&vhost, &user, None);
-    api.broker.save_access();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -161,7 +159,6 @@ async fn put_vhost_limit(
         .access
         .set_vhost_limits(&vhost, limits)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    api.broker.save_access();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -177,7 +174,6 @@ async fn delete_vhost_limit(
         return Err(ApiError::not_found());
     }
     let _ = api.broker.access.set_vhost_limits(&vhost, limits);
-    api.broker.save_access();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -227,7 +223,6 @@ async fn put_user_limit(
         .access
         .set_user_limits(&user, limits)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    api.broker.save_access();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -247,6 +242,5 @@ async fn delete_user_limit(
         return Err(ApiError::not_found());
     }
     let _ = api.broker.access.set_user_limits(&user, limits);
-    api.broker.save_access();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -118,7 +118,6 @@ async fn put_user(
             .set_user_tags(&name, tags_of(m.get("tags")))
             .map_err(bad)?;
     }
-    api.broker.save_access();
     Ok(created_or_updated(!existed))
 }
 
@@ -132,7 +131,6 @@ async fn delete_user(
         .access
         .delete_user(&name)
         .map_err(|_| ApiError::not_found())?;
-    api.broker.save_access();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -209,7 +207,6 @@ async fn put_permission(
         .access
         .set_permissions(&vhost, &user, c, w, r)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    api.broker.save_access();
     Ok(created_or_updated(!existed))
 }
 
@@ -223,6 +220,5 @@ async fn delete_permission(
         return Err(ApiError::not_found());
     }
     let _ = api.broker.access.clear_permissions(&vhost, &user);
-    api.broker.save_access();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

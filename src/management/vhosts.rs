@@ -114,7 +114,6 @@ async fn put(
             .broker
             .access
             .set_permissions(&name, &caller.name, ".*", ".*", ".*");
-        api.broker.save_access();
     }
     Ok(created_or_updated(!existed))
 }
@@ -132,6 +131,5 @@ async fn delete(
         .delete_vhost(&name)
         .await
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    api.broker.save_access();
     Ok(StatusCode::NO_CONTENT.into_response())
 }

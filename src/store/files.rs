@@ -1,5 +1,5 @@
 //! Creating what lives in the data directory: private to the user warren runs as,
-//! whatever the umask. It holds salted password hashes (`access.json`) and message
+//! whatever the umask. It holds salted password hashes (`meta.log`) and message
 //! bodies; a directory other local users can read gives both away.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};

@@ -3,7 +3,8 @@
 //! - `meta.toml`: the on-disk format version and this node's stable id.
 //! - `warren.lock`: held (flock) while a broker runs, with its pid, so a second broker
 //!   on the same directory stops with a clear error.
-//! - `topology.log` ([`topology`]): durable vhosts, exchanges, queues and bindings.
+//! - `meta.log` ([`meta`]): every durable definition (vhosts, exchanges, queues,
+//!   bindings, policies, users, permissions), one ordered log of typed changes.
 //! - `messages/*.seg` ([`messages`]): persistent messages of durable queues.
 //!
 //! Every log uses the checksummed record framing of [`record`].
@@ -12,8 +13,8 @@ mod codec;
 pub mod files;
 mod index;
 pub mod messages;
+pub mod meta;
 pub mod record;
-pub mod topology;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -23,11 +24,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use messages::{MessageStore, Recovered};
-pub use topology::{Change, Snapshot, TopologyLog};
+pub use meta::{Change, MetaLog, Snapshot};
 
-/// The on-disk format this binary writes. Older formats are migrated on start (there are
-/// none yet); newer ones are refused.
-pub const FORMAT: u32 = 1;
+/// The on-disk format this binary writes. Older formats are migrated on start (format 1
+/// kept users and policies in JSON files beside `topology.log`: see `meta/migrate.rs`);
+/// newer ones are refused.
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug)]
 pub struct StoreError(pub String);
@@ -41,7 +43,7 @@ impl std::fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 pub struct Store {
-    pub topology: TopologyLog,
+    pub meta: MetaLog,
     pub messages: Arc<MessageStore>,
     pub node_id: String,
     dir: PathBuf,
@@ -59,7 +61,12 @@ pub struct Opened {
 }
 
 impl Store {
-    pub fn open(dir: &Path, config: &crate::config::StoreConfig) -> Result<Opened, StoreError> {
+    /// Open the data directory. A new one starts with the definitions in `seed`.
+    pub fn open(
+        dir: &Path,
+        config: &crate::config::StoreConfig,
+        seed: &[Change],
+    ) -> Result<Opened, StoreError> {
         let err = |what: &str, e: std::io::Error| {
             StoreError(format!("{what} in data dir {}: {e}", dir.display()))
         };
@@ -68,13 +75,17 @@ impl Store {
         }
         files::create_dir(dir).map_err(|e| unusable(dir, &e))?;
         let lock = lock(dir)?;
-        let node_id = meta(dir)?;
-        let (topology, snapshot) = TopologyLog::open(dir, config.fsync)
-            .map_err(|e| err("cannot read the topology log", e))?;
+        let (format, node_id) = meta_toml(dir)?;
+        let (meta, snapshot) = MetaLog::open(dir, config.fsync, seed)
+            .map_err(|e| err("cannot read the metadata log", e))?;
+        if format < FORMAT {
+            write_meta_toml(dir, &node_id)?;
+        }
+        meta::set_aside_format_1(dir).map_err(|e| err("cannot set format 1 files aside", e))?;
         // Ids are never reused; one at the end of the id space can only be damage.
         let next_qid = snapshot.max_qid().checked_add(1).ok_or_else(|| {
             StoreError(format!(
-                "topology.log in data dir {} names a queue id ({}) no warren assigns; it is damaged: restore it from a backup",
+                "meta.log in data dir {} names a queue id ({}) no warren assigns; it is damaged: restore it from a backup",
                 dir.display(),
                 snapshot.max_qid()
             ))
@@ -87,7 +98,7 @@ impl Store {
         let (messages, recovered) = MessageStore::open(&dir.join("messages"), &live, config)
             .map_err(|e| err("cannot read the message store", e))?;
         let store = Arc::new(Store {
-            topology,
+            meta,
             messages,
             node_id,
             dir: dir.to_path_buf(),
@@ -103,7 +114,7 @@ impl Store {
 
     /// Stop recording deletions and consumption (see [`crate::broker::Broker::freeze_store`]).
     pub fn freeze(&self) {
-        self.topology.freeze();
+        self.meta.freeze();
         self.messages.freeze();
     }
 
@@ -133,22 +144,6 @@ impl Store {
             Ok(path) => tracing::warn!(from, copy = %path.display(), "message set aside"),
             Err(e) => tracing::error!(from, error = %e, "could not set a message aside"),
         }
-    }
-
-    /// Replace a small file in the data directory atomically (write, sync, rename).
-    pub fn write_file(&self, name: &str, data: &[u8]) -> std::io::Result<()> {
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!("{name}.new"));
-        files::write_synced(&tmp, data)?;
-        fs::rename(&tmp, &path)?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    }
-
-    pub fn read_file(&self, name: &str) -> Option<Vec<u8>> {
-        fs::read(self.dir.join(name)).ok()
     }
 
     /// A new durable queue's id, never reused.
@@ -195,8 +190,9 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
     Ok(f)
 }
 
-/// Read (or create) `meta.toml`; returns the node id.
-fn meta(dir: &Path) -> Result<String, StoreError> {
+/// Read (or create) `meta.toml`: the format the directory is in (a new one is in this
+/// binary's) and the node id.
+fn meta_toml(dir: &Path) -> Result<(u32, String), StoreError> {
     let path: PathBuf = dir.join("meta.toml");
     if let Ok(text) = fs::read_to_string(&path) {
         let table: toml::Table = toml::from_str(&text)
@@ -213,17 +209,22 @@ fn meta(dir: &Path) -> Result<String, StoreError> {
             )));
         }
         if let Some(id) = table.get("node_id").and_then(|v| v.as_str()) {
-            return Ok(id.to_owned());
+            return Ok((format.max(0) as u32, id.to_owned()));
         }
     }
     let id = crate::util::generated_name("warren");
+    write_meta_toml(dir, &id)?;
+    Ok((FORMAT, id))
+}
+
+fn write_meta_toml(dir: &Path, id: &str) -> Result<(), StoreError> {
+    let path = dir.join("meta.toml");
     let text =
         format!("# warren data directory; do not edit.\nformat = {FORMAT}\nnode_id = \"{id}\"\n");
     let tmp = dir.join("meta.toml.new");
     files::write_synced(&tmp, text.as_bytes())
         .and_then(|()| fs::rename(&tmp, &path))
-        .map_err(|e| StoreError(format!("cannot write {}: {e}", path.display())))?;
-    Ok(id)
+        .map_err(|e| StoreError(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -231,26 +232,28 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
 
-    /// A topology log naming the last queue id (found by fuzzing: `+ 1` overflowed)
+    /// A metadata log naming the last queue id (found by fuzzing: `+ 1` overflowed)
     /// is refused as damage, not wrapped round to reuse id 0.
     #[test]
     fn a_queue_id_at_the_end_of_the_id_space_is_refused() {
         let dir = std::env::temp_dir().join(format!("warren-qid-max-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         {
-            let Opened { store, .. } = Store::open(&dir, &StoreConfig::default()).unwrap();
-            store.topology.append(&Change::Queue {
+            let Opened { store, .. } = Store::open(&dir, &StoreConfig::default(), &[]).unwrap();
+            store.meta.append(&Change::Queue {
                 vhost: "/".into(),
                 name: "q".into(),
-                def: topology::QueueDef {
+                def: meta::QueueDef {
                     qid: u64::MAX,
                     auto_delete: false,
                     arguments: Default::default(),
                 },
             });
-            store.topology.sync();
+            store.meta.sync();
         }
-        let err = Store::open(&dir, &StoreConfig::default()).err().unwrap();
+        let err = Store::open(&dir, &StoreConfig::default(), &[])
+            .err()
+            .unwrap();
         assert!(err.0.contains("no warren assigns"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -11,6 +11,8 @@ use crate::exchange::Exchange;
 use crate::policy::{Kind, Policy, PolicySet};
 use crate::queue::args::QueueArgs;
 use crate::queue::{QueueCmd, QueueHandle};
+use crate::store::meta::PolicyDef;
+use crate::store::Change;
 
 /// Broker-wide settings every queue of a vhost starts with (from the configuration).
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,7 +62,8 @@ impl Vhost {
             .map(Arc::from);
     }
 
-    /// Add or replace a policy, then apply the policies to every queue and exchange.
+    /// Add or replace a policy, record it, then apply the policies to every queue and
+    /// exchange.
     pub fn set_policy(&self, kind: Kind, policy: Policy) {
         let ignored = crate::policy::ignored_keys(&policy.definition);
         if !ignored.is_empty() {
@@ -71,24 +74,57 @@ impl Vhost {
                 "policy keys accepted but without effect in warren (no mirroring, no lazy mode, no streams)"
             );
         }
-        self.policies
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .of_mut(kind)
-            .insert(policy.name.clone(), policy);
+        self.insert_policy(kind, policy, true);
+    }
+
+    /// A policy from the metadata log (start-up): applied, not recorded again.
+    pub fn restore_policy(&self, kind: Kind, policy: Policy) {
+        self.insert_policy(kind, policy, false);
+    }
+
+    fn insert_policy(&self, kind: Kind, policy: Policy, record: bool) {
+        {
+            let mut set = self.policies.write().unwrap_or_else(|e| e.into_inner());
+            if record {
+                // Under the policy lock: two callers setting the same name are recorded
+                // in the order they took effect.
+                self.log(|vhost| Change::Policy {
+                    vhost,
+                    def: PolicyDef {
+                        operator: kind == Kind::Operator,
+                        name: policy.name.clone(),
+                        pattern: policy.pattern.clone(),
+                        apply_to: policy.apply_to.as_str().to_owned(),
+                        definition: serde_json::Value::Object(policy.definition.clone())
+                            .to_string(),
+                        priority: policy.priority,
+                    },
+                });
+            }
+            set.of_mut(kind).insert(policy.name.clone(), policy);
+        }
+        if record {
+            self.sync_log();
+        }
         self.apply_policies();
     }
 
-    /// Remove a policy; false if there is none of that name.
+    /// Remove a policy (recorded); false if there is none of that name.
     pub fn clear_policy(&self, kind: Kind, name: &str) -> bool {
-        let removed = self
-            .policies
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .of_mut(kind)
-            .remove(name)
-            .is_some();
+        let removed = {
+            let mut set = self.policies.write().unwrap_or_else(|e| e.into_inner());
+            let removed = set.of_mut(kind).remove(name).is_some();
+            if removed {
+                self.log(|vhost| Change::ClearPolicy {
+                    vhost,
+                    operator: kind == Kind::Operator,
+                    name: name.to_owned(),
+                });
+            }
+            removed
+        };
         if removed {
+            self.sync_log();
             self.apply_policies();
         }
         removed

@@ -1,16 +1,18 @@
 //! Target `store`: starting a broker on a damaged data directory (`Broker::open`):
 //! record framing and checksums with torn tails and corruption in the middle
-//! (`store::record::scan`), topology-log records (vhosts, exchanges, queues, bindings,
-//! and their argument tables), message-segment records (messages, acks, delivery
-//! marks), the snapshot they replay into, the queues recovered from it, the saved users,
-//! permissions and policies (as `main` restores them); then reading
-//! every recovered message back (through the management API's get, which also renders
-//! the stored properties) and exporting the definitions.
+//! (`store::record::scan`), metadata-log records (vhosts, exchanges, queues, bindings
+//! with their argument tables, policies, users, permissions, limits), message-segment
+//! records (messages, acks, delivery marks), the snapshot they replay into, the queues
+//! and access model recovered from it, and the migration of format 1's files
+//! (`topology.log`, `access.json`, `policies.json`); then reading every recovered
+//! message back (through the management API's get, which also renders the stored
+//! properties) and exporting the definitions.
 //!
 //! Input: the data directory's files as a list of chunks, each `tag: u8`, `len: u16 LE`,
 //! then `len` bytes (cut short at the end of the input). The tag's low 3 bits name the
-//! file: 0 is `topology.log`, 1 to 5 are message segments 1 to 5, 6 is `access.json`
-//! (users and permissions), 7 is `policies.json`. A chunk of a log is one record,
+//! file: 0 is format 1's `topology.log`, 1 to 4 are message segments 1 to 4, 5 is
+//! `meta.log`, 6 is format 1's `access.json` (users and permissions), 7 its
+//! `policies.json`. A chunk of a log is one record,
 //! written with a correct header and checksum (so that mutations reach the record
 //! decoders instead of stopping at the checksum), or, when the tag's high bit is set,
 //! raw bytes appended as they are (torn or corrupt framing); chunks of the JSON files
@@ -36,6 +38,7 @@ pub fn files(data: &[u8]) -> Vec<(String, Vec<u8>)> {
         rest = &rest[(3 + len).min(rest.len())..];
         let (name, log) = match tag & 7 {
             0 => ("topology.log".to_owned(), true),
+            5 => ("meta.log".to_owned(), true),
             6 => ("access.json".to_owned(), false),
             7 => ("policies.json".to_owned(), false),
             n => (format!("messages/{n:016}.seg"), true),
@@ -87,15 +90,7 @@ pub fn run(data: &[u8]) {
         let Ok(broker) = Broker::open(config) else {
             return;
         };
-        // As main does at start-up; a file it cannot read stops the start.
-        let restored = broker
-            .restore_access()
-            .and_then(|()| broker.restore_policies());
         let _ = warren::definitions::export(&broker);
-        if restored.is_err() {
-            broker.close_store();
-            return;
-        }
         let api = crate::management::Api::new(broker.clone());
         for (vhost, _) in broker.vhosts() {
             for q in vhost.queues() {

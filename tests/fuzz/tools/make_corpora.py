@@ -156,8 +156,13 @@ if os.path.isdir(data_dir):
         whole += t
     segdir = os.path.join(data_dir, "messages")
     segs = sorted(f for f in os.listdir(segdir) if f.endswith(".seg")) if os.path.isdir(segdir) else []
-    for i, seg in enumerate(segs[:5]):
+    for i, seg in enumerate(segs[:4]):
         whole += chunks(i + 1, open(os.path.join(segdir, seg), "rb").read())
+    meta = os.path.join(data_dir, "meta.log")
+    if os.path.exists(meta):
+        m = chunks(5, open(meta, "rb").read())
+        write("store", "meta-only", m)
+        whole += m
     for tag, name in ((6, "access.json"), (7, "policies.json")):
         path = os.path.join(data_dir, name)
         if os.path.exists(path):
