@@ -23,6 +23,8 @@
 //!   reopened on SIGHUP.
 //! - [`control`]: the control socket `warrenctl` talks to; [`definitions`]: RabbitMQ's
 //!   definitions JSON (export, import, load at boot).
+//! - [`node`]: a running node: the broker with every listener bound and served (the
+//!   `warren` binary runs one; tests can run one in their own process).
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
 //! - [`alarm`]: memory and disk alarms that block publishers while they last.
 //! - [`metrics`]: message counters, queue gauges, and the Prometheus endpoint.
@@ -53,6 +55,7 @@ pub mod logfile;
 pub mod management;
 pub mod message;
 pub mod metrics;
+pub mod node;
 pub mod perf;
 pub mod policy;
 pub mod protocol;

@@ -135,40 +135,6 @@ fn main() -> std::process::ExitCode {
 /// A start-up failure: the one line printed on stderr, and the exit code.
 struct Failure(u8, String);
 
-/// A memory watermark at or below what the broker already uses once its store is
-/// recovered would hold every publisher blocked from the first second: refuse to start
-/// rather than run like that (RabbitMQ starts and blocks, which looks like a hang).
-fn check_memory_limit(cfg: &warren::config::AlarmsConfig) -> Result<(), Failure> {
-    let (Some(limit), Some(used)) = (
-        warren::alarm::memory_limit(cfg),
-        warren::alarm::resident_memory(),
-    ) else {
-        return Ok(());
-    };
-    if limit > used {
-        return Ok(());
-    }
-    let mb = |b: u64| b / (1024 * 1024);
-    let setting = if cfg.memory_high_watermark_absolute > 0 {
-        "alarms.memory_high_watermark_absolute".to_string()
-    } else {
-        format!(
-            "alarms.memory_high_watermark = {} of this machine's or container's memory",
-            cfg.memory_high_watermark
-        )
-    };
-    Err(Failure(
-        78,
-        format!(
-            "not enough memory for the configured limits: the memory high watermark is {} MB \
-             ({setting}) but warren already uses {} MB after start-up, so every publisher \
-             would be blocked; raise the watermark or give the machine or container more memory",
-            mb(limit),
-            mb(used)
-        ),
-    ))
-}
-
 async fn run(config: Config, log_file: Option<warren::logfile::LogFile>) -> std::process::ExitCode {
     let notifier = warren::service::Notifier::from_env().map(std::sync::Arc::new);
     match serve(config, notifier.clone(), log_file).await {
@@ -192,160 +158,19 @@ async fn serve(
     let started = std::time::Instant::now();
     let mut signals = Signals::install()
         .map_err(|e| Failure(71, format!("cannot install signal handlers: {e}")))?;
-    // Opening the store takes the data directory's lock: nothing else in it (the
-    // control socket) is touched before that.
-    let broker = warren::broker::Broker::open(config).map_err(|e| Failure(73, e.to_string()))?; // EX_CANTCREAT
-    load_definitions(&broker).map_err(|e| Failure(78, e))?; // EX_CONFIG
-    check_memory_limit(&broker.config.alarms)?;
-    // One descriptor held back for the accept loops (see accept.rs).
-    warren::accept::reserve();
-    let control = warren::control::bind(&broker.config.data_dir)
+    let node = warren::node::Node::start(config)
         .await
-        .map_err(|e| {
-            Failure(
-                71,
-                format!(
-                    "cannot create the control socket {}: {e}",
-                    warren::control::socket_path(&broker.config.data_dir).display()
-                ),
-            )
-        })?;
-    // The plain listener, unless amqp.listen is "" (TLS only; config.rs checked).
-    let listener = if broker.config.amqp.listen.is_empty() {
-        None
-    } else {
-        Some(warren::server::bind(&broker).await.map_err(|e| {
-            Failure(
-                71,
-                warren::server::bind_error(&broker.config.amqp.listen, &e),
-            )
-        })?)
-    };
-    let addr = listener.as_ref().map(|l| {
-        warren::server::local_addr(l)
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| broker.config.amqp.listen.clone())
-    });
-    // amqps: the certificate files are read (and refused, naming the key and file)
-    // before the listener is bound.
-    let tls = if broker.config.tls.enabled() {
-        let tls = warren::tls::Tls::load(&broker.config.tls).map_err(|e| Failure(78, e))?;
-        let listener = warren::server::bind_tls(&broker).await.map_err(|e| {
-            Failure(
-                71,
-                warren::server::bind_error_for("tls.listen", &broker.config.tls.listen, &e),
-            )
-        })?;
-        let addr = warren::server::local_addr(&listener)
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| broker.config.tls.listen.clone());
-        Some((tls, listener, addr))
-    } else {
-        None
-    };
-    // The Prometheus endpoint, if configured: a port in use is a start-up failure too.
-    let metrics = if broker.config.metrics.listen.is_empty() {
-        None
-    } else {
-        let listen = &broker.config.metrics.listen;
-        let l = bind_http("metrics.listen", listen).await?;
-        Some(l)
-    };
-    if let Some(l) = metrics {
-        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!("Prometheus metrics on http://{at}/metrics");
-        // Before the ready line, so tests that wait for it know this port.
-        announce(&broker, "prometheus", &at);
-        tokio::spawn(warren::metrics::http::serve(broker.clone(), l));
-    }
-    // The same over HTTPS, with the [tls] certificate (config.rs made sure it is set).
-    if let (false, Some((tls, _, _))) = (broker.config.metrics.tls_listen.is_empty(), &tls) {
-        let listen = &broker.config.metrics.tls_listen;
-        let l = bind_http("metrics.tls_listen", listen).await?;
-        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!("Prometheus metrics on https://{at}/metrics");
-        announce(&broker, "prometheus_tls", &at);
-        tokio::spawn(warren::metrics::http::serve_tls(
-            broker.clone(),
-            l,
-            tls.clone(),
-        ));
-    }
-    // The management API, if configured, likewise; over HTTPS with the [tls] certificate.
-    let management = if broker.config.management.listen.is_empty() {
-        None
-    } else {
-        let listen = &broker.config.management.listen;
-        let l = bind_http("management.listen", listen).await?;
-        let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!("management API on http://{at}/api/, web console on http://{at}/");
-        announce(&broker, "management", &at);
-        Some(l)
-    };
-    let management_tls = match (broker.config.management.tls_listen.is_empty(), &tls) {
-        (false, Some((tls, _, _))) => {
-            let listen = &broker.config.management.tls_listen;
-            let l = bind_http("management.tls_listen", listen).await?;
-            let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            tracing::info!("management API on https://{at}/api/, web console on https://{at}/");
-            announce(&broker, "management_tls", &at);
-            Some((l, tls.clone()))
-        }
-        _ => None,
-    };
-    if management.is_some() || management_tls.is_some() {
-        // Connections are named "peer -> local": the plain listener's address, or the
-        // TLS one's when there is only TLS.
-        let local = addr
-            .clone()
-            .or_else(|| tls.as_ref().map(|t| t.2.clone()))
-            .unwrap_or_default();
-        tokio::spawn(warren::management::serve(
-            broker.clone(),
-            management,
-            management_tls,
-            local,
-        ));
-    }
-    broker.start_alarm_monitor();
-    let server = listener.map(|l| tokio::spawn(warren::server::serve(broker.clone(), l)));
-    let (tls, tls_server, tls_addr) = match tls {
-        Some((tls, listener, addr)) => {
-            let server = tokio::spawn(warren::server::serve_tls(
-                broker.clone(),
-                listener,
-                tls.clone(),
-            ));
-            (Some(tls), Some(server), Some(addr))
-        }
-        None => (None, None, None),
-    };
-    // For the log and systemd's status, and the ready line's "amqp=X amqps=Y".
-    let listening = match (&addr, &tls_addr) {
-        (Some(a), None) => format!("AMQP listening on {a}"),
-        (Some(a), Some(t)) => format!("AMQP listening on {a}, AMQP/TLS on {t}"),
-        (None, Some(t)) => format!("AMQP/TLS listening on {t}"),
-        (None, None) => unreachable!("config.rs requires a listener"),
-    };
-    let ready: String = [("amqp", &addr), ("amqps", &tls_addr)]
-        .iter()
-        .filter_map(|(k, a)| a.as_ref().map(|a| format!(" {k}={a}")))
-        .collect();
-    let control = tokio::spawn(warren::control::serve(broker.clone(), control));
+        .map_err(|e| Failure(e.code, e.message))?;
+    let listening = node.listening();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
-        data_dir = %broker.config.data_dir.display(),
+        data_dir = %node.broker.config.data_dir.display(),
         startup_ms = started.elapsed().as_millis() as u64,
         "warren started; {listening}"
     );
     // One machine-readable line on stdout for scripts and tests (amqp=… unless the
     // plain listener is off, amqps=… only with TLS).
-    for (key, at) in [("amqp", &addr), ("amqps", &tls_addr)] {
-        if let Some(at) = at {
-            broker.add_listener(key, at);
-        }
-    }
-    println!("warren ready{ready}");
+    println!("warren ready{}", node.ready_fields());
     let _ = std::io::stdout().flush();
     if let Some(n) = &notifier {
         n.ready(&listening);
@@ -355,53 +180,14 @@ async fn serve(
     }
 
     signals
-        .shutdown_requested(log_file.as_ref(), tls.as_deref())
+        .shutdown_requested(log_file.as_ref(), node.tls())
         .await;
     tracing::info!("shutting down");
     if let Some(n) = &notifier {
         n.stopping();
     }
-    broker.freeze_store();
-    broker.shut_down();
-    if let Some(s) = server {
-        let _ = s.await;
-    }
-    if let Some(s) = tls_server {
-        let _ = s.await;
-    }
-    let _ = control.await;
-    // Give connections a moment to deliver their close frames.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while broker.connection_count() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    broker.close_store();
+    node.stop().await;
     tracing::info!("stopped");
-    Ok(())
-}
-
-/// definitions.load_file: import at boot, before clients can connect. Items that cannot
-/// be applied stop the boot (as in RabbitMQ); unknown keys are only reported.
-fn load_definitions(broker: &warren::broker::Broker) -> Result<(), String> {
-    let path = &broker.config.definitions.load_file;
-    if path.is_empty() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read definitions.load_file {path}: {e}"))?;
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("definitions.load_file {path}: invalid JSON: {e}"))?;
-    let report = warren::definitions::import(broker, &doc);
-    for w in &report.warnings {
-        tracing::warn!("definitions.load_file {path}: {w}");
-    }
-    if !report.errors.is_empty() {
-        return Err(format!(
-            "definitions.load_file {path}: {}",
-            report.errors.join("; ")
-        ));
-    }
-    tracing::info!("imported definitions from {path}");
     Ok(())
 }
 
@@ -483,20 +269,6 @@ fn reload(log_file: Option<&warren::logfile::LogFile>, tls: Option<&warren::tls:
     if log_file.is_none() && tls.is_none() {
         tracing::info!("SIGHUP received; nothing to reload (no log.file or TLS is configured)");
     }
-}
-
-/// A listener other than AMQP is up: tell scripts and tests (stdout, before the ready
-/// line) and remember it for `warrenctl diagnostics`.
-fn announce(broker: &warren::broker::Broker, key: &str, at: &str) {
-    println!("warren listening {key}={at}");
-    broker.add_listener(key, at);
-}
-
-/// Bind an HTTP listener (metrics, management); a failure is one line naming `key`.
-async fn bind_http(key: &str, listen: &str) -> Result<tokio::net::TcpListener, Failure> {
-    tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| Failure(71, warren::server::bind_error_for(key, listen, &e)))
 }
 
 #[cfg(test)]
