@@ -7,7 +7,7 @@
 //!
 //! Checks follow RabbitMQ's access-control table
 //! (<https://www.rabbitmq.com/docs/access-control>) and rabbit_channel.erl; refusal texts
-//! are RabbitMQ 3.10's (checked against it by tests/access.rs): they name the
+//! are RabbitMQ 3.10's (checked against it by tests/it/access.rs): they name the
 //! resource, not which of configure/write/read was missing.
 
 pub mod password;

@@ -4,7 +4,7 @@
 //!
 //! The assets are compiled into the binary (`include_str!`): an installed warren needs
 //! no web root, and the page loads nothing from elsewhere (no CDN), which
-//! tests/console.rs checks. The assets are public, as RabbitMQ's are: the page asks for
+//! tests/it/console.rs checks. The assets are public, as RabbitMQ's are: the page asks for
 //! credentials and sends them with each API call.
 
 use axum::http::{header, HeaderValue};

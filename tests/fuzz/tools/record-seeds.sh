@@ -66,7 +66,7 @@ fi
 if [ "${LAPIN:-0}" = 1 ]; then
     echo "record-seeds: lapin (warren's integration tests)" >&2
     (cd "$REPO" && WARREN_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:25703/%2f" \
-        cargo test --test basic --test tx --test exchange --test queue -- --test-threads 1 \
+        cargo test --test it -- basic:: tx:: exchange:: queue:: --test-threads 1 \
         >"$REC/lapin.log" 2>&1) || echo "record-seeds: some lapin tests failed (see $REC/lapin.log); recordings kept" >&2
 fi
 

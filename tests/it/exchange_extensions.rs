@@ -1,6 +1,5 @@
 //! RabbitMQ's exchange extensions: alternate exchanges. Checked against RabbitMQ too.
-mod common;
-use common::*;
+use crate::common::*;
 
 async fn declare_x(ch: &Channel, name: &str, kind: ExchangeKind, args: FieldTable) {
     within(ch.exchange_declare(

@@ -1,8 +1,7 @@
 //! Policies and operator policies (set with warrenctl, as an operator would with
 //! rabbitmqctl), quorum-queue delivery limits and consumer timeouts, each observed over
 //! AMQP with lapin. warren only: policies are set through warren's control socket.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -2,11 +2,9 @@
 //! priority queues, x-expires, and queue-argument validation. Every test passes against
 //! RabbitMQ 3.10 (WARREN_TEST_AMQP_URL) and warren alike.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use lapin::Confirmation;
 
 async fn confirm_channel(conn: &Connection) -> Channel {

@@ -2,8 +2,7 @@
 //! script and stylesheet come with their content types, and nothing in them points
 //! outside the broker (no CDN, no external URL): the console works on an offline host.
 //! The console's behaviour in a browser is tests/clients/test_console.py.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -5,9 +5,8 @@
 //! Where RabbitMQ's reply text embeds Erlang term syntax (FRAME_ERROR
 //! details such as `<<0,20,0,10,0>>`), the test checks the code and the
 //! text's prefix, and the full RabbitMQ 3.10 text is given in a comment.
-mod common;
-use common::raw::{self, assert_broker_alive, Close, Enc, RawConn};
-use common::*;
+use crate::common::raw::{self, assert_broker_alive, Close, Enc, RawConn};
+use crate::common::*;
 use std::time::Duration;
 
 /// Handshake and open channel 1.

@@ -2,8 +2,7 @@
 //! broker, checking its output, exit code and effect (over AMQP where it has one), and a
 //! definitions round trip through a real RabbitMQ export. warren only: the commands
 //! talk to warren's control socket.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

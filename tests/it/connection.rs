@@ -1,8 +1,7 @@
 //! Connection and channel lifecycle: handshake, authentication, vhosts,
 //! tuning, heartbeats, timeouts, channel open/close/flow.
-mod common;
-use common::raw::{self, lookup, Dec, Enc, RawConn, Value};
-use common::*;
+use crate::common::raw::{self, lookup, Dec, Enc, RawConn, Value};
+use crate::common::*;
 use std::time::{Duration, Instant};
 
 #[test]

@@ -2,12 +2,10 @@
 //! do) and exits non-zero, so that systemd's journal and a shell user both see the
 //! cause. The README's "When warren does not start" table lists these messages.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique(name));

@@ -1,13 +1,11 @@
 //! Running as a service: systemd's notify protocol, the shipped unit file, signals.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique(name));

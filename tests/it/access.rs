@@ -3,8 +3,7 @@
 //! rule. Runs against RabbitMQ too (WARREN_TEST_AMQP_URL): users, vhosts and
 //! permissions are then made with `rabbitmqctl -n ref@localhost` (WARREN_TEST_RABBITMQCTL
 //! overrides the command) instead of warrenctl.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::process::Command;
 

@@ -1,6 +1,5 @@
 //! The Prometheus endpoint: rabbitmq_prometheus's names and values after real traffic.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

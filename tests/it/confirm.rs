@@ -1,7 +1,6 @@
 //! Publisher confirms (confirm.select, basic.ack/nack from the server).
-mod common;
-use common::raw::{self, Dec, Enc, RawConn};
-use common::*;
+use crate::common::raw::{self, Dec, Enc, RawConn};
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_are_acked_after_confirm_select() {

@@ -1,6 +1,5 @@
 //! Transactions (tx.select / tx.commit / tx.rollback).
-mod common;
-use common::*;
+use crate::common::*;
 
 async fn tx_channel(conn: &Connection) -> Channel {
     let ch = within(conn.create_channel()).await.unwrap();

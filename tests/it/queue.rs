@@ -1,7 +1,6 @@
 //! queue.* methods: declare (incl. equivalence checks, exclusivity,
 //! auto-delete), bind/unbind, purge, delete.
-mod common;
-use common::*;
+use crate::common::*;
 
 fn passive() -> QueueDeclareOptions {
     QueueDeclareOptions {
@@ -837,7 +836,7 @@ async fn message_ttl_expires_messages() {
 /// client can send them) leave other clients served, and go when their connection does.
 #[test]
 fn twenty_thousand_exclusive_queues_come_and_go_without_stalling_others() {
-    use common::raw::{self, Enc, RawConn};
+    use crate::common::raw::{self, Enc, RawConn};
     if is_external() {
         return;
     }

@@ -1,7 +1,6 @@
 //! Durability: what survives a restart or a crash (`kill -9`) of the broker process, and
 //! how the data directory guards itself. warren-only (these restart the broker).
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};

@@ -1,7 +1,6 @@
 //! exchange.* methods and routing semantics (direct, fanout, topic,
 //! headers, exchange-to-exchange bindings).
-mod common;
-use common::*;
+use crate::common::*;
 
 fn passive() -> ExchangeDeclareOptions {
     ExchangeDeclareOptions {
@@ -976,7 +975,7 @@ async fn headers_binding_with_invalid_x_match_closes_channel_406() {
 /// and new connections timed out meanwhile.
 #[test]
 fn sixty_thousand_bindings_leave_the_broker_responsive() {
-    use common::raw::{self, Enc, RawConn};
+    use crate::common::raw::{self, Enc, RawConn};
     if is_external() {
         return;
     }

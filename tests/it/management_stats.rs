@@ -1,8 +1,7 @@
 //! Per-queue statistics in the management API and the Prometheus endpoint: message_stats
 //! counts and rates, memory and byte counts after real AMQP traffic; the runtime and
 //! global parameter endpoints; and the HTTP listeners' deadline for a request head.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,14 +1,12 @@
 //! warren-perf against a real broker: short runs that check the tool counts right
 //! (every message received, no sequence gaps, errors reported), never its speed.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Broker;
+use crate::common::Broker;
 
 struct Run {
     code: Option<i32>,

@@ -1,7 +1,6 @@
 //! basic.* methods: publish, consume, get, ack/nack/reject, recover,
 //! qos, cancel, returns.
-mod common;
-use common::*;
+use crate::common::*;
 use std::collections::HashSet;
 
 async fn confirm_channel(conn: &Connection) -> Channel {

@@ -2,8 +2,7 @@
 //! being read, its connection shows state `flow`, the queue's mailbox stays bounded,
 //! and nothing is lost; other connections carry on. warren-only: the marks are set at
 //! start and read through warrenctl.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::path::Path;
 use std::process::Command;
@@ -199,7 +198,7 @@ async fn a_flooding_publisher_is_throttled_its_queue_stays_bounded_and_nothing_i
 /// the queue and pages out to disk again instead of staying in memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_never_reads_does_not_pin_the_backlog_in_memory() {
-    use common::raw::{Enc, RawConn};
+    use crate::common::raw::{Enc, RawConn};
     if is_external() {
         eprintln!("skipped: reads queue figures through warrenctl");
         return;

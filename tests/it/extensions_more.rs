@@ -1,7 +1,6 @@
 //! More RabbitMQ extensions: sender-selected distribution (CC/BCC), single active
 //! consumer, consumer priorities. Checked against RabbitMQ too.
-mod common;
-use common::*;
+use crate::common::*;
 
 fn keys(ks: &[&str]) -> AMQPValue {
     AMQPValue::FieldArray(FieldArray::from(

@@ -1,9 +1,8 @@
 //! Resource alarms: above the memory high watermark, publishing connections are blocked
 //! (connection.blocked, and the broker stops reading them), consumers keep draining, and
 //! the alarm clears by itself. warren-only: the limit is set at start.
-mod common;
-use common::raw::{self, RawConn};
-use common::*;
+use crate::common::raw::{self, RawConn};
+use crate::common::*;
 
 use std::io::ErrorKind;
 use std::time::{Duration, Instant};

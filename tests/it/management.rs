@@ -1,7 +1,6 @@
 //! The management HTTP API (port 15672 in RabbitMQ): paths, JSON fields, status codes
 //! and error bodies as rabbitmq_management's, checked against real AMQP traffic.
-mod common;
-use common::*;
+use crate::common::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,12 +3,10 @@
 //! and certificates reloaded on SIGHUP without dropping connections. Certificates are
 //! made at test time with rcgen; the client is lapin over rustls.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
