@@ -39,6 +39,7 @@
 
 pub mod accept;
 pub mod access;
+pub mod admin;
 pub mod alarm;
 pub mod arguments;
 pub mod auth;

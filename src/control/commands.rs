@@ -8,10 +8,11 @@ use serde_json::{json, Value};
 
 use super::{Request, Response};
 use crate::access::{AccessError, Limits};
+use crate::admin::queues::QueueInfo;
 use crate::broker::{Broker, VhostMeta};
 use crate::event::ConnEvent;
 use crate::exchange::Destination;
-use crate::queue::{QueueCmd, QueueStats};
+use crate::queue::QueueCmd;
 
 /// rabbitmqctl's exit codes.
 pub const EX_USAGE: u8 = 64;
@@ -736,15 +737,8 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
     queues.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = Vec::with_capacity(queues.len());
     for q in queues {
-        let quorum = crate::policy::is_quorum(&q.arguments);
-        let [policy, operator_policy] =
-            v.policy_names(&q.name, crate::policy::Target::Queue { quorum });
-        // Read before asking: the question waits behind whatever is in the mailbox.
-        let mailbox = q.inflow.queued();
-        let stats = q
-            .ask(|reply| QueueCmd::Stats { reply })
-            .await
-            .unwrap_or(QueueStats::default());
+        let info = QueueInfo::settled(v, &q).await;
+        let s = &info.sizes;
         rows.push(
             columns
                 .iter()
@@ -754,23 +748,18 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
                     "auto_delete" => json!(q.auto_delete),
                     "arguments" => crate::definitions::table_to_json(&q.arguments),
                     "exclusive" => json!(q.exclusive_owner.is_some()),
-                    "messages" => json!(stats.messages_ready + stats.messages_unacked),
-                    "messages_ready" => json!(stats.messages_ready),
-                    "messages_unacknowledged" => json!(stats.messages_unacked),
-                    // Unacked messages are always in memory; paged-out ready ones are not.
-                    "messages_ready_ram" => json!(stats.messages_ready - stats.messages_paged_out),
-                    "messages_unacknowledged_ram" => json!(stats.messages_unacked),
-                    "messages_ram" => json!(
-                        stats.messages_ready - stats.messages_paged_out + stats.messages_unacked
-                    ),
-                    "consumers" => json!(stats.consumers),
+                    "messages" => json!(info.messages()),
+                    "messages_ready" => json!(s.ready),
+                    "messages_unacknowledged" => json!(s.unacked),
+                    "messages_ready_ram" => json!(info.ready_ram()),
+                    "messages_unacknowledged_ram" => json!(s.unacked),
+                    "messages_ram" => json!(info.ram()),
+                    "consumers" => json!(s.consumers),
                     "vhost" => json!(&*v.name),
-                    "type" => json!(if quorum { "quorum" } else { "classic" }),
-                    "policy" => json!(policy.as_deref().unwrap_or("")),
-                    "operator_policy" => json!(operator_policy.as_deref().unwrap_or("")),
-                    // warren's own: messages sent to the queue it has not taken yet
-                    // (bounded by flow control, see queue/flow.rs).
-                    "mailbox_messages" => json!(mailbox),
+                    "type" => json!(info.kind()),
+                    "policy" => json!(info.policy.as_deref().unwrap_or("")),
+                    "operator_policy" => json!(info.operator_policy.as_deref().unwrap_or("")),
+                    "mailbox_messages" => json!(info.mailbox),
                     _ => json!("running"),
                 })
                 .collect(),

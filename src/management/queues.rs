@@ -26,10 +26,10 @@ use super::{
     Caller,
 };
 use crate::access::Perm;
+use crate::admin::queues::QueueInfo;
 use crate::definitions::{json_to_table, table_to_json};
 use crate::error::AmqpError;
 use crate::metrics::QueueCounts;
-use crate::policy::Target;
 use crate::queue::{QueueCmd, QueueHandle, Settle};
 use crate::vhost::{check_exclusive, QueueDecl, Vhost};
 
@@ -45,23 +45,15 @@ pub fn routes() -> Router<Api> {
         .route("/api/queues/:vhost/:name/get", post(get_messages))
 }
 
-pub fn queue_json(api: &Api, v: &Vhost, q: &QueueHandle) -> Value {
+pub fn queue_json(api: &Api, v: &Vhost, q: &Arc<QueueHandle>) -> Value {
+    let info = QueueInfo::current(v, q);
+    let s = &info.sizes;
     let g = &q.gauges;
-    let (ready, unacked) = (g.ready.load(Relaxed) as u64, g.unacked.load(Relaxed) as u64);
-    let paged = (g.paged_out.load(Relaxed) as u64).min(ready);
-    let (ready_bytes, unacked_bytes) = (g.ready_bytes.load(Relaxed), g.unacked_bytes.load(Relaxed));
-    let paged_bytes = g.paged_out_bytes.load(Relaxed).min(ready_bytes);
     let rates = api.queue_rates.of(q.id);
     let rate = |key: &str| {
         let i = QUEUE_KEYS.iter().position(|k| *k == key).unwrap_or(0);
         details(rates[i])
     };
-    let [policy, operator_policy] = v.policy_names(
-        &q.name,
-        Target::Queue {
-            quorum: crate::policy::is_quorum(&q.arguments),
-        },
-    );
     let mut out = json!({
         "name": &*q.name,
         "vhost": &*q.vhost,
@@ -72,25 +64,25 @@ pub fn queue_json(api: &Api, v: &Vhost, q: &QueueHandle) -> Value {
         "node": node_name(),
         "type": "classic",
         "state": "running",
-        "policy": policy,
-        "operator_policy": operator_policy,
-        "messages": ready + unacked,
-        "messages_ready": ready,
-        "messages_unacknowledged": unacked,
+        "policy": info.policy,
+        "operator_policy": info.operator_policy,
+        "messages": info.messages(),
+        "messages_ready": s.ready,
+        "messages_unacknowledged": s.unacked,
         "messages_details": rate("messages"),
         "messages_ready_details": rate("messages_ready"),
         "messages_unacknowledged_details": rate("messages_unacknowledged"),
-        "messages_paged_out": paged,
-        "messages_ram": ready - paged + unacked,
-        "messages_ready_ram": ready - paged,
-        "messages_unacknowledged_ram": unacked,
-        "message_bytes": ready_bytes + unacked_bytes,
-        "message_bytes_ready": ready_bytes,
-        "message_bytes_unacknowledged": unacked_bytes,
-        "message_bytes_paged_out": paged_bytes,
-        "message_bytes_ram": ready_bytes - paged_bytes + unacked_bytes,
+        "messages_paged_out": info.paged_out(),
+        "messages_ram": info.ram(),
+        "messages_ready_ram": info.ready_ram(),
+        "messages_unacknowledged_ram": s.unacked,
+        "message_bytes": info.bytes(),
+        "message_bytes_ready": s.ready_bytes,
+        "message_bytes_unacknowledged": s.unacked_bytes,
+        "message_bytes_paged_out": info.paged_out_bytes(),
+        "message_bytes_ram": info.ram_bytes(),
         "memory": crate::queue::footprint::memory(g),
-        "consumers": g.consumers.load(Relaxed),
+        "consumers": s.consumers,
     });
     if let Some(stats) = message_stats(&g.counts.load(), &rates) {
         out["message_stats"] = stats;

@@ -107,6 +107,19 @@ pub struct QueueSizes {
 }
 
 impl QueueGauges {
+    /// The sizes as last set.
+    pub fn get(&self) -> QueueSizes {
+        QueueSizes {
+            ready: self.ready.load(Relaxed) as usize,
+            unacked: self.unacked.load(Relaxed) as usize,
+            consumers: self.consumers.load(Relaxed) as usize,
+            paged_out: self.paged_out.load(Relaxed) as usize,
+            ready_bytes: self.ready_bytes.load(Relaxed),
+            paged_out_bytes: self.paged_out_bytes.load(Relaxed),
+            unacked_bytes: self.unacked_bytes.load(Relaxed),
+        }
+    }
+
     pub fn set(&self, s: QueueSizes) {
         self.ready.store(s.ready as u32, Relaxed);
         self.unacked.store(s.unacked as u32, Relaxed);

@@ -92,6 +92,9 @@ pub(super) struct QueueActor {
     unacked_bytes: u64,
     /// Sizes the ready list's resident window by the consumers' pace.
     pace: Pace,
+    /// Listings waiting for this burst's sizes (`QueueCmd::Sizes`): answered with the
+    /// gauges, once the burst's deliveries and page-outs are done.
+    sizes_asked: Vec<tokio::sync::oneshot::Sender<QueueSizes>>,
 }
 
 /// How soon a quiet queue comes back for messages still waiting to be paged out.
@@ -157,6 +160,7 @@ impl QueueActor {
             store,
             timeout_scan: None,
             page_retry: None,
+            sizes_asked: Vec::new(),
         };
         actor.touch();
         for r in recovered {
@@ -377,6 +381,7 @@ impl QueueActor {
                 self.ready.page_out();
                 let _ = reply.send(self.stats());
             }
+            QueueCmd::Sizes { reply } => self.sizes_asked.push(reply),
             QueueCmd::Consumers { reply } => {
                 let _ = reply.send(
                     self.consumers
@@ -544,9 +549,8 @@ impl QueueActor {
         }
     }
 
-    /// Make this burst's outcome visible to scrapes (see `metrics`).
-    fn publish_gauges(&self) {
-        self.gauges.set(QueueSizes {
+    fn sizes(&self) -> QueueSizes {
+        QueueSizes {
             ready: self.ready.len(),
             unacked: self.unacked.len(),
             consumers: self.consumers.len(),
@@ -554,8 +558,18 @@ impl QueueActor {
             ready_bytes: self.ready.bytes(),
             paged_out_bytes: self.ready.paged_bytes(),
             unacked_bytes: self.unacked_bytes,
-        });
+        }
+    }
+
+    /// Make this burst's outcome visible to scrapes and listings (see `metrics`), and
+    /// tell the listings that asked for it.
+    fn publish_gauges(&mut self) {
+        let sizes = self.sizes();
+        self.gauges.set(sizes);
         self.gauges.counts.store(&self.counts);
+        for reply in self.sizes_asked.drain(..) {
+            let _ = reply.send(sizes);
+        }
     }
 
     /// Report to the store what this queue let go of (see `stored.rs`).

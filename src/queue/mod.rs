@@ -121,8 +121,15 @@ pub enum QueueCmd {
     Purge {
         reply: oneshot::Sender<u32>,
     },
+    /// queue.declare's counts: asking counts as use for `x-expires`, and drops what
+    /// has expired first (rabbit_amqqueue_process's `stat`).
     Stats {
         reply: oneshot::Sender<QueueStats>,
+    },
+    /// Listings: the sizes the gauges would show once everything sent before is
+    /// handled. Asking changes nothing (not even the `x-expires` clock).
+    Sizes {
+        reply: oneshot::Sender<crate::metrics::QueueSizes>,
     },
     /// warrenctl list_consumers: the queue's consumers as they are now. Unlike
     /// `Stats`, asking does not count as use for `x-expires`.

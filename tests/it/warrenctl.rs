@@ -554,3 +554,90 @@ async fn diagnostics_reports_growing_backlogs_with_their_rate_and_documents_its_
     assert!(help.contains("--interval <seconds>"), "{help}");
     assert!(help.contains("1    at least one finding"), "{help}");
 }
+
+/// `/api/queues/%2F/NAME` as guest: the queue's JSON.
+fn api_queue(broker: &Broker, name: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(broker.management_addr()).unwrap();
+    write!(
+        s,
+        "GET /api/queues/%2F/{name} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// warrenctl list_queues and the management API describe a queue from the same
+/// figures (admin/queues.rs): the same counts once the queue has settled. And listing
+/// a queue is not using it: a queue with x-expires expires while it is listed again and
+/// again (warrenctl's question used to count as use, as queue.declare does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_queues_and_the_api_agree_and_listing_is_not_use() {
+    use futures_lite::StreamExt;
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    let (_conn, ch) = broker.channel().await;
+    declare_queue(&ch, "shared").await;
+    for _ in 0..5 {
+        publish(&ch, "", "shared", b"12345").await;
+    }
+    within(ch.basic_qos(2, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let mut consumer = within(ch.basic_consume(
+        "shared".into(),
+        "c".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    ))
+    .await
+    .unwrap();
+    within(consumer.next()).await.unwrap().unwrap();
+    let columns = [
+        "messages",
+        "messages_ready",
+        "messages_unacknowledged",
+        "messages_ram",
+        "consumers",
+    ];
+    let cli = ctl.ok(&[&["-q", "list_queues"][..], &columns[..]].concat());
+    let cli: Vec<u64> = cli
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split('\t')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(cli, [5, 3, 2, 5, 1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let api = api_queue(&broker, "shared");
+        let api: Vec<u64> = columns.iter().map(|c| api[c].as_u64().unwrap()).collect();
+        if api == cli {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "api {api:?}, cli {cli:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut args = FieldTable::default();
+    args.insert("x-expires".into(), AMQPValue::LongInt(1000));
+    within(ch.queue_declare("expiring".into(), QueueDeclareOptions::default(), args))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while ctl.ok(&["-q", "list_queues", "name"]).contains("expiring") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "listed every 100 ms, the unused queue never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,5 @@
+//! What the operator interfaces share: typed answers to "what is there", built once and
+//! rendered by both `warrenctl` (`control`, rabbitmqctl's tables) and the management
+//! API (`management`, rabbitmq_management's JSON), so the two cannot disagree.
+
+pub mod queues;
