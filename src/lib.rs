@@ -7,7 +7,8 @@
 //! - [`connection`]: handshake, frame reading, heartbeats, and the writer task that
 //!   coalesces outgoing frames; drives the connection's channels.
 //! - [`protocol`]: the wire format: frames, methods (hand-written on the per-message
-//!   path, amq-protocol elsewhere), content-header properties, the outgoing buffer.
+//!   path, amq-protocol elsewhere), content-header properties, the outgoing buffer. A
+//!   crate of its own (`crates/protocol`, warren-protocol), re-exported here.
 //! - [`channel`]: per-channel protocol state: publishing (routing, confirms, tx) and
 //!   consuming (consumers, deliveries, acks, prefetch).
 //! - [`vhost`]: a virtual host's topology (exchanges, queues, bindings) and routing.
@@ -35,7 +36,6 @@
 //! - [`error`]: protocol errors as values carrying their reply codes.
 //! - [`event`]: a connection's mailbox: what queues, the broker and the control
 //!   surfaces tell it (deliveries, cancellations, closes, listings).
-//! - [`perf`]: the `warren-perf` load generator (a blocking client; not used by the broker).
 
 pub mod accept;
 pub mod access;
@@ -57,9 +57,8 @@ pub mod management;
 pub mod message;
 pub mod metrics;
 pub mod node;
-pub mod perf;
 pub mod policy;
-pub mod protocol;
+pub use warren_protocol as protocol;
 pub mod queue;
 pub mod server;
 pub mod service;

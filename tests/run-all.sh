@@ -12,14 +12,14 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
 
-step "cargo fmt --check"
-cargo fmt --check
+step "cargo fmt --all --check"
+cargo fmt --all --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+step "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (unit + integration)"
-cargo test --no-fail-fast -- --test-threads 4
+cargo test --workspace --no-fail-fast -- --test-threads 4
 
 step "cross-client conformance suite"
 WARREN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/warren" tests/clients/run.sh

@@ -30,5 +30,4 @@ mod service;
 mod startup_errors;
 mod tls;
 mod tx;
-mod warren_perf;
 mod warrenctl;

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{close_frame, close_ok_frame, parse_close, Conn, Error};
 use super::stats::Shared;
-use crate::protocol::frame::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD};
+use warren_protocol::frame::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD};
 
 /// The bytes of the body the tool owns: stamp (8) and producer/seq (8).
 pub const STAMP_LEN: usize = 16;

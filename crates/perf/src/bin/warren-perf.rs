@@ -1,8 +1,8 @@
-//! warren-perf: load generator for AMQP 0-9-1 brokers. See `warren::perf`.
+//! warren-perf: load generator for AMQP 0-9-1 brokers. See the warren_perf crate.
 
 use std::process::ExitCode;
 
-use warren::perf::{self, report, Args};
+use warren_perf::{self as perf, report, Args};
 
 fn main() -> ExitCode {
     let args = match Args::parse_with_presets(std::env::args().collect()) {

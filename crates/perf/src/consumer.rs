@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{close_frame, close_ok_frame, parse_close, Conn, Error};
 use super::stats::{Histogram, Shared};
-use crate::protocol::frame::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD};
+use warren_protocol::frame::{FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD};
 
 #[derive(Clone, Debug)]
 pub struct ConsumerSpec {

@@ -1,7 +1,7 @@
 //! A minimal blocking AMQP 0-9-1 client: the handshake and the setup RPCs.
 //!
 //! Control methods are encoded and decoded with the broker's own codec
-//! ([`crate::protocol::method`]); they are rare, so amq-protocol's generic path is fine.
+//! ([`warren_protocol::method`]); they are rare, so amq-protocol's generic path is fine.
 //! The per-message paths ([`super::producer`], [`super::consumer`]) take the socket
 //! over with [`Conn::into_parts`] and speak the hot methods by hand.
 
@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue};
 use bytes::{Bytes, BytesMut};
 
-use crate::protocol::frame::{self, FRAME_METHOD};
-use crate::protocol::method::{self, Method};
-use crate::protocol::{short, AMQPClass, AMQPValue, FieldTable, LongString, PROTOCOL_HEADER};
+use warren_protocol::frame::{self, FRAME_METHOD};
+use warren_protocol::method::{self, Method};
+use warren_protocol::{short, AMQPClass, AMQPValue, FieldTable, LongString, PROTOCOL_HEADER};
 
 /// The frame_max we ask for when the server sets no limit.
 const DEFAULT_FRAME_MAX: u32 = 131_072;

@@ -6,7 +6,88 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::Broker;
+/// The broker under test: `WARREN_TEST_AMQP_URL` if set (an external broker, e.g. a
+/// RabbitMQ), else a warren started from the workspace's own build, on a free port.
+struct Broker {
+    child: Option<std::process::Child>,
+    addr: String,
+    data_dir: Option<std::path::PathBuf>,
+}
+
+impl Broker {
+    fn start() -> Broker {
+        if let Ok(url) = std::env::var("WARREN_TEST_AMQP_URL") {
+            let addr = url
+                .split_once('@')
+                .map(|(_, rest)| rest.split('/').next().unwrap_or(rest).to_owned())
+                .expect("WARREN_TEST_AMQP_URL is amqp://user:pass@host:port/vhost");
+            return Broker {
+                child: None,
+                addr,
+                data_dir: None,
+            };
+        }
+        // `cargo test` at the workspace root builds the broker beside this test
+        // (target/debug/warren), as the root package's own integration tests need it.
+        let exe = std::env::current_exe().expect("the test's path");
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("warren"))
+            .filter(|b| b.exists())
+            .expect("no warren binary beside the test: run `cargo test` at the workspace root (or `cargo build` first)");
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("warren-perf-test-{}-{n}", std::process::id()));
+        let mut child = Command::new(bin)
+            .env("WARREN_METRICS_LISTEN", "")
+            .env("WARREN_MANAGEMENT_LISTEN", "")
+            .args(["--amqp-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn warren");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap_or(0);
+            assert!(n > 0, "warren exited before its ready line");
+            if let Some(addr) = line.trim().strip_prefix("warren ready amqp=") {
+                break addr.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        Broker {
+            child: Some(child),
+            addr,
+            data_dir: Some(dir),
+        }
+    }
+
+    fn url(&self) -> String {
+        self.url_with("guest", "guest", "%2f")
+    }
+
+    fn url_with(&self, user: &str, pass: &str, vhost_encoded: &str) -> String {
+        format!("amqp://{user}:{pass}@{}/{vhost_encoded}", self.addr)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(dir) = self.data_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
 
 struct Run {
     code: Option<i32>,
