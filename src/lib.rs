@@ -45,7 +45,7 @@ pub mod arguments;
 pub mod auth;
 pub mod broker;
 pub mod channel;
-pub mod config;
+pub use warren_config as config;
 pub mod connection;
 pub mod control;
 pub mod definitions;

@@ -6,7 +6,7 @@
 //! [`server_config`] is the one place settings become a `rustls::ServerConfig`, so an
 //! HTTPS listener can be built from the same `[tls]` settings.
 
-pub mod suites;
+pub use warren_config::suites;
 pub mod x509;
 
 use std::net::SocketAddr;

@@ -11,7 +11,7 @@ use std::process::Command;
 /// RabbitMQ. Panics if it fails.
 fn admin(broker: &Broker, args: &[&str]) {
     let out = match broker.data_dir() {
-        Some(dir) => Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        Some(dir) => Command::new(crate::common::warrenctl_bin())
             .arg("--data-dir")
             .arg(dir)
             .args(args)

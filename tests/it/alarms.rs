@@ -98,7 +98,7 @@ async fn publishers_are_blocked_at_the_memory_watermark_consumers_drain_and_it_c
     // Listings show the blocked publisher as RabbitMQ does: state `blocked`.
     let data_dir = broker.data_dir().unwrap();
     let states = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        let out = std::process::Command::new(crate::common::warrenctl_bin())
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["-q", "list_connections", "state"])

@@ -454,7 +454,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 fn warrenctl(broker: &Broker, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+    std::process::Command::new(crate::common::warrenctl_bin())
         .arg("--data-dir")
         .arg(broker.data_dir().unwrap())
         .args(args)

@@ -560,7 +560,7 @@ async fn a_graceful_stop_keeps_durable_auto_delete_queues_with_consumers() {
 }
 
 fn warrenctl(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+    let out = Command::new(crate::common::warrenctl_bin())
         .arg("--data-dir")
         .arg(dir)
         .args(args)
@@ -633,7 +633,7 @@ async fn a_committed_transaction_survives_a_crash() {
 
 /// `warrenctl list_queues name messages_ready messages_ram` for one queue.
 fn queue_ram(broker: &Broker, queue: &str) -> (u64, u64) {
-    let out = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+    let out = Command::new(crate::common::warrenctl_bin())
         .arg("--data-dir")
         .arg(broker.data_dir().unwrap())
         .args(["list_queues", "name", "messages_ready", "messages_ram"])

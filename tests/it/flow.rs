@@ -19,7 +19,7 @@ use lapin::BasicProperties;
 const HIGH: u64 = 1;
 
 fn ctl_json(dir: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+    let out = Command::new(crate::common::warrenctl_bin())
         .arg("--data-dir")
         .arg(dir)
         .args(["-q", "--formatter", "json"])

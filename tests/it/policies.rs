@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 fn ctl(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+    Command::new(crate::common::warrenctl_bin())
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)

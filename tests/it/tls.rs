@@ -190,7 +190,7 @@ impl Setup {
     }
 
     fn warrenctl(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        let out = std::process::Command::new(crate::common::warrenctl_bin())
             .arg("--data-dir")
             .arg(self.broker.data_dir().unwrap())
             .args(args)

@@ -18,7 +18,7 @@ impl Ctl {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+        Command::new(crate::common::warrenctl_bin())
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
@@ -519,7 +519,7 @@ async fn diagnostics_reports_growing_backlogs_with_their_rate_and_documents_its_
     let run = {
         let data_dir = broker.data_dir().unwrap();
         std::thread::spawn(move || {
-            Command::new(env!("CARGO_BIN_EXE_warrenctl"))
+            Command::new(crate::common::warrenctl_bin())
                 .arg("--data-dir")
                 .arg(&data_dir)
                 .args(["diagnostics", "--interval", "2"])

@@ -737,3 +737,16 @@ pub async fn assert_no_delivery(c: &mut Consumer) {
 pub fn body_str(d: &Delivery) -> String {
     String::from_utf8_lossy(&d.data).into_owned()
 }
+
+/// The warrenctl binary. It is another package of the workspace (crates/ctl), so cargo
+/// gives these tests no `CARGO_BIN_EXE_warrenctl`: `cargo test` at the workspace root
+/// builds it into the same directory as the broker (that package has tests of its own).
+pub fn warrenctl_bin() -> PathBuf {
+    let beside = PathBuf::from(env!("CARGO_BIN_EXE_warren")).with_file_name("warrenctl");
+    assert!(
+        beside.exists(),
+        "{} is missing: run `cargo test` at the workspace root, or `cargo build` first",
+        beside.display()
+    );
+    beside
+}

@@ -2,6 +2,8 @@
 //! variables, then command-line flags, each overriding the one before. Every key, its
 //! default and its environment variable are documented in `config/warren.toml`.
 
+pub mod suites;
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -203,7 +205,7 @@ pub struct LogConfig {
 
 /// The amqps listener, RabbitMQ's `listeners.ssl` and `ssl_options`. TLS is on when
 /// `certfile` is set; the settings are checked here, the files when the broker starts
-/// (and again on SIGHUP, see [`crate::tls`]).
+/// (and again on SIGHUP, by the broker's `tls` module).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
@@ -387,7 +389,7 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad =
             |key: &str, why: &str| Err(ConfigError(format!("invalid value for {key}: {why}")));
-        if self.amqp.frame_max != 0 && self.amqp.frame_max < crate::protocol::frame::FRAME_MIN_SIZE
+        if self.amqp.frame_max != 0 && self.amqp.frame_max < warren_protocol::frame::FRAME_MIN_SIZE
         {
             return bad(
                 "amqp.frame_max",
@@ -472,10 +474,10 @@ impl Config {
                 ),
             );
         }
-        if let Err(e) = crate::tls::suites::protocol_versions(&t.versions) {
+        if let Err(e) = crate::suites::protocol_versions(&t.versions) {
             return bad("versions", e);
         }
-        if let Err(e) = crate::tls::suites::cipher_suites(&t.ciphers, &t.versions) {
+        if let Err(e) = crate::suites::cipher_suites(&t.ciphers, &t.versions) {
             return bad("ciphers", e);
         }
         if t.handshake_timeout == 0 {
@@ -768,7 +770,8 @@ mod tests {
 
     #[test]
     fn the_shipped_example_is_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/warren.toml");
+        // The annotated file at the workspace root.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/warren.toml");
         let c = Config::load(Some(&path), &[]).unwrap();
         assert_eq!(
             toml::to_string(&c).unwrap(),

@@ -1,6 +1,7 @@
 //! Protocol versions and cipher suites by the names operators write: RabbitMQ's (Erlang
-//! ssl's) version names, IANA and OpenSSL cipher names. Below the configuration, which
-//! checks `[tls]` with it before anything is built.
+//! ssl's) version names, IANA and OpenSSL cipher names. Here, with the configuration,
+//! which checks `[tls]` with it before anything is built; the broker's `tls` module
+//! builds its rustls configuration from the same lists.
 
 use rustls::{SupportedCipherSuite, SupportedProtocolVersion};
 
@@ -65,7 +66,7 @@ const OPENSSL_NAMES: &[(&str, &str)] = &[
     ),
 ];
 
-pub(super) fn suite_name(s: &SupportedCipherSuite) -> String {
+pub fn suite_name(s: &SupportedCipherSuite) -> String {
     s.suite()
         .as_str()
         .map(str::to_owned)
@@ -114,7 +115,7 @@ pub fn cipher_suites(
     Ok(out)
 }
 
-pub(super) fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+pub fn version_name(v: rustls::ProtocolVersion) -> &'static str {
     match v {
         rustls::ProtocolVersion::TLSv1_3 => "tlsv1.3",
         rustls::ProtocolVersion::TLSv1_2 => "tlsv1.2",

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use warren::config::{Config, Override, Source};
-use warren::control::{socket_path, Request, Response};
+use warren_config::{Config, Override, Source};
+use warren_ctl::{socket_path, Request, Response};
 
 /// rabbitmqctl's exit codes (sysexits).
 const EX_USAGE: u8 = 64;
