@@ -88,7 +88,7 @@ pub struct Broker {
     vhosts: DashMap<String, (Arc<Vhost>, VhostMeta)>,
     connections: DashMap<u64, ConnectionEntry>,
     /// Direct reply-to consumers by reply id (see `channel/reply_to.rs`).
-    pub reply_to: Arc<crate::channel::reply_to::Registry>,
+    pub reply_to: Arc<crate::reply_to::Registry>,
     /// Flips to true when the broker starts shutting down; listeners stop accepting.
     shutdown: watch::Sender<bool>,
     /// Resource alarms in effect, published by [`crate::alarm::monitor`].

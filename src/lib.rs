@@ -10,7 +10,8 @@
 //!   path, amq-protocol elsewhere), content-header properties, the outgoing buffer. A
 //!   crate of its own (`crates/protocol`, warren-protocol), re-exported here.
 //! - [`channel`]: per-channel protocol state: publishing (routing, confirms, tx) and
-//!   consuming (consumers, deliveries, acks, prefetch).
+//!   consuming (consumers, deliveries, acks, prefetch). [`reply_to`]: direct reply-to,
+//!   replies delivered straight to a consuming channel, no queue involved.
 //! - [`vhost`]: a virtual host's topology (exchanges, queues, bindings) and routing.
 //! - [`exchange`]: the exchange types, one router per file (direct, fanout, topic, headers).
 //! - [`queue`]: queue actors, each the single owner of its messages and consumers.
@@ -20,15 +21,18 @@
 //!   syncs behind publisher confirms.
 //! - [`broker`]: the process-wide state (vhosts, the access model, live connections).
 //! - [`access`]: users, password hashes, permissions, topic permissions and limits.
-//! - [`auth`]: SASL mechanisms. [`config`]: configuration loading. [`logfile`]: `log.file`,
+//! - [`auth`]: SASL mechanisms. [`config`]: configuration loading (`crates/config`,
+//!   shared with warrenctl). [`logfile`]: `log.file`,
 //!   reopened on SIGHUP.
 //! - [`control`]: the control socket `warrenctl` talks to; [`definitions`]: RabbitMQ's
-//!   definitions JSON (export, import, load at boot).
+//!   definitions JSON (export, import, load at boot); [`admin`]: what warrenctl and the
+//!   management API both render (queue listings).
 //! - [`node`]: a running node: the broker with every listener bound and served (the
 //!   `warren` binary runs one; tests can run one in their own process).
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
 //! - [`alarm`]: memory and disk alarms that block publishers while they last.
-//! - [`metrics`]: message counters, queue gauges, and the Prometheus endpoint.
+//! - [`metrics`]: message counters and queue gauges; [`prometheus`]: the endpoint that
+//!   shows them under rabbitmq_prometheus's names.
 //! - [`management`]: the management HTTP API (RabbitMQ's rabbitmq_management paths).
 //! - [`arguments`]: x-argument equivalence with RabbitMQ's error texts.
 //! - [`policy`]: policies and operator policies: validation, matching, and how they
@@ -58,8 +62,10 @@ pub mod message;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod prometheus;
 pub use warren_protocol as protocol;
 pub mod queue;
+pub mod reply_to;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -69,14 +69,14 @@ async fn serve_metrics(broker: &Arc<Broker>, tls: Option<&Arc<Tls>>) -> Result<(
         tracing::info!("Prometheus metrics on http://{at}/metrics");
         // Before the ready line, so tests that wait for it know this port.
         announce(broker, "prometheus", &at);
-        tokio::spawn(crate::metrics::http::serve(broker.clone(), l));
+        tokio::spawn(crate::prometheus::http::serve(broker.clone(), l));
     }
     if let (false, Some(tls)) = (m.tls_listen.is_empty(), tls) {
         let l = bind_http("metrics.tls_listen", &m.tls_listen).await?;
         let at = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tracing::info!("Prometheus metrics on https://{at}/metrics");
         announce(broker, "prometheus_tls", &at);
-        tokio::spawn(crate::metrics::http::serve_tls(
+        tokio::spawn(crate::prometheus::http::serve_tls(
             broker.clone(),
             l,
             tls.clone(),

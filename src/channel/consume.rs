@@ -6,12 +6,13 @@ use std::sync::Arc;
 use amq_protocol::protocol::basic::{self, AMQPMethod};
 use amq_protocol::protocol::AMQPClass;
 
-use super::{reply_to, Channel, ConsumerRef, Session, State, Unacked};
+use super::{Channel, ConsumerRef, Session, State, Unacked};
 use crate::access::Perm;
 use crate::error::AmqpError;
 use crate::event::Delivery;
 use crate::protocol::{method, short};
 use crate::queue::{Consumer, QueueCmd, Settle};
+use crate::reply_to;
 use crate::vhost::check_exclusive;
 
 impl Channel {

@@ -7,7 +7,7 @@
 mod consume;
 mod declare;
 mod publish;
-pub mod reply_to;
+use crate::reply_to;
 mod sender_selected;
 pub mod session;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use amq_protocol::protocol::{confirm, tx, AMQPClass};
 use bytes::Bytes;
 
-use super::{reply_to, sender_selected, Channel, Session, Unacked};
+use super::{sender_selected, Channel, Session, Unacked};
 use crate::access::{Grant, Perm};
 use crate::error::{code, rs, AmqpError};
 use crate::exchange::ExchangeKind;
@@ -15,6 +15,7 @@ use crate::message::Message;
 use crate::protocol::method::{self, Publish};
 use crate::protocol::properties::Properties;
 use crate::queue::{QueueCmd, QueueHandle, Settle};
+use crate::reply_to;
 use crate::util::KeyHash;
 use crate::vhost::RouteError;
 

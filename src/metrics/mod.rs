@@ -1,12 +1,10 @@
-//! What the broker counts for monitoring, and the Prometheus endpoint that shows it.
+//! What the broker counts for monitoring (the Prometheus endpoint that shows it is
+//! `crate::prometheus`, above the broker; this sits below connections and queues).
 //!
 //! Counting stays off the hot path's shared cache lines: a connection counts in a plain
 //! [`Tally`] while it handles a read and adds it to the broker's atomic [`Global`] once
 //! per read; a queue actor writes its [`QueueGauges`] once per burst. A scrape only loads
 //! atomics, so it never waits on (or wakes) a queue, however many there are.
-
-pub mod http;
-pub mod prometheus;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 

@@ -1,7 +1,7 @@
 //! Queues. Each queue is one tokio task (the actor in `actor.rs`) that alone owns its
 //! messages, consumers and unacknowledged deliveries; everyone else holds a
 //! [`QueueHandle`] and sends it [`QueueCmd`]s. Deliveries flow back to connections as
-//! [`ConnEvent`]s.
+//! [`ConnEvent`](crate::event::ConnEvent)s.
 //!
 //! RabbitMQ's queue extensions live beside the core, one concept per file: `args`
 //! (validation and parsing of x-arguments), `ready` (the ready list, with priority
@@ -89,7 +89,7 @@ pub enum QueueCmd {
         consumer: Consumer,
         reply: oneshot::Sender<Result<(), AmqpError>>,
     },
-    /// Client basic.cancel; the queue answers with [`ConnEvent::CancelOk`] on `events`.
+    /// Client basic.cancel; the queue answers with [`ConnEvent::CancelOk`](crate::event::ConnEvent::CancelOk) on `events`.
     Cancel {
         channel_uid: u64,
         tag: Arc<str>,

@@ -112,7 +112,7 @@ impl Store {
         })
     }
 
-    /// Stop recording deletions and consumption (see [`crate::broker::Broker::freeze_store`]).
+    /// Stop recording deletions and consumption (the first step of a graceful stop).
     pub fn freeze(&self) {
         self.meta.freeze();
         self.messages.freeze();

@@ -137,7 +137,7 @@ impl MetaLog {
         ))
     }
 
-    /// Record a change (not yet synced; see [`TopologyLog::sync`]). Call it while
+    /// Record a change (not yet synced; see [`MetaLog::sync`]). Call it while
     /// holding the lock that orders the change itself.
     pub fn append(&self, c: &Change) {
         if self.frozen.load(Ordering::Acquire) {

@@ -79,7 +79,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(broker: Arc<Broker>, mut stre
 /// A scrape of many queues takes milliseconds: off the workers that run queues.
 async fn render(broker: &Arc<Broker>, per_object: bool) -> String {
     let b = broker.clone();
-    tokio::task::spawn_blocking(move || super::prometheus::render(&b, per_object))
+    tokio::task::spawn_blocking(move || super::render::render(&b, per_object))
         .await
         .unwrap_or_default()
 }

@@ -22,7 +22,7 @@ use crate::protocol::properties::{self, Properties};
 pub const NAME: &str = "amq.rabbitmq.reply-to";
 
 /// `queue_id` of a reply delivery: no queue holds it, nothing acks it.
-pub(super) const NO_QUEUE: u64 = 0;
+pub(crate) const NO_QUEUE: u64 = 0;
 
 /// Where a reply id leads.
 struct Target {
@@ -40,7 +40,7 @@ pub struct Registry {
 }
 
 /// A channel's reply consumer; unregisters when dropped.
-pub(super) struct ReplyConsumer {
+pub(crate) struct ReplyConsumer {
     pub tag: Arc<str>,
     /// The reply routing key, `amq.rabbitmq.reply-to.<id>`.
     pub key: Arc<str>,
@@ -55,7 +55,7 @@ impl Drop for ReplyConsumer {
 }
 
 impl Registry {
-    pub(super) fn register(
+    pub(crate) fn register(
         self: &Arc<Self>,
         tag: Arc<str>,
         events: EventTx,
@@ -82,13 +82,13 @@ impl Registry {
     }
 
     /// Whether `key` (a queue name or routing key) is a live reply id's.
-    pub(super) fn exists(&self, key: &str) -> bool {
+    pub(crate) fn exists(&self, key: &str) -> bool {
         key == NAME || reply_id(key).is_some_and(|id| self.targets.contains_key(id))
     }
 
     /// Deliver a message published to the default exchange with a reply routing key.
     /// Unknown ids drop it, as RabbitMQ does.
-    pub(super) fn deliver(&self, key: &str, message: Arc<Message>) {
+    pub(crate) fn deliver(&self, key: &str, message: Arc<Message>) {
         let Some(t) = reply_id(key).and_then(|id| self.targets.get(id)) else {
             return;
         };
@@ -105,19 +105,19 @@ impl Registry {
 }
 
 /// The id in `amq.rabbitmq.reply-to.<id>`.
-pub(super) fn reply_id(key: &str) -> Option<&str> {
+pub(crate) fn reply_id(key: &str) -> Option<&str> {
     key.strip_prefix(NAME)?.strip_prefix('.')
 }
 
 /// [`reply_id`] on raw routing-key bytes (the publish path's cheap test).
-pub(super) fn reply_id_bytes(key: &[u8]) -> Option<&[u8]> {
+pub(crate) fn reply_id_bytes(key: &[u8]) -> Option<&[u8]> {
     key.strip_prefix(NAME.as_bytes())?.strip_prefix(b".")
 }
 
 /// The publish's properties with `reply_to: amq.rabbitmq.reply-to` made the channel's
 /// reply key; `None` when the property is something else (the usual case, checked on
 /// the flag bit first). Without a reply consumer on the channel it is an error.
-pub(super) fn rewrite(
+pub(crate) fn rewrite(
     raw: &[u8],
     props: &Properties,
     consumer: Option<&ReplyConsumer>,
