@@ -5,6 +5,8 @@
 //! handed to the writer once per loop iteration.
 
 mod handshake;
+mod heartbeat;
+mod throttle;
 mod writer;
 
 use std::collections::HashMap;
@@ -17,7 +19,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::broker::{Broker, ConnState, ConnectionEntry};
 use crate::channel::{Channel, PublishBatch, Session, State};
@@ -30,6 +32,8 @@ use crate::protocol::short;
 use crate::tls::PeerTls;
 use crate::util::IdHash;
 use handshake::{Abort, Negotiated};
+use heartbeat::Heartbeat;
+use throttle::Throttle;
 use writer::WriterTx;
 
 /// A connection's open channels. Boxed: a `Channel` is several hundred bytes and the
@@ -171,13 +175,6 @@ fn channel_close_method(e: &AmqpError) -> AMQPClass {
     }))
 }
 
-/// Resolves once every queue in `queues` has drained below its flow low mark (or is gone).
-async fn drained(queues: &[Arc<crate::queue::QueueHandle>]) {
-    for q in queues {
-        q.inflow.wait_drained().await;
-    }
-}
-
 /// Why the main loop ended.
 enum End {
     /// Clean close by either side, or the peer went away.
@@ -279,22 +276,13 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             tally: Default::default(),
         };
         let mut channels: Channels = HashMap::default();
-        let heartbeat = n.heartbeat;
-        // Heartbeats go out after heartbeat/2 of silence; a peer silent for two full
-        // intervals (four ticks) is gone.
-        let tick = Duration::from_millis(u64::from(heartbeat.max(1)) * 500);
-        let mut ticker = tokio::time::interval_at(Instant::now() + tick, tick);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let (mut sent, mut received, mut silent_ticks) = (false, false, 0u32);
-        // Resource alarms: while one is raised, a connection that publishes is not read
-        // from (consumers on other connections keep draining); see alarm.rs.
+        let mut heartbeat = Heartbeat::new(n.heartbeat);
+        // Resource alarms and flow control: when the socket is not read (alarm.rs,
+        // queue/flow.rs); consumers on other connections keep draining meanwhile.
         let mut alarms = self.broker.alarms();
-        let mut alarm = *alarms.borrow_and_update();
-        let mut alarms_open = true;
-        let mut blocked = false;
-        // Back-pressure: queues this connection's publishes left above their flow high
-        // mark; while any is listed the socket is not read (see queue/flow.rs).
-        let mut throttled: Vec<Arc<crate::queue::QueueHandle>> = Vec::new();
+        let mut throttle =
+            Throttle::new(*alarms.borrow_and_update(), self.state.clone(), self.peer);
+        // Set once we sent connection.close: the deadline for close-ok.
         let mut closing: Option<Instant> = None;
         let mut end = End::Closed;
         let store_synced = s.store_synced.clone();
@@ -325,11 +313,8 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                         ch.flush_confirms(&mut s);
                     }
                 }
-                changed = alarms.changed(), if alarms_open => {
-                    match changed {
-                        Ok(()) => alarm = *alarms.borrow_and_update(),
-                        Err(_) => alarms_open = false,
-                    }
+                changed = alarms.changed(), if throttle.alarms_open => {
+                    throttle.alarms_changed(changed.ok().map(|()| *alarms.borrow_and_update()));
                 }
                 // The client read what it was behind on: deliveries may go out again.
                 _ = self.writer.drained() => {
@@ -337,19 +322,15 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                         ch.kick_queues();
                     }
                 }
-                _ = drained(&throttled), if !throttled.is_empty() => {
-                    throttled.clear();
-                    self.state.set(if blocked { ConnState::BLOCKED } else { ConnState::RUNNING });
-                    tracing::debug!(peer = %self.peer, "connection leaves flow: its queues drained");
-                }
-                r = self.reader.read_buf(&mut self.rbuf), if !blocked && throttled.is_empty() => {
+                _ = throttle.drained(), if throttle.in_flow() => throttle.flow_ends(),
+                r = self.reader.read_buf(&mut self.rbuf), if throttle.reading() => {
                     match r {
                         Ok(0) | Err(_) => result = Ok(false),
                         Ok(got) => {
                             if got == room {
                                 self.read_size = (self.read_size * 2).min(READ_MAX);
                             }
-                            received = true;
+                            heartbeat.received();
                             result = self.process_frames(&mut s, &mut channels, &n, closing.is_some()).await;
                         }
                     }
@@ -358,21 +339,11 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
                     tracing::debug!(peer = %self.peer, "no connection.close-ok in time");
                     break;
                 }
-                _ = ticker.tick(), if heartbeat > 0 => {
-                    {
-                        if !sent {
-                            frame::heartbeat(&mut s.out.buf);
-                        }
-                        // A blocked (or flow-paused) connection is not read, so its silence
-                        // proves nothing.
-                        let paused = blocked || !throttled.is_empty();
-                        silent_ticks = if received || paused { 0 } else { silent_ticks + 1 };
-                        if silent_ticks >= 4 && closing.is_none() {
-                            tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {heartbeat}s");
-                            break;
-                        }
-                        sent = false;
-                        received = false;
+                _ = heartbeat.tick(), if heartbeat.on() => {
+                    let gone = heartbeat.on_tick(&mut s.out, !throttle.reading());
+                    if gone && closing.is_none() {
+                        tracing::warn!(peer = %self.peer, "missed heartbeats from client, timeout: {}s", heartbeat.interval);
+                        break;
                     }
                 }
             }
@@ -402,52 +373,13 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             }
             self.channel_count
                 .store(channels.len(), std::sync::atomic::Ordering::Relaxed);
-            if alarm.any() && s.published && !blocked && closing.is_none() {
-                blocked = true;
-                self.state.set(ConnState::BLOCKED);
-                tracing::warn!(peer = %self.peer, "connection blocked: {}", alarm.reason());
-                if s.caps.connection_blocked {
-                    s.send(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::Blocked(
-                            connection::Blocked {
-                                reason: short(alarm.reason()),
-                            },
-                        )),
-                    );
-                }
-            } else if !alarm.any() && blocked {
-                blocked = false;
-                self.state.set(if throttled.is_empty() {
-                    ConnState::RUNNING
-                } else {
-                    ConnState::FLOW
-                });
-                tracing::info!(peer = %self.peer, "connection unblocked");
-                if s.caps.connection_blocked {
-                    s.send(
-                        0,
-                        AMQPClass::Connection(connection::AMQPMethod::Unblocked(
-                            connection::Unblocked {},
-                        )),
-                    );
-                }
-            }
+            throttle.apply_alarm(&mut s, closing.is_some());
             // Publishes routed in this round go to their queues in one send each, then
             // confirms, then all frames to the writer in one piece.
             let published = !s.publishes.is_empty();
             s.publishes.flush();
-            if !s.publishes.throttled.is_empty() {
-                // Only queues actually over the mark are kept; flow ends when all drained.
-                if throttled.is_empty() && !blocked && closing.is_none() {
-                    self.state.set(ConnState::FLOW);
-                    tracing::debug!(peer = %self.peer, "connection in flow: a queue it publishes to is behind");
-                }
-                throttled.append(&mut s.publishes.throttled);
-                if closing.is_some() {
-                    throttled.clear();
-                }
-            }
+            // Only queues actually over the mark are kept; flow ends when all drained.
+            throttle.behind_on(&mut s.publishes.throttled, closing.is_some());
             for n in std::mem::take(&mut s.confirms_due) {
                 if let Some(ch) = channels.get_mut(&n) {
                     ch.flush_confirms(&mut s);
@@ -456,7 +388,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             s.tally.flush(&self.broker.counters);
             if !s.out.is_empty() {
                 self.writer.send(s.out.take());
-                sent = true;
+                heartbeat.sent();
             }
             if published {
                 // The queues just woken sit in this worker's next-task slot, which other
