@@ -99,6 +99,10 @@ impl TxState {
 }
 
 impl Channel {
+    /// basic.publish with its content, as rabbit_channel reads it: a row of checks
+    /// (write permission, user_id, expiration, the CC/BCC keys' topic permissions),
+    /// the property rewrites (sender-selected keys stripped, direct reply-to named),
+    /// then held for the transaction or routed and enqueued now.
     pub(super) fn publish(
         &mut self,
         s: &mut Session,
@@ -107,34 +111,18 @@ impl Channel {
         props: Properties,
         body: Bytes,
     ) -> Result<(), AmqpError> {
-        let grant = self.authorize_publish(s, &p).map_err(|e| e.on(60, 40))?;
+        let in_publish = |e: AmqpError| e.on(60, 40);
+        let grant = self.authorize_publish(s, &p).map_err(in_publish)?;
         s.tally.received += 1;
         if self.confirm.is_some() {
             s.tally.received_confirm += 1;
         }
-        if let Some(claimed) = props.user_id(&properties) {
-            if claimed != s.user.as_bytes() {
-                return Err(AmqpError::precondition_failed(format!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    String::from_utf8_lossy(claimed),
-                    s.user
-                ))
-                .on(60, 40));
-            }
-        }
-        if let Some(exp) = props.expiration(&properties) {
-            if let Err(term) = crate::protocol::properties::parse_expiration(exp) {
-                return Err(AmqpError::precondition_failed(format!(
-                    "invalid expiration '{}': {term}",
-                    String::from_utf8_lossy(exp)
-                ))
-                .on(60, 40));
-            }
-        }
+        check_user_id(s, &properties, &props).map_err(in_publish)?;
+        check_expiration(&properties, &props).map_err(in_publish)?;
         // Sender-selected distribution: CC/BCC keys route too, and BCC is not delivered.
         let mut extra_keys = Vec::new();
         let (properties, props) =
-            match sender_selected::parse(&properties, &props).map_err(|e| e.on(60, 40))? {
+            match sender_selected::parse(&properties, &props).map_err(in_publish)? {
                 None => (properties, props),
                 Some(ss) => {
                     extra_keys = ss.keys;
@@ -142,21 +130,12 @@ impl Channel {
                 }
             };
         if grant == Grant::TopicCheck {
-            // Topic permissions cover every routing key of the message, CC and BCC ones
-            // included (rabbit_channel:check_write_permitted_on_topics over
-            // mc:routing_keys).
-            let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
-            for key in &extra_keys {
-                s.broker
-                    .access
-                    .check_topic(&s.user, &s.vhost.name, exchange, key, Perm::Write)
-                    .map_err(|e| e.on(60, 40))?;
-            }
+            authorize_extra_keys(s, &p, &extra_keys).map_err(in_publish)?;
         }
         // Direct reply-to: `reply_to: amq.rabbitmq.reply-to` names this channel's consumer.
         let (properties, props) =
             match reply_to::rewrite(&properties, &props, self.reply_consumer.as_deref())
-                .map_err(|e| e.on(60, 40))?
+                .map_err(in_publish)?
             {
                 Some(rewritten) => rewritten,
                 None => (properties, props),
@@ -165,11 +144,10 @@ impl Channel {
             // Checked now so a bad exchange fails the publish, not the commit.
             let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
             if !s.vhost.exchange_exists(exchange) {
-                return Err(AmqpError::not_found(format!(
+                return Err(in_publish(AmqpError::not_found(format!(
                     "no {}",
                     rs("exchange", exchange, &s.vhost.name)
-                ))
-                .on(60, 40));
+                ))));
             }
             tx.publishes.push((p, properties, props, body, extra_keys));
             return Ok(());
@@ -214,6 +192,9 @@ impl Channel {
         Ok(grant)
     }
 
+    /// Route, then enqueue (or return, if routed nowhere), then note what the confirm
+    /// waits for. Now, or at tx.commit for each held publish. The message's store id if
+    /// it was persisted.
     fn route_and_enqueue(
         &mut self,
         s: &mut Session,
@@ -224,165 +205,171 @@ impl Channel {
         extra_keys: Vec<String>,
     ) -> Result<Option<u64>, AmqpError> {
         if p.exchange.is_empty() && reply_to::reply_id_bytes(&p.routing_key).is_some() {
-            // A reply: straight to the requester's channel. No queue is involved, so
-            // for everything else (mandatory, confirms) the publish routed nowhere,
-            // as in RabbitMQ (rabbit_exchange:route's virtual reply queues).
-            let key = String::from_utf8_lossy(&p.routing_key);
-            s.broker.reply_to.deliver(
-                &key,
-                Arc::new(Message {
-                    exchange: p.exchange.clone(),
-                    routing_key: p.routing_key.clone(),
-                    properties: properties.clone(),
-                    body: body.clone(),
-                    store_id: None,
-                }),
-            );
+            deliver_reply(s, &p, &properties, &body);
         }
-        let version = s.vhost.version();
-        // A route with CC/BCC keys depends on the message: never from or into the cache.
-        let cached = if extra_keys.is_empty() {
-            self.routes.get(version, &p.exchange, &p.routing_key)
-        } else {
-            None
+        let route = self.route(s, &p, &properties, &props, &extra_keys)?;
+        let m = Message {
+            exchange: p.exchange,
+            routing_key: p.routing_key,
+            properties,
+            body,
+            store_id: None,
         };
-        let route = match cached {
-            Some(r) => r,
-            None => {
-                let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
-                let key = String::from_utf8_lossy(&p.routing_key);
-                let mut keys = Vec::with_capacity(1 + extra_keys.len());
-                keys.push(&*key);
-                keys.extend(extra_keys.iter().map(String::as_str));
-                let mut queues = Vec::new();
-                let mut headers = || props.headers(&properties);
-                match s
-                    .vhost
-                    .route_keys(exchange, &keys, &mut headers, &mut queues)
-                {
-                    Ok(cacheable) => {
-                        let route: Route = queues.into();
-                        if cacheable && extra_keys.is_empty() {
-                            self.routes.put(&p.exchange, &p.routing_key, route.clone());
-                        }
-                        route
-                    }
-                    Err(RouteError::NoExchange) => {
-                        return Err(AmqpError::not_found(format!(
-                            "no {}",
-                            rs("exchange", exchange, &s.vhost.name)
-                        ))
-                        .on(60, 40))
-                    }
-                    Err(RouteError::Internal) => {
-                        return Err(AmqpError::access_refused(format!(
-                            "cannot publish to internal {}",
-                            rs("exchange", exchange, &s.vhost.name)
-                        ))
-                        .on(60, 40))
-                    }
-                }
-            }
-        };
-        // A reject-publish queue that is full refuses the message (see queue/admission.rs).
-        let mut refused = false;
-        // The message's store id, when its confirm must wait for the store's sync.
-        let mut stored = None;
-        if route.is_empty() {
-            if p.mandatory {
-                s.tally.unroutable_returned += 1;
-            } else {
-                s.tally.unroutable_dropped += 1;
-            }
-            if p.mandatory {
-                method::encode_return(
-                    &mut s.out.buf,
-                    self.number,
-                    code::NO_ROUTE,
-                    "NO_ROUTE",
-                    &p.exchange,
-                    &p.routing_key,
-                );
-                let m = Message {
-                    exchange: p.exchange,
-                    routing_key: p.routing_key,
-                    properties,
-                    body,
-                    store_id: None,
-                };
-                m.write_content(&mut s.out, self.number, s.frame_max);
-            }
+        let (refused, stored) = if route.is_empty() {
+            self.unroutable(s, p.mandatory, m);
+            (false, None)
         } else {
             s.tally.routed += 1;
-            // Queues that refuse it (full reject-publish queues; see queue/admission.rs).
-            // Empty, and so never allocated, for the common publish.
-            let mut refusing: Vec<&Arc<QueueHandle>> = Vec::new();
-            for q in route.iter() {
-                if let Some(a) = q.admission() {
-                    if !a.try_admit(body.len() as u64) {
-                        refused = true;
-                        refusing.push(q);
-                    }
-                }
-            }
-            let admitted = |q: &&Arc<QueueHandle>| !refusing.iter().any(|r| r.id == q.id);
-            let mut m = Message {
-                exchange: p.exchange,
-                routing_key: p.routing_key,
-                properties,
-                body,
-                store_id: None,
-            };
-            // Persistent messages for durable queues go to the store; their confirm
-            // waits for its sync.
-            let mut skip_durable = false;
-            if props.persistent() {
-                if let Some(store) = s.vhost.store() {
-                    let qids: Vec<u64> = route
-                        .iter()
-                        .filter(admitted)
-                        .filter_map(|q| q.store_qid)
-                        .collect();
-                    if !qids.is_empty() {
-                        if store.messages.is_broken() {
-                            // Refused, not accepted in memory only: the publisher retries.
-                            refused = true;
-                            skip_durable = true;
-                        } else {
-                            let waiter = self.confirm.is_some().then_some(&s.store_synced);
-                            let id = store.messages.persist(qids, &m, waiter);
-                            m.store_id = Some(id);
-                            stored = Some(id);
-                        }
-                    }
-                }
-            }
-            let m = Arc::new(m);
-            for q in route.iter().filter(admitted) {
-                if !(skip_durable && q.store_qid.is_some()) {
-                    s.publishes.push(q, m.clone());
-                }
-            }
-            let refused_dlx = refusing
-                .iter()
-                .filter(|q| q.admission().is_some_and(|a| a.dead_letter()));
-            for q in refused_dlx {
-                q.send(QueueCmd::Refused(m.clone()));
-            }
-        }
-        if let Some(c) = &mut self.confirm {
-            c.published += 1;
-            let seq = c.published;
-            if refused {
-                c.pending.push_back((seq, Outcome::Nack));
-            } else if let Some(id) = stored {
-                c.pending.push_back((seq, Outcome::Stored(id)));
-            }
-            if s.confirms_due.last() != Some(&self.number) {
-                s.confirms_due.push(self.number);
-            }
-        }
+            self.enqueue(s, &route, m, props.persistent())
+        };
+        self.await_confirm(s, refused, stored);
         Ok(stored)
+    }
+
+    /// The queues the message goes to: from the channel's route cache (valid while the
+    /// vhost's topology version stands), else routed by the exchange and cached when
+    /// the route does not depend on the message (no CC/BCC keys, not a headers match).
+    fn route(
+        &mut self,
+        s: &Session,
+        p: &Publish,
+        properties: &Bytes,
+        props: &Properties,
+        extra_keys: &[String],
+    ) -> Result<Route, AmqpError> {
+        let version = s.vhost.version();
+        if extra_keys.is_empty() {
+            if let Some(r) = self.routes.get(version, &p.exchange, &p.routing_key) {
+                return Ok(r);
+            }
+        }
+        let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
+        let key = String::from_utf8_lossy(&p.routing_key);
+        let mut keys = Vec::with_capacity(1 + extra_keys.len());
+        keys.push(&*key);
+        keys.extend(extra_keys.iter().map(String::as_str));
+        let mut queues = Vec::new();
+        let mut headers = || props.headers(properties);
+        match s
+            .vhost
+            .route_keys(exchange, &keys, &mut headers, &mut queues)
+        {
+            Ok(cacheable) => {
+                let route: Route = queues.into();
+                if cacheable && extra_keys.is_empty() {
+                    self.routes.put(&p.exchange, &p.routing_key, route.clone());
+                }
+                Ok(route)
+            }
+            Err(RouteError::NoExchange) => Err(AmqpError::not_found(format!(
+                "no {}",
+                rs("exchange", exchange, &s.vhost.name)
+            ))
+            .on(60, 40)),
+            Err(RouteError::Internal) => Err(AmqpError::access_refused(format!(
+                "cannot publish to internal {}",
+                rs("exchange", exchange, &s.vhost.name)
+            ))
+            .on(60, 40)),
+        }
+    }
+
+    /// Routed nowhere: counted, and returned to a mandatory publisher (basic.return
+    /// 312 NO_ROUTE with the message).
+    fn unroutable(&self, s: &mut Session, mandatory: bool, m: Message) {
+        if !mandatory {
+            s.tally.unroutable_dropped += 1;
+            return;
+        }
+        s.tally.unroutable_returned += 1;
+        method::encode_return(
+            &mut s.out.buf,
+            self.number,
+            code::NO_ROUTE,
+            "NO_ROUTE",
+            &m.exchange,
+            &m.routing_key,
+        );
+        m.write_content(&mut s.out, self.number, s.frame_max);
+    }
+
+    /// Into the route's queues, one shared message: admission first (full
+    /// reject-publish queues refuse it), then the store for a persistent message bound
+    /// for durable queues (its confirm then waits for the sync), then each admitting
+    /// queue's batch. Whether some queue refused it, and its store id.
+    fn enqueue(
+        &mut self,
+        s: &mut Session,
+        route: &Route,
+        mut m: Message,
+        persistent: bool,
+    ) -> (bool, Option<u64>) {
+        let mut refused = false;
+        let mut stored = None;
+        // Queues that refuse it (see queue/admission.rs). Empty, and so never
+        // allocated, for the common publish.
+        let mut refusing: Vec<&Arc<QueueHandle>> = Vec::new();
+        for q in route.iter() {
+            if let Some(a) = q.admission() {
+                if !a.try_admit(m.body.len() as u64) {
+                    refused = true;
+                    refusing.push(q);
+                }
+            }
+        }
+        let admitted = |q: &&Arc<QueueHandle>| !refusing.iter().any(|r| r.id == q.id);
+        let mut skip_durable = false;
+        if persistent {
+            if let Some(store) = s.vhost.store() {
+                let qids: Vec<u64> = route
+                    .iter()
+                    .filter(admitted)
+                    .filter_map(|q| q.store_qid)
+                    .collect();
+                if !qids.is_empty() {
+                    if store.messages.is_broken() {
+                        // Refused, not accepted in memory only: the publisher retries.
+                        refused = true;
+                        skip_durable = true;
+                    } else {
+                        let waiter = self.confirm.is_some().then_some(&s.store_synced);
+                        let id = store.messages.persist(qids, &m, waiter);
+                        m.store_id = Some(id);
+                        stored = Some(id);
+                    }
+                }
+            }
+        }
+        let m = Arc::new(m);
+        for q in route.iter().filter(admitted) {
+            if !(skip_durable && q.store_qid.is_some()) {
+                s.publishes.push(q, m.clone());
+            }
+        }
+        let refused_dlx = refusing
+            .iter()
+            .filter(|q| q.admission().is_some_and(|a| a.dead_letter()));
+        for q in refused_dlx {
+            q.send(QueueCmd::Refused(m.clone()));
+        }
+        (refused, stored)
+    }
+
+    /// In confirm mode: the publish's sequence number, and what its confirm waits for
+    /// (a nack if refused, the store's sync if stored, else nothing: acked with the
+    /// round's confirms).
+    fn await_confirm(&mut self, s: &mut Session, refused: bool, stored: Option<u64>) {
+        let Some(c) = &mut self.confirm else { return };
+        c.published += 1;
+        let seq = c.published;
+        if refused {
+            c.pending.push_back((seq, Outcome::Nack));
+        } else if let Some(id) = stored {
+            c.pending.push_back((seq, Outcome::Stored(id)));
+        }
+        if s.confirms_due.last() != Some(&self.number) {
+            s.confirms_due.push(self.number);
+        }
     }
 
     /// Write the confirms that are due, in order: acks coalesced with `multiple`, nacks
@@ -516,4 +503,63 @@ impl Channel {
             tx.settles.push((entries, how));
         }
     }
+}
+
+/// A `user_id` property must name the authenticated user (RabbitMQ's check, text and
+/// all).
+fn check_user_id(s: &Session, properties: &Bytes, props: &Properties) -> Result<(), AmqpError> {
+    match props.user_id(properties) {
+        Some(claimed) if claimed != s.user.as_bytes() => {
+            Err(AmqpError::precondition_failed(format!(
+                "user_id property set to '{}' but authenticated user was '{}'",
+                String::from_utf8_lossy(claimed),
+                s.user
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An `expiration` property must be a non-negative integer (in ms, as a string).
+fn check_expiration(properties: &Bytes, props: &Properties) -> Result<(), AmqpError> {
+    match props.expiration(properties) {
+        Some(exp) => crate::protocol::properties::parse_expiration(exp)
+            .map(|_| ())
+            .map_err(|term| {
+                AmqpError::precondition_failed(format!(
+                    "invalid expiration '{}': {term}",
+                    String::from_utf8_lossy(exp)
+                ))
+            }),
+        None => Ok(()),
+    }
+}
+
+/// Topic permissions cover every routing key of the message, CC and BCC ones included
+/// (rabbit_channel:check_write_permitted_on_topics over mc:routing_keys).
+fn authorize_extra_keys(s: &Session, p: &Publish, keys: &[String]) -> Result<(), AmqpError> {
+    let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
+    for key in keys {
+        s.broker
+            .access
+            .check_topic(&s.user, &s.vhost.name, exchange, key, Perm::Write)?;
+    }
+    Ok(())
+}
+
+/// A publish to `amq.rabbitmq.reply-to.<id>`: straight to the requester's channel. No
+/// queue is involved, so for everything else (mandatory, confirms) the publish routed
+/// nowhere, as in RabbitMQ (rabbit_exchange:route's virtual reply queues).
+fn deliver_reply(s: &Session, p: &Publish, properties: &Bytes, body: &Bytes) {
+    let key = String::from_utf8_lossy(&p.routing_key);
+    s.broker.reply_to.deliver(
+        &key,
+        Arc::new(Message {
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key.clone(),
+            properties: properties.clone(),
+            body: body.clone(),
+            store_id: None,
+        }),
+    );
 }
