@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{Map, Value};
 
-use super::{reply, vhost_of, Api, ApiError, ApiResult, Caller};
+use super::{reply, vhost_of, Admin, Api, ApiError, ApiResult};
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -26,26 +26,19 @@ pub fn routes() -> Router<Api> {
 /// What a vhost's definitions hold.
 const VHOST_KEYS: &[&str] = &["queues", "exchanges", "bindings", "policies", "parameters"];
 
-async fn export(State(api): State<Api>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
+async fn export(State(api): State<Api>, _: Admin) -> ApiResult {
     Ok(reply(crate::definitions::export(&api.broker)))
 }
 
 /// Import a definitions document: 204, or 400 listing what could not be applied.
-async fn import(State(api): State<Api>, caller: Caller, body: Bytes) -> ApiResult {
-    caller.require_admin()?;
+async fn import(State(api): State<Api>, _: Admin, body: Bytes) -> ApiResult {
     let doc: Value =
         serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;
     apply(&api, &doc)
 }
 
 /// The vhost's own items of the export, without their `vhost` fields.
-async fn export_vhost(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
+async fn export_vhost(State(api): State<Api>, _: Admin, Path(vhost): Path<String>) -> ApiResult {
     vhost_of(&api, &vhost)?;
     let all = crate::definitions::export(&api.broker);
     let mut out = Map::new();
@@ -82,11 +75,10 @@ async fn export_vhost(
 /// Import a vhost's definitions into `vhost` (any `vhost` fields are overridden).
 async fn import_vhost(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path(vhost): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    caller.require_admin()?;
     vhost_of(&api, &vhost)?;
     let doc: Value =
         serde_json::from_slice(&body).map_err(|_| ApiError::bad_request("not_json"))?;

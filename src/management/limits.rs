@@ -12,7 +12,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::list::reply_list;
-use super::{body_json, created_or_updated, reply, vhost_of, Api, ApiError, ApiResult, Caller};
+use super::{body_json, created_or_updated, reply, vhost_of, Admin, Api, ApiError, ApiResult};
 
 pub fn routes() -> Router<Api> {
     Router::new()
@@ -50,19 +50,17 @@ fn topic(api: &Api, keep: impl Fn(&str, &str) -> bool) -> Vec<Value> {
 
 async fn list_topic(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    caller.require_admin()?;
     reply_list(topic(&api, |_, _| true), &q)
 }
 
 async fn one_topic(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((vhost, user)): Path<(String, String)>,
 ) -> ApiResult {
-    caller.require_admin()?;
     let list = topic(&api, |v, u| v == vhost && u == user);
     if list.is_empty() {
         return Err(ApiError::not_found());
@@ -73,11 +71,10 @@ async fn one_topic(
 /// `{"exchange": ..., "write": ..., "read": ...}`.
 async fn put_topic(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((vhost, user)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    caller.require_admin()?;
     vhost_of(&api, &vhost)?;
     let m = body_json(&body)?;
     let field = |k: &str| super::required_str(&m, k);
@@ -92,10 +89,9 @@ async fn put_topic(
 
 async fn delete_topic(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((vhost, user)): Path<(String, String)>,
 ) -> ApiResult {
-    caller.require_admin()?;
     if topic(&api, |v, u| v == vhost && u == user).is_empty() {
         return Err(ApiError::not_found());
     }
@@ -118,17 +114,15 @@ fn vhost_limits(api: &Api, only: Option<&str>) -> Vec<Value> {
         .collect()
 }
 
-async fn list_vhost_limits(State(api): State<Api>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
+async fn list_vhost_limits(State(api): State<Api>, _: Admin) -> ApiResult {
     Ok(reply(Value::Array(vhost_limits(&api, None))))
 }
 
 async fn one_vhost_limits(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path(vhost): Path<String>,
 ) -> ApiResult {
-    caller.require_admin()?;
     vhost_of(&api, &vhost)?;
     Ok(reply(Value::Array(vhost_limits(&api, Some(&vhost)))))
 }
@@ -146,11 +140,10 @@ fn limit_value(body: &[u8]) -> ApiResult<i64> {
 
 async fn put_vhost_limit(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    caller.require_admin()?;
     vhost_of(&api, &vhost)?;
     let value = limit_value(&body)?;
     let mut limits = api.broker.access.vhost_limits(&vhost);
@@ -164,10 +157,9 @@ async fn put_vhost_limit(
 
 async fn delete_vhost_limit(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    caller.require_admin()?;
     vhost_of(&api, &vhost)?;
     let mut limits = api.broker.access.vhost_limits(&vhost);
     if limits.remove(&name).is_none() {
@@ -187,17 +179,11 @@ fn user_limits(api: &Api, only: Option<&str>) -> Vec<Value> {
         .collect()
 }
 
-async fn list_user_limits(State(api): State<Api>, caller: Caller) -> ApiResult {
-    caller.require_admin()?;
+async fn list_user_limits(State(api): State<Api>, _: Admin) -> ApiResult {
     Ok(reply(Value::Array(user_limits(&api, None))))
 }
 
-async fn one_user_limits(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(user): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
+async fn one_user_limits(State(api): State<Api>, _: Admin, Path(user): Path<String>) -> ApiResult {
     if api.broker.access.user(&user).is_none() {
         return Err(ApiError::not_found());
     }
@@ -206,11 +192,10 @@ async fn one_user_limits(
 
 async fn put_user_limit(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((user, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    caller.require_admin()?;
     let u = api
         .broker
         .access
@@ -228,10 +213,9 @@ async fn put_user_limit(
 
 async fn delete_user_limit(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((user, name)): Path<(String, String)>,
 ) -> ApiResult {
-    caller.require_admin()?;
     let u = api
         .broker
         .access

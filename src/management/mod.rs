@@ -413,6 +413,24 @@ impl Caller {
     }
 }
 
+/// A caller with the administrator tag: the one place the API's admin-only endpoints
+/// (users, permissions, limits, vhosts, definitions...) are guarded. A handler that
+/// takes an `Admin` is never reached by anyone else; they get RabbitMQ's 401 "Not
+/// administrator user" (rabbit_mgmt_util:is_authorized_admin), after the usual login
+/// checks.
+pub struct Admin(pub Caller);
+
+#[axum::async_trait]
+impl FromRequestParts<Api> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Admin, ApiError> {
+        let caller = Caller::from_request_parts(parts, api).await?;
+        caller.require_admin()?;
+        Ok(Admin(caller))
+    }
+}
+
 #[axum::async_trait]
 impl FromRequestParts<Api> for Caller {
     type Rejection = ApiError;

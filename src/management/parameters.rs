@@ -21,7 +21,9 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::list::reply_list;
-use super::{body_json, created_or_updated, reply, vhost_of, Api, ApiError, ApiResult, Caller};
+use super::{
+    body_json, created_or_updated, reply, vhost_of, Admin, Api, ApiError, ApiResult, Caller,
+};
 use crate::policy::Kind;
 
 pub fn routes() -> Router<Api> {
@@ -232,13 +234,11 @@ fn settable(component: &str, name: &str) -> ApiResult<()> {
 
 /// No global parameters (see the module doc). Administrators only
 /// (rabbit_mgmt_util:is_authorized_global_parameters).
-async fn list_global(caller: Caller, Query(q): Query<HashMap<String, String>>) -> ApiResult {
-    caller.require_admin()?;
+async fn list_global(_: Admin, Query(q): Query<HashMap<String, String>>) -> ApiResult {
     reply_list(Vec::new(), &q)
 }
 
-async fn one_global(caller: Caller, Path(_name): Path<String>) -> ApiResult {
-    caller.require_admin()?;
+async fn one_global(_: Admin, Path(_name): Path<String>) -> ApiResult {
     Err(ApiError::not_found())
 }
 

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::list::reply_list;
 use super::vhosts::tags_of;
-use super::{body_json, created_or_updated, reply, vhost_of, Api, ApiError, ApiResult, Caller};
+use super::{body_json, created_or_updated, reply, vhost_of, Admin, Api, ApiError, ApiResult};
 use crate::access::{password, Permission, User};
 
 pub fn routes() -> Router<Api> {
@@ -56,16 +56,14 @@ fn permission_json(vhost: &str, user: &str, p: &Permission) -> Value {
 
 async fn list_users(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    caller.require_admin()?;
     let items = api.broker.access.users().iter().map(user_json).collect();
     reply_list(items, &q)
 }
 
-async fn one_user(State(api): State<Api>, caller: Caller, Path(name): Path<String>) -> ApiResult {
-    caller.require_admin()?;
+async fn one_user(State(api): State<Api>, _: Admin, Path(name): Path<String>) -> ApiResult {
     let u = api
         .broker
         .access
@@ -78,11 +76,10 @@ async fn one_user(State(api): State<Api>, caller: Caller, Path(name): Path<Strin
 /// ...}`; an empty password_hash makes a passwordless user. 201 new, 204 updated.
 async fn put_user(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    caller.require_admin()?;
     let m = body_json(&body)?;
     let access = &api.broker.access;
     let existed = access.user(&name).is_some();
@@ -121,12 +118,7 @@ async fn put_user(
     Ok(created_or_updated(!existed))
 }
 
-async fn delete_user(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
+async fn delete_user(State(api): State<Api>, _: Admin, Path(name): Path<String>) -> ApiResult {
     api.broker
         .access
         .delete_user(&name)
@@ -146,19 +138,13 @@ fn permissions(api: &Api, keep: impl Fn(&str, &str) -> bool) -> Vec<Value> {
 
 async fn list_permissions(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult {
-    caller.require_admin()?;
     reply_list(permissions(&api, |_, _| true), &q)
 }
 
-async fn user_permissions(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(user): Path<String>,
-) -> ApiResult {
-    caller.require_admin()?;
+async fn user_permissions(State(api): State<Api>, _: Admin, Path(user): Path<String>) -> ApiResult {
     if api.broker.access.user(&user).is_none() {
         return Err(ApiError::not_found());
     }
@@ -167,20 +153,18 @@ async fn user_permissions(
 
 async fn vhost_permissions(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path(vhost): Path<String>,
 ) -> ApiResult {
-    caller.require_admin()?;
     vhost_of(&api, &vhost)?;
     Ok(reply(Value::Array(permissions(&api, |v, _| v == vhost))))
 }
 
 async fn one_permission(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((vhost, user)): Path<(String, String)>,
 ) -> ApiResult {
-    caller.require_admin()?;
     permissions(&api, |v, u| v == vhost && u == user)
         .pop()
         .map(reply)
@@ -190,11 +174,10 @@ async fn one_permission(
 /// `{"configure": ".*", "write": ".*", "read": ".*"}`: 201 new, 204 replaced.
 async fn put_permission(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((vhost, user)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    caller.require_admin()?;
     vhost_of(&api, &vhost)?;
     if api.broker.access.user(&user).is_none() {
         return Err(ApiError::bad_request(format!("user '{user}' not found")));
@@ -212,10 +195,9 @@ async fn put_permission(
 
 async fn delete_permission(
     State(api): State<Api>,
-    caller: Caller,
+    _: Admin,
     Path((vhost, user)): Path<(String, String)>,
 ) -> ApiResult {
-    caller.require_admin()?;
     if permissions(&api, |v, u| v == vhost && u == user).is_empty() {
         return Err(ApiError::not_found());
     }

@@ -12,7 +12,9 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::list::reply_list;
-use super::{body_json, created_or_updated, node_name, reply, Api, ApiError, ApiResult, Caller};
+use super::{
+    body_json, created_or_updated, node_name, reply, Admin, Api, ApiError, ApiResult, Caller,
+};
 use crate::broker::VhostMeta;
 use crate::vhost::Vhost;
 
@@ -58,8 +60,7 @@ async fn list(
 }
 
 /// rabbit_mgmt_wm_vhost: administrators only (the list is for everyone).
-async fn one(State(api): State<Api>, caller: Caller, Path(name): Path<String>) -> ApiResult {
-    caller.require_admin()?;
+async fn one(State(api): State<Api>, _: Admin, Path(name): Path<String>) -> ApiResult {
     let all = api.broker.vhosts();
     let (v, meta) = all
         .iter()
@@ -90,11 +91,10 @@ pub fn tags_of(v: Option<&Value>) -> Vec<String> {
 /// creating user gets no permissions in it.
 async fn put(
     State(api): State<Api>,
-    caller: Caller,
+    Admin(caller): Admin,
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    caller.require_admin()?;
     let m = body_json(&body)?;
     let existed = api.broker.vhost(&name).is_some();
     let meta = VhostMeta {
@@ -118,12 +118,7 @@ async fn put(
     Ok(created_or_updated(!existed))
 }
 
-async fn delete(
-    State(api): State<Api>,
-    caller: Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    caller.require_admin()?;
+async fn delete(State(api): State<Api>, _: Admin, Path(name): Path<String>) -> ApiResult<Response> {
     if api.broker.vhost(&name).is_none() {
         return Err(ApiError::not_found());
     }
