@@ -37,12 +37,7 @@ pub(super) fn read_format_1(dir: &Path, seed: &[Change]) -> io::Result<Snapshot>
     let mut snapshot = if topology.exists() {
         super::replay(&topology, dir)?
     } else if super::has_segments(dir) {
-        return Err(io::Error::other(format!(
-            "{} is missing but messages/ holds persistent messages: without it they belong \
-             to no queue. Restore it from a backup, or move messages/ aside to start empty; \
-             nothing was changed",
-            topology.display()
-        )));
+        return Err(super::missing(&topology));
     } else {
         Snapshot::default()
     };

@@ -44,6 +44,16 @@ fn has_segments(dir: &Path) -> bool {
     })
 }
 
+/// The log is gone but messages are on disk: refuse to start, touching nothing.
+fn missing(path: &Path) -> io::Error {
+    io::Error::other(format!(
+        "{} is missing but messages/ holds persistent messages: without it they belong \
+         to no queue. Restore it from a backup, or move messages/ aside to start empty; \
+         nothing was changed",
+        path.display()
+    ))
+}
+
 /// The snapshot a log file amounts to (`meta.log`, or format 1's `topology.log`, whose
 /// records are a subset). A torn tail after a crash is set aside in `quarantine/`; any
 /// other unreadable record refuses the whole file, touching nothing.
@@ -100,12 +110,7 @@ impl MetaLog {
         } else if migrate::format_1_present(dir) {
             migrate::read_format_1(dir, seed)?
         } else if has_segments(dir) {
-            return Err(io::Error::other(format!(
-                "{} is missing but messages/ holds persistent messages: without it they belong \
-                 to no queue. Restore it from a backup, or move messages/ aside to start empty; \
-                 nothing was changed",
-                path.display()
-            )));
+            return Err(missing(&path));
         } else {
             let mut fresh = Snapshot::default();
             for c in seed {
