@@ -7,6 +7,8 @@
 //! definitions, so neither of warren's). Runtime parameters other than vhost limits,
 //! and global parameters, are not supported yet: imported ones are reported and skipped.
 
+use std::sync::Arc;
+
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use serde_json::{json, Map, Value};
 
@@ -14,7 +16,7 @@ use crate::access::{password, Limits};
 use crate::broker::{Broker, VhostMeta};
 use crate::exchange::Destination;
 use crate::protocol::table;
-use crate::vhost::{ExchangeDecl, QueueDecl};
+use crate::vhost::{ExchangeDecl, QueueDecl, Vhost};
 
 /// What an import did not take. Warnings are things warren ignores on purpose (unknown
 /// keys, unsupported parameters); errors are items it could not apply (the rest still are).
@@ -193,191 +195,249 @@ pub fn import(broker: &Broker, defs: &Value) -> ImportReport {
         r.warnings
             .push(format!("{n} global parameters ignored (not supported yet)"));
     }
-    let access = &broker.access;
+    // In RabbitMQ's order: who and where first, then what may be done there, then the
+    // topology the policies apply to.
+    let mut import = Importer { broker, r };
+    import.users(list(top, "users"));
+    import.vhosts(list(top, "vhosts"));
+    import.permissions(list(top, "permissions"));
+    import.topic_permissions(list(top, "topic_permissions"));
+    import.parameters(list(top, "parameters"));
+    import.policies(list(top, "policies"));
+    import.exchanges(list(top, "exchanges"));
+    import.queues(list(top, "queues"));
+    import.bindings(list(top, "bindings"));
+    import.r
+}
 
-    for u in list(top, "users") {
-        let name = str_field(u, "name");
-        let hash = str_field(u, "password_hash");
-        let algorithm = u
-            .get("hashing_algorithm")
-            .and_then(Value::as_str)
-            .unwrap_or(password::SHA256);
-        // Hand-written definitions may carry a plain password (RabbitMQ accepts it).
-        let result = match u.get("password").and_then(Value::as_str) {
-            Some(pass) if hash.is_empty() => {
-                access.insert_user(name, password::hash(pass), password::SHA256.into(), true)
-            }
-            _ => access.insert_user(name, hash.to_owned(), algorithm.to_owned(), true),
-        };
-        let result = result
-            .and_then(|_| access.set_user_tags(name, tags(u.get("tags"))))
-            .and_then(|_| access.set_user_limits(name, limits(u.get("limits"))));
-        if let Err(e) = result {
-            r.errors.push(format!("user '{name}': {e}"));
+/// One import under way: each section's items applied through the broker's own
+/// operations (so each is recorded as the CLI's would be), each failure a line in the
+/// report naming the item.
+struct Importer<'a> {
+    broker: &'a Broker,
+    r: ImportReport,
+}
+
+impl Importer<'_> {
+    /// The vhost an item belongs in; its absence is the item's error.
+    fn vhost(&mut self, what: &str, name: &str) -> Option<Arc<Vhost>> {
+        let v = self.broker.vhost(name);
+        if v.is_none() {
+            self.r
+                .errors
+                .push(format!("{what}: vhost '{name}' does not exist"));
         }
+        v
     }
-    for v in list(top, "vhosts") {
-        let name = str_field(v, "name");
-        let meta = VhostMeta {
-            description: v
-                .pointer("/metadata/description")
-                .or_else(|| v.get("description"))
+
+    fn users(&mut self, items: &[Value]) {
+        let access = &self.broker.access;
+        for u in items {
+            let name = str_field(u, "name");
+            let hash = str_field(u, "password_hash");
+            let algorithm = u
+                .get("hashing_algorithm")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            tags: tags(v.pointer("/metadata/tags").or_else(|| v.get("tags"))),
-        };
-        if let Err(e) = broker.add_vhost(name, meta) {
-            r.errors.push(format!("vhost '{name}': {e}"));
+                .unwrap_or(password::SHA256);
+            // Hand-written definitions may carry a plain password (RabbitMQ accepts it).
+            let result = match u.get("password").and_then(Value::as_str) {
+                Some(pass) if hash.is_empty() => {
+                    access.insert_user(name, password::hash(pass), password::SHA256.into(), true)
+                }
+                _ => access.insert_user(name, hash.to_owned(), algorithm.to_owned(), true),
+            };
+            let result = result
+                .and_then(|_| access.set_user_tags(name, tags(u.get("tags"))))
+                .and_then(|_| access.set_user_limits(name, limits(u.get("limits"))));
+            if let Err(e) = result {
+                self.r.errors.push(format!("user '{name}': {e}"));
+            }
         }
     }
-    let vhost_exists = |r: &mut ImportReport, what: &str, vhost: &str| {
-        let ok = broker.vhost(vhost).is_some();
-        if !ok {
-            r.errors
-                .push(format!("{what}: vhost '{vhost}' does not exist"));
+
+    fn vhosts(&mut self, items: &[Value]) {
+        for v in items {
+            let name = str_field(v, "name");
+            let meta = VhostMeta {
+                description: v
+                    .pointer("/metadata/description")
+                    .or_else(|| v.get("description"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                tags: tags(v.pointer("/metadata/tags").or_else(|| v.get("tags"))),
+            };
+            if let Err(e) = self.broker.add_vhost(name, meta) {
+                self.r.errors.push(format!("vhost '{name}': {e}"));
+            }
         }
-        ok
-    };
-    for p in list(top, "permissions") {
-        let (user, vhost) = (str_field(p, "user"), str_field(p, "vhost"));
-        let what = format!("permissions of user '{user}' in vhost '{vhost}'");
-        if vhost_exists(&mut r, &what, vhost) {
-            if let Err(e) = access.set_permissions(
+    }
+
+    fn permissions(&mut self, items: &[Value]) {
+        for p in items {
+            let (user, vhost) = (str_field(p, "user"), str_field(p, "vhost"));
+            let what = format!("permissions of user '{user}' in vhost '{vhost}'");
+            if self.vhost(&what, vhost).is_none() {
+                continue;
+            }
+            if let Err(e) = self.broker.access.set_permissions(
                 vhost,
                 user,
                 str_field(p, "configure"),
                 str_field(p, "write"),
                 str_field(p, "read"),
             ) {
-                r.errors.push(format!("{what}: {e}"));
+                self.r.errors.push(format!("{what}: {e}"));
             }
         }
     }
-    for p in list(top, "topic_permissions") {
-        let (user, vhost) = (str_field(p, "user"), str_field(p, "vhost"));
-        let what = format!("topic permissions of user '{user}' in vhost '{vhost}'");
-        if vhost_exists(&mut r, &what, vhost) {
-            if let Err(e) = access.set_topic_permissions(
+
+    fn topic_permissions(&mut self, items: &[Value]) {
+        for p in items {
+            let (user, vhost) = (str_field(p, "user"), str_field(p, "vhost"));
+            let what = format!("topic permissions of user '{user}' in vhost '{vhost}'");
+            if self.vhost(&what, vhost).is_none() {
+                continue;
+            }
+            if let Err(e) = self.broker.access.set_topic_permissions(
                 vhost,
                 user,
                 str_field(p, "exchange"),
                 str_field(p, "write"),
                 str_field(p, "read"),
             ) {
-                r.errors.push(format!("{what}: {e}"));
+                self.r.errors.push(format!("{what}: {e}"));
             }
         }
     }
-    for p in list(top, "parameters") {
-        let (component, vhost) = (str_field(p, "component"), str_field(p, "vhost"));
-        if component != "vhost-limits" {
-            r.warnings.push(format!(
-                "parameter '{}' of component '{component}' in vhost '{vhost}' ignored (not supported yet)",
-                str_field(p, "name")
-            ));
-            continue;
-        }
-        let what = format!("limits of vhost '{vhost}'");
-        if vhost_exists(&mut r, &what, vhost) {
-            if let Err(e) = access.set_vhost_limits(vhost, limits(p.get("value"))) {
-                r.errors.push(format!("{what}: {e}"));
+
+    /// Runtime parameters: vhost limits only, others are reported and skipped.
+    fn parameters(&mut self, items: &[Value]) {
+        for p in items {
+            let (component, vhost) = (str_field(p, "component"), str_field(p, "vhost"));
+            if component != "vhost-limits" {
+                self.r.warnings.push(format!(
+                    "parameter '{}' of component '{component}' in vhost '{vhost}' ignored (not supported yet)",
+                    str_field(p, "name")
+                ));
+                continue;
+            }
+            let what = format!("limits of vhost '{vhost}'");
+            if self.vhost(&what, vhost).is_none() {
+                continue;
+            }
+            if let Err(e) = self
+                .broker
+                .access
+                .set_vhost_limits(vhost, limits(p.get("value")))
+            {
+                self.r.errors.push(format!("{what}: {e}"));
             }
         }
     }
-    for p in list(top, "policies") {
-        let (name, vhost) = (str_field(p, "name"), str_field(p, "vhost"));
-        let what = format!("policy '{name}' in vhost '{vhost}'");
-        if !vhost_exists(&mut r, &what, vhost) {
-            continue;
-        }
-        // RabbitMQ writes the priority as a number; hand-written files may quote it.
-        let priority = match p.get("priority") {
-            None => Some(0),
-            Some(v) => v
-                .as_i64()
-                .or_else(|| v.as_str().and_then(|s| s.parse().ok())),
-        };
-        let Some(priority) = priority else {
-            r.errors.push(format!("{what}: priority must be a number"));
-            continue;
-        };
-        if let Err(e) = broker.set_policy(
-            crate::policy::Kind::Policy,
-            vhost,
-            name,
-            str_field(p, "pattern"),
-            p.get("definition").unwrap_or(&Value::Null),
-            priority,
-            p.get("apply-to").and_then(Value::as_str).unwrap_or("all"),
-        ) {
-            r.errors.push(format!("{what}: {e}"));
-        }
-    }
-    for x in list(top, "exchanges") {
-        let (name, vhost_name) = (str_field(x, "name"), str_field(x, "vhost"));
-        let what = format!("exchange '{name}' in vhost '{vhost_name}'");
-        let Some(vhost) = broker.vhost(vhost_name) else {
-            vhost_exists(&mut r, &what, vhost_name);
-            continue;
-        };
-        if name.is_empty() || name.starts_with("amq.") {
-            continue; // every vhost has them
-        }
-        let decl = ExchangeDecl {
-            name,
-            kind: x.get("type").and_then(Value::as_str).unwrap_or("direct"),
-            durable: bool_field(x, "durable", true),
-            auto_delete: bool_field(x, "auto_delete", false),
-            internal: bool_field(x, "internal", false),
-            arguments: json_to_table(x.get("arguments")),
-        };
-        if let Err(e) = vhost.declare_exchange(decl) {
-            r.errors.push(format!("{what}: {}", e.text));
+
+    fn policies(&mut self, items: &[Value]) {
+        for p in items {
+            let (name, vhost) = (str_field(p, "name"), str_field(p, "vhost"));
+            let what = format!("policy '{name}' in vhost '{vhost}'");
+            if self.vhost(&what, vhost).is_none() {
+                continue;
+            }
+            // RabbitMQ writes the priority as a number; hand-written files may quote it.
+            let priority = match p.get("priority") {
+                None => Some(0),
+                Some(v) => v
+                    .as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.parse().ok())),
+            };
+            let Some(priority) = priority else {
+                self.r
+                    .errors
+                    .push(format!("{what}: priority must be a number"));
+                continue;
+            };
+            if let Err(e) = self.broker.set_policy(
+                crate::policy::Kind::Policy,
+                vhost,
+                name,
+                str_field(p, "pattern"),
+                p.get("definition").unwrap_or(&Value::Null),
+                priority,
+                p.get("apply-to").and_then(Value::as_str).unwrap_or("all"),
+            ) {
+                self.r.errors.push(format!("{what}: {e}"));
+            }
         }
     }
-    for q in list(top, "queues") {
-        let (name, vhost_name) = (str_field(q, "name"), str_field(q, "vhost"));
-        let what = format!("queue '{name}' in vhost '{vhost_name}'");
-        let Some(vhost) = broker.vhost(vhost_name) else {
-            vhost_exists(&mut r, &what, vhost_name);
-            continue;
-        };
-        let decl = QueueDecl {
-            name: name.to_owned(),
-            durable: bool_field(q, "durable", true),
-            exclusive: false,
-            auto_delete: bool_field(q, "auto_delete", false),
-            arguments: json_to_table(q.get("arguments")),
-        };
-        // Connection id 0 is never a client's: the queue has no exclusive owner.
-        if let Err(e) = vhost.declare_queue(decl, 0) {
-            r.errors.push(format!("{what}: {}", e.text));
+
+    fn exchanges(&mut self, items: &[Value]) {
+        for x in items {
+            let (name, vhost_name) = (str_field(x, "name"), str_field(x, "vhost"));
+            let what = format!("exchange '{name}' in vhost '{vhost_name}'");
+            let Some(vhost) = self.vhost(&what, vhost_name) else {
+                continue;
+            };
+            if name.is_empty() || name.starts_with("amq.") {
+                continue; // every vhost has them
+            }
+            let decl = ExchangeDecl {
+                name,
+                kind: x.get("type").and_then(Value::as_str).unwrap_or("direct"),
+                durable: bool_field(x, "durable", true),
+                auto_delete: bool_field(x, "auto_delete", false),
+                internal: bool_field(x, "internal", false),
+                arguments: json_to_table(x.get("arguments")),
+            };
+            if let Err(e) = vhost.declare_exchange(decl) {
+                self.r.errors.push(format!("{what}: {}", e.text));
+            }
         }
     }
-    for b in list(top, "bindings") {
-        let vhost_name = str_field(b, "vhost");
-        let (source, dest) = (str_field(b, "source"), str_field(b, "destination"));
-        let what = format!("binding from '{source}' to '{dest}' in vhost '{vhost_name}'");
-        let Some(vhost) = broker.vhost(vhost_name) else {
-            vhost_exists(&mut r, &what, vhost_name);
-            continue;
-        };
-        let destination = match str_field(b, "destination_type") {
-            "exchange" => Destination::Exchange(dest.into()),
-            _ => Destination::Queue(dest.into()),
-        };
-        if let Err(e) = vhost.bind(
-            source,
-            destination,
-            str_field(b, "routing_key"),
-            json_to_table(b.get("arguments")),
-            0,
-        ) {
-            r.errors.push(format!("{what}: {}", e.text));
+
+    fn queues(&mut self, items: &[Value]) {
+        for q in items {
+            let (name, vhost_name) = (str_field(q, "name"), str_field(q, "vhost"));
+            let what = format!("queue '{name}' in vhost '{vhost_name}'");
+            let Some(vhost) = self.vhost(&what, vhost_name) else {
+                continue;
+            };
+            let decl = QueueDecl {
+                name: name.to_owned(),
+                durable: bool_field(q, "durable", true),
+                exclusive: false,
+                auto_delete: bool_field(q, "auto_delete", false),
+                arguments: json_to_table(q.get("arguments")),
+            };
+            // Connection id 0 is never a client's: the queue has no exclusive owner.
+            if let Err(e) = vhost.declare_queue(decl, 0) {
+                self.r.errors.push(format!("{what}: {}", e.text));
+            }
         }
     }
-    r
+
+    fn bindings(&mut self, items: &[Value]) {
+        for b in items {
+            let vhost_name = str_field(b, "vhost");
+            let (source, dest) = (str_field(b, "source"), str_field(b, "destination"));
+            let what = format!("binding from '{source}' to '{dest}' in vhost '{vhost_name}'");
+            let Some(vhost) = self.vhost(&what, vhost_name) else {
+                continue;
+            };
+            let destination = match str_field(b, "destination_type") {
+                "exchange" => Destination::Exchange(dest.into()),
+                _ => Destination::Queue(dest.into()),
+            };
+            if let Err(e) = vhost.bind(
+                source,
+                destination,
+                str_field(b, "routing_key"),
+                json_to_table(b.get("arguments")),
+                0,
+            ) {
+                self.r.errors.push(format!("{what}: {}", e.text));
+            }
+        }
+    }
 }
 
 fn list<'a>(top: &'a Map<String, Value>, key: &str) -> &'a [Value] {
