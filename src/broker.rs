@@ -38,6 +38,8 @@ fn queue_defaults(config: &Config) -> crate::vhost::QueueDefaults {
 pub struct ConnectionEntry {
     pub events: EventTx,
     pub peer: SocketAddr,
+    /// Our end of it: the listener address the client reached.
+    pub local: SocketAddr,
     pub user: String,
     pub vhost: String,
     /// The client's connection_name property, if it gave one.
@@ -49,6 +51,15 @@ pub struct ConnectionEntry {
     pub tls: Option<Arc<crate::tls::PeerTls>>,
     /// `running`, `flow` or `blocked`, as the connection task last set it.
     pub state: Arc<ConnState>,
+}
+
+impl ConnectionEntry {
+    /// The connection's name as RabbitMQ gives it (rabbit_net:connection_string), the
+    /// same in every listing: `peer -> local`. What the client named it is
+    /// `user_provided_name`.
+    pub fn display_name(&self) -> String {
+        format!("{} -> {}", self.peer, self.local)
+    }
 }
 
 /// A connection's state as listings show it (RabbitMQ's words): `flow` while it is not

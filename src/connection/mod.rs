@@ -58,6 +58,8 @@ pub struct Connection<R> {
     id: u64,
     broker: Arc<Broker>,
     peer: SocketAddr,
+    /// Our end: the listener's address the client reached.
+    local: SocketAddr,
     /// The TLS session's facts on an amqps connection (EXTERNAL login, listings).
     tls: Option<Arc<PeerTls>>,
     reader: R,
@@ -79,8 +81,9 @@ pub struct Connection<R> {
 /// Serve one accepted plain-TCP socket until it closes.
 pub async fn serve(broker: Arc<Broker>, socket: TcpStream, peer: SocketAddr) {
     let _ = socket.set_nodelay(true);
+    let local = socket.local_addr().unwrap_or(peer);
     let (reader, write_half) = socket.into_split();
-    serve_halves(broker, reader, write_half, peer, None).await
+    serve_halves(broker, reader, write_half, (peer, local), None).await
 }
 
 /// Serve one amqps connection (handshake done, see [`crate::tls`]) until it closes.
@@ -92,17 +95,25 @@ pub async fn serve_tls(
 ) {
     // The TLS session is one state machine for both directions, so its halves share it
     // through tokio's split (a lock per read or write call, on this path only).
+    let local = stream.get_ref().0.local_addr().unwrap_or(peer);
     let (reader, write_half) = tokio::io::split(stream);
-    serve_halves(broker, reader, write_half, peer, Some(Arc::new(tls))).await
+    serve_halves(
+        broker,
+        reader,
+        write_half,
+        (peer, local),
+        Some(Arc::new(tls)),
+    )
+    .await
 }
 
 /// Serve one connection over any byte stream (the fuzz harness in tests/fuzz drives it
-/// through an in-memory pipe).
+/// through an in-memory pipe). `ends`: the peer's address and ours.
 pub async fn serve_halves<R, W>(
     broker: Arc<Broker>,
     reader: R,
     write_half: W,
-    peer: SocketAddr,
+    (peer, local): (SocketAddr, SocketAddr),
     tls: Option<Arc<PeerTls>>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
@@ -114,6 +125,7 @@ pub async fn serve_halves<R, W>(
         id: crate::util::next_id(),
         broker: broker.clone(),
         peer,
+        local,
         tls,
         reader,
         rbuf: BytesMut::with_capacity(READ_MIN),
@@ -239,6 +251,7 @@ impl<R: AsyncRead + Unpin + Send> Connection<R> {
             ConnectionEntry {
                 events: events_tx.clone(),
                 peer: self.peer,
+                local: self.local,
                 user: n.user.clone(),
                 vhost: n.vhost.name.to_string(),
                 name: n.name.clone(),

@@ -514,8 +514,11 @@ async fn run(broker: &Broker, req: &Request) -> Result {
             let all = [
                 "pid",
                 "name",
+                "user_provided_name",
                 "user",
                 "vhost",
+                "host",
+                "port",
                 "peer_host",
                 "peer_port",
                 "channels",
@@ -541,14 +544,10 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                         .iter()
                         .map(|col| match col.as_str() {
                             "pid" => json!(pid(id)),
-                            "name" => json!(c.name.clone().unwrap_or_else(|| format!(
-                                "{} -> {}",
-                                c.peer,
-                                match c.tls {
-                                    Some(_) => &broker.config.tls.listen,
-                                    None => &broker.config.amqp.listen,
-                                }
-                            ))),
+                            "name" => json!(c.display_name()),
+                            "user_provided_name" => json!(c.name.as_deref().unwrap_or("")),
+                            "host" => json!(c.local.ip().to_string()),
+                            "port" => json!(c.local.port()),
                             "user" => json!(c.user),
                             "vhost" => json!(c.vhost),
                             "peer_host" => json!(c.peer.ip().to_string()),
@@ -855,7 +854,7 @@ async fn list_channels(broker: &Broker, req: &Request) -> Result {
     broker.for_each_connection(|id, c| {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if c.events.send(ConnEvent::ListChannels(tx)).is_ok() {
-            let name = format!("{} -> {}", c.peer, broker.config.amqp.listen);
+            let name = c.display_name();
             asked.push((id, c.user.clone(), c.vhost.clone(), name, rx));
         }
     });

@@ -43,19 +43,14 @@ pub fn routes() -> Router<Api> {
 }
 
 /// RabbitMQ's connection name: `"peer -> local"`.
-fn conn_name(api: &Api, c: &ConnectionEntry) -> String {
-    format!("{} -> {}", c.peer, api.amqp_addr)
-}
-
-fn conn_json(api: &Api, c: &ConnectionEntry) -> Value {
-    let (host, port) = api.amqp_addr.rsplit_once(':').unwrap_or(("", "0"));
+fn conn_json(c: &ConnectionEntry) -> Value {
     let connected_at = c
         .connected_at
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     json!({
-        "name": conn_name(api, c),
+        "name": c.display_name(),
         "node": node_name(),
         "vhost": c.vhost,
         "user": c.user,
@@ -63,8 +58,8 @@ fn conn_json(api: &Api, c: &ConnectionEntry) -> Value {
         "client_properties": c.name.as_ref().map_or(json!({}), |n| json!({"connection_name": n})),
         "peer_host": c.peer.ip().to_string(),
         "peer_port": c.peer.port(),
-        "host": host,
-        "port": port.parse::<u16>().unwrap_or(0),
+        "host": c.local.ip().to_string(),
+        "port": c.local.port(),
         "channels": c.channels.load(std::sync::atomic::Ordering::Relaxed),
         "connected_at": connected_at,
         "state": c.state.name(),
@@ -81,7 +76,7 @@ fn connections(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<(u64, Val
         if vhost.is_some_and(|v| v != c.vhost) || !(caller.is_monitor() || c.user == caller.name) {
             return;
         }
-        out.push((id, conn_json(api, c)));
+        out.push((id, conn_json(c)));
     });
     out
 }
@@ -243,7 +238,7 @@ async fn vhost_channels(
 async fn consumers(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     let mut names: HashMap<u64, Value> = HashMap::new();
     api.broker.for_each_connection(|id, c| {
-        names.insert(id, conn_json(api, c));
+        names.insert(id, conn_json(c));
     });
     let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
     let mut out = Vec::new();

@@ -641,3 +641,53 @@ async fn list_queues_and_the_api_agree_and_listing_is_not_use() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A connection has one name in every listing, RabbitMQ's `peer -> local` with the port
+/// the client really reached (not the configured `127.0.0.1:0`): warrenctl
+/// list_connections, list_channels and /api/connections agree, and the name the client
+/// gave is `user_provided_name`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_has_one_name_everywhere() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    let conn = within(lapin::Connection::connect(
+        &broker.url(),
+        lapin::ConnectionProperties::default().with_connection_name("billing".into()),
+    ))
+    .await
+    .unwrap();
+    let _ch = within(conn.create_channel()).await.unwrap();
+    let row = ctl.ok(&[
+        "-q",
+        "list_connections",
+        "name",
+        "user_provided_name",
+        "port",
+    ]);
+    let row: Vec<&str> = row.lines().nth(1).unwrap().split('\t').collect();
+    let (name, given, port) = (row[0].to_owned(), row[1], row[2]);
+    assert_eq!(given, "billing");
+    assert!(
+        name.ends_with(&format!(" -> {}", broker.addr())),
+        "{name} names the listener's real address {}",
+        broker.addr()
+    );
+    assert_eq!(broker.addr().rsplit(':').next().unwrap(), port);
+    let channels = ctl.ok(&["-q", "list_channels", "name"]);
+    assert_eq!(channels.lines().nth(1).unwrap(), format!("{name} (1)"));
+
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(broker.management_addr()).unwrap();
+    write!(
+        s,
+        "GET /api/connections HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let api: serde_json::Value =
+        serde_json::from_str(out.split_once("\r\n\r\n").unwrap().1).unwrap();
+    assert_eq!(api[0]["name"], name.as_str());
+    assert_eq!(api[0]["user_provided_name"], "billing");
+}

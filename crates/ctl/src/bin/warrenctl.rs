@@ -72,7 +72,7 @@ const COMMANDS: &[Spec] = &[
     ("list_consumers", "[-p <vhost>] [<column> ...]", (0, usize::MAX), "Listing consumers in vhost {vhost} ...", "Lists consumers (columns: queue_name channel_pid consumer_tag ack_required prefetch_count active activity_status arguments exclusive)"),
     ("list_exchanges", "[-p <vhost>] [<column> ...]", (0, usize::MAX), "Listing exchanges for vhost {vhost} ...", "Lists exchanges (columns: name type durable auto_delete internal arguments)"),
     ("list_bindings", "[-p <vhost>] [<column> ...]", (0, usize::MAX), "Listing bindings for vhost {vhost}...", "Lists bindings"),
-    ("list_connections", "[<column> ...]", (0, usize::MAX), "Listing connections ...", "Lists connections (columns: pid name user vhost peer_host peer_port channels state protocol connected_at ssl ssl_protocol ssl_cipher peer_cert_subject)"),
+    ("list_connections", "[<column> ...]", (0, usize::MAX), "Listing connections ...", "Lists connections (columns: pid name user_provided_name user vhost host port peer_host peer_port channels state protocol connected_at ssl ssl_protocol ssl_cipher peer_cert_subject)"),
     ("list_channels", "[<column> ...]", (0, usize::MAX), "Listing channels ...", "Lists channels (columns: pid name connection number user vhost consumer_count messages_unacknowledged prefetch_count global_prefetch_count confirm transactional ...)"),
     ("purge_queue", "[-p <vhost>] <queue>", (1, 1), "Purging queue '{0}' in vhost '{vhost}' ...", "Removes all ready messages from a queue"),
     ("delete_queue", "[-p <vhost>] <queue> [--if-empty] [--if-unused]", (1, 1), "Deleting queue '{0}' on vhost '{vhost}' ...", "Deletes a queue"),
