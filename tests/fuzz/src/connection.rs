@@ -63,11 +63,12 @@ async fn converse(broker: &Arc<Broker>, data: &[u8]) -> (Vec<u8>, Tuned) {
     let (client, server) = tokio::io::duplex(256 * 1024);
     let (server_read, server_write) = tokio::io::split(server);
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let local: SocketAddr = "127.0.0.1:5672".parse().unwrap();
     let conn = tokio::spawn(warren::connection::serve_halves(
         broker.clone(),
         server_read,
         server_write,
-        peer,
+        (peer, local),
         None,
     ));
     let (mut from_broker, mut to_broker) = tokio::io::split(client);
