@@ -16,7 +16,9 @@
 #    BINARIES_IMAGE pointing at it. The classic builder (the only one on a Docker
 #    without buildx) builds every stage before the target and none after it, so the
 #    Rust builder stage, which comes after `prebuilt`, is not run.
-# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), WARREN_DOCKER_PROFILE.
+# Environment: DEBIAN_MIRROR (default http://deb.debian.org/debian), WARREN_DOCKER_PROFILE,
+# WARREN_DOCKER_BUILD_OPTS (more `docker build` options for --from-source, e.g.
+# --cpu-shares 256 to let other work on the machine go first).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -86,6 +88,9 @@ if [ "$from_source" = 1 ]; then
         log "$RUST_IMAGE: build-essential, and the host's rustup toolchain"
         $SUDO chroot "$work/root" sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends build-essential ca-certificates pkg-config && rm -rf /var/lib/apt/lists/*' >"$work/apt.log" 2>&1 \
             || { tail -n 20 "$work/apt.log" >&2; exit 1; }
+        # The host's CA bundle, so that cargo in the image reaches crates.io from any
+        # network the host's cargo does (e.g. through a TLS-inspecting proxy).
+        $SUDO cp /etc/ssl/certs/ca-certificates.crt "$work/root/etc/ssl/certs/ca-certificates.crt"
         toolchain="$(rustup show active-toolchain | cut -d' ' -f1)"
         rustup_home="${RUSTUP_HOME:-$HOME/.rustup}"
         cargo_home="${CARGO_HOME:-$HOME/.cargo}"
@@ -95,7 +100,6 @@ if [ "$from_source" = 1 ]; then
         for p in cargo rustc rustdoc cargo-fmt cargo-clippy rustfmt clippy-driver; do
             $SUDO ln -sf rustup "$work/root/usr/local/cargo/bin/$p"
         done
-        echo "$toolchain" | $SUDO tee "$work/root/usr/local/rustup/settings.toml.toolchain" >/dev/null
         printf 'version = "12"\ndefault_toolchain = "%s"\n' "$toolchain" \
             | $SUDO tee "$work/root/usr/local/rustup/settings.toml" >/dev/null
         $SUDO tar -C "$work/root" -c . | docker import \
@@ -104,7 +108,8 @@ if [ "$from_source" = 1 ]; then
         log "made $RUST_IMAGE locally ($toolchain) in $((SECONDS - t0)) s"
     fi
     log "docker build -t $TAG . (the default target: compiles in the builder stage)"
-    docker build -t "$TAG" .
+    # shellcheck disable=SC2086 # options, split on purpose
+    docker build ${WARREN_DOCKER_BUILD_OPTS:-} -t "$TAG" .
     exit 0
 fi
 
