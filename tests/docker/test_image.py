@@ -275,6 +275,12 @@ def test_guest_loopback_one_setting_away():
     ok(guest_login(amqp) == "refused", "guest/guest from the host is refused")
     r = docker("exec", c3, "warrenctl", "authenticate_user", "guest", "guest", check=False)
     ok(r.returncode == 0, "guest exists with password guest (only where it may connect from changed)")
+    # Ctrl-C in `docker run -it`: SIGINT to PID 1, which has no default action there.
+    docker("kill", "-s", "INT", c3)
+    docker("wait", c3, timeout=15)
+    code = inspect(c3, "{{.State.ExitCode}}")
+    out, err = logs(c3)
+    ok(code == "0" and "INFO warren: stopped" in err, f"SIGINT (docker kill -s INT) stops it gracefully: exit code {code}")
 
 
 def free_port():
