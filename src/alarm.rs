@@ -70,9 +70,21 @@ fn total_memory() -> Option<u64> {
     kb_field(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
 }
 
+/// The cgroup's memory limit: cgroup v2's `memory.max`, else cgroup v1's
+/// `memory.limit_in_bytes` (Docker on a cgroup v1 host mounts the container's own memory
+/// cgroup there). "max" (v2) does not parse and v1's "no limit" is a huge number the
+/// machine's total undercuts, so neither limits anything.
 fn cgroup_memory_limit() -> Option<u64> {
-    let v = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?;
-    v.trim().parse().ok()
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|path| parse_cgroup_limit(&std::fs::read_to_string(path).ok()?))
+}
+
+fn parse_cgroup_limit(text: &str) -> Option<u64> {
+    text.trim().parse().ok()
 }
 
 /// This process's resident memory.
@@ -230,5 +242,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(memory_limit(&cfg), Some(123));
+    }
+
+    #[test]
+    fn cgroup_limit_files() {
+        // v2 `docker run --memory 256m`, v2 unlimited, v1 limited and unlimited.
+        assert_eq!(parse_cgroup_limit("268435456\n"), Some(256 << 20));
+        assert_eq!(parse_cgroup_limit("max\n"), None);
+        assert_eq!(
+            parse_cgroup_limit("9223372036854771712\n"),
+            Some(9_223_372_036_854_771_712)
+        );
     }
 }

@@ -3,8 +3,9 @@
 # integration tests (lapin over TCP against a spawned broker), and the cross-client suite
 # (pika, kombu, Celery, oslo.messaging, the RabbitMQ Java client, amqp091-go's own
 # integration tests, amqp-tools), which installs what it needs (apt, a Python venv);
-# then the fuzz targets: the inputs that once crashed one are replayed, and each target
-# fuzzes for 30 s (tests/fuzz/README.md).
+# the Docker image, built without a registry and run (tests/docker/README.md; skipped
+# when `docker info` fails); then the fuzz targets: the inputs that once crashed one are
+# replayed, and each target fuzzes for 30 s (tests/fuzz/README.md).
 #
 #   tests/run-all.sh
 set -euo pipefail
@@ -23,6 +24,9 @@ cargo test --workspace --no-fail-fast -- --test-threads 4
 
 step "cross-client conformance suite"
 WARREN_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/warren" tests/clients/run.sh
+
+step "Docker image: built here and run (tests/docker/run.sh; skipped without a Docker engine)"
+tests/docker/run.sh
 
 step "fuzz targets: reproducers, then 30 s each (tests/fuzz/run.sh)"
 tests/fuzz/run.sh 30

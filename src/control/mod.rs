@@ -102,7 +102,13 @@ async fn serve_one(broker: Arc<Broker>, stream: UnixStream) {
         }
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
-                tracing::info!(command = %req.command, "control request");
+                // await_startup is a probe (the Docker image's HEALTHCHECK runs it every
+                // 5 s): logged at debug so that it does not fill the log.
+                if req.command == "await_startup" {
+                    tracing::debug!(command = %req.command, "control request");
+                } else {
+                    tracing::info!(command = %req.command, "control request");
+                }
                 commands::handle(&broker, req).await
             }
             Err(e) => Response::error(64, format!("malformed control request: {e}")),
