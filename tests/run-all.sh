@@ -11,7 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step's line says how long the run has taken so far (where CI time goes).
+step() { printf '\n=== [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 step "cargo fmt --all --check"
 cargo fmt --all --check
@@ -30,3 +31,5 @@ tests/docker/run.sh
 
 step "fuzz targets: reproducers, then 30 s each (tests/fuzz/run.sh)"
 tests/fuzz/run.sh 30
+
+step "all passed"
