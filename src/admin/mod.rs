@@ -2,4 +2,5 @@
 //! rendered by both `warrenctl` (`control`, rabbitmqctl's tables) and the management
 //! API (`management`, rabbitmq_management's JSON), so the two cannot disagree.
 
+pub mod channels;
 pub mod queues;

@@ -10,7 +10,6 @@ use super::{Request, Response};
 use crate::access::{AccessError, Limits};
 use crate::admin::queues::QueueInfo;
 use crate::broker::{Broker, VhostMeta};
-use crate::event::ConnEvent;
 use crate::exchange::Destination;
 use crate::queue::QueueCmd;
 
@@ -827,9 +826,9 @@ async fn list_consumers(req: &Request, v: &crate::vhost::Vhost) -> Result {
 /// is stuck is left out rather than holding up the listing.
 const CHANNELS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Every open channel of every connection. Each connection task owns its channels and
-/// answers [`ConnEvent::ListChannels`] between frames, so the listing costs the
-/// message path nothing (RabbitMQ asks each channel process the same way).
+/// Every open channel of every connection (see `admin/channels.rs`: each connection
+/// task owns its channels and answers between frames, so the listing costs the message
+/// path nothing; RabbitMQ asks each channel process the same way).
 async fn list_channels(broker: &Broker, req: &Request) -> Result {
     let all = [
         "pid",
@@ -850,47 +849,33 @@ async fn list_channels(broker: &Broker, req: &Request) -> Result {
     ];
     let default = ["pid", "user", "consumer_count", "messages_unacknowledged"];
     let columns = columns(req, &all, &default)?;
-    let mut asked = Vec::new();
-    broker.for_each_connection(|id, c| {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if c.events.send(ConnEvent::ListChannels(tx)).is_ok() {
-            let name = c.display_name();
-            asked.push((id, c.user.clone(), c.vhost.clone(), name, rx));
-        }
-    });
-    asked.sort_by_key(|a| a.0);
-    let deadline = tokio::time::Instant::now() + CHANNELS_TIMEOUT;
-    let mut rows = Vec::new();
-    for (id, user, vhost, name, rx) in asked {
-        // A connection that closed meanwhile drops the question: it has no channels.
-        let Ok(Ok(infos)) = tokio::time::timeout_at(deadline, rx).await else {
-            continue;
-        };
-        for ch in infos {
-            rows.push(
-                columns
-                    .iter()
-                    .map(|col| match col.as_str() {
-                        "pid" => json!(channel_pid(id, ch.number)),
-                        "name" => json!(format!("{name} ({})", ch.number)),
-                        "connection" => json!(pid(id)),
-                        "number" => json!(ch.number),
-                        "user" => json!(user),
-                        "vhost" => json!(vhost),
-                        "transactional" => json!(ch.transactional),
-                        "confirm" => json!(ch.confirm),
-                        "consumer_count" => json!(ch.consumer_count),
-                        "messages_unacknowledged" => json!(ch.messages_unacknowledged),
-                        "messages_unconfirmed" => json!(ch.messages_unconfirmed),
-                        "messages_uncommitted" => json!(ch.messages_uncommitted),
-                        "acks_uncommitted" => json!(ch.acks_uncommitted),
-                        "prefetch_count" => json!(ch.prefetch_count),
-                        _ => json!(ch.global_prefetch_count),
-                    })
-                    .collect(),
-            );
-        }
-    }
+    let rows = crate::admin::channels::gather(broker, |_, _| true, CHANNELS_TIMEOUT)
+        .await
+        .into_iter()
+        .map(|row| {
+            let ch = &row.info;
+            columns
+                .iter()
+                .map(|col| match col.as_str() {
+                    "pid" => json!(channel_pid(row.conn_id, ch.number)),
+                    "name" => json!(row.name()),
+                    "connection" => json!(pid(row.conn_id)),
+                    "number" => json!(ch.number),
+                    "user" => json!(row.user),
+                    "vhost" => json!(row.vhost),
+                    "transactional" => json!(ch.transactional),
+                    "confirm" => json!(ch.confirm),
+                    "consumer_count" => json!(ch.consumer_count),
+                    "messages_unacknowledged" => json!(ch.messages_unacknowledged),
+                    "messages_unconfirmed" => json!(ch.messages_unconfirmed),
+                    "messages_uncommitted" => json!(ch.messages_uncommitted),
+                    "acks_uncommitted" => json!(ch.acks_uncommitted),
+                    "prefetch_count" => json!(ch.prefetch_count),
+                    _ => json!(ch.global_prefetch_count),
+                })
+                .collect()
+        })
+        .collect();
     Ok(Response::table(columns, rows))
 }
 

@@ -21,7 +21,6 @@ use super::list::reply_list;
 use super::{node_name, reply, vhost_of, Api, ApiError, ApiResult, Caller};
 use crate::broker::ConnectionEntry;
 use crate::definitions::table_to_json;
-use crate::event::ConnEvent;
 use crate::queue::QueueCmd;
 
 /// Longest wait for the connections' (or queues') answers to a listing.
@@ -158,36 +157,25 @@ async fn close(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Ask each connection for its channels (they own them) and describe those.
+/// The channels of the connections listed (those the caller may see), described.
 async fn channels(api: &Api, conns: Vec<(u64, Value)>) -> Vec<Value> {
-    let mut events = HashMap::new();
-    api.broker.for_each_connection(|id, e| {
-        events.insert(id, e.events.clone());
-    });
-    let mut asked = Vec::new();
-    for (id, c) in conns {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if events
-            .get(&id)
-            .is_some_and(|e| e.send(ConnEvent::ListChannels(tx)).is_ok())
-        {
-            asked.push((c, rx));
-        }
-    }
-    let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
-    let mut out = Vec::new();
-    for (c, rx) in asked {
-        let Ok(Ok(infos)) = tokio::time::timeout_at(deadline, rx).await else {
-            continue;
-        };
-        for ch in infos {
-            out.push(json!({
-                "name": format!("{} ({})", c["name"].as_str().unwrap_or(""), ch.number),
+    let ids: std::collections::HashSet<u64> = conns.iter().map(|c| c.0).collect();
+    crate::admin::channels::gather(&api.broker, |id, _| ids.contains(&id), ASK_TIMEOUT)
+        .await
+        .into_iter()
+        .map(|row| {
+            let ch = &row.info;
+            json!({
+                "name": row.name(),
                 "number": ch.number,
                 "node": node_name(),
-                "user": c["user"],
-                "vhost": c["vhost"],
-                "connection_details": {"name": c["name"], "peer_host": c["peer_host"], "peer_port": c["peer_port"]},
+                "user": row.user,
+                "vhost": row.vhost,
+                "connection_details": {
+                    "name": row.conn_name,
+                    "peer_host": row.peer.ip().to_string(),
+                    "peer_port": row.peer.port(),
+                },
                 "consumer_count": ch.consumer_count,
                 "messages_unacknowledged": ch.messages_unacknowledged,
                 "messages_unconfirmed": ch.messages_unconfirmed,
@@ -198,10 +186,9 @@ async fn channels(api: &Api, conns: Vec<(u64, Value)>) -> Vec<Value> {
                 "confirm": ch.confirm,
                 "transactional": ch.transactional,
                 "state": "running",
-            }));
-        }
-    }
-    out
+            })
+        })
+        .collect()
 }
 
 async fn channels_of_connection(
