@@ -3,4 +3,5 @@
 //! API (`management`, rabbitmq_management's JSON), so the two cannot disagree.
 
 pub mod channels;
+pub mod consumers;
 pub mod queues;

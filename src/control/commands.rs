@@ -768,7 +768,7 @@ async fn list_queues(req: &Request, v: &crate::vhost::Vhost) -> Result {
 
 /// Every consumer of the vhost's queues, asked of each queue's actor (the consumers'
 /// owner), in queue-name order.
-async fn list_consumers(req: &Request, v: &crate::vhost::Vhost) -> Result {
+async fn list_consumers(req: &Request, v: &std::sync::Arc<crate::vhost::Vhost>) -> Result {
     let all = [
         "queue_name",
         "channel_pid",
@@ -791,34 +791,28 @@ async fn list_consumers(req: &Request, v: &crate::vhost::Vhost) -> Result {
         "arguments",
     ];
     let columns = columns(req, &all, &default)?;
-    let mut queues = v.queues();
-    queues.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut rows = Vec::new();
-    for q in queues {
-        let consumers = q
-            .ask(|reply| QueueCmd::Consumers { reply })
-            .await
-            .unwrap_or_default();
-        for c in consumers {
-            rows.push(
-                columns
-                    .iter()
-                    .map(|col| match col.as_str() {
-                        "queue_name" => json!(&*q.name),
-                        "channel_pid" => json!(channel_pid(c.conn_id, c.channel)),
-                        "consumer_tag" => json!(&*c.tag),
-                        "ack_required" => json!(!c.no_ack),
-                        "prefetch_count" => json!(c.prefetch),
-                        // No single-active-consumer queues yet: every consumer is active.
-                        "active" => json!(true),
-                        "activity_status" => json!("up"),
-                        "exclusive" => json!(c.exclusive),
-                        _ => crate::definitions::table_to_json(&c.arguments),
-                    })
-                    .collect(),
-            );
-        }
-    }
+    let vhost = [v.clone()];
+    let rows = crate::admin::consumers::gather(&vhost, CHANNELS_TIMEOUT)
+        .await
+        .into_iter()
+        .map(|row| {
+            let c = &row.info;
+            columns
+                .iter()
+                .map(|col| match col.as_str() {
+                    "queue_name" => json!(&*row.queue.name),
+                    "channel_pid" => json!(channel_pid(c.conn_id, c.channel)),
+                    "consumer_tag" => json!(&*c.tag),
+                    "ack_required" => json!(!c.no_ack),
+                    "prefetch_count" => json!(c.prefetch),
+                    "active" => json!(c.active),
+                    "activity_status" => json!(c.activity_status),
+                    "exclusive" => json!(c.exclusive),
+                    _ => crate::definitions::table_to_json(&c.arguments),
+                })
+                .collect()
+        })
+        .collect();
     Ok(Response::table(columns, rows))
 }
 

@@ -21,7 +21,6 @@ use super::list::reply_list;
 use super::{node_name, reply, vhost_of, Api, ApiError, ApiResult, Caller};
 use crate::broker::ConnectionEntry;
 use crate::definitions::table_to_json;
-use crate::queue::QueueCmd;
 
 /// Longest wait for the connections' (or queues') answers to a listing.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -221,44 +220,39 @@ async fn vhost_channels(
     reply_list(channels(&api, conns).await, &q)
 }
 
-/// Ask each visible queue for its consumers.
+/// The consumers of the queues the caller may see, described.
 async fn consumers(api: &Api, caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     let mut names: HashMap<u64, Value> = HashMap::new();
     api.broker.for_each_connection(|id, c| {
         names.insert(id, conn_json(c));
     });
-    let deadline = tokio::time::Instant::now() + ASK_TIMEOUT;
-    let mut out = Vec::new();
-    for v in super::visible_vhosts(api, caller, vhost) {
-        for q in v.queues() {
-            let ask = q.ask(|reply| QueueCmd::Consumers { reply });
-            let Ok(Some(list)) = tokio::time::timeout_at(deadline, ask).await else {
-                continue;
-            };
-            for c in list {
-                let conn = names.get(&c.conn_id).cloned().unwrap_or(Value::Null);
-                out.push(json!({
-                    "consumer_tag": &*c.tag,
-                    "queue": {"name": &*q.name, "vhost": &*v.name},
-                    "channel_details": {
-                        "name": format!("{} ({})", conn["name"].as_str().unwrap_or(""), c.channel),
-                        "number": c.channel,
-                        "connection_name": conn["name"],
-                        "peer_host": conn["peer_host"],
-                        "peer_port": conn["peer_port"],
-                        "user": conn["user"],
-                    },
-                    "ack_required": !c.no_ack,
-                    "exclusive": c.exclusive,
-                    "prefetch_count": c.prefetch,
-                    "arguments": table_to_json(&c.arguments),
-                    "active": true,
-                    "activity_status": "up",
-                }));
-            }
-        }
-    }
-    out
+    let vhosts = super::visible_vhosts(api, caller, vhost);
+    crate::admin::consumers::gather(&vhosts, ASK_TIMEOUT)
+        .await
+        .into_iter()
+        .map(|row| {
+            let c = &row.info;
+            let conn = names.get(&c.conn_id).cloned().unwrap_or(Value::Null);
+            json!({
+                "consumer_tag": &*c.tag,
+                "queue": {"name": &*row.queue.name, "vhost": &*row.vhost},
+                "channel_details": {
+                    "name": format!("{} ({})", conn["name"].as_str().unwrap_or(""), c.channel),
+                    "number": c.channel,
+                    "connection_name": conn["name"],
+                    "peer_host": conn["peer_host"],
+                    "peer_port": conn["peer_port"],
+                    "user": conn["user"],
+                },
+                "ack_required": !c.no_ack,
+                "exclusive": c.exclusive,
+                "prefetch_count": c.prefetch,
+                "arguments": table_to_json(&c.arguments),
+                "active": c.active,
+                "activity_status": c.activity_status,
+            })
+        })
+        .collect()
 }
 
 async fn all_consumers(State(api): State<Api>, caller: Caller) -> ApiResult {

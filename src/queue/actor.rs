@@ -383,10 +383,12 @@ impl QueueActor {
             }
             QueueCmd::Sizes { reply } => self.sizes_asked.push(reply),
             QueueCmd::Consumers { reply } => {
+                let single_active = self.consumers.single_active();
                 let _ = reply.send(
                     self.consumers
                         .iter()
-                        .map(|c| ConsumerInfo {
+                        .enumerate()
+                        .map(|(i, c)| ConsumerInfo {
                             tag: c.tag.clone(),
                             conn_id: c.conn_id,
                             channel: c.channel,
@@ -394,6 +396,14 @@ impl QueueActor {
                             exclusive: c.exclusive,
                             prefetch: c.prefetch,
                             arguments: c.arguments.clone(),
+                            // With a single active consumer, the first delivers (see
+                            // dispatch.rs `pick`).
+                            active: !single_active || i == 0,
+                            activity_status: match (single_active, i) {
+                                (false, _) => "up",
+                                (true, 0) => "single_active",
+                                (true, _) => "waiting",
+                            },
                         })
                         .collect(),
                 );

@@ -80,6 +80,12 @@ pub struct ConsumerInfo {
     /// Per-consumer prefetch in effect (0 = none).
     pub prefetch: u32,
     pub arguments: FieldTable,
+    /// Gets deliveries: every consumer, or on a single-active-consumer queue only the
+    /// first (the others wait their turn).
+    pub active: bool,
+    /// RabbitMQ's `activity_status`: `up`, or `single_active` / `waiting` on a
+    /// single-active-consumer queue.
+    pub activity_status: &'static str,
 }
 
 pub enum QueueCmd {

@@ -691,3 +691,74 @@ async fn a_connection_has_one_name_everywhere() {
     assert_eq!(api[0]["name"], name.as_str());
     assert_eq!(api[0]["user_provided_name"], "billing");
 }
+
+/// On a single-active-consumer queue only the first consumer gets deliveries: listings
+/// say so as RabbitMQ's do (active, activity_status single_active / waiting), the same
+/// in warrenctl list_consumers and /api/consumers (both gather admin/consumers.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_active_consumers_are_listed_active_and_waiting() {
+    let Some((broker, ctl)) = warren() else {
+        return;
+    };
+    let (_conn, ch) = broker.channel().await;
+    let mut args = FieldTable::default();
+    args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    within(ch.queue_declare("sac".into(), QueueDeclareOptions::default(), args))
+        .await
+        .unwrap();
+    // Held: lapin cancels a consumer whose handle is dropped.
+    let mut consumers = Vec::new();
+    for tag in ["first", "second"] {
+        consumers.push(
+            within(ch.basic_consume(
+                "sac".into(),
+                tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    let out = ctl.ok(&[
+        "-q",
+        "list_consumers",
+        "consumer_tag",
+        "active",
+        "activity_status",
+    ]);
+    assert_eq!(
+        out,
+        "consumer_tag\tactive\tactivity_status\nfirst\ttrue\tsingle_active\nsecond\tfalse\twaiting\n"
+    );
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(broker.management_addr()).unwrap();
+    write!(
+        s,
+        "GET /api/consumers HTTP/1.1\r\nHost: x\r\nAuthorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let api: serde_json::Value =
+        serde_json::from_str(text.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let listed: Vec<(String, bool, String)> = api
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["consumer_tag"].as_str().unwrap().to_owned(),
+                c["active"].as_bool().unwrap(),
+                c["activity_status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("first".to_owned(), true, "single_active".to_owned()),
+            ("second".to_owned(), false, "waiting".to_owned())
+        ]
+    );
+}
