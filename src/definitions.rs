@@ -16,6 +16,7 @@ use crate::access::{password, Limits};
 use crate::broker::{Broker, VhostMeta};
 use crate::exchange::Destination;
 use crate::protocol::table;
+use crate::util::json_tags;
 use crate::vhost::{ExchangeDecl, QueueDecl, Vhost};
 
 /// What an import did not take. Warnings are things warren ignores on purpose (unknown
@@ -247,7 +248,7 @@ impl Importer<'_> {
                 _ => access.insert_user(name, hash.to_owned(), algorithm.to_owned(), true),
             };
             let result = result
-                .and_then(|_| access.set_user_tags(name, tags(u.get("tags"))))
+                .and_then(|_| access.set_user_tags(name, json_tags(u.get("tags"))))
                 .and_then(|_| access.set_user_limits(name, limits(u.get("limits"))));
             if let Err(e) = result {
                 self.r.errors.push(format!("user '{name}': {e}"));
@@ -265,7 +266,7 @@ impl Importer<'_> {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned(),
-                tags: tags(v.pointer("/metadata/tags").or_else(|| v.get("tags"))),
+                tags: json_tags(v.pointer("/metadata/tags").or_else(|| v.get("tags"))),
             };
             if let Err(e) = self.broker.add_vhost(name, meta) {
                 self.r.errors.push(format!("vhost '{name}': {e}"));
@@ -455,24 +456,6 @@ fn bool_field(v: &Value, key: &str, default: bool) -> bool {
     v.get(key).and_then(Value::as_bool).unwrap_or(default)
 }
 
-/// Tags as a list, or as RabbitMQ's older comma-separated string.
-fn tags(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// A limits object (`{"max-connections": 10}`); non-integer values are dropped.
 pub fn limits(v: Option<&Value>) -> Limits {
     v.and_then(Value::as_object)
@@ -603,7 +586,7 @@ mod tests {
 
     #[test]
     fn tags_in_both_formats() {
-        assert_eq!(tags(Some(&json!("a, b"))), vec!["a", "b"]);
-        assert_eq!(tags(Some(&json!(["monitoring"]))), vec!["monitoring"]);
+        assert_eq!(json_tags(Some(&json!("a, b"))), vec!["a", "b"]);
+        assert_eq!(json_tags(Some(&json!(["monitoring"]))), vec!["monitoring"]);
     }
 }

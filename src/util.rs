@@ -41,6 +41,26 @@ pub fn next_id() -> u64 {
     NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Tags in definitions JSON: a list, or RabbitMQ's older comma-separated string. Read
+/// by the definitions import and by the migration of format 1's `access.json`.
+pub fn json_tags(v: Option<&serde_json::Value>) -> Vec<String> {
+    use serde_json::Value;
+    match v {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -14,6 +14,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::util::json_tags;
+
 use super::records::{
     Change, Limits, PermissionDef, PolicyDef, Snapshot, TopicPermissionDef, UserDef, VhostInfo,
 };
@@ -104,23 +106,6 @@ fn text(v: &Value, key: &str) -> String {
         .to_owned()
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        Some(Value::String(s)) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 fn limits(v: Option<&Value>) -> Limits {
     v.and_then(Value::as_object)
         .map(|m| {
@@ -140,7 +125,7 @@ fn access(snapshot: &mut Snapshot, doc: &Value) {
             def: UserDef {
                 password_hash: text(u, "password_hash"),
                 hashing_algorithm: text(u, "hashing_algorithm"),
-                tags: strings(u.get("tags")),
+                tags: json_tags(u.get("tags")),
                 limits: limits(u.get("limits")),
             },
         });
@@ -156,7 +141,7 @@ fn access(snapshot: &mut Snapshot, doc: &Value) {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned(),
-                tags: strings(v.pointer("/metadata/tags")),
+                tags: json_tags(v.pointer("/metadata/tags")),
             },
         });
     }
