@@ -154,8 +154,15 @@ fn collect() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-/// Sample usage every interval and publish alarm changes on `tx`.
-pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender<AlarmState>>) {
+/// Sample usage every interval and publish alarm changes on `tx`. The disk alarm is also
+/// raised while the message store's writes fail (a full disk whose free space the
+/// limit did not catch, an I/O error), and clears when they succeed again.
+pub async fn monitor(
+    cfg: AlarmsConfig,
+    data_dir: PathBuf,
+    store: Option<Arc<crate::store::MessageStore>>,
+    tx: Arc<watch::Sender<AlarmState>>,
+) {
     let limit = memory_limit(&cfg);
     if let Some(l) = limit {
         tracing::info!(limit_bytes = l, "memory high watermark");
@@ -197,7 +204,8 @@ pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender
         let free = free_disk(&data_dir);
         let state = AlarmState {
             memory: matches!((used, limit), (Some(u), Some(l)) if u > l),
-            disk: matches!(free, Some(f) if f < cfg.disk_free_limit),
+            disk: matches!(free, Some(f) if f < cfg.disk_free_limit)
+                || store.as_ref().is_some_and(|s| s.is_failing()),
         };
         let before = *tx.borrow();
         if state != before {
@@ -215,6 +223,7 @@ pub async fn monitor(cfg: AlarmsConfig, data_dir: PathBuf, tx: Arc<watch::Sender
             if state.disk != before.disk {
                 if state.disk {
                     tracing::warn!(
+                        store_failing = store.as_ref().is_some_and(|s| s.is_failing()),
                         free = free.unwrap_or(0),
                         limit = cfg.disk_free_limit,
                         "disk resource limit alarm set: publishers are blocked"

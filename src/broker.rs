@@ -412,6 +412,7 @@ impl Broker {
         tokio::spawn(crate::alarm::monitor(
             self.config.alarms.clone(),
             self.config.data_dir.clone(),
+            self.store.as_ref().map(|s| s.messages.clone()),
             self.alarms.clone(),
         ));
     }

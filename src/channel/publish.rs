@@ -327,7 +327,7 @@ impl Channel {
                     .filter_map(|q| q.store_qid)
                     .collect();
                 if !qids.is_empty() {
-                    if store.messages.is_broken() {
+                    if store.messages.is_failing() {
                         // Refused, not accepted in memory only: the publisher retries.
                         refused = true;
                         skip_durable = true;
@@ -378,7 +378,8 @@ impl Channel {
         let Some(c) = &mut self.confirm else { return };
         let store = s.vhost.store().map(|st| &st.messages);
         let synced = store.map_or(u64::MAX, |m| m.synced());
-        let broken = store.is_some_and(|m| m.is_broken());
+        // Written, or failed (a disk error: nacked); ids past the watermark wait.
+        let written = |id: u64| store.is_none_or(|m| !m.is_failed(id));
         loop {
             let (limit, outcome) = match c.pending.front() {
                 Some(&(seq, o)) => (seq, Some(o)),
@@ -393,11 +394,11 @@ impl Channel {
             }
             match outcome {
                 None => break,
-                Some(Outcome::Stored(id)) if id <= synced => {
+                Some(Outcome::Stored(id)) if id <= synced && written(id) => {
                     c.pending.pop_front(); // now a plain ack, covered by the next round
                 }
-                Some(Outcome::Stored(_)) if !broken => break,
-                // Refused, or the store failed before syncing it.
+                Some(Outcome::Stored(id)) if id > synced && written(id) => break,
+                // Refused, or the store failed to write it.
                 Some(_) => {
                     method::encode_confirm(&mut s.out.buf, self.number, limit, false, true);
                     c.sent = limit;

@@ -232,7 +232,7 @@ async fn publish(
         if let Some(store) = v.store() {
             let qids: Vec<u64> = admitted.iter().filter_map(|q| q.store_qid).collect();
             if !qids.is_empty() {
-                if store.messages.is_broken() {
+                if store.messages.is_failing() {
                     return Err(ApiError::bad_request("the message store is unavailable"));
                 }
                 msg.store_id = Some(store.messages.persist(qids, &msg, None));

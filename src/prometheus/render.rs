@@ -333,6 +333,30 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         "is 1 if free disk space watermark alarm is in effect",
         alarms.disk as u8,
     );
+    if let Some(store) = &broker.store {
+        let journal = store.messages.journal();
+        out.gauge(
+            "warren_store_journal_bytes",
+            "Bytes in the message journal's segment files",
+            journal.bytes,
+        );
+        out.gauge(
+            "warren_store_journal_files",
+            "Segment files in the message journal",
+            journal.files,
+        );
+        out.family(
+            "warren_store_compactions_total",
+            "counter",
+            "Compactions of the message journal (files rewritten with what is still needed)",
+        );
+        out.sample("warren_store_compactions_total", &[], journal.compactions);
+        out.gauge(
+            "warren_store_write_failing",
+            "is 1 while the message store's writes fail (persistent publishes are refused)",
+            store.messages.is_failing() as u8,
+        );
+    }
     out.gauge(
         "rabbitmq_alarms_file_descriptor_limit",
         "is 1 if file descriptor limit alarm is in effect",

@@ -104,7 +104,7 @@ pub fn publish(
         if props.is_some_and(|p| p.persistent()) {
             if let Some(store) = host.store() {
                 let qids: Vec<u64> = targets.iter().filter_map(|q| q.store_qid).collect();
-                if !qids.is_empty() && !store.messages.is_broken() {
+                if !qids.is_empty() && !store.messages.is_failing() {
                     dl.store_id = Some(store.messages.persist(qids, &dl, None));
                 }
             }

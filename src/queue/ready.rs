@@ -368,6 +368,10 @@ impl Ready {
                 break;
             }
             p.pending.pop_front();
+            // The store could not write it (a disk error): the body stays here.
+            if p.store.is_failed(store_id) {
+                continue;
+            }
             let level = &mut self.levels[level as usize];
             let at = level.partition_point(|x| x.id < id);
             if at < keep {

@@ -119,6 +119,20 @@ impl Index {
         }
     }
 
+    /// Point a live message at a copy of its record (compaction); holders unchanged.
+    pub fn relocate(&mut self, id: u64, segment: u32, offset: u32) {
+        let (hi, low) = split(id);
+        if let Some(chunk) = self.chunks.get_mut(&hi) {
+            if let Ok(i) = chunk.find(low) {
+                let at = &mut chunk.slots[i].at;
+                if at.holders > 0 {
+                    at.segment = segment;
+                    at.offset = offset;
+                }
+            }
+        }
+    }
+
     /// One holder let go of message `id`: its entry when that was the last one (it is
     /// gone from the index then), None otherwise or when the id is not indexed.
     pub fn release(&mut self, id: u64) -> Option<Ref> {

@@ -1,17 +1,17 @@
 //! The message store: persistent messages routed to durable queues, in a journal of
-//! segment files written by one thread.
+//! segment files written by one thread (`writer.rs`) and compacted by another
+//! (`compact.rs`).
 //!
 //! Publishers hand a message to [`MessageStore::persist`], which only numbers it and
-//! queues it for the writer thread. The writer takes everything queued, writes it in one
-//! go and syncs once (group commit: a sync starts as soon as the previous one ended, and
-//! nothing waits on a timer), then advances the synced watermark and wakes the
-//! connections whose publishers wait for confirms. Queues report what they let go of
-//! (acked, dropped, expired, purged) with [`MessageStore::ack`], and the first delivery
-//! of a message with [`MessageStore::delivered`], so that after a crash it comes back
-//! flagged redelivered. Neither is synced on its own: at worst an acked message comes
-//! back after a crash, as a redelivery.
+//! queues it for the writer thread, which writes batches and syncs once per batch. Queues
+//! report what they let go of (acked, dropped, expired, purged) with
+//! [`MessageStore::ack`], and the first delivery of a message with
+//! [`MessageStore::delivered`], so that after a crash it comes back flagged redelivered.
+//! Neither is synced on its own: at worst an acked message comes back after a crash, as
+//! a redelivery.
 //!
-//! A segment whose messages have all been let go of by every queue is deleted.
+//! Disk use follows the live backlog: a file nothing needs is deleted, and files that are
+//! mostly let go of are rewritten with what is left (see `segments.rs`).
 //!
 //! The writer keeps an index of where every live message lies (segment, offset, length),
 //! shared with readers: a deep queue keeps only its oldest messages' bodies in memory and
@@ -23,10 +23,11 @@
 //!   written only to page a message out of a queue's memory; never recovered, never synced
 //! - `A` queue id, message ids (let go of)
 //! - `D` queue id, message ids (delivered at least once)
+//! - `P` nothing: a failing store's probe of the disk, skipped by every reader
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,60 +37,15 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::codec::{Get, Put};
+use super::codec::Get;
 use super::index::{Index, Ref};
 use super::record;
+use super::segments::{Members, Segment, Segments};
+use super::writer::{open_segment, segment_path, Op, Persist, Shared, Writer, SEGMENT_EXT};
 use crate::config::StoreConfig;
 use crate::message::Message;
 use crate::protocol::properties;
 use crate::util::IdHash;
-
-const SEGMENT_EXT: &str = "seg";
-
-/// Hand-off to the writer thread.
-enum Op {
-    Persist(Box<Persist>),
-    /// Copies to page messages out: a batch per queue wake-up, not an op per message.
-    Transient(Vec<Persist>),
-    Ack {
-        qid: u64,
-        ids: Vec<u64>,
-    },
-    /// Transient copies let go of: nothing to journal, just the index.
-    Release(Vec<u64>),
-    Delivered {
-        qid: u64,
-        ids: Vec<u64>,
-    },
-    /// Flush and sync everything queued so far, then answer.
-    Flush(mpsc::Sender<()>),
-}
-
-struct Persist {
-    id: u64,
-    /// Empty for a transient copy.
-    qids: Vec<u64>,
-    exchange: Bytes,
-    routing_key: Bytes,
-    properties: Bytes,
-    body: Bytes,
-    waiter: Option<Arc<Notify>>,
-}
-
-impl Persist {
-    /// The message's parts, shared (no copy of the body).
-    fn of(id: u64, qids: Vec<u64>, m: &Message, waiter: Option<&Arc<Notify>>) -> Persist {
-        Persist {
-            id,
-            qids,
-            exchange: m.exchange.clone(),
-            routing_key: m.routing_key.clone(),
-            properties: m.properties.clone(),
-            body: m.body.clone(),
-            waiter: waiter.cloned(),
-        }
-    }
-}
 
 /// What start-up found, by durable queue id.
 pub type RecoveredByQueue = HashMap<u64, Vec<Recovered>>;
@@ -116,16 +72,12 @@ type SharedIndex = Arc<Mutex<Index>>;
 pub struct MessageStore {
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     next_id: AtomicU64,
-    /// Every message numbered up to here is on disk (synced when fsync is on).
-    synced: Arc<AtomicU64>,
-    /// A write or sync failed: persistent publishes are refused (nacked) from now on.
-    broken: Arc<AtomicBool>,
+    /// The watermark, failures and the failing state, kept by the writer.
+    shared: Arc<Shared>,
     /// Shut down: what queues let go of from now on is not recorded (the broker is
     /// stopping and everything still queued must come back).
     closed: AtomicBool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Woken after every batch the writer finishes (for [`MessageStore::wait_synced`]).
-    progress: Arc<tokio::sync::Notify>,
     index: SharedIndex,
     dir: PathBuf,
     /// Per durable queue, how many ready bodies stay in memory.
@@ -142,43 +94,47 @@ impl MessageStore {
     ) -> io::Result<(Arc<MessageStore>, RecoveredByQueue)> {
         super::files::create_dir(dir)?;
         let started = std::time::Instant::now();
+        super::compact::remove_leftovers(dir)?;
         let mut recovery = recover(dir, live_qids)?;
-        let synced = Arc::new(AtomicU64::new(recovery.max_id));
-        let broken = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(tokio::sync::Notify::new());
+        let shared = Arc::new(Shared::new(recovery.max_id));
         let index: SharedIndex = Arc::new(Mutex::new(std::mem::take(&mut recovery.refs)));
+        let mut segments =
+            Segments::new(std::mem::take(&mut recovery.files), 0, config.segment_size);
+        segments.current = segments.allocate();
+        segments.current();
+        let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
             dir: dir.to_path_buf(),
-            segment: recovery.next_segment,
-            file: open_segment(dir, recovery.next_segment)?,
+            file: open_segment(dir, segments.current)?,
             written: 0,
             segment_size: config.segment_size,
             fsync: config.fsync,
             index: index.clone(),
-            live: recovery.live,
+            segments,
             watermark: recovery.max_id,
             ahead: BTreeSet::new(),
-            synced: synced.clone(),
-            broken: broken.clone(),
-            progress: progress.clone(),
+            shared: shared.clone(),
+            jobs: None,
+            compacting: false,
+            compactor: None,
+            unsynced_unlinks: false,
+            compact_after: None,
         };
+        writer.start_compactor(tx.clone())?;
         // Ids are never reused; one at the end of the id space can only be damage (found
         // by fuzzing: `+ 1` overflowed).
         let next_id = recovery.max_id.checked_add(1).ok_or_else(|| {
             io::Error::other("a segment holds a message id no warren assigns; it is damaged")
         })?;
-        let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("warren-store".into())
             .spawn(move || writer.run(rx))?;
         let store = Arc::new(MessageStore {
             tx: Mutex::new(Some(tx)),
             next_id: AtomicU64::new(next_id),
-            synced,
-            broken,
+            shared,
             closed: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
-            progress,
             index,
             dir: dir.to_path_buf(),
             resident: config.resident_messages.try_into().unwrap_or(usize::MAX),
@@ -211,70 +167,41 @@ impl MessageStore {
         }
     }
 
+    fn lookup(&self, ids: &[u64]) -> Vec<Option<Ref>> {
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().map(|&id| index.get(id)).collect()
+    }
+
     /// Read live messages back from disk, in the order of `ids`; `None` for one that is
     /// not in the store (or can't be read: logged). Records close together in a segment
     /// are read with one `pread`.
     pub fn read(&self, ids: &[u64]) -> Vec<Option<Message>> {
-        let refs: Vec<Option<Ref>> = {
-            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-            ids.iter().map(|&id| index.get(id)).collect()
-        };
+        let mut refs = self.lookup(ids);
         let mut out: Vec<Option<Message>> = ids.iter().map(|_| None).collect();
-        // Visit in disk order, coalescing neighbours into spans.
-        let mut order: Vec<usize> = (0..ids.len()).filter(|&i| refs[i].is_some()).collect();
-        order.sort_unstable_by_key(|&i| refs[i].map(|r| (r.segment, r.offset)));
-        let mut file: Option<(u32, File)> = None;
-        let mut i = 0;
-        while i < order.len() {
-            let Some(first) = refs[order[i]] else { break };
-            let start = first.offset as u64 - record::HEADER as u64;
-            let mut end = first.offset as u64 + first.len as u64;
-            let mut j = i + 1;
-            while let Some(r) = order.get(j).and_then(|&k| refs[k]) {
-                let r_start = r.offset as u64 - record::HEADER as u64;
-                if r.segment != first.segment || r_start > end + SPAN_GAP || r_start < start {
-                    break;
+        let mut missed = read_spans(&self.dir, ids, &refs, &mut out);
+        // A compaction may have moved a message between the look-up and the read (its
+        // old file deleted): look those up again. Twice is plenty: one compaction at a
+        // time, and a copy is not moved again for a while.
+        for _ in 0..2 {
+            if missed.is_empty() {
+                break;
+            }
+            let again = self.lookup(&missed.iter().map(|&k| ids[k]).collect::<Vec<_>>());
+            let mut retry = Vec::new();
+            for (&k, r) in missed.iter().zip(again) {
+                if r.is_some() && r != refs[k] {
+                    refs[k] = r;
+                    retry.push(k);
                 }
-                end = end.max(r.offset as u64 + r.len as u64);
-                j += 1;
             }
-            if file.as_ref().map(|f| f.0) != Some(first.segment) {
-                file = match File::open(segment_path(&self.dir, first.segment as u64)) {
-                    Ok(f) => Some((first.segment, f)),
-                    Err(e) => {
-                        tracing::error!(error = %e, segment = first.segment, "cannot open a segment to read messages back");
-                        i = j;
-                        continue;
-                    }
-                };
+            let mut only: Vec<Option<Ref>> = vec![None; ids.len()];
+            for &k in &retry {
+                only[k] = refs[k];
             }
-            let Some((_, f)) = &file else { break };
-            let mut span = vec![0u8; (end - start) as usize];
-            if let Err(e) = f.read_exact_at(&mut span, start) {
-                tracing::error!(error = %e, segment = first.segment, offset = start, "cannot read messages back from the store");
-                i = j;
-                continue;
-            }
-            let span = Bytes::from(span);
-            for &k in &order[i..j] {
-                let Some(r) = refs[k] else { continue };
-                let at = (r.offset as u64 - record::HEADER as u64 - start) as usize;
-                out[k] = record::payload_at(&span, at)
-                    .and_then(|p| {
-                        let rec = parse_message(&span[p.clone()])?;
-                        (rec.id == ids[k]).then(|| rec.message_in(&span, p.start))
-                    })
-                    .or_else(|| {
-                        tracing::error!(
-                            segment = r.segment,
-                            offset = r.offset,
-                            id = ids[k],
-                            "stored message is corrupt; it is lost"
-                        );
-                        None
-                    });
-            }
-            i = j;
+            missed = read_spans(&self.dir, ids, &only, &mut out);
+        }
+        for k in missed {
+            tracing::error!(id = ids[k], at = ?refs[k], "stored message cannot be read back; it is lost");
         }
         out
     }
@@ -287,6 +214,14 @@ impl MessageStore {
         }
     }
 
+    /// The writer is gone (after close): these ids will never be written.
+    fn lost(&self, first: u64, n: u64) {
+        if n > 0 {
+            let ids: Vec<u64> = (first..first + n).collect();
+            self.shared.fail(&ids);
+        }
+    }
+
     /// Queue a message for the durable queues `qids`; returns its store id. When
     /// `waiter` is given, it is notified once the message is on disk (a connection waits
     /// on it to send publisher confirms; the store knows nothing of connections).
@@ -294,14 +229,15 @@ impl MessageStore {
         let id = self.next_id.fetch_add(1, Ordering::AcqRel);
         let op = Op::Persist(Box::new(Persist::of(id, qids, m, waiter)));
         if !self.send(op) {
-            self.broken.store(true, Ordering::Release);
+            self.lost(id, 1);
         }
         id
     }
 
     /// Write transient copies of messages so a queue can drop their bodies from memory
-    /// (read back with [`MessageStore::read`] once [`MessageStore::synced`] covers them).
-    /// They get consecutive ids, the first returned, and go to the writer in one hand-off.
+    /// (read back with [`MessageStore::read`] once [`MessageStore::synced`] covers them,
+    /// unless [`MessageStore::is_failed`]). They get consecutive ids, the first returned,
+    /// and go to the writer in one hand-off.
     pub fn persist_transient(&self, ms: &[&Message]) -> u64 {
         let first = self.next_id.fetch_add(ms.len() as u64, Ordering::AcqRel);
         let copies = ms
@@ -310,7 +246,7 @@ impl MessageStore {
             .map(|(m, id)| Persist::of(id, Vec::new(), m, None))
             .collect();
         if !ms.is_empty() && !self.send(Op::Transient(copies)) {
-            self.broken.store(true, Ordering::Release);
+            self.lost(first, ms.len() as u64);
         }
         first
     }
@@ -335,24 +271,30 @@ impl MessageStore {
         }
     }
 
-    /// Every message numbered up to this is safely stored.
+    /// Every message numbered up to this has been written (synced when fsync is on), or
+    /// failed to be: see [`MessageStore::is_failed`].
     pub fn synced(&self) -> u64 {
-        self.synced.load(Ordering::Acquire)
+        self.shared.synced.load(Ordering::Acquire)
     }
 
-    pub fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Acquire)
+    /// Message `id` (at most [`MessageStore::synced`]) could not be written: its
+    /// publisher gets a nack, and a queue keeps its body in memory.
+    pub fn is_failed(&self, id: u64) -> bool {
+        self.shared.is_failed(id)
     }
 
-    /// Wait until message `id` is safely stored; false if the store failed first.
+    /// Writes are failing (a full disk, an I/O error): persistent publishes are refused
+    /// and the disk alarm is raised until a write succeeds again.
+    pub fn is_failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Acquire)
+    }
+
+    /// Wait until message `id` is safely stored; false if it could not be.
     pub async fn wait_synced(&self, id: u64) -> bool {
         loop {
-            let progressed = self.progress.notified();
-            if self.synced() >= id {
-                return true;
-            }
-            if self.is_broken() {
-                return false;
+            let progressed = self.shared.progress.notified();
+            if self.synced() >= id || self.is_failed(id) {
+                return !self.is_failed(id);
             }
             progressed.await;
         }
@@ -371,240 +313,123 @@ impl MessageStore {
         self.closed.store(true, Ordering::Release);
     }
 
-    /// Flush and stop the writer (the end of a shutdown).
+    /// Flush and stop the writer and the compactor (the end of a shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.flush();
+        self.send(Op::Close);
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
     }
+
+    /// Files in the journal and their bytes (for tests).
+    #[cfg(test)]
+    fn disk_usage(&self) -> (u64, u64) {
+        let j = self.journal();
+        (j.files, j.bytes)
+    }
+
+    /// The journal's size on disk (read from the directory: for metrics, not per message).
+    pub fn journal(&self) -> Journal {
+        let mut j = Journal {
+            compactions: self.shared.compactions.load(Ordering::Relaxed),
+            ..Journal::default()
+        };
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                if e.path().extension().and_then(|x| x.to_str()) == Some(SEGMENT_EXT) {
+                    j.files += 1;
+                    j.bytes += e.metadata().map_or(0, |m| m.len());
+                }
+            }
+        }
+        j
+    }
+}
+
+/// The journal's size on disk, and how often it was compacted since start.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Journal {
+    pub files: u64,
+    pub bytes: u64,
+    pub compactions: u64,
+}
+
+/// Read the messages `refs` points at into `out` (where it has a ref); returns the
+/// positions that could not be read.
+fn read_spans(
+    dir: &Path,
+    ids: &[u64],
+    refs: &[Option<Ref>],
+    out: &mut [Option<Message>],
+) -> Vec<usize> {
+    let mut missed = Vec::new();
+    // Visit in disk order, coalescing neighbours into spans.
+    let mut order: Vec<usize> = (0..ids.len()).filter(|&i| refs[i].is_some()).collect();
+    order.sort_unstable_by_key(|&i| refs[i].map(|r| (r.segment, r.offset)));
+    let mut file: Option<(u32, File)> = None;
+    let mut i = 0;
+    while i < order.len() {
+        let Some(first) = refs[order[i]] else { break };
+        let start = first.offset as u64 - record::HEADER as u64;
+        let mut end = first.offset as u64 + first.len as u64;
+        let mut j = i + 1;
+        while let Some(r) = order.get(j).and_then(|&k| refs[k]) {
+            let r_start = r.offset as u64 - record::HEADER as u64;
+            if r.segment != first.segment || r_start > end + SPAN_GAP || r_start < start {
+                break;
+            }
+            end = end.max(r.offset as u64 + r.len as u64);
+            j += 1;
+        }
+        if file.as_ref().map(|f| f.0) != Some(first.segment) {
+            file = match File::open(segment_path(dir, first.segment as u64)) {
+                Ok(f) => Some((first.segment, f)),
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        tracing::error!(error = %e, segment = first.segment, "cannot open a segment to read messages back");
+                    }
+                    missed.extend_from_slice(&order[i..j]);
+                    i = j;
+                    continue;
+                }
+            };
+        }
+        let Some((_, f)) = &file else { break };
+        let mut span = vec![0u8; (end - start) as usize];
+        if let Err(e) = f.read_exact_at(&mut span, start) {
+            tracing::error!(error = %e, segment = first.segment, offset = start, "cannot read messages back from the store");
+            missed.extend_from_slice(&order[i..j]);
+            i = j;
+            continue;
+        }
+        let span = Bytes::from(span);
+        for &k in &order[i..j] {
+            let Some(r) = refs[k] else { continue };
+            let at = (r.offset as u64 - record::HEADER as u64 - start) as usize;
+            out[k] = record::payload_at(&span, at).and_then(|p| {
+                let rec = parse_message(&span[p.clone()])?;
+                (rec.id == ids[k]).then(|| rec.message_in(&span, p.start))
+            });
+            if out[k].is_none() {
+                missed.push(k);
+            }
+        }
+        i = j;
+    }
+    missed
 }
 
 /// Records at most this far apart are read back with one `pread`.
 const SPAN_GAP: u64 = 64 * 1024;
 
-fn segment_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("{n:016}.{SEGMENT_EXT}"))
-}
-
-fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
-    super::files::options()
-        .create(true)
-        .append(true)
-        .open(segment_path(dir, n))
-}
-
-struct Writer {
-    dir: PathBuf,
-    segment: u64,
-    file: File,
-    written: u64,
-    segment_size: u64,
-    fsync: bool,
-    /// Live messages: queues still holding each, and where it lies.
-    index: SharedIndex,
-    /// Live messages per segment.
-    live: HashMap<u64, u64>,
-    /// Ids arrive out of order (publishers number them on their own threads): the
-    /// watermark only moves past ids that are all written.
-    watermark: u64,
-    ahead: BTreeSet<u64>,
-    synced: Arc<AtomicU64>,
-    broken: Arc<AtomicBool>,
-    progress: Arc<tokio::sync::Notify>,
-}
-
-impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Op>) {
-        let mut buf = Vec::with_capacity(1 << 20);
-        while let Ok(first) = rx.recv() {
-            buf.clear();
-            let mut ids = Vec::new();
-            let mut durable = false;
-            let mut fresh = Vec::new();
-            let mut waiters: Vec<Arc<Notify>> = Vec::new();
-            let mut flushes = Vec::new();
-            let mut acks = Vec::new();
-            let mut next = Some(first);
-            while let Some(op) = next {
-                match op {
-                    Op::Persist(p) => {
-                        fresh.push(self.encode_message(&mut buf, &p));
-                        durable |= !p.qids.is_empty();
-                        ids.push(p.id);
-                        if let Some(w) = p.waiter {
-                            if !waiters.iter().any(|x| Arc::ptr_eq(x, &w)) {
-                                waiters.push(w);
-                            }
-                        }
-                    }
-                    Op::Transient(copies) => {
-                        for p in &copies {
-                            fresh.push(self.encode_message(&mut buf, p));
-                            ids.push(p.id);
-                        }
-                    }
-                    Op::Ack { qid, ids } => {
-                        record::append_with(&mut buf, |o| {
-                            o.put_u8(b'A');
-                            o.put_u64(qid);
-                            o.put_u32(ids.len() as u32);
-                            ids.iter().for_each(|id| o.put_u64(*id));
-                        });
-                        acks.extend(ids);
-                    }
-                    Op::Release(ids) => acks.extend(ids),
-                    Op::Delivered { qid, ids } => record::append_with(&mut buf, |o| {
-                        o.put_u8(b'D');
-                        o.put_u64(qid);
-                        o.put_u32(ids.len() as u32);
-                        ids.iter().for_each(|id| o.put_u64(*id));
-                    }),
-                    Op::Flush(reply) => flushes.push(reply),
-                }
-                // Bound a batch so a flood can't grow the buffer without limit.
-                next = if buf.len() < 8 << 20 {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
-            }
-            let stored = self.write(&buf, durable || !flushes.is_empty());
-            {
-                // Index what was written (before the watermark says it can be read back),
-                // then let go of what queues released.
-                let shared = self.index.clone();
-                let mut index = shared.lock().unwrap_or_else(|e| e.into_inner());
-                if stored {
-                    index.extend(fresh);
-                }
-                for id in acks {
-                    self.release(&mut index, id);
-                }
-            }
-            if stored {
-                self.advance(ids);
-            } else {
-                self.broken.store(true, Ordering::Release);
-            }
-            // Wake waiting publishers either way: on failure they nack.
-            self.progress.notify_waiters();
-            for w in waiters {
-                w.notify_one();
-            }
-            if self.written >= self.segment_size {
-                self.roll();
-            }
-            for f in flushes {
-                let _ = f.send(());
-            }
-        }
-    }
-
-    /// Append a message record to the batch; returns its index entry.
-    fn encode_message(&mut self, buf: &mut Vec<u8>, p: &Persist) -> (u64, Ref) {
-        let start = buf.len() + record::HEADER;
-        record::append_with(buf, |o| {
-            o.put_u8(if p.qids.is_empty() { b'T' } else { b'M' });
-            o.put_u64(p.id);
-            o.put_u16(p.qids.len() as u16);
-            p.qids.iter().for_each(|q| o.put_u64(*q));
-            o.put_bytes(&p.exchange);
-            o.put_bytes(&p.routing_key);
-            o.put_bytes(&p.properties);
-            o.put_bytes(&p.body);
-        });
-        *self.live.entry(self.segment).or_default() += 1;
-        let r = Ref {
-            holders: p.qids.len().max(1) as u32,
-            segment: self.segment as u32,
-            offset: (self.written + start as u64) as u32,
-            len: (buf.len() - start) as u32,
-        };
-        (p.id, r)
-    }
-
-    fn write(&mut self, buf: &[u8], sync: bool) -> bool {
-        if self.broken.load(Ordering::Acquire) {
-            return false;
-        }
-        let result = self.file.write_all(buf).and_then(|()| {
-            if sync && self.fsync {
-                self.file.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        match result {
-            Ok(()) => {
-                self.written += buf.len() as u64;
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, segment = self.segment, "message store write failed: persistent publishes are refused until restart");
-                false
-            }
-        }
-    }
-
-    fn advance(&mut self, ids: Vec<u64>) {
-        self.ahead.extend(ids);
-        while self.ahead.first() == Some(&(self.watermark + 1)) {
-            self.ahead.pop_first();
-            self.watermark += 1;
-        }
-        self.synced.store(self.watermark, Ordering::Release);
-    }
-
-    /// One queue let go of message `id`; when none holds it, its segment may go.
-    fn release(&mut self, index: &mut Index, id: u64) {
-        let Some(gone) = index.release(id) else {
-            return;
-        };
-        let segment = gone.segment as u64;
-        if let Some(n) = self.live.get_mut(&segment) {
-            *n -= 1;
-            if *n == 0 && segment != self.segment {
-                self.live.remove(&segment);
-                self.delete_segment(segment);
-            }
-        }
-    }
-
-    fn delete_segment(&self, segment: u64) {
-        if let Err(e) = fs::remove_file(segment_path(&self.dir, segment)) {
-            tracing::warn!(error = %e, segment, "could not delete a consumed segment");
-        }
-    }
-
-    fn roll(&mut self) {
-        let next = self.segment + 1;
-        match open_segment(&self.dir, next) {
-            Ok(f) => {
-                let old = self.segment;
-                self.file = f;
-                self.segment = next;
-                self.written = 0;
-                if self.live.get(&old).copied().unwrap_or(0) == 0 {
-                    self.live.remove(&old);
-                    self.delete_segment(old);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "could not start a new segment; staying on the current one")
-            }
-        }
-    }
-}
-
 struct Recovery {
     by_queue: HashMap<u64, Vec<Recovered>>,
     refs: Index,
-    live: HashMap<u64, u64>,
+    files: BTreeMap<u64, Segment>,
     max_id: u64,
-    next_segment: u64,
 }
 
 fn segments(dir: &Path) -> io::Result<Vec<u64>> {
@@ -627,7 +452,8 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// Replay the journal, one segment in memory at a time: first every segment's acks and
 /// delivery marks (truncating a torn tail), then its messages, indexing those some live
-/// queue still holds. Bodies are not kept: queues read back what they need.
+/// queue still holds. Bodies are not kept: queues read back what they need. Nothing is
+/// deleted here: the writer deletes or compacts what nothing needs once it runs.
 fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     let segs = segments(dir)?;
     // The index keeps segment numbers in 32 bits; warren numbers them from 1 up.
@@ -639,11 +465,14 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     }
     let mut acked: HashSet<(u64, u64), IdHash> = HashSet::default();
     let mut delivered: HashSet<(u64, u64), IdHash> = HashSet::default();
+    // Per file, the lowest and highest message id its acks and marks name.
+    let mut named: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     // One buffer for every segment: a fresh one each time costs a page fault per page.
     let mut data = Vec::new();
     for &n in &segs {
         let path = segment_path(dir, n);
         read_into(&path, &mut data)?;
+        let mut range: Option<(u64, u64)> = None;
         let report = record::scan(&data, |_, payload| {
             let mut g = Get::new(payload);
             let (Some(kind @ (b'A' | b'D')), Some(qid), Some(n)) = (g.u8(), g.u64(), g.u32())
@@ -657,11 +486,19 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
             };
             for _ in 0..n {
                 match g.u64() {
-                    Some(id) => set.insert((qid, id)),
+                    Some(id) => {
+                        set.insert((qid, id));
+                        let (lo, hi) = range.get_or_insert((id, id));
+                        *lo = (*lo).min(id);
+                        *hi = (*hi).max(id);
+                    }
                     None => break,
                 };
             }
         });
+        if let Some(r) = range {
+            named.insert(n, r);
+        }
         record::report(&path, data.len(), &report);
         // Nothing is cut off or skipped without a copy: a damaged segment whole, else
         // the torn tail about to be truncated.
@@ -682,18 +519,23 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     let mut r = Recovery {
         by_queue: HashMap::new(),
         refs: Index::default(),
-        live: HashMap::new(),
+        files: BTreeMap::new(),
         max_id: 0,
-        next_segment: segs.last().map_or(1, |n| n + 1),
     };
     for &seg in &segs {
         read_into(&segment_path(dir, seg), &mut data)?;
-        let mut seg_live = 0;
+        let mut ids = Vec::new();
+        let mut live_bytes = 0u64;
+        let mut live = 0u64;
+        // Copies of messages this file holds that an earlier file also held (a crash
+        // between a compaction's rename and its sources' deletion): (file, bytes).
+        let mut superseded: Vec<(u64, u64)> = Vec::new();
         record::scan(&data, |at, payload| {
             let Some(rec) = parse_message(payload) else {
                 return;
             };
             let id = rec.id;
+            ids.push(id);
             r.max_id = r.max_id.max(id);
             if !rec.durable {
                 return;
@@ -703,22 +545,29 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
             if holders == 0 {
                 return;
             }
+            let at = Ref {
+                holders: holders as u32,
+                segment: seg as u32,
+                offset: (at + record::HEADER) as u32,
+                len: payload.len() as u32,
+            };
+            live += 1;
+            live_bytes += (payload.len() + record::HEADER) as u64;
+            if let Some(earlier) = r.refs.get(id) {
+                superseded.push((
+                    earlier.segment as u64,
+                    (earlier.len as usize + record::HEADER) as u64,
+                ));
+                r.refs.insert(id, at);
+                return;
+            }
+            r.refs.insert(id, at);
             let [_, _, props, body] = rec.fields.clone();
             let props = &payload[props];
             let (priority, expiration_ms) = (
                 properties::priority(props),
                 properties::expiration_ms(props),
             );
-            r.refs.insert(
-                id,
-                Ref {
-                    holders: holders as u32,
-                    segment: seg as u32,
-                    offset: (at + record::HEADER) as u32,
-                    len: payload.len() as u32,
-                },
-            );
-            seg_live += 1;
             for q in rec.queues().filter(holds) {
                 r.by_queue.entry(q).or_default().push(Recovered {
                     store_id: id,
@@ -730,16 +579,30 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
                 });
             }
         });
-        // A fully consumed segment goes now.
-        if seg_live > 0 {
-            r.live.insert(seg, seg_live);
-        } else {
-            let _ = fs::remove_file(segment_path(dir, seg));
+        for (file, bytes) in superseded {
+            if let Some(f) = r.files.get_mut(&file) {
+                f.live = f.live.saturating_sub(1);
+                f.dead += bytes;
+            }
         }
+        let size = data.len() as u64;
+        r.files.insert(
+            seg,
+            Segment {
+                size,
+                live,
+                dead: size.saturating_sub(live_bytes),
+                members: Members::of(ids),
+                ..Segment::default()
+            },
+        );
     }
     for msgs in r.by_queue.values_mut() {
         msgs.sort_by_key(|m| m.store_id);
     }
+    let mut table = Segments::new(std::mem::take(&mut r.files), 0, u64::MAX);
+    table.link(&named);
+    r.files = table.files;
     Ok(r)
 }
 
@@ -886,6 +749,121 @@ mod tests {
         drop(s);
         let (_s, rec) = MessageStore::open(&dir, &live, &cfg(false, 64)).unwrap();
         assert_eq!(rec[&7].len(), 1);
+    }
+
+    /// Flush until `done` holds (the compactor works in the background), or panic.
+    fn settle(s: &MessageStore, what: &str, done: impl Fn(&MessageStore) -> bool) {
+        for _ in 0..500 {
+            s.flush();
+            if done(s) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{what}: not reached; journal {:?}", s.disk_usage());
+    }
+
+    /// An ack in a file with no live message of its own still matters while the
+    /// message it names is on disk elsewhere: the file is not deleted until then (warren
+    /// before compaction deleted it, and the acked message came back after a crash).
+    #[test]
+    fn an_ack_outlives_its_file_while_the_message_it_names_is_on_disk() {
+        let dir = tmp("ack-outlives");
+        let live: HashSet<u64> = [1].into();
+        let (s, _) = MessageStore::open(&dir, &live, &cfg(false, 200)).unwrap();
+        let big = "x".repeat(120);
+        let kept = s.persist(vec![1], &msg(&big), None);
+        let gone = s.persist(vec![1], &msg(&big), None);
+        s.flush();
+        // The ack lands in a later file, which then fills with messages acked at once.
+        s.ack(1, vec![gone]);
+        for _ in 0..6 {
+            let id = s.persist(vec![1], &msg(&big), None);
+            s.flush();
+            s.ack(1, vec![id]);
+        }
+        s.flush();
+        settle(&s, "files with nothing needed deleted", |s| {
+            s.disk_usage().0 <= 3
+        });
+        drop(s); // no close(): as after a crash
+        let (s, rec) = MessageStore::open(&dir, &live, &cfg(false, 200)).unwrap();
+        let ids: Vec<u64> = rec[&1].iter().map(|r| r.store_id).collect();
+        assert_eq!(ids, vec![kept], "the acked message stays acked");
+        s.close();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One message in ten goes to a queue nobody consumes, the rest are consumed at
+    /// once: the journal shrinks to about the live bytes, and what is left is exactly
+    /// the unconsumed queue's messages, readable, in order, before and after a crash.
+    #[test]
+    fn compaction_keeps_disk_to_the_live_backlog() {
+        let dir = tmp("compact");
+        let live: HashSet<u64> = [1, 2].into();
+        let seg = 8192;
+        let (s, _) = MessageStore::open(&dir, &live, &cfg(false, seg)).unwrap();
+        let body = "y".repeat(100);
+        let mut pinned = Vec::new();
+        for i in 0..3000 {
+            if i % 10 == 0 {
+                // In both queues: consumed from one, kept by the other.
+                let id = s.persist(vec![1, 2], &msg(&format!("{i}{body}")), None);
+                s.ack(1, vec![id]);
+                pinned.push(id);
+            } else {
+                let id = s.persist(vec![1], &msg(&body), None);
+                if i % 7 == 0 {
+                    s.delivered(1, vec![id]);
+                }
+                s.ack(1, vec![id]);
+            }
+            if i % 50 == 0 {
+                s.flush();
+            }
+        }
+        let live_bytes = pinned.len() as u64 * 150;
+        settle(
+            &s,
+            "journal within 2x the live bytes plus two segments",
+            |s| s.disk_usage().1 <= 2 * live_bytes + 2 * seg,
+        );
+        let back = s.read(&pinned);
+        assert!(
+            back.iter().all(Option::is_some),
+            "every kept message reads back"
+        );
+        assert!(back[1].as_ref().unwrap().body.starts_with(b"10y"));
+        drop(s); // no close(): as after a crash
+        let (s, rec) = MessageStore::open(&dir, &live, &cfg(false, seg)).unwrap();
+        assert!(!rec.contains_key(&1), "nothing consumed comes back");
+        let ids: Vec<u64> = rec[&2].iter().map(|r| r.store_id).collect();
+        assert_eq!(ids, pinned);
+        assert!(s.read(&pinned).iter().all(Option::is_some));
+        s.close();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A crash after a compaction's output is in place but before its sources are
+    /// deleted leaves two copies of some records: recovery takes each message once.
+    #[test]
+    fn a_message_found_in_two_files_is_recovered_once() {
+        let dir = tmp("dup");
+        let live: HashSet<u64> = [1].into();
+        let (s, _) = MessageStore::open(&dir, &live, &cfg(false, 1 << 20)).unwrap();
+        let ids: Vec<u64> = (0..3)
+            .map(|i| s.persist(vec![1], &msg(&format!("m{i}")), None))
+            .collect();
+        s.delivered(1, vec![ids[0]]);
+        s.flush();
+        drop(s);
+        let first = segments(&dir).unwrap()[0];
+        fs::copy(segment_path(&dir, first), segment_path(&dir, first + 10)).unwrap();
+        let (s, rec) = MessageStore::open(&dir, &live, &cfg(false, 1 << 20)).unwrap();
+        s.close();
+        let got: Vec<(u64, bool)> = rec[&1].iter().map(|r| (r.store_id, r.delivered)).collect();
+        assert_eq!(got, vec![(ids[0], true), (ids[1], false), (ids[2], false)]);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Damage that names the last message id, or a segment numbered past what the index

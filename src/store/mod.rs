@@ -10,11 +10,14 @@
 //! Every log uses the checksummed record framing of [`record`].
 
 mod codec;
+mod compact;
 pub mod files;
 mod index;
 pub mod messages;
 pub mod meta;
 pub mod record;
+mod segments;
+mod writer;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

@@ -7,11 +7,11 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-fn persistent() -> BasicProperties {
+pub(crate) fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
 }
 
-fn skip_external() -> bool {
+pub(crate) fn skip_external() -> bool {
     if is_external() {
         eprintln!("skipped: restarts the broker process");
         return true;
@@ -19,7 +19,7 @@ fn skip_external() -> bool {
     false
 }
 
-async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
+pub(crate) async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
     within(ch.queue_declare(
         name.into(),
         QueueDeclareOptions {
@@ -53,7 +53,7 @@ async fn confirm_publish(ch: &Channel, queue: &str, bodies: &[String], props: Ba
 }
 
 /// Everything left in a queue, in order, as (body, redelivered); auto-acked.
-async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
+pub(crate) async fn drain(ch: &Channel, queue: &str) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     while let Some(m) = get(ch, queue, true).await {
         out.push((body_str(&m.delivery), m.delivery.redelivered));
@@ -382,7 +382,7 @@ async fn every_confirmed_message_survives_repeated_crashes() {
     );
 }
 
-fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir.join("messages"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -40,7 +40,7 @@ fn samples(body: &str) -> HashMap<String, f64> {
     out
 }
 
-async fn scrape(broker: &Broker, path: &str) -> HashMap<String, f64> {
+pub(crate) async fn scrape(broker: &Broker, path: &str) -> HashMap<String, f64> {
     let addr = broker.metrics_addr().to_owned();
     let path = path.to_owned();
     let (status, body) = tokio::task::spawn_blocking(move || http_get(&addr, &path))
