@@ -113,6 +113,7 @@ impl MessageStore {
             segments,
             watermark: recovery.max_id,
             ahead: BTreeSet::new(),
+            waiting: Vec::new(),
             shared: shared.clone(),
             jobs: None,
             compacting: false,
@@ -863,6 +864,50 @@ mod tests {
         s.close();
         let got: Vec<(u64, bool)> = rec[&1].iter().map(|r| (r.store_id, r.delivered)).collect();
         assert_eq!(got, vec![(ids[0], true), (ids[1], false), (ids[2], false)]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Ids are numbered before they reach the writer, so a publisher's message can be
+    /// written in a batch before another publisher's lower id. Its connection must be
+    /// woken when the watermark passes it, in whichever batch that happens (it was
+    /// woken only for its own batch, too early, and then never: its publisher waited for
+    /// its confirms for ever once its window was full).
+    #[test]
+    fn a_publisher_is_woken_when_the_watermark_passes_its_messages() {
+        let dir = tmp("wake");
+        let live: HashSet<u64> = [1].into();
+        let (s, _) = MessageStore::open(&dir, &live, &cfg(false, 1 << 20)).unwrap();
+        let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let first = s.next_id.fetch_add(2, Ordering::AcqRel);
+        let persist = |id: u64, w: &Arc<Notify>| {
+            assert!(s.send(Op::Persist(Box::new(Persist::of(
+                id,
+                vec![1],
+                &msg("m"),
+                Some(w)
+            )))));
+        };
+        let woken = |w: &Arc<Notify>| {
+            futures_lite::future::block_on(futures_lite::future::poll_once(w.notified())).is_some()
+        };
+        // A's message (the higher id) is written first, alone.
+        persist(first + 1, &a);
+        s.flush();
+        assert_eq!(
+            s.synced(),
+            first - 1,
+            "the watermark waits for the lower id"
+        );
+        let _ = woken(&a); // A may have looked already; it found nothing to confirm.
+        persist(first, &b);
+        s.flush();
+        assert_eq!(s.synced(), first + 1);
+        assert!(woken(&b), "B is woken");
+        assert!(
+            woken(&a),
+            "A is woken too: its message is now under the watermark"
+        );
+        s.close();
         fs::remove_dir_all(&dir).unwrap();
     }
 

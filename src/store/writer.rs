@@ -155,6 +155,8 @@ pub(super) struct Writer {
     /// watermark only moves past ids that are all written.
     pub watermark: u64,
     pub ahead: BTreeSet<u64>,
+    /// Connections whose messages are written but not yet under the watermark.
+    pub waiting: Vec<(Arc<Notify>, u64)>,
     pub shared: Arc<Shared>,
     /// To the compactor thread, and whether it has a job.
     pub jobs: Option<mpsc::Sender<Job>>,
@@ -216,7 +218,8 @@ impl Writer {
         let mut ids = Vec::new();
         let mut durable = false;
         let mut fresh = Vec::new();
-        let mut waiters: Vec<Arc<Notify>> = Vec::new();
+        // Connections waiting on this batch's messages, with the highest id of theirs.
+        let mut waiters: Vec<(Arc<Notify>, u64)> = Vec::new();
         let mut flushes = Vec::new();
         let mut acks = Vec::new();
         let mut named = Vec::new();
@@ -229,8 +232,9 @@ impl Writer {
                     durable |= !p.qids.is_empty();
                     ids.push(p.id);
                     if let Some(w) = p.waiter {
-                        if !waiters.iter().any(|x| Arc::ptr_eq(x, &w)) {
-                            waiters.push(w);
+                        match waiters.iter_mut().find(|(x, _)| Arc::ptr_eq(x, &w)) {
+                            Some((_, max)) => *max = (*max).max(p.id),
+                            None => waiters.push((w, p.id)),
                         }
                     }
                 }
@@ -301,11 +305,20 @@ impl Writer {
             }
         }
         self.advance(ids);
-        // Wake waiting publishers either way: on failure they nack.
+        // Wake waiting publishers either way: on failure they nack. A connection is woken
+        // once the watermark covers its messages, which can be a later batch's doing:
+        // ids are numbered before they queue up here, so another publisher's lower id may
+        // arrive after them (and that batch has only the other publisher as waiter).
         self.shared.progress.notify_waiters();
-        for w in waiters {
-            w.notify_one();
-        }
+        self.waiting.extend(waiters);
+        let watermark = self.watermark;
+        self.waiting.retain(|(w, max)| {
+            let covered = *max <= watermark;
+            if covered {
+                w.notify_one();
+            }
+            !covered
+        });
         if self.written >= self.segment_size {
             self.roll();
         }
