@@ -27,6 +27,9 @@ const COMPACT_DEAD_SHARE: f64 = 0.5;
 const SMALL_DIVISOR: u64 = 8;
 const SMALL_MERGE: usize = 4;
 
+/// A compaction job reads at most this many segments' worth of files.
+const JOB_READ_SEGMENTS: u64 = 4;
+
 /// Which message ids a file may hold records of.
 #[derive(Clone, Debug, Default)]
 pub(super) enum Members {
@@ -199,15 +202,20 @@ impl Segments {
 
     /// The next files to compact together, if any are worth it: those mostly let go of
     /// (or holding nothing live but acks still needed), then small files when there are
-    /// enough of them; at most about a segment's worth of live bytes in all.
+    /// enough of them; at most about a segment's worth of live bytes in all, read from
+    /// at most a few segments' worth of files.
     pub fn pick(&self) -> Vec<u64> {
         let eligible = |n: &u64, s: &Segment| *n != self.current && !s.compacting && s.size > 0;
+        // What the output may hold, and what the job may read: a job stays short, so
+        // its result (and the space it frees) comes soon, and the next one follows.
         let mut budget = self.segment_size;
+        let mut reading = JOB_READ_SEGMENTS * self.segment_size;
         let mut picked = Vec::new();
         let mut take = |n: u64, s: &Segment, picked: &mut Vec<u64>| {
             let live = s.size.saturating_sub(s.dead);
-            if picked.is_empty() || live <= budget {
+            if picked.is_empty() || (live <= budget && s.size <= reading) {
                 budget = budget.saturating_sub(live);
+                reading = reading.saturating_sub(s.size);
                 picked.push(n);
             }
         };
