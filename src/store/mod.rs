@@ -29,10 +29,16 @@ use std::sync::Arc;
 pub use messages::{MessageStore, Recovered};
 pub use meta::{Change, MetaLog, Snapshot};
 
-/// The on-disk format this binary writes. Older formats are migrated on start (format 1
-/// kept users and policies in JSON files beside `topology.log`: see `meta/migrate.rs`);
-/// newer ones are refused.
-pub const FORMAT: u32 = 2;
+/// The on-disk format this binary writes. Older formats are migrated on start; newer
+/// ones are refused.
+/// - 1: users and policies in JSON files beside `topology.log` (see `meta/migrate.rs`).
+/// - 2: one metadata log; journal segments deleted whole, never rewritten.
+/// - 3: the journal is compacted (`compact.rs`): a message can be found in two
+///   files after a crash, and files are numbered from one counter for new segments and
+///   compaction outputs alike. Format 2's journal is a valid format 3 journal, so the
+///   step is only the version in `meta.toml`; it exists so that an older warren, which
+///   would deliver such a message twice, refuses the directory instead.
+pub const FORMAT: u32 = 3;
 
 #[derive(Debug)]
 pub struct StoreError(pub String);
@@ -83,6 +89,9 @@ impl Store {
             .map_err(|e| err("cannot read the metadata log", e))?;
         if format < FORMAT {
             write_meta_toml(dir, &node_id)?;
+            if format >= 1 {
+                tracing::info!(from = format, to = FORMAT, "data dir upgraded: the message journal is read as it is and compacted from now on; an older warren will refuse this directory");
+            }
         }
         meta::set_aside_format_1(dir).map_err(|e| err("cannot set format 1 files aside", e))?;
         // Ids are never reused; one at the end of the id space can only be damage.
