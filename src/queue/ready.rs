@@ -428,6 +428,9 @@ impl Ready {
             .filter(|(_, q)| q.message.is_none())
             .filter_map(|(i, q)| Some((i, q.stored.as_ref()?.id())))
             .unzip();
+        // On this task, measured: one `pread` per batch of neighbours, and moving it off
+        // the worker with `block_in_place` made an unrelated queue's p99 about 6x worse
+        // while a cold 4 KB backlog drained (see benches/paging-latency.sh).
         let read = p.store.read(&ids);
         let mut lost = Vec::new();
         for (i, m) in positions.into_iter().zip(read) {
