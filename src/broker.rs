@@ -478,7 +478,7 @@ impl Broker {
     /// Last step of a shutdown: write and sync what is pending, stop the store.
     pub fn close_store(&self) {
         if let Some(s) = &self.store {
-            s.messages.close();
+            s.close();
         }
     }
 

@@ -845,6 +845,46 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Transient page-out copies are compacted like persistent messages: one in ten
+    /// kept, the rest let go of, and the journal shrinks to about what is kept, which
+    /// still reads back.
+    #[test]
+    fn transient_copies_are_compacted_too() {
+        let dir = tmp("compact-transient");
+        let seg = 8192;
+        let (s, _) = MessageStore::open(&dir, &HashSet::new(), &cfg(false, seg)).unwrap();
+        let body = "t".repeat(100);
+        let mut kept = Vec::new();
+        for round in 0..100 {
+            let batch: Vec<Message> = (0..20)
+                .map(|i| msg(&format!("{round}-{i}-{body}")))
+                .collect();
+            let refs: Vec<&Message> = batch.iter().collect();
+            let first = s.persist_transient(&refs);
+            s.flush();
+            let ids: Vec<u64> = (first..first + 20).collect();
+            kept.extend(ids.iter().step_by(10).copied());
+            s.release(
+                ids.into_iter()
+                    .filter(|id| (id - first) % 10 != 0)
+                    .collect(),
+            );
+        }
+        let live_bytes = kept.len() as u64 * 150;
+        settle(
+            &s,
+            "journal within 2x the kept copies plus two segments",
+            |s| s.disk_usage().1 <= 2 * live_bytes + 2 * seg,
+        );
+        let back = s.read(&kept);
+        assert!(
+            back.iter().all(Option::is_some),
+            "every kept copy reads back"
+        );
+        s.close();
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A crash after a compaction's output is in place but before its sources are
     /// deleted leaves two copies of some records: recovery takes each message once.
     #[test]

@@ -57,8 +57,10 @@ pub struct Store {
     pub node_id: String,
     dir: PathBuf,
     next_qid: AtomicU64,
-    /// Holds the data directory's lock for the broker's lifetime.
-    _lock: File,
+    /// Holds the data directory's lock until the store is closed (a graceful stop), not
+    /// until the last reference goes: tasks winding down after a stop may still hold
+    /// one, and a node started again in the same process must find the directory free.
+    lock: std::sync::Mutex<Option<File>>,
 }
 
 /// What start-up finds on disk.
@@ -115,13 +117,20 @@ impl Store {
             node_id,
             dir: dir.to_path_buf(),
             next_qid: AtomicU64::new(next_qid),
-            _lock: lock,
+            lock: std::sync::Mutex::new(Some(lock)),
         });
         Ok(Opened {
             store,
             snapshot,
             messages: recovered,
         })
+    }
+
+    /// Flush and stop the message store, and give up the data directory (the end of a
+    /// graceful stop).
+    pub fn close(&self) {
+        self.messages.close();
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// Stop recording deletions and consumption (the first step of a graceful stop).
