@@ -124,7 +124,7 @@ fn compact(dir: &Path, index: &Mutex<Index>, job: Job, data: &mut Vec<u8>) -> io
     let mut members = Vec::new();
     for &source in &job.sources {
         data.clear();
-        File::open(super::writer::segment_path(dir, source))?.read_to_end(data)?;
+        File::open(super::segments::segment_path(dir, source))?.read_to_end(data)?;
         read_total += data.len() as u64;
         rewrite(
             source,
@@ -147,7 +147,7 @@ fn compact(dir: &Path, index: &Mutex<Index>, job: Job, data: &mut Vec<u8>) -> io
         });
     }
     let tmp = temporary(dir, job.output);
-    let path = super::writer::segment_path(dir, job.output);
+    let path = super::segments::segment_path(dir, job.output);
     let written = super::files::options()
         .write(true)
         .create_new(true)

@@ -15,6 +15,9 @@
 //! were deleted) is the same message.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
 
 use super::record;
 
@@ -287,6 +290,20 @@ impl Segments {
             }
         }
     }
+}
+
+/// Segment files are `messages/NNNNNNNNNNNNNNNN.seg`, numbered from 1 up.
+pub(super) const SEGMENT_EXT: &str = "seg";
+
+pub(super) fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("{n:016}.{SEGMENT_EXT}"))
+}
+
+pub(super) fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
+    super::files::options()
+        .create(true)
+        .append(true)
+        .open(segment_path(dir, n))
 }
 
 #[cfg(test)]

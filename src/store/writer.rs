@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use super::codec::Put;
 use super::compact::{self, Job, Outcome};
 use super::index::{Index, Ref};
 use super::record;
-use super::segments::Segments;
+use super::segments::{open_segment, segment_path, Segments};
 use crate::message::Message;
 
 /// How often a failing store tries writing again.
@@ -584,17 +584,4 @@ fn encode_pairs(buf: &mut Vec<u8>, kind: u8, qid: u64, ids: &[u64]) {
         o.put_u32(ids.len() as u32);
         ids.iter().for_each(|id| o.put_u64(*id));
     });
-}
-
-pub(super) const SEGMENT_EXT: &str = "seg";
-
-pub(super) fn segment_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("{n:016}.{SEGMENT_EXT}"))
-}
-
-pub(super) fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
-    super::files::options()
-        .create(true)
-        .append(true)
-        .open(segment_path(dir, n))
 }
