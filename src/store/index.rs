@@ -136,6 +136,12 @@ impl Index {
     /// One holder let go of message `id`: its entry when that was the last one (it is
     /// gone from the index then), None otherwise or when the id is not indexed.
     pub fn release(&mut self, id: u64) -> Option<Ref> {
+        self.let_go(id).and_then(|(_, gone)| gone)
+    }
+
+    /// As [`Index::release`], also saying which file the record was in (for every
+    /// holder, not only the last): None only when the id is not indexed.
+    pub fn let_go(&mut self, id: u64) -> Option<(u32, Option<Ref>)> {
         let (hi, low) = split(id);
         let chunk = self.chunks.get_mut(&hi)?;
         let i = chunk.find(low).ok()?;
@@ -144,8 +150,9 @@ impl Index {
             return None;
         }
         slot.holders -= 1;
+        let segment = slot.segment;
         if slot.holders > 0 {
-            return None;
+            return Some((segment, None));
         }
         let gone = *slot;
         chunk.live -= 1;
@@ -155,7 +162,7 @@ impl Index {
         } else {
             chunk.sweep();
         }
-        Some(gone)
+        Some((segment, Some(gone)))
     }
 }
 

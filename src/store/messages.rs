@@ -601,9 +601,7 @@ fn recover(dir: &Path, live_qids: &HashSet<u64>) -> io::Result<Recovery> {
     for msgs in r.by_queue.values_mut() {
         msgs.sort_by_key(|m| m.store_id);
     }
-    let mut table = Segments::new(std::mem::take(&mut r.files), 0, u64::MAX);
-    table.link(&named);
-    r.files = table.files;
+    super::segments::link(&mut r.files, &named);
     Ok(r)
 }
 

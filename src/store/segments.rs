@@ -269,25 +269,18 @@ impl Segments {
             .filter_map(|n| Some((n, self.files.get(&n)?.members.clone())))
             .collect()
     }
+}
 
-    /// Recovery: which files each file's acks may name, from the range of ids they name.
-    pub fn link(&mut self, acked_ranges: &BTreeMap<u64, (u64, u64)>) {
-        let found: Vec<(u64, BTreeSet<u64>)> = acked_ranges
+/// Recovery: which files each file's acks may name, from the range of ids they name.
+pub(super) fn link(files: &mut BTreeMap<u64, Segment>, acked_ranges: &BTreeMap<u64, (u64, u64)>) {
+    for (&file, &(lo, hi)) in acked_ranges {
+        let named = files
             .iter()
-            .map(|(&file, &(lo, hi))| {
-                let named = self
-                    .files
-                    .iter()
-                    .filter(|(_, s)| s.members.overlaps(lo, hi))
-                    .map(|(&n, _)| n)
-                    .collect();
-                (file, named)
-            })
+            .filter(|(_, s)| s.members.overlaps(lo, hi))
+            .map(|(&n, _)| n)
             .collect();
-        for (file, named) in found {
-            if let Some(s) = self.files.get_mut(&file) {
-                s.refers_to = named;
-            }
+        if let Some(s) = files.get_mut(&file) {
+            s.refers_to = named;
         }
     }
 }

@@ -222,7 +222,10 @@ impl Writer {
         let mut waiters: Vec<(Arc<Notify>, u64)> = Vec::new();
         let mut flushes = Vec::new();
         let mut acks = Vec::new();
-        let mut named = Vec::new();
+        // Ids named by this batch's delivery marks, and let go of without a record
+        // (transient copies).
+        let mut marks = Vec::new();
+        let mut released = Vec::new();
         let mut close = false;
         let mut next = Some(first);
         while let Some(op) = next {
@@ -246,13 +249,12 @@ impl Writer {
                 }
                 Op::Ack { qid, ids } => {
                     encode_pairs(buf, b'A', qid, &ids);
-                    named.extend_from_slice(&ids);
                     acks.extend(ids);
                 }
-                Op::Release(ids) => acks.extend(ids),
+                Op::Release(ids) => released.extend(ids),
                 Op::Delivered { qid, ids } => {
                     encode_pairs(buf, b'D', qid, &ids);
-                    named.extend(ids);
+                    marks.extend(ids);
                 }
                 Op::Flush(reply) => flushes.push(reply),
                 Op::Compacted(outcome) => self.apply(*outcome),
@@ -269,28 +271,36 @@ impl Writer {
         let mut fresh_failed = Vec::new();
         {
             // Index what was written (before the watermark says it can be read back),
-            // note which files the acks name, then let go of what queues released.
+            // note which files the written acks and marks name, then let go of what
+            // queues released.
             let shared = self.index.clone();
             let mut index = shared.lock().unwrap_or_else(|e| e.into_inner());
-            if !stored {
-                fresh_failed = std::mem::take(&mut fresh);
-            }
+            let mut named = Named::default();
             if stored {
                 index.extend(fresh);
-                let mut last = None;
-                for id in named {
+                for id in marks {
                     if let Some(r) = index.get(id) {
-                        if last != Some(r.segment) {
-                            last = Some(r.segment);
-                            self.segments.current().refers_to.insert(r.segment as u64);
-                        }
+                        named.note(&mut self.segments, r.segment);
                     }
                 }
+            } else {
+                fresh_failed = fresh;
             }
             // Acks are applied even when their records could not be written: consuming
             // is how a full disk gets space back (at worst, after a crash, an acked
             // message whose record survives comes back as a redelivery).
             for id in acks {
+                let Some((segment, gone)) = index.let_go(id) else {
+                    continue;
+                };
+                if stored {
+                    named.note(&mut self.segments, segment);
+                }
+                if let Some(gone) = gone {
+                    self.segments.message_gone(gone.segment as u64, gone.len);
+                }
+            }
+            for id in released {
                 if let Some(gone) = index.release(id) {
                     self.segments.message_gone(gone.segment as u64, gone.len);
                 }
@@ -573,6 +583,22 @@ impl Writer {
         self.jobs.take();
         if let Some(t) = self.compactor.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// The files a batch's acks and marks name messages in, noted in the current file's
+/// `refers_to` (consecutive ids mostly lie in one file: skip repeats cheaply).
+#[derive(Default)]
+struct Named {
+    last: Option<u32>,
+}
+
+impl Named {
+    fn note(&mut self, segments: &mut Segments, segment: u32) {
+        if self.last != Some(segment) {
+            self.last = Some(segment);
+            segments.current().refers_to.insert(segment as u64);
         }
     }
 }

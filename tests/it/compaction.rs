@@ -2,7 +2,9 @@
 //! backlog, and a `kill -9` at any moment of a compaction loses nothing and duplicates
 //! nothing. warren-only (these kill the broker and look at its data directory).
 use crate::common::*;
-use crate::durability::{declare_durable, drain, persistent, segments, skip_external};
+use crate::durability::{
+    confirming_channel, declare_durable, drain, persistent, segments, skip_external,
+};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,19 +86,9 @@ async fn a_crash_during_compaction_loses_and_duplicates_nothing() {
                 (url.clone(), confirmed.clone(), stop.clone(), pad.clone());
             let base = (cycle * 2 + p) * 1_000_000;
             publishers.push(tokio::spawn(async move {
-                let Ok(conn) = try_connect(&url).await else {
+                let Some((_conn, ch)) = confirming_channel(&url).await else {
                     return;
                 };
-                let Ok(ch) = conn.create_channel().await else {
-                    return;
-                };
-                if ch
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
                 let mut n = base;
                 while !stop.load(Ordering::Relaxed) {
                     // A window of 20 in flight: fast enough to fill segments quickly.

@@ -19,6 +19,16 @@ pub(crate) fn skip_external() -> bool {
     false
 }
 
+/// A channel in confirm mode for a crash test's publisher; None once the broker is gone.
+pub(crate) async fn confirming_channel(url: &str) -> Option<(Connection, Channel)> {
+    let conn = try_connect(url).await.ok()?;
+    let ch = conn.create_channel().await.ok()?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .ok()?;
+    Some((conn, ch))
+}
+
 pub(crate) async fn declare_durable(ch: &Channel, name: &str, args: FieldTable) {
     within(ch.queue_declare(
         name.into(),
@@ -268,19 +278,9 @@ async fn every_confirmed_message_survives_repeated_crashes() {
             let (url, confirmed, stop) = (url.clone(), confirmed.clone(), stop.clone());
             let base = seq + p * 1_000_000;
             publishers.push(tokio::spawn(async move {
-                let Ok(conn) = try_connect(&url).await else {
+                let Some((_conn, ch)) = confirming_channel(&url).await else {
                     return;
                 };
-                let Ok(ch) = conn.create_channel().await else {
-                    return;
-                };
-                if ch
-                    .confirm_select(ConfirmSelectOptions::default())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
                 let mut n = base;
                 while !stop.load(Ordering::Relaxed) {
                     let body = n.to_string();
