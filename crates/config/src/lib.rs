@@ -42,6 +42,59 @@ pub struct Config {
     pub tls: TlsConfig,
     pub metrics: MetricsConfig,
     pub management: ManagementConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: a replicated cluster coordinated through etcd. With no `node_name` the
+/// node runs alone, exactly as without the section (no etcd, no replication).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name in the cluster, `warren@host`; empty: no cluster.
+    pub node_name: String,
+    /// The cluster's name: etcd keys live under `/warren/<name>/` (RabbitMQ's
+    /// cluster_name).
+    pub name: String,
+    /// etcd client URLs, `http://host:2379`.
+    pub etcd_endpoints: Vec<String>,
+    /// The replication listener (followers stream the leader's log from it), host:port.
+    pub replication_listen: String,
+    /// The address other nodes reach `replication_listen` at; empty: that address.
+    pub advertise: String,
+    /// Copies (leader included) a confirm needs; below that, publishers wait.
+    pub min_insync_replicas: u32,
+    /// The leader's etcd lease, seconds: a leader that cannot renew it stops confirming
+    /// and serving; a dead leader is replaced within about this long.
+    pub lease_ttl: u64,
+    /// Milliseconds an in-sync follower may fall silent before the leader drops it from
+    /// the in-sync replicas (and confirms go on without it).
+    pub ack_timeout_ms: u64,
+    /// RabbitMQ's cluster_partition_handling: accepted and logged, without effect
+    /// (warren always behaves as pause_minority).
+    pub partition_handling: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_name: String::new(),
+            name: "warren".to_owned(),
+            etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            replication_listen: "0.0.0.0:25672".to_owned(),
+            advertise: String::new(),
+            min_insync_replicas: 2,
+            lease_ttl: 3,
+            ack_timeout_ms: 2000,
+            partition_handling: String::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this node is part of a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.node_name.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,6 +322,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             metrics: MetricsConfig::default(),
             management: ManagementConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -389,6 +443,17 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad =
             |key: &str, why: &str| Err(ConfigError(format!("invalid value for {key}: {why}")));
+        if self.cluster.enabled() {
+            if self.cluster.etcd_endpoints.is_empty() {
+                return bad("cluster.etcd_endpoints", "a cluster needs at least one");
+            }
+            if self.cluster.min_insync_replicas == 0 {
+                return bad("cluster.min_insync_replicas", "must be at least 1");
+            }
+            if self.cluster.lease_ttl < 2 {
+                return bad("cluster.lease_ttl", "must be at least 2 seconds");
+            }
+        }
         if self.amqp.frame_max != 0 && self.amqp.frame_max < warren_protocol::frame::FRAME_MIN_SIZE
         {
             return bad(
