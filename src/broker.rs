@@ -125,14 +125,23 @@ impl Broker {
     /// Open the data directory, recover the durable definitions and messages, and build
     /// the broker on them. Must run inside the tokio runtime (queues are tasks).
     pub fn open(config: Config) -> Result<Arc<Broker>, StoreError> {
+        Self::open_shipped(config, None)
+    }
+
+    /// [`Broker::open`] in a cluster's leader: the store's changes go to `shipping`.
+    pub fn open_shipped(
+        config: Config,
+        shipping: Option<Arc<crate::store::shipping::Shipping>>,
+    ) -> Result<Arc<Broker>, StoreError> {
         let Opened {
             store,
             snapshot,
             mut messages,
-        } = Store::open(
+        } = Store::open_shipped(
             &config.data_dir,
             &config.store,
             &access::seed(&config.defaults),
+            shipping,
         )?;
         let broker = Self::build(config, Some(store), &snapshot);
         broker.restore_vhosts(&snapshot, &mut messages);

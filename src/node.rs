@@ -142,9 +142,18 @@ impl Node {
     /// Open the data directory, bind every configured listener and start serving. Must
     /// run inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Node, StartError> {
+        Self::start_shipped(config, None).await
+    }
+
+    /// [`Node::start`] for a cluster's leader: the store's changes go to `shipping`.
+    pub async fn start_shipped(
+        config: Config,
+        shipping: Option<Arc<crate::store::shipping::Shipping>>,
+    ) -> Result<Node, StartError> {
         // Opening the store takes the data directory's lock: nothing else in it (the
         // control socket) is touched before that.
-        let broker = Broker::open(config).map_err(|e| failed(73, e.to_string()))?; // EX_CANTCREAT
+        let broker =
+            Broker::open_shipped(config, shipping).map_err(|e| failed(73, e.to_string()))?; // EX_CANTCREAT
         load_definitions(&broker).map_err(|e| failed(78, e))?; // EX_CONFIG
         check_memory_limit(&broker.config.alarms)?;
         // One descriptor held back for the accept loops (see accept.rs).

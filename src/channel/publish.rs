@@ -377,7 +377,7 @@ impl Channel {
     pub fn flush_confirms(&mut self, s: &mut Session) {
         let Some(c) = &mut self.confirm else { return };
         let store = s.vhost.store().map(|st| &st.messages);
-        let synced = store.map_or(u64::MAX, |m| m.synced());
+        let synced = store.map_or(u64::MAX, |m| m.confirmed());
         // Written, or failed (a disk error: nacked); ids past the watermark wait.
         let written = |id: u64| store.is_none_or(|m| !m.is_failed(id));
         loop {

@@ -41,6 +41,7 @@ use super::codec::Get;
 use super::index::{Index, Ref};
 use super::record;
 use super::segments::{open_segment, segment_path, Members, Segment, Segments, SEGMENT_EXT};
+use super::shipping::Shipping;
 use super::writer::{Op, Persist, Shared, Writer};
 use crate::config::StoreConfig;
 use crate::message::Message;
@@ -80,6 +81,8 @@ pub struct MessageStore {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     index: SharedIndex,
     dir: PathBuf,
+    /// In a cluster's leader: the followers' copy, which confirms wait for.
+    shipping: Option<Arc<Shipping>>,
     /// Per durable queue, how many ready bodies stay in memory.
     resident: usize,
 }
@@ -91,6 +94,17 @@ impl MessageStore {
         dir: &Path,
         live_qids: &HashSet<u64>,
         config: &StoreConfig,
+    ) -> io::Result<(Arc<MessageStore>, RecoveredByQueue)> {
+        Self::open_shipped(dir, live_qids, config, None)
+    }
+
+    /// [`MessageStore::open`] in a cluster's leader: changes go to `shipping`, and
+    /// confirms wait for it.
+    pub fn open_shipped(
+        dir: &Path,
+        live_qids: &HashSet<u64>,
+        config: &StoreConfig,
+        shipping: Option<Arc<Shipping>>,
     ) -> io::Result<(Arc<MessageStore>, RecoveredByQueue)> {
         super::files::create_dir(dir)?;
         let started = std::time::Instant::now();
@@ -120,7 +134,11 @@ impl MessageStore {
             compactor: None,
             unsynced_unlinks: false,
             compact_after: None,
+            shipping: shipping.clone(),
         };
+        if let Some(s) = &shipping {
+            s.recovered(recovery.max_id);
+        }
         writer.start_compactor(tx.clone())?;
         // Ids are never reused; one at the end of the id space can only be damage (found
         // by fuzzing: `+ 1` overflowed).
@@ -138,6 +156,7 @@ impl MessageStore {
             thread: Mutex::new(Some(thread)),
             index,
             dir: dir.to_path_buf(),
+            shipping,
             resident: config.resident_messages.try_into().unwrap_or(usize::MAX),
         });
         let mut by_queue = recovery.by_queue;
@@ -290,14 +309,32 @@ impl MessageStore {
         self.shared.failing.load(Ordering::Acquire)
     }
 
-    /// Wait until message `id` is safely stored; false if it could not be.
+    /// Every message numbered up to this may be confirmed: written and synced here
+    /// and, in a cluster, on enough followers (or failed: see
+    /// [`MessageStore::is_failed`]).
+    pub fn confirmed(&self) -> u64 {
+        match &self.shipping {
+            Some(s) => s.confirmed().min(self.synced()),
+            None => self.synced(),
+        }
+    }
+
+    /// Wait until message `id` is safely stored (on enough copies, in a cluster);
+    /// false if it could not be.
     pub async fn wait_synced(&self, id: u64) -> bool {
         loop {
             let progressed = self.shared.progress.notified();
-            if self.synced() >= id || self.is_failed(id) {
+            let replicated = self.shipping.as_ref().map(|s| s.progress.notified());
+            if self.confirmed() >= id || self.is_failed(id) {
                 return !self.is_failed(id);
             }
-            progressed.await;
+            match replicated {
+                Some(r) => tokio::select! {
+                    _ = progressed => {}
+                    _ = r => {}
+                },
+                None => progressed.await,
+            }
         }
     }
 

@@ -17,6 +17,7 @@ pub mod messages;
 pub mod meta;
 pub mod record;
 mod segments;
+pub mod shipping;
 mod writer;
 
 use std::collections::{HashMap, HashSet};
@@ -78,6 +79,17 @@ impl Store {
         config: &crate::config::StoreConfig,
         seed: &[Change],
     ) -> Result<Opened, StoreError> {
+        Self::open_shipped(dir, config, seed, None)
+    }
+
+    /// [`Store::open`] in a cluster's leader: every change to the files from now on goes
+    /// to `shipping` for the followers, and confirms wait for them.
+    pub fn open_shipped(
+        dir: &Path,
+        config: &crate::config::StoreConfig,
+        seed: &[Change],
+        shipping: Option<Arc<shipping::Shipping>>,
+    ) -> Result<Opened, StoreError> {
         let err = |what: &str, e: std::io::Error| {
             StoreError(format!("{what} in data dir {}: {e}", dir.display()))
         };
@@ -109,8 +121,12 @@ impl Store {
             .values()
             .flat_map(|v| v.queues.values().map(|q| q.qid))
             .collect();
-        let (messages, recovered) = MessageStore::open(&dir.join("messages"), &live, config)
-            .map_err(|e| err("cannot read the message store", e))?;
+        if let Some(s) = &shipping {
+            meta.ship_to(s.clone());
+        }
+        let (messages, recovered) =
+            MessageStore::open_shipped(&dir.join("messages"), &live, config, shipping)
+                .map_err(|e| err("cannot read the message store", e))?;
         let store = Arc::new(Store {
             meta,
             messages,
@@ -187,7 +203,8 @@ fn unusable(dir: &Path, e: &std::io::Error) -> StoreError {
     ))
 }
 
-fn lock(dir: &Path) -> Result<File, StoreError> {
+/// Take the data directory's lock (a follower holds it while it replicates).
+pub fn lock(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join("warren.lock");
     let mut f = files::options()
         .read(true)

@@ -292,6 +292,11 @@ pub(super) fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016}.{SEGMENT_EXT}"))
 }
 
+/// A segment's name relative to the data directory, as replication names it.
+pub(super) fn shipped_name(n: u64) -> String {
+    format!("messages/{n:016}.{SEGMENT_EXT}")
+}
+
 pub(super) fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
     super::files::options()
         .create(true)

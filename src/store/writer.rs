@@ -31,7 +31,8 @@ use super::codec::Put;
 use super::compact::{self, Job, Outcome};
 use super::index::{Index, Ref};
 use super::record;
-use super::segments::{open_segment, segment_path, Segments};
+use super::segments::{open_segment, segment_path, shipped_name, Segments};
+use super::shipping::{FileOp, Shipping};
 use crate::message::Message;
 
 /// How often a failing store tries writing again.
@@ -166,6 +167,9 @@ pub(super) struct Writer {
     pub unsynced_unlinks: bool,
     /// A compaction failed (a full disk, most likely): the next waits until then.
     pub compact_after: Option<Instant>,
+    /// In a cluster's leader: every change to the files goes to the followers, and
+    /// confirms wait for them.
+    pub shipping: Option<Arc<Shipping>>,
 }
 
 impl Writer {
@@ -320,7 +324,12 @@ impl Writer {
         // ids are numbered before they queue up here, so another publisher's lower id may
         // arrive after them (and that batch has only the other publisher as waiter).
         self.shared.progress.notify_waiters();
-        self.waiting.extend(waiters);
+        if let Some(shipping) = &self.shipping {
+            // Confirms wait for the followers: the shipping gate wakes the connections.
+            shipping.batch_done(self.watermark, waiters);
+        } else {
+            self.waiting.extend(waiters);
+        }
         let watermark = self.watermark;
         self.waiting.retain(|(w, max)| {
             let covered = *max <= watermark;
@@ -373,7 +382,16 @@ impl Writer {
         }
         // While failing, every write is synced: its success is what clears the state.
         let failing = self.shared.failing.load(Ordering::Acquire);
+        let offset = self.written;
         let result = self.file.write_all(buf).and_then(|()| {
+            // Shipped before the sync, so that the followers sync while this does (a
+            // confirm waits for both; a follower holding a tail this node's crash lost
+            // is harmless: nothing in it was confirmed).
+            self.ship(|n| FileOp::Append {
+                file: n,
+                offset,
+                data: Bytes::copy_from_slice(buf),
+            });
             if failing || (sync && self.fsync) {
                 self.file.sync_data()
             } else {
@@ -403,11 +421,18 @@ impl Writer {
         // What the failed write left is not part of the journal (a sync error may have
         // lost any of it): cut it off. If that fails too, go on in a fresh file so that
         // nothing is appended after a tail that could not be cut.
-        if let Err(e) = self
+        let cut = self
             .file
             .set_len(self.written)
-            .and_then(|()| self.file.sync_data())
-        {
+            .and_then(|()| self.file.sync_data());
+        // Changes are shipped after they are made: a follower syncing from the files
+        // meanwhile must not be sent a change the files do not show yet.
+        let written = self.written;
+        self.ship(|n| FileOp::Truncate {
+            file: n,
+            len: written,
+        });
+        if let Err(e) = cut {
             tracing::warn!(error = %e, segment = self.segments.current, "could not cut a failed write off the segment; recovery will set the torn tail aside");
             self.roll();
         }
@@ -505,6 +530,20 @@ impl Writer {
             }
         }
         let output = done.output.map(|(n, _)| n);
+        if let (Some(n), Some(shipping)) = (output, &self.shipping) {
+            // Followers get the output whole, before the sources go.
+            match fs::read(segment_path(&self.dir, n)) {
+                Ok(data) => {
+                    shipping.push(FileOp::Install {
+                        file: shipped_name(n),
+                        data: data.into(),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, segment = n, "could not read a compaction's output to replicate it")
+                }
+            }
+        }
         if let Some((n, size)) = done.output {
             after = size;
             let mut live = 0;
@@ -555,11 +594,25 @@ impl Writer {
         }
     }
 
+    /// Hand a change of the current segment to the followers.
+    fn ship(&self, op: impl FnOnce(String) -> FileOp) {
+        if let Some(shipping) = &self.shipping {
+            shipping.push(op(shipped_name(self.segments.current)));
+        }
+    }
+
     fn unlink(&mut self, n: u64) {
         match fs::remove_file(segment_path(&self.dir, n)) {
             Ok(()) => self.unsynced_unlinks = true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(error = %e, segment = n, "could not delete a segment"),
+        }
+        // After the file is gone (see `failed`): a follower listing the files from now
+        // on does not see it, one that listed them before gets this.
+        if let Some(shipping) = &self.shipping {
+            shipping.push(FileOp::Remove {
+                file: shipped_name(n),
+            });
         }
     }
 

@@ -21,15 +21,22 @@ pub mod records;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 pub use migrate::set_aside_format_1;
 pub use records::*;
 
 use super::record;
+use super::shipping::{FileOp, Shipping};
 
 const FILE: &str = "meta.log";
+
+/// How long a metadata change waits for the followers before its caller is answered
+/// anyway (logged): a client blocked for ever would be worse than a declare-ok that a
+/// failover in that window could lose.
+const REPLICATION_WAIT: Duration = Duration::from_secs(10);
 
 /// The largest record a torn tail can announce (a change with its arguments is a few
 /// kilobytes; random bytes rarely claim less than this).
@@ -91,7 +98,12 @@ fn replay(path: &Path, dir: &Path) -> io::Result<Snapshot> {
 
 pub struct MetaLog {
     path: PathBuf,
-    file: Mutex<File>,
+    /// The file and its length (where the next record goes, as replication names it).
+    file: Mutex<(File, u64)>,
+    /// In a cluster's leader: appends go to the followers, and a sync waits for them.
+    shipping: OnceLock<Arc<Shipping>>,
+    /// The last change shipped.
+    shipped: AtomicU64,
     /// Appended since the last sync.
     dirty: AtomicBool,
     /// Shutting down: connections closing must not delete auto-delete queues on disk.
@@ -130,10 +142,13 @@ impl MetaLog {
             let _ = d.sync_all();
         }
         let file = OpenOptions::new().append(true).open(&path)?;
+        let len = buf.len() as u64;
         Ok((
             MetaLog {
                 path,
-                file: Mutex::new(file),
+                file: Mutex::new((file, len)),
+                shipping: OnceLock::new(),
+                shipped: AtomicU64::new(0),
                 dirty: AtomicBool::new(false),
                 frozen: AtomicBool::new(false),
                 fsync,
@@ -151,10 +166,27 @@ impl MetaLog {
         let mut buf = Vec::new();
         record::append_with(&mut buf, |o| records::encode(c, o));
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = f.write_all(&buf) {
+        if let Err(e) = f.0.write_all(&buf) {
             tracing::error!(error = %e, file = %self.path.display(), "could not record a change to the durable definitions");
+            return;
+        }
+        let offset = f.1;
+        f.1 += buf.len() as u64;
+        if let Some(shipping) = self.shipping.get() {
+            let seq = shipping.push(FileOp::Append {
+                file: FILE.to_owned(),
+                offset,
+                data: buf.into(),
+            });
+            self.shipped.store(seq, Ordering::Release);
         }
         self.dirty.store(true, Ordering::Release);
+    }
+
+    /// In a cluster's leader: ship every change from now on (the followers get the file
+    /// as it is when they connect).
+    pub fn ship_to(&self, shipping: Arc<Shipping>) {
+        let _ = self.shipping.set(shipping);
     }
 
     pub fn freeze(&self) {
@@ -162,11 +194,23 @@ impl MetaLog {
     }
 
     /// Make appended changes durable (before the client is told they happened).
+    /// In a cluster, also wait until enough followers hold them (blocking: metadata
+    /// changes are rare, and their callers answer only after this).
     pub fn sync(&self) {
         if self.dirty.swap(false, Ordering::AcqRel) && self.fsync {
             let f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-            if let Err(e) = f.sync_data() {
+            if let Err(e) = f.0.sync_data() {
                 tracing::error!(error = %e, file = %self.path.display(), "could not sync the metadata log");
+            }
+        }
+        if let Some(shipping) = self.shipping.get() {
+            let seq = self.shipped.load(Ordering::Acquire);
+            if !shipping.wait(seq, REPLICATION_WAIT) {
+                tracing::error!(
+                    seq,
+                    "a change to the durable definitions is not on enough replicas after {}s; answering anyway",
+                    REPLICATION_WAIT.as_secs()
+                );
             }
         }
     }
