@@ -27,6 +27,8 @@
 //! - [`control`]: the control socket `warrenctl` talks to; [`definitions`]: RabbitMQ's
 //!   definitions JSON (export, import, load at boot); [`admin`]: what warrenctl and the
 //!   management API both render (queue listings).
+//! - [`cluster`]: replication to followers through an ordered log of the data
+//!   directory's changes, with etcd electing the leader and holding the in-sync replicas.
 //! - [`node`]: a running node: the broker with every listener bound and served (the
 //!   `warren` binary runs one; tests can run one in their own process).
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
@@ -49,6 +51,7 @@ pub mod arguments;
 pub mod auth;
 pub mod broker;
 pub mod channel;
+pub mod cluster;
 pub use warren_config as config;
 pub mod connection;
 pub mod control;

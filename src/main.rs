@@ -158,9 +158,16 @@ async fn serve(
     let started = std::time::Instant::now();
     let mut signals = Signals::install()
         .map_err(|e| Failure(71, format!("cannot install signal handlers: {e}")))?;
-    let node = warren::node::Node::start(config)
-        .await
-        .map_err(|e| Failure(e.code, e.message))?;
+    let node = if config.cluster.enabled() {
+        // A cluster node follows until it leads; a stop request meanwhile just ends it.
+        tokio::select! {
+            node = warren::cluster::start(config) => node,
+            _ = signals.shutdown_requested(log_file.as_ref(), None) => return Ok(()),
+        }
+    } else {
+        warren::node::Node::start(config).await
+    }
+    .map_err(|e| Failure(e.code, e.message))?;
     let listening = node.listening();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),

@@ -1,0 +1,303 @@
+//! A replicated cluster: one leader serves every client and ships its data directory's
+//! changes ([`crate::store::shipping`]) to the followers, which apply them to their own
+//! directories ([`follow`]); etcd, behind [`coordinator::Coordinator`], elects the
+//! leader and holds the in-sync replicas (ISR).
+//!
+//! The node's life: it starts as a follower of whoever leads. When no one does and it
+//! is in the ISR (or there is no ISR yet: a new cluster) with complete files, it
+//! campaigns; the winner opens its directory as at a restart and serves. A leader that
+//! cannot renew its lease stops confirming at once and re-executes itself, starting
+//! again as a follower: nothing of its old state survives to confirm late.
+//!
+//! Safety rests on the ISR: a confirm waits for every ISR follower; a follower leaves
+//! the ISR only through a transaction fenced on the leader's election, stored before
+//! any confirm goes out without it; only ISR members campaign.
+
+pub mod coordinator;
+pub mod etcd;
+pub mod follow;
+mod lead;
+pub mod ship;
+pub mod wire;
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use coordinator::{Coordinator, Leader};
+
+use crate::config::Config;
+use crate::node::{Node, StartError};
+
+/// How often a follower looks at who leads.
+const POLL: Duration = Duration::from_millis(200);
+
+/// This node's identity in the cluster.
+pub(crate) struct Me {
+    pub node: String,
+    pub cluster: String,
+    /// Where followers reach this node's replication listener.
+    pub address: String,
+}
+
+impl Me {
+    fn of(config: &Config) -> Me {
+        let c = &config.cluster;
+        Me {
+            node: c.node_name.clone(),
+            cluster: c.name.clone(),
+            address: if c.advertise.is_empty() {
+                c.replication_listen.clone()
+            } else {
+                c.advertise.clone()
+            },
+        }
+    }
+}
+
+/// The lease this process holds, and when it was last known alive.
+pub(crate) struct Session {
+    pub lease: i64,
+    /// When the last successful renewal was sent: etcd counts the TTL from no earlier.
+    pub renewed: Instant,
+    pub ttl: Duration,
+}
+
+impl Session {
+    /// Until when the lease is surely valid (a margin under the TTL for clock rates).
+    pub fn valid_until(&self) -> Instant {
+        self.renewed + self.ttl.mul_f64(0.8)
+    }
+}
+
+/// Follow until this node leads, then start serving: the running node.
+pub async fn start(config: Config) -> Result<Node, StartError> {
+    let me = Me::of(&config);
+    let c = &config.cluster;
+    if !c.partition_handling.is_empty() {
+        tracing::info!(
+            cluster_partition_handling = c.partition_handling,
+            "cluster_partition_handling has no effect: a warren node without etcd's majority always stops serving (pause_minority)"
+        );
+    }
+    let coordinator: Arc<dyn Coordinator> = Arc::new(etcd::Etcd::new(
+        &c.etcd_endpoints,
+        &c.name,
+        Duration::from_secs(1),
+    ));
+    let dir = config.data_dir.clone();
+    crate::store::files::create_dir(&dir)
+        .map_err(|e| failed(73, format!("data dir {}: {e}", dir.display())))?;
+    let lock = crate::store::lock(&dir).map_err(|e| failed(73, e.to_string()))?;
+    let ttl = Duration::from_secs(c.lease_ttl);
+    let mut session = grant(&*coordinator, ttl).await;
+    let info = format!(
+        "{{\"version\":\"{}\",\"address\":\"{}\"}}",
+        env!("CARGO_PKG_VERSION"),
+        me.address
+    );
+    let mut following: Option<Following> = None;
+    let mut last_leader: Option<String> = None;
+    tracing::info!(
+        node = me.node,
+        cluster = me.cluster,
+        "cluster node started; following until it leads"
+    );
+    loop {
+        session = keep(&*coordinator, session, &me, &info).await;
+        match coordinator.leader().await {
+            Ok(Some(l)) if l.node != me.node => {
+                last_leader = Some(l.node.clone());
+                following = Some(match following.take() {
+                    Some(f) if f.leader == l => f,
+                    other => {
+                        stop(other).await;
+                        Following::start(&dir, &me, l)
+                    }
+                });
+            }
+            // Our own key: from before a re-execution (it lapses with that process's
+            // lease), or a campaign that won although its answer was lost. Give this
+            // lease up, so that the key goes in either case, and take a new one.
+            Ok(Some(_)) => {
+                stop(following.take()).await;
+                let _ = coordinator.revoke(session.lease).await;
+                session = grant(&*coordinator, ttl).await;
+            }
+            Ok(None) => {
+                if let Some(won) = campaign(
+                    &*coordinator,
+                    &me,
+                    &session,
+                    &dir,
+                    last_leader.as_deref(),
+                    || stop(following.take()),
+                )
+                .await
+                {
+                    drop(lock);
+                    return lead::start(config, me, coordinator, session, won).await;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "etcd unreachable"),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn failed(code: u8, message: String) -> StartError {
+    StartError { code, message }
+}
+
+/// A lease, retried until etcd answers.
+async fn grant(c: &dyn Coordinator, ttl: Duration) -> Session {
+    loop {
+        let sent = Instant::now();
+        match c.grant(ttl.as_secs()).await {
+            Ok(lease) => {
+                return Session {
+                    lease,
+                    renewed: sent,
+                    ttl,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach etcd for a lease; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Renew the follower's lease when a third of it has passed (a new one if it lapsed),
+/// and keep this node listed as a member.
+async fn keep(c: &dyn Coordinator, mut s: Session, me: &Me, info: &str) -> Session {
+    if s.renewed.elapsed() < s.ttl / 3 {
+        return s;
+    }
+    let sent = Instant::now();
+    match c.renew(s.lease).await {
+        Ok(true) => s.renewed = sent,
+        Ok(false) => {
+            s = grant(c, s.ttl).await;
+            tracing::info!("lease lapsed; a new one was granted");
+        }
+        Err(_) => return s,
+    }
+    if let Err(e) = c.register(&me.node, info, s.lease).await {
+        tracing::debug!(error = %e, "cannot register as a member");
+    }
+    s
+}
+
+/// No one leads: if this node may (it is in the ISR, or there is none yet, and its
+/// files are complete), stop following and try to take the lead. The election's
+/// revision if it won.
+async fn campaign<F: std::future::Future<Output = ()>>(
+    c: &dyn Coordinator,
+    me: &Me,
+    s: &Session,
+    dir: &Path,
+    last_leader: Option<&str>,
+    stop_following: impl FnOnce() -> F,
+) -> Option<(i64, Vec<String>)> {
+    if Instant::now() >= s.valid_until() {
+        return None;
+    }
+    let isr = c.isr().await.ok()?;
+    let eligible = isr.as_ref().is_none_or(|i| i.members.contains(&me.node));
+    if !eligible || !follow::complete(dir) {
+        return None;
+    }
+    // Nothing may be written to the files once this node might lead.
+    stop_following().await;
+    let mut members: Vec<String> = isr
+        .as_ref()
+        .map(|i| i.members.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| Some(m.as_str()) != last_leader && m != &me.node)
+        .collect();
+    members.insert(0, me.node.clone());
+    let revision = isr.as_ref().map_or(0, |i| i.revision);
+    match c
+        .campaign(&me.node, &me.address, s.lease, revision, &members)
+        .await
+    {
+        Ok(Some(election)) => {
+            tracing::info!(node = me.node, election, isr = ?members, "elected leader");
+            Some((election, members))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "campaign failed");
+            None
+        }
+    }
+}
+
+/// A follower thread and the leader it follows.
+struct Following {
+    leader: Leader,
+    progress: Arc<follow::Progress>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Following {
+    fn start(dir: &Path, me: &Me, leader: Leader) -> Following {
+        let progress = Arc::new(follow::Progress::default());
+        let (dir, cluster, node, address) = (
+            dir.to_path_buf(),
+            me.cluster.clone(),
+            me.node.clone(),
+            leader.address.clone(),
+        );
+        let p = progress.clone();
+        tracing::info!(leader = leader.node, address, "following");
+        let thread = std::thread::spawn(move || {
+            // Said once per run of failures, not at every retry.
+            let mut said = false;
+            while !p.stop.load(Ordering::Acquire) {
+                match follow::follow(&dir, &cluster, &node, &address, &p) {
+                    follow::Ended::Stopped => break,
+                    follow::Ended::Refused(why) if !said => {
+                        tracing::error!(why, "the leader refused this follower")
+                    }
+                    follow::Ended::Lost(e) if !said => {
+                        tracing::info!(error = %e, "replication connection lost; reconnecting")
+                    }
+                    _ => {}
+                }
+                said = !p.synced_once.swap(false, Ordering::AcqRel);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        });
+        Following {
+            leader,
+            progress,
+            thread,
+        }
+    }
+}
+
+async fn stop(f: Option<Following>) {
+    if let Some(f) = f {
+        f.progress.stop.store(true, Ordering::Release);
+        let _ = tokio::task::spawn_blocking(move || f.thread.join()).await;
+    }
+}
+
+/// Leadership is lost: confirm nothing more and start over as a follower, in a fresh
+/// process image (same pid, same arguments), so that nothing of this one's state —
+/// queues, connections, pending confirms — lives on.
+pub(crate) fn restart_as_follower(why: &str) -> ! {
+    tracing::error!(why, "leadership lost: restarting as a follower");
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let e = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    tracing::error!(error = %e, "cannot re-execute; exiting for the supervisor to restart");
+    std::process::exit(70)
+}

@@ -1,0 +1,333 @@
+//! The leader's side of replication: the listener followers connect to, and per
+//! follower a thread that brings its files level with the leader's and then ships every
+//! change (from [`Shipping`]), and one that reads its acknowledgements.
+//!
+//! Bringing the files level needs no pause: the sequence number is taken first, the files
+//! are read after, and every change from that number on is shipped too. A change the
+//! files already show is shipped once more, and writes the same bytes at the same place.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::follow::{names, prefix_crc, read_file};
+use super::wire::{self, FileState, Frame};
+use crate::store::shipping::{FileOp, Shipping};
+
+/// How often the leader shows it is alive when there is nothing to ship.
+pub const PING: Duration = Duration::from_millis(300);
+
+/// Silence from a follower after which its connection is closed.
+const SILENCE: Duration = Duration::from_secs(3);
+
+/// What the leader knows of a follower.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The connection this is about: a reconnect replaces an older one's reports.
+    generation: u64,
+    pub connected: bool,
+    /// Level with the leader (it acknowledged the end of its sync).
+    pub synced: bool,
+    /// The last change it holds.
+    pub acked: u64,
+    /// The changes it still needs start after this.
+    pub needs: u64,
+    /// When `acked` last moved (or it was level).
+    pub progress_at: Instant,
+}
+
+/// The followers, as the connection threads report them.
+#[derive(Default)]
+pub struct Followers {
+    peers: Mutex<HashMap<String, Peer>>,
+    generations: std::sync::atomic::AtomicU64,
+}
+
+impl Followers {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Peer>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn snapshot(&self) -> HashMap<String, Peer> {
+        self.lock().clone()
+    }
+
+    fn connect(&self, node: &str, needs: u64) -> u64 {
+        let generation = 1 + self
+            .generations
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let mut peers = self.lock();
+        let progress_at = peers.get(node).map_or_else(Instant::now, |p| p.progress_at);
+        peers.insert(
+            node.to_owned(),
+            Peer {
+                generation,
+                connected: true,
+                synced: false,
+                acked: 0,
+                needs,
+                progress_at,
+            },
+        );
+        generation
+    }
+
+    fn update(&self, node: &str, generation: u64, f: impl FnOnce(&mut Peer)) -> bool {
+        match self.lock().get_mut(node) {
+            Some(p) if p.generation == generation => {
+                f(p);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The lowest change any connected follower still needs (everything before can go).
+    pub fn needed(&self, last: u64) -> u64 {
+        self.lock()
+            .values()
+            .filter(|p| p.connected)
+            .map(|p| p.needs)
+            .min()
+            .unwrap_or(last)
+    }
+}
+
+/// Accept followers on `listener` for as long as the process leads.
+pub fn serve(
+    listener: TcpListener,
+    dir: PathBuf,
+    cluster: String,
+    shipping: Arc<Shipping>,
+    followers: Arc<Followers>,
+) {
+    let spawn = move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let (dir, cluster) = (dir.clone(), cluster.clone());
+            let (shipping, followers) = (shipping.clone(), followers.clone());
+            let _ = std::thread::Builder::new()
+                .name("warren-ship".into())
+                .spawn(move || {
+                    let peer = stream
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default();
+                    if let Err(e) = follower(stream, &dir, &cluster, &shipping, &followers) {
+                        tracing::info!(peer, error = %e, "replication connection ended");
+                    }
+                });
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("warren-replication".into())
+        .spawn(spawn)
+    {
+        tracing::error!(error = %e, "cannot start the replication listener's thread");
+    }
+}
+
+fn follower(
+    stream: TcpStream,
+    dir: &Path,
+    cluster: &str,
+    shipping: &Arc<Shipping>,
+    followers: &Arc<Followers>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(SILENCE))?;
+    let mut input = BufReader::new(stream.try_clone()?);
+    let mut out = BufWriter::with_capacity(1 << 20, stream.try_clone()?);
+    let Frame::Hello {
+        version,
+        cluster: theirs,
+        node,
+        files,
+    } = wire::read(&mut input)?
+    else {
+        return Err(io::Error::other("a follower did not start with hello"));
+    };
+    if version != wire::VERSION || theirs != cluster {
+        let why = format!(
+            "this leader is of cluster {cluster:?} with replication protocol {}; the follower is of {theirs:?} with {version}",
+            wire::VERSION
+        );
+        wire::write(&mut out, &Frame::Refuse(why.clone()))?;
+        out.flush()?;
+        return Err(io::Error::other(why));
+    }
+    // Taken before the files are read: see the module's comment.
+    let start = shipping.last() + 1;
+    let generation = followers.connect(&node, start - 1);
+    tracing::info!(
+        node,
+        files = files.len(),
+        "follower connected; bringing its files level"
+    );
+    let acks = {
+        let (stream, node, shipping, followers) = (
+            stream.try_clone()?,
+            node.clone(),
+            shipping.clone(),
+            followers.clone(),
+        );
+        std::thread::Builder::new()
+            .name("warren-acks".into())
+            .spawn(move || read_acks(stream, &node, generation, &shipping, &followers))?
+    };
+    let result = level(&mut out, dir, &files).and_then(|sent| {
+        wire::write(&mut out, &Frame::Synced(start - 1))?;
+        out.flush()?;
+        tracing::info!(
+            node,
+            bytes = sent,
+            "follower's files sent; streaming changes"
+        );
+        stream_changes(&mut out, start - 1, shipping, || {
+            followers.update(&node, generation, |_| {})
+        })
+    });
+    followers.update(&node, generation, |p| p.connected = false);
+    let _ = stream.shutdown(Shutdown::Both);
+    let _ = acks.join();
+    result
+}
+
+/// Send the follower what its files lack; the bytes sent.
+fn level(out: &mut impl Write, dir: &Path, theirs: &[FileState]) -> io::Result<u64> {
+    let theirs: HashMap<&str, &FileState> = theirs.iter().map(|f| (f.name.as_str(), f)).collect();
+    let ours = names(dir)?;
+    let newest = ours.iter().filter_map(|n| segment_number(n)).max();
+    let mut sent = 0;
+    for name in &ours {
+        let Some(mut file) = read_file(&dir.join(name))? else {
+            continue; // removed meanwhile: a change shipped later says so
+        };
+        let len = file.metadata()?.len();
+        let from = match theirs.get(name.as_str()) {
+            Some(t) if t.len <= len && prefix_crc(&mut file, t.len)? == Some(t.crc) => t.len,
+            Some(_) => {
+                wire::write(out, &Frame::SetAside(name.clone()))?;
+                0
+            }
+            None => 0,
+        };
+        sent += send_range(out, &mut file, name, from, len)?;
+    }
+    let ours: HashSet<&str> = ours.iter().map(String::as_str).collect();
+    for name in theirs.keys().filter(|n| !ours.contains(*n)) {
+        // A segment newer than any here was written by an old leader after this one's
+        // copy stopped: it may hold what no one confirmed. Older ones were compacted
+        // away here.
+        let frame = match (segment_number(name), newest) {
+            (Some(n), Some(newest)) if n > newest => Frame::SetAside(name.to_string()),
+            _ => Frame::Op(
+                0,
+                FileOp::Remove {
+                    file: name.to_string(),
+                },
+            ),
+        };
+        wire::write(out, &frame)?;
+    }
+    Ok(sent)
+}
+
+fn segment_number(name: &str) -> Option<u64> {
+    name.strip_prefix("messages/")?
+        .strip_suffix(".seg")?
+        .parse()
+        .ok()
+}
+
+fn send_range(
+    out: &mut impl Write,
+    file: &mut std::fs::File,
+    name: &str,
+    from: u64,
+    to: u64,
+) -> io::Result<u64> {
+    file.seek(SeekFrom::Start(from))?;
+    let mut at = from;
+    let mut buf = vec![0u8; 1 << 20];
+    while at < to {
+        let want = ((to - at) as usize).min(buf.len());
+        let n = file.read(&mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        wire::write(
+            out,
+            &Frame::Chunk {
+                file: name.to_owned(),
+                offset: at,
+                data: Bytes::copy_from_slice(&buf[..n]),
+            },
+        )?;
+        at += n as u64;
+    }
+    Ok(at - from)
+}
+
+/// Ship every change after `after`, for as long as `current` says this connection is
+/// the follower's.
+fn stream_changes(
+    out: &mut BufWriter<TcpStream>,
+    mut after: u64,
+    shipping: &Shipping,
+    current: impl Fn() -> bool,
+) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(1 << 20);
+    while current() && !shipping.is_fenced() {
+        let ops = shipping
+            .take(after, 8 << 20, PING)
+            .map_err(|_| io::Error::other("the follower fell too far behind; it syncs again"))?;
+        buf.clear();
+        if ops.is_empty() {
+            wire::encode(&mut buf, &Frame::Ping);
+        }
+        for (seq, op) in ops {
+            wire::encode(&mut buf, &Frame::Op(seq, (*op).clone()));
+            after = seq;
+        }
+        out.write_all(&buf)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn read_acks(
+    stream: TcpStream,
+    node: &str,
+    generation: u64,
+    shipping: &Shipping,
+    followers: &Followers,
+) {
+    // A follower acks at least after every ping; a timeout ends the connection (a read
+    // cut short by one would leave the framing torn).
+    let _ = stream.set_read_timeout(Some(SILENCE));
+    let mut input = BufReader::new(stream);
+    while let Ok(Frame::Ack(seq)) = wire::read(&mut input) {
+        let last = shipping.last();
+        let current = followers.update(node, generation, |p| {
+            if seq > p.acked || !p.synced || seq >= last {
+                p.progress_at = Instant::now();
+            }
+            p.synced = true;
+            p.acked = p.acked.max(seq);
+            p.needs = p.needs.max(seq);
+        });
+        if !current {
+            break;
+        }
+        shipping.acked(node, seq);
+    }
+    followers.update(node, generation, |p| p.connected = false);
+    let _ = input.get_ref().shutdown(Shutdown::Both);
+}

@@ -1,0 +1,352 @@
+//! The replication protocol between a follower and the leader, over one TCP connection.
+//!
+//! Every frame is a kind byte, a 4-byte big-endian length and that many bytes. The
+//! follower opens with [`Frame::Hello`] (the files it has, each with its length and
+//! checksum); the leader answers with what the follower's files lack ([`Frame::Chunk`],
+//! [`Frame::SetAside`] for a file that is not a prefix of the leader's, `Op` removes),
+//! then [`Frame::Synced`] and the changes that followed ([`Frame::Op`]), for as long as
+//! both live. The follower acknowledges ([`Frame::Ack`]) the last change it has applied
+//! and synced each time it has read everything that had arrived.
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+
+use crate::store::shipping::FileOp;
+
+/// The largest frame either side accepts: a compaction's output is the big one.
+const FRAME_MAX: usize = 1 << 30;
+
+/// Version of this protocol; a node speaking another is refused with a reason.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct FileState {
+    pub name: String,
+    pub len: u64,
+    pub crc: u32,
+}
+
+#[derive(Debug)]
+pub enum Frame {
+    Hello {
+        version: u32,
+        cluster: String,
+        node: String,
+        files: Vec<FileState>,
+    },
+    /// Leader: the connection is refused, and why.
+    Refuse(String),
+    /// Part of a file, during the initial sync.
+    Chunk {
+        file: String,
+        offset: u64,
+        data: Bytes,
+    },
+    /// The follower's file is not a prefix of the leader's: move it aside (it is sent
+    /// again whole).
+    SetAside(String),
+    /// The initial sync is complete: the follower holds every change up to `seq`.
+    Synced(u64),
+    Op(u64, FileOp),
+    /// Leader: nothing new (a keep-alive); the follower answers with an ack.
+    Ping,
+    Ack(u64),
+}
+
+const HELLO: u8 = 1;
+const REFUSE: u8 = 2;
+const CHUNK: u8 = 3;
+const SET_ASIDE: u8 = 4;
+const SYNCED: u8 = 5;
+const OP: u8 = 6;
+const PING: u8 = 7;
+const ACK: u8 = 8;
+
+const APPEND: u8 = 0;
+const INSTALL: u8 = 1;
+const REMOVE: u8 = 2;
+const TRUNCATE: u8 = 3;
+
+/// Append a frame to `out`.
+pub fn encode(out: &mut Vec<u8>, f: &Frame) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 5]);
+    let kind = match f {
+        Frame::Hello {
+            version,
+            cluster,
+            node,
+            files,
+        } => {
+            out.extend_from_slice(&version.to_be_bytes());
+            put_str(out, cluster);
+            put_str(out, node);
+            out.extend_from_slice(&(files.len() as u32).to_be_bytes());
+            for f in files {
+                put_str(out, &f.name);
+                out.extend_from_slice(&f.len.to_be_bytes());
+                out.extend_from_slice(&f.crc.to_be_bytes());
+            }
+            HELLO
+        }
+        Frame::Refuse(why) => {
+            put_str(out, why);
+            REFUSE
+        }
+        Frame::Chunk { file, offset, data } => {
+            put_str(out, file);
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(data);
+            CHUNK
+        }
+        Frame::SetAside(file) => {
+            put_str(out, file);
+            SET_ASIDE
+        }
+        Frame::Synced(seq) => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            SYNCED
+        }
+        Frame::Op(seq, op) => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            encode_op(out, op);
+            OP
+        }
+        Frame::Ping => PING,
+        Frame::Ack(seq) => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            ACK
+        }
+    };
+    let len = (out.len() - start - 5) as u32;
+    out[start] = kind;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+}
+
+fn encode_op(out: &mut Vec<u8>, op: &FileOp) {
+    match op {
+        FileOp::Append { file, offset, data } => {
+            out.push(APPEND);
+            put_str(out, file);
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(data);
+        }
+        FileOp::Install { file, data } => {
+            out.push(INSTALL);
+            put_str(out, file);
+            out.extend_from_slice(data);
+        }
+        FileOp::Remove { file } => {
+            out.push(REMOVE);
+            put_str(out, file);
+        }
+        FileOp::Truncate { file, len } => {
+            out.push(TRUNCATE);
+            put_str(out, file);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Read one frame (blocking).
+pub fn read(r: &mut impl Read) -> io::Result<Frame> {
+    let mut head = [0u8; 5];
+    r.read_exact(&mut head)?;
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len > FRAME_MAX {
+        return Err(bad("frame too large"));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    decode(head[0], Bytes::from(body))
+}
+
+pub fn write(w: &mut impl Write, f: &Frame) -> io::Result<()> {
+    let mut out = Vec::new();
+    encode(&mut out, f);
+    w.write_all(&out)
+}
+
+fn bad(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("replication protocol: {what}"),
+    )
+}
+
+/// A cursor over a frame's body.
+struct Body {
+    b: Bytes,
+    at: usize,
+}
+
+impl Body {
+    fn take(&mut self, n: usize) -> io::Result<Bytes> {
+        if self.b.len() - self.at < n {
+            return Err(bad("frame too short"));
+        }
+        let out = self.b.slice(self.at..self.at + n);
+        self.at += n;
+        Ok(out)
+    }
+    fn u16(&mut self) -> io::Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> io::Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> io::Result<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn string(&mut self) -> io::Result<String> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| bad("a name is not UTF-8"))
+    }
+    fn rest(&mut self) -> Bytes {
+        let out = self.b.slice(self.at..);
+        self.at = self.b.len();
+        out
+    }
+}
+
+fn decode(kind: u8, b: Bytes) -> io::Result<Frame> {
+    let mut b = Body { b, at: 0 };
+    Ok(match kind {
+        HELLO => {
+            let version = b.u32()?;
+            let cluster = b.string()?;
+            let node = b.string()?;
+            let n = b.u32()? as usize;
+            let mut files = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                files.push(FileState {
+                    name: b.string()?,
+                    len: b.u64()?,
+                    crc: b.u32()?,
+                });
+            }
+            Frame::Hello {
+                version,
+                cluster,
+                node,
+                files,
+            }
+        }
+        REFUSE => Frame::Refuse(b.string()?),
+        CHUNK => Frame::Chunk {
+            file: b.string()?,
+            offset: b.u64()?,
+            data: b.rest(),
+        },
+        SET_ASIDE => Frame::SetAside(b.string()?),
+        SYNCED => Frame::Synced(b.u64()?),
+        OP => {
+            let seq = b.u64()?;
+            let op = match b.u8()? {
+                APPEND => FileOp::Append {
+                    file: b.string()?,
+                    offset: b.u64()?,
+                    data: b.rest(),
+                },
+                INSTALL => FileOp::Install {
+                    file: b.string()?,
+                    data: b.rest(),
+                },
+                REMOVE => FileOp::Remove { file: b.string()? },
+                TRUNCATE => FileOp::Truncate {
+                    file: b.string()?,
+                    len: b.u64()?,
+                },
+                _ => return Err(bad("unknown change")),
+            };
+            Frame::Op(seq, op)
+        }
+        PING => Frame::Ping,
+        ACK => Frame::Ack(b.u64()?),
+        _ => return Err(bad("unknown frame")),
+    })
+}
+
+/// Whether `name` is a file replication may touch: `meta.log` or a message segment,
+/// never a path that leaves the data directory.
+pub fn valid_name(name: &str) -> bool {
+    if name == "meta.log" {
+        return true;
+    }
+    let Some(seg) = name.strip_prefix("messages/") else {
+        return false;
+    };
+    seg.len() == 20 && seg.ends_with(".seg") && seg[..16].bytes().all(|c| c.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frames = [
+            Frame::Hello {
+                version: VERSION,
+                cluster: "c".into(),
+                node: "warren@a".into(),
+                files: vec![FileState {
+                    name: "meta.log".into(),
+                    len: 7,
+                    crc: 9,
+                }],
+            },
+            Frame::Op(
+                5,
+                FileOp::Append {
+                    file: "messages/0000000000000001.seg".into(),
+                    offset: 10,
+                    data: Bytes::from_static(b"abc"),
+                },
+            ),
+            Frame::Ack(42),
+        ];
+        let mut out = Vec::new();
+        for f in &frames {
+            encode(&mut out, f);
+        }
+        let mut r = &out[..];
+        let got: Vec<String> = (0..3)
+            .map(|_| format!("{:?}", read(&mut r).unwrap()))
+            .collect();
+        let want: Vec<String> = frames.iter().map(|f| format!("{f:?}")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn names_outside_the_data_files_are_refused() {
+        assert!(valid_name("meta.log"));
+        assert!(valid_name("messages/0000000000000012.seg"));
+        assert!(!valid_name("messages/../../etc/passwd"));
+        assert!(!valid_name("/etc/passwd"));
+        assert!(!valid_name("messages/000000000000001x.seg"));
+        assert!(!valid_name("meta.toml"));
+    }
+
+    #[test]
+    fn a_short_or_unknown_frame_is_an_error_not_a_panic() {
+        assert!(read(&mut &[OP, 0, 0, 0, 3, 1, 2, 3][..]).is_err());
+        assert!(read(&mut &[99, 0, 0, 0, 0][..]).is_err());
+        assert!(read(&mut &[HELLO, 0xff, 0xff, 0xff, 0xff][..]).is_err());
+    }
+}
