@@ -310,11 +310,13 @@ impl Shipping {
             return;
         }
         let floor = s.isr.values().map(|r| r.acked).min().unwrap_or(s.last);
-        if floor <= s.floor {
-            return;
+        if floor > s.floor {
+            s.floor = floor;
+            self.floored.notify_all();
         }
-        s.floor = floor;
-        self.floored.notify_all();
+        // A batch's point can come after the followers acknowledged its changes (they
+        // are shipped before the leader's own sync): points are looked at either way.
+        let floor = s.floor;
         let mut watermark = None;
         while s.points.front().is_some_and(|(seq, _)| *seq <= floor) {
             watermark = s.points.pop_front().map(|(_, w)| w);
@@ -369,6 +371,16 @@ mod tests {
         assert_eq!(s.confirmed(), 0, "c has not acknowledged");
         s.acked("c", 1);
         assert_eq!(s.confirmed(), 10);
+    }
+
+    #[test]
+    fn a_batch_acknowledged_before_it_is_done_is_confirmed_when_done() {
+        let s = leader(2);
+        s.join_isr("b", 0);
+        s.push(op(1));
+        s.acked("b", 1);
+        s.batch_done(4, Vec::new());
+        assert_eq!(s.confirmed(), 4);
     }
 
     #[test]
