@@ -30,19 +30,24 @@ use crate::config::AlarmsConfig;
 pub struct AlarmState {
     pub memory: bool,
     pub disk: bool,
+    /// A cluster's leader has fewer in-sync replicas than `cluster.min_insync_replicas`:
+    /// a persistent message could not be confirmed, so publishers wait blocked.
+    pub replicas: bool,
 }
 
 impl AlarmState {
     pub fn any(&self) -> bool {
-        self.memory || self.disk
+        self.memory || self.disk || self.replicas
     }
 
-    /// The reason sent in connection.blocked (RabbitMQ's words).
+    /// The reason sent in connection.blocked (RabbitMQ's words for its own alarms).
     pub fn reason(&self) -> &'static str {
         if self.memory {
             "low on memory"
-        } else {
+        } else if self.disk {
             "low on disk"
+        } else {
+            "too few in-sync replicas"
         }
     }
 }
@@ -206,6 +211,7 @@ pub async fn monitor(
             memory: matches!((used, limit), (Some(u), Some(l)) if u > l),
             disk: matches!(free, Some(f) if f < cfg.disk_free_limit)
                 || store.as_ref().is_some_and(|s| s.is_failing()),
+            replicas: store.as_ref().is_some_and(|s| s.below_min_insync()),
         };
         let before = *tx.borrow();
         if state != before {
@@ -230,6 +236,13 @@ pub async fn monitor(
                     );
                 } else {
                     tracing::info!("disk resource limit alarm cleared");
+                }
+            }
+            if state.replicas != before.replicas {
+                if state.replicas {
+                    tracing::warn!("in-sync replicas below cluster.min_insync_replicas: publishers are blocked");
+                } else {
+                    tracing::info!("in-sync replicas back at cluster.min_insync_replicas");
                 }
             }
             tx.send_replace(state);

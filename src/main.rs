@@ -193,7 +193,9 @@ async fn serve(
     if let Some(n) = &notifier {
         n.stopping();
     }
+    warren::cluster::fence_for_stop();
     node.stop().await;
+    warren::cluster::resign().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,6 +13,7 @@ use super::{failed, restart_as_follower, Me, Session};
 use crate::config::Config;
 use crate::node::{Node, StartError};
 use crate::store::shipping::Shipping;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How often the ISR and the lease's validity are looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -50,6 +51,11 @@ pub(super) async fn start(
     );
     let ack_timeout = Duration::from_millis(c.ack_timeout_ms);
     let node = Node::start_shipped(config, Some(shipping.clone())).await?;
+    let _ = LEADING.set(Leading {
+        coordinator: coordinator.clone(),
+        lease: session.lease,
+        shipping: shipping.clone(),
+    });
     tokio::spawn(keep_lease(coordinator.clone(), session, shipping.clone()));
     tokio::spawn(watch_lease(shipping.clone()));
     let isr = Isr {
@@ -66,6 +72,46 @@ pub(super) async fn start(
     Ok(node)
 }
 
+/// What a graceful stop needs to hand leadership over at once.
+struct Leading {
+    coordinator: Arc<dyn Coordinator>,
+    lease: i64,
+    shipping: Arc<Shipping>,
+}
+
+static LEADING: std::sync::OnceLock<Leading> = std::sync::OnceLock::new();
+
+/// A graceful stop is under way: the fenced leader stops rather than re-executing.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Leadership is lost: re-execute as a follower, unless the process is stopping anyway.
+fn lost(why: &str) {
+    if !STOPPING.load(Ordering::Acquire) {
+        restart_as_follower(why);
+    }
+}
+
+/// A graceful stop begins: confirm nothing more (the followers may lead any moment now).
+pub fn fence_for_stop() {
+    STOPPING.store(true, Ordering::Release);
+    if let Some(l) = LEADING.get() {
+        l.shipping.fence();
+    }
+}
+
+/// A graceful stop ended: give the lease up, so that a follower leads now rather than
+/// once the lease lapses.
+pub async fn resign() {
+    if let Some(l) = LEADING.get() {
+        match l.coordinator.revoke(l.lease).await {
+            Ok(()) => tracing::info!("leadership handed over"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot give the lease up; a follower leads once it lapses")
+            }
+        }
+    }
+}
+
 /// Renew the lease every third of its TTL; each success extends what confirms may rely
 /// on. An expired lease ends leadership at once.
 async fn keep_lease(c: Arc<dyn Coordinator>, mut s: Session, shipping: Arc<Shipping>) {
@@ -79,7 +125,8 @@ async fn keep_lease(c: Arc<dyn Coordinator>, mut s: Session, shipping: Arc<Shipp
             }
             Ok(false) => {
                 shipping.fence();
-                restart_as_follower("the leader's etcd lease expired");
+                lost("the leader's etcd lease expired");
+                return;
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew the leader's lease"),
         }
@@ -93,7 +140,8 @@ async fn watch_lease(shipping: Arc<Shipping>) {
         tokio::time::sleep(TICK).await;
         if !shipping.lease_valid() {
             shipping.fence();
-            restart_as_follower("the leader's etcd lease could not be renewed in time");
+            lost("the leader's etcd lease could not be renewed in time");
+            return;
         }
     }
 }
@@ -179,7 +227,8 @@ impl Isr {
             Ok(true) => true,
             Ok(false) => {
                 self.shipping.fence();
-                restart_as_follower("another node leads (the ISR could not be stored)");
+                lost("another node leads (the ISR could not be stored)");
+                false
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot store the in-sync replicas");

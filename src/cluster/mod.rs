@@ -17,6 +17,8 @@ pub mod coordinator;
 pub mod etcd;
 pub mod follow;
 mod lead;
+
+pub use lead::{fence_for_stop, resign};
 pub mod ship;
 pub mod wire;
 

@@ -319,6 +319,11 @@ impl MessageStore {
         }
     }
 
+    /// In a cluster's leader: fewer in-sync copies than a confirm needs.
+    pub fn below_min_insync(&self) -> bool {
+        self.shipping.as_ref().is_some_and(|s| s.below_min_insync())
+    }
+
     /// Wait until message `id` is safely stored (on enough copies, in a cluster);
     /// false if it could not be.
     pub async fn wait_synced(&self, id: u64) -> bool {

@@ -280,6 +280,11 @@ impl Shipping {
         v
     }
 
+    /// Fewer in-sync copies (the leader's included) than a confirm needs.
+    pub fn below_min_insync(&self) -> bool {
+        self.lock().isr.len() + 1 < self.min_insync
+    }
+
     /// The lease is valid until `until` (a renewal succeeded).
     pub fn lease_until(&self, until: Instant) {
         let ms = until.saturating_duration_since(self.epoch).as_millis() as u64;
