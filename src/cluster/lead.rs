@@ -91,6 +91,11 @@ fn lost(why: &str) {
     }
 }
 
+/// The lease this process leads under, if it leads.
+pub(super) fn lease() -> Option<i64> {
+    LEADING.get().map(|l| l.lease)
+}
+
 /// A graceful stop begins: confirm nothing more (the followers may lead any moment now).
 pub fn fence_for_stop() {
     STOPPING.store(true, Ordering::Release);

@@ -32,6 +32,9 @@ use coordinator::{Coordinator, Leader};
 use crate::config::Config;
 use crate::node::{Node, StartError};
 
+/// Set for the new image when a fenced leader re-executes: the lease it led under.
+const RESIGNED_LEASE: &str = "WARREN_RESIGNED_LEASE";
+
 /// How often a follower looks at who leads.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -92,6 +95,16 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     crate::store::files::create_dir(&dir)
         .map_err(|e| failed(73, format!("data dir {}: {e}", dir.display())))?;
     let lock = crate::store::lock(&dir).map_err(|e| failed(73, e.to_string()))?;
+    if let Some(old) = std::env::var(RESIGNED_LEASE)
+        .ok()
+        .and_then(|v| v.parse::<i64>().ok())
+    {
+        std::env::remove_var(RESIGNED_LEASE);
+        match coordinator.revoke(old).await {
+            Ok(()) => tracing::info!("the lease this process led under is given up"),
+            Err(e) => tracing::info!(error = %e, "cannot give the old lease up; it lapses"),
+        }
+    }
     let ttl = Duration::from_secs(c.lease_ttl);
     let mut session = grant(&*coordinator, ttl).await;
     let info = format!(
@@ -297,9 +310,14 @@ pub(crate) fn restart_as_follower(why: &str) -> ! {
     tracing::error!(why, "leadership lost: restarting as a follower");
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let e = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .exec();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(std::env::args_os().skip(1));
+    if let Some(lease) = lead::lease() {
+        // The new image gives it up first thing: the leader key goes at once instead of
+        // when it lapses, and a follower takes over sooner.
+        cmd.env(RESIGNED_LEASE, lease.to_string());
+    }
+    let e = cmd.exec();
     tracing::error!(error = %e, "cannot re-execute; exiting for the supervisor to restart");
     std::process::exit(70)
 }
