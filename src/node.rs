@@ -152,8 +152,8 @@ impl Node {
     ) -> Result<Node, StartError> {
         // Opening the store takes the data directory's lock: nothing else in it (the
         // control socket) is touched before that.
-        let broker =
-            Broker::open_shipped(config, shipping).map_err(|e| failed(73, e.to_string()))?; // EX_CANTCREAT
+        let broker = Broker::open_shipped(config, shipping.clone())
+            .map_err(|e| failed(73, e.to_string()))?; // EX_CANTCREAT
         load_definitions(&broker).map_err(|e| failed(78, e))?; // EX_CONFIG
         check_memory_limit(&broker.config.alarms)?;
         // One descriptor held back for the accept loops (see accept.rs).
@@ -167,6 +167,10 @@ impl Node {
                     format!("cannot create the control socket {}: {e}", path.display()),
                 )
             })?;
+        if let Some(s) = &shipping {
+            // Start-up's own changes are done; a client's wait for the followers.
+            s.arm();
+        }
         let (listener, addr) = bind_amqp(&broker).await?;
         let amqps = bind_amqps(&broker).await?;
         let tls = amqps.as_ref().map(|(tls, _, _)| tls.clone());

@@ -33,31 +33,34 @@ pub(super) async fn start(
         shipping.join_isr(m, 0);
     }
     let followers = Arc::new(Followers::default());
-    let listener = std::net::TcpListener::bind(&c.replication_listen).map_err(|e| {
+    let replication_listen = c.replication_listen.clone();
+    let ack_timeout = Duration::from_millis(c.ack_timeout_ms);
+    let dir = config.data_dir.clone();
+    // The lease is kept from the start: recovering a large directory takes a while.
+    let lease = session.lease;
+    tokio::spawn(keep_lease(coordinator.clone(), session, shipping.clone()));
+    tokio::spawn(watch_lease(shipping.clone()));
+    let node = Node::start_shipped(config, Some(shipping.clone())).await?;
+    // Only now: opening the store rewrote meta.log, a change no follower was sent. One
+    // that connects from here on reads the files as they are after it.
+    let listener = std::net::TcpListener::bind(&replication_listen).map_err(|e| {
         failed(
             71,
-            format!(
-                "cannot listen for followers on cluster.replication_listen {}: {e}",
-                c.replication_listen
-            ),
+            format!("cannot listen for followers on cluster.replication_listen {replication_listen}: {e}"),
         )
     })?;
     ship::serve(
         listener,
-        config.data_dir.clone(),
+        dir,
         me.cluster.clone(),
         shipping.clone(),
         followers.clone(),
     );
-    let ack_timeout = Duration::from_millis(c.ack_timeout_ms);
-    let node = Node::start_shipped(config, Some(shipping.clone())).await?;
     let _ = LEADING.set(Leading {
         coordinator: coordinator.clone(),
-        lease: session.lease,
+        lease,
         shipping: shipping.clone(),
     });
-    tokio::spawn(keep_lease(coordinator.clone(), session, shipping.clone()));
-    tokio::spawn(watch_lease(shipping.clone()));
     let isr = Isr {
         coordinator,
         election,
@@ -117,11 +120,12 @@ pub async fn resign() {
     }
 }
 
-/// Renew the lease every third of its TTL; each success extends what confirms may rely
-/// on. An expired lease ends leadership at once.
+/// Renew the lease every sixth of its TTL (so that an etcd election of a second or two
+/// does not cost the leadership); each success extends what confirms may rely on. An
+/// expired lease ends leadership at once.
 async fn keep_lease(c: Arc<dyn Coordinator>, mut s: Session, shipping: Arc<Shipping>) {
     loop {
-        tokio::time::sleep(s.ttl / 3).await;
+        tokio::time::sleep(s.ttl / 6).await;
         let sent = Instant::now();
         match c.renew(s.lease).await {
             Ok(true) => {

@@ -70,9 +70,11 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Until when the lease is surely valid (a margin under the TTL for clock rates).
+    /// Until when the lease is surely valid: etcd counts the TTL from when it got the
+    /// renewal, no earlier than it was sent; a tenth (at most half a second) is left
+    /// for the clocks' rates and for stopping.
     pub fn valid_until(&self) -> Instant {
-        self.renewed + self.ttl.mul_f64(0.8)
+        self.renewed + self.ttl - (self.ttl / 10).min(Duration::from_millis(500))
     }
 }
 
@@ -309,8 +311,11 @@ async fn stop(f: Option<Following>) {
 pub(crate) fn restart_as_follower(why: &str) -> ! {
     tracing::error!(why, "leadership lost: restarting as a follower");
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
-    let mut cmd = std::process::Command::new(exe);
+    // The running image, even if its file was replaced meanwhile (an upgrade).
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
     cmd.args(std::env::args_os().skip(1));
     if let Some(lease) = lead::lease() {
         // The new image gives it up first thing: the leader key goes at once instead of

@@ -106,6 +106,9 @@ pub struct Shipping {
     min_insync: usize,
     /// The lease is gone: nothing is confirmed any more, ever, by this process.
     fenced: AtomicBool,
+    /// Clients are served: a metadata change's caller waits for the followers. Before
+    /// (start-up's own changes, which nobody is told of) it does not.
+    armed: AtomicBool,
     /// Milliseconds after `epoch` until which the lease is known valid.
     valid_until: AtomicU64,
     epoch: Instant,
@@ -134,6 +137,7 @@ impl Shipping {
             progress: Notify::new(),
             min_insync: min_insync.max(1),
             fenced: AtomicBool::new(false),
+            armed: AtomicBool::new(false),
             valid_until: AtomicU64::new(0),
             epoch: Instant::now(),
         })
@@ -187,6 +191,9 @@ impl Shipping {
     /// Block until change `seq` is held by enough copies (a metadata change before its
     /// caller answers), or `timeout` passes; whether it is.
     pub fn wait(&self, seq: u64, timeout: Duration) -> bool {
+        if !self.armed.load(Ordering::Acquire) {
+            return true;
+        }
         let deadline = Instant::now() + timeout;
         let mut s = self.lock();
         while s.floor < seq {
@@ -283,6 +290,12 @@ impl Shipping {
     /// Fewer in-sync copies (the leader's included) than a confirm needs.
     pub fn below_min_insync(&self) -> bool {
         self.lock().isr.len() + 1 < self.min_insync
+    }
+
+    /// Clients are about to be served: from now on metadata changes wait for the
+    /// followers (see [`Shipping::wait`]).
+    pub fn arm(&self) {
+        self.armed.store(true, Ordering::Release);
     }
 
     /// The lease is valid until `until` (a renewal succeeded).
@@ -411,6 +424,7 @@ mod tests {
     #[test]
     fn a_fenced_or_expired_leader_confirms_nothing() {
         let s = Shipping::new(1);
+        s.arm();
         s.push(op(1));
         s.batch_done(3, Vec::new());
         assert_eq!(s.confirmed(), 0, "no lease yet");
