@@ -20,6 +20,9 @@ cargo fmt --all --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+step "cluster test tools: etcd, iptables (tests/cluster/install.sh)"
+tests/cluster/install.sh
+
 step "cargo test (unit + integration)"
 cargo test --workspace --no-fail-fast -- --test-threads 4
 

@@ -10,6 +10,7 @@ mod common;
 mod access;
 mod alarms;
 mod basic;
+mod cluster;
 mod compaction;
 mod confirm;
 mod connection;
