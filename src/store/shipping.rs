@@ -198,7 +198,7 @@ impl Shipping {
         let mut s = self.lock();
         while s.floor < seq {
             let now = Instant::now();
-            if now >= deadline || self.fenced.load(Ordering::Acquire) {
+            if now >= deadline || !self.lease_valid() {
                 return false;
             }
             s = self

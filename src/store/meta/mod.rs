@@ -33,10 +33,11 @@ use super::shipping::{FileOp, Shipping};
 
 const FILE: &str = "meta.log";
 
-/// How long a metadata change waits for the followers before its caller is answered
-/// anyway (logged): a client blocked for ever would be worse than a declare-ok that a
-/// failover in that window could lose.
+/// How often a metadata change still waiting for the followers says so.
 const REPLICATION_WAIT: Duration = Duration::from_secs(10);
+
+/// A fenced leader re-executes within this; a change waiting past it ends the process.
+const FENCED_GRACE: Duration = Duration::from_secs(2);
 
 /// The largest record a torn tail can announce (a change with its arguments is a few
 /// kilobytes; random bytes rarely claim less than this).
@@ -194,8 +195,9 @@ impl MetaLog {
     }
 
     /// Make appended changes durable (before the client is told they happened).
-    /// In a cluster, also wait until enough followers hold them (blocking: metadata
-    /// changes are rare, and their callers answer only after this).
+    /// In a cluster, also wait until enough followers hold them (blocking, off the
+    /// runtime's workers: metadata changes are rare, and their callers answer only
+    /// after this).
     pub fn sync(&self) {
         if self.dirty.swap(false, Ordering::AcqRel) && self.fsync {
             let f = self.file.lock().unwrap_or_else(|e| e.into_inner());
@@ -205,14 +207,37 @@ impl MetaLog {
         }
         if let Some(shipping) = self.shipping.get() {
             let seq = self.shipped.load(Ordering::Acquire);
-            if !shipping.wait(seq, REPLICATION_WAIT) {
-                tracing::error!(
-                    seq,
-                    "a change to the durable definitions is not on enough replicas after {}s; answering anyway",
-                    REPLICATION_WAIT.as_secs()
-                );
+            // Off the runtime's worker: the tasks that keep the lease and the in-sync
+            // replicas (which end this wait) must go on running meanwhile.
+            match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(|| replicated(shipping, seq))
+                }
+                _ => replicated(shipping, seq),
             }
         }
+    }
+}
+
+/// Wait until change `seq` is on enough replicas. Its caller answers only after this, so
+/// it does not give up: a follower that fell silent leaves the in-sync replicas within
+/// `cluster.ack_timeout_ms`, and then this returns. A leader that lost its lease never
+/// returns: its caller must not hear of a change the next leader may not have. The
+/// process re-executes as a follower (or, stopping, ends) instead.
+fn replicated(shipping: &Shipping, seq: u64) {
+    let mut waited = Duration::ZERO;
+    while !shipping.wait(seq, REPLICATION_WAIT) {
+        if !shipping.lease_valid() {
+            std::thread::sleep(FENCED_GRACE);
+            tracing::error!(seq, "leadership is lost with a change to the durable definitions not on enough replicas; ending the process so that no one is told it happened");
+            std::process::exit(75);
+        }
+        waited += REPLICATION_WAIT;
+        tracing::warn!(
+            seq,
+            waited_s = waited.as_secs(),
+            "a change to the durable definitions waits for the in-sync replicas"
+        );
     }
 }
 
