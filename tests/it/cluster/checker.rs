@@ -685,3 +685,42 @@ pub async fn wait_confirms_work(uris: &[String], queue: &str, timeout: Duration)
     }
     panic!("confirms did not work within {timeout:?}: {last_error}");
 }
+
+// ----------------------------------------------------------------------------------
+// Additions for scenarios2: confirms by arrival time
+// ----------------------------------------------------------------------------------
+
+impl Workload {
+    /// How many confirms arrived in `[from, to)`, whenever their publish was sent.
+    pub fn confirms_arrived(&self, from: Instant, to: Instant) -> usize {
+        self.record
+            .lock()
+            .unwrap()
+            .confirm_times
+            .iter()
+            .filter(|c| c.at >= from && c.at < to)
+            .count()
+    }
+
+    /// The longest time in `[from, to]` without a confirm arriving: between two
+    /// consecutive confirms, from `from` to the first, or from the last to `to`.
+    pub fn longest_confirm_gap(&self, from: Instant, to: Instant) -> Duration {
+        let mut times: Vec<Instant> = self
+            .record
+            .lock()
+            .unwrap()
+            .confirm_times
+            .iter()
+            .map(|c| c.at)
+            .filter(|at| *at >= from && *at <= to)
+            .collect();
+        times.sort();
+        let mut longest = Duration::ZERO;
+        let mut previous = from;
+        for at in times.into_iter().chain([to]) {
+            longest = longest.max(at - previous);
+            previous = at;
+        }
+        longest
+    }
+}

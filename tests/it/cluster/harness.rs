@@ -1258,3 +1258,42 @@ fn harness_brings_up_etcd_and_cuts_links() {
     c.restart_etcd(2);
     c.wait_etcd_healthy(Duration::from_secs(15));
 }
+
+// ----------------------------------------------------------------------------------
+// Additions for scenarios2: a graceful stop and the data directories
+// ----------------------------------------------------------------------------------
+
+impl Cluster {
+    /// Host `i`'s warren data directory (meta.log, messages/).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.check_host(i);
+        self.dir.join(format!("data{i}"))
+    }
+
+    /// SIGTERM warren node `i` (a graceful stop: a leader fences itself and hands its
+    /// lease over) and wait for it to exit (reaped); how long it took to exit. Panics if
+    /// it still runs after 30 s.
+    pub async fn terminate(&mut self, i: usize) -> Duration {
+        self.check_host(i);
+        assert!(
+            self.warren[i - 1].alive(),
+            "terminate({i}): node {i} is not running"
+        );
+        append_line(&self.warren[i - 1].log, "=== harness: SIGTERM");
+        let start = Instant::now();
+        self.warren[i - 1].signal(libc::SIGTERM);
+        while self.warren[i - 1].alive() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "warren n{i} still runs 30 s after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let took = start.elapsed();
+        eprintln!(
+            "cluster wt{}: warren n{i} terminated (SIGTERM), exited after {took:?}",
+            self.k
+        );
+        took
+    }
+}

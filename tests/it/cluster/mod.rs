@@ -8,3 +8,4 @@
 pub mod checker;
 pub mod harness;
 mod scenarios;
+mod scenarios2;
