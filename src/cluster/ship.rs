@@ -7,7 +7,7 @@
 //! files already show is shipped once more, and writes the same bytes at the same place.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, BufWriter, IoSlice, Read, Seek, SeekFrom, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -276,28 +276,56 @@ fn send_range(
 }
 
 /// Ship every change after `after`, for as long as `current` says this connection is
-/// the follower's.
+/// the follower's. The frames' heads are gathered in one buffer and the file data is
+/// written from the shared bytes it already is, in one vectored write per round.
 fn stream_changes(
     out: &mut BufWriter<TcpStream>,
     mut after: u64,
     shipping: &Shipping,
     current: impl Fn() -> bool,
 ) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(1 << 20);
+    out.flush()?;
+    let socket = out.get_mut();
+    let mut heads = Vec::with_capacity(64 << 10);
     while current() && !shipping.is_fenced() {
         let ops = shipping
             .take(after, 8 << 20, PING)
             .map_err(|_| io::Error::other("the follower fell too far behind; it syncs again"))?;
-        buf.clear();
+        heads.clear();
         if ops.is_empty() {
-            wire::encode(&mut buf, &Frame::Ping);
+            wire::encode(&mut heads, &Frame::Ping);
+            socket.write_all(&heads)?;
+            continue;
         }
-        for (seq, op) in ops {
-            wire::encode(&mut buf, &Frame::Op(seq, (*op).clone()));
-            after = seq;
+        // Where each frame's head ends in `heads`, and the data that follows it.
+        let mut parts: Vec<(usize, &[u8])> = Vec::with_capacity(ops.len());
+        for (seq, op) in &ops {
+            let data = wire::encode_op_head(&mut heads, *seq, op);
+            parts.push((heads.len(), data));
+            after = *seq;
         }
-        out.write_all(&buf)?;
-        out.flush()?;
+        let mut slices = Vec::with_capacity(parts.len() * 2);
+        let mut from = 0;
+        for (end, data) in parts {
+            slices.push(IoSlice::new(&heads[from..end]));
+            if !data.is_empty() {
+                slices.push(IoSlice::new(data));
+            }
+            from = end;
+        }
+        write_all_vectored(socket, &mut slices)?;
+    }
+    Ok(())
+}
+
+fn write_all_vectored(w: &mut impl Write, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

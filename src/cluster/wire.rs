@@ -124,6 +124,34 @@ pub fn encode(out: &mut Vec<u8>, f: &Frame) {
     out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Append change `seq`'s frame to `out`, all but the file data it carries, which is
+/// returned to be written right after it (the data goes to the socket without a copy).
+pub fn encode_op_head<'a>(out: &mut Vec<u8>, seq: u64, op: &'a FileOp) -> &'a [u8] {
+    let start = out.len();
+    out.extend_from_slice(&[OP, 0, 0, 0, 0]);
+    out.extend_from_slice(&seq.to_be_bytes());
+    let data: &[u8] = match op {
+        FileOp::Append { file, offset, data } => {
+            out.push(APPEND);
+            put_str(out, file);
+            out.extend_from_slice(&offset.to_be_bytes());
+            data
+        }
+        FileOp::Install { file, data } => {
+            out.push(INSTALL);
+            put_str(out, file);
+            data
+        }
+        other => {
+            encode_op(out, other);
+            &[]
+        }
+    };
+    let len = (out.len() - start - 5 + data.len()) as u32;
+    out[start + 1..start + 5].copy_from_slice(&len.to_be_bytes());
+    data
+}
+
 fn encode_op(out: &mut Vec<u8>, op: &FileOp) {
     match op {
         FileOp::Append { file, offset, data } => {
@@ -331,6 +359,21 @@ mod tests {
             .collect();
         let want: Vec<String> = frames.iter().map(|f| format!("{f:?}")).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_change_split_from_its_data_reads_back_whole() {
+        let op = FileOp::Append {
+            file: "meta.log".into(),
+            offset: 3,
+            data: Bytes::from_static(b"hello"),
+        };
+        let mut out = Vec::new();
+        let data = encode_op_head(&mut out, 9, &op).to_vec();
+        out.extend_from_slice(&data);
+        let mut whole = Vec::new();
+        encode(&mut whole, &Frame::Op(9, op));
+        assert_eq!(out, whole);
     }
 
     #[test]
