@@ -9,21 +9,22 @@ use super::harness::{Cluster, Opts};
 use std::time::{Duration, Instant};
 
 /// Run time before a fault, so that the queue and the consumer are busy.
-const WARM: Duration = Duration::from_secs(4);
+pub(super) const WARM: Duration = Duration::from_secs(4);
 
 /// A running cluster with clients on it.
-struct Run {
-    cluster: Cluster,
-    work: Workload,
-    leader: usize,
-    opts: Opts,
+pub(super) struct Run {
+    pub cluster: Cluster,
+    pub work: Workload,
+    pub leader: usize,
+    pub opts: Opts,
 }
 
 /// Start the cluster, wait for a leader and for a confirm, start the clients and let
 /// them run for [`WARM`].
-async fn begin(opts: Opts) -> Run {
+pub(super) async fn begin(opts: Opts) -> Run {
     let mut cluster = Cluster::start(3, opts.clone());
     let leader = cluster.wait_leader(Duration::from_secs(30)).await;
+    wait_full_isr(&cluster, leader).await;
     let queue = "jepsen";
     wait_confirms_work(&cluster.uris(), queue, Duration::from_secs(30)).await;
     let work = Workload::start(cluster.uris(), queue, 2, 1);
@@ -39,7 +40,7 @@ async fn begin(opts: Opts) -> Run {
 
 /// Repair every fault, check that exactly one node serves, stop the clients, drain
 /// the queue and check the history.
-async fn finish(mut run: Run) -> (Cluster, Summary) {
+pub(super) async fn finish(mut run: Run) -> (Cluster, Summary) {
     run.cluster.repair_all();
     run.cluster.wait_leader(Duration::from_secs(30)).await;
     run.cluster.expect_one_leader(Duration::from_secs(3)).await;
@@ -56,7 +57,12 @@ async fn finish(mut run: Run) -> (Cluster, Summary) {
 
 /// Wait for the first confirm of a message published after `fault`; print and return
 /// the delay. Panics after `limit`.
-async fn time_to_serve(work: &Workload, fault: Instant, limit: Duration, what: &str) -> Duration {
+pub(super) async fn time_to_serve(
+    work: &Workload,
+    fault: Instant,
+    limit: Duration,
+    what: &str,
+) -> Duration {
     match work.wait_confirm_after(fault, limit).await {
         Some(d) => {
             eprintln!("scenario: {what}: fault -> serving (first confirm) {d:?}");
@@ -68,7 +74,7 @@ async fn time_to_serve(work: &Workload, fault: Instant, limit: Duration, what: &
 
 /// Wait for a node other than `old` to serve alone; print the time since `fault` and
 /// return the node.
-async fn time_to_new_leader(
+pub(super) async fn time_to_new_leader(
     cluster: &mut Cluster,
     old: usize,
     fault: Instant,
@@ -83,8 +89,67 @@ async fn time_to_new_leader(
     new
 }
 
-fn secs(s: u64) -> Duration {
+pub(super) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
+}
+
+/// What the leader logs when a follower enters / leaves its in-sync replicas.
+pub(super) const JOINED: &str = "follower joined the in-sync replicas";
+pub(super) const DROPPED: &str = "follower dropped from the in-sync replicas";
+
+/// Node `node`'s in-sync replica events in host `leader`'s log (every incarnation), in
+/// order: true = joined, false = dropped.
+pub(super) fn isr_events(cluster: &Cluster, leader: usize, node: usize) -> Vec<bool> {
+    let quoted = format!("node=\"warren@n{node}\"");
+    let bare = format!("node=warren@n{node} ");
+    cluster
+        .log(leader)
+        .lines()
+        .filter(|l| l.contains(&quoted) || l.contains(&bare))
+        .filter_map(|l| {
+            if l.contains(JOINED) {
+                Some(true)
+            } else if l.contains(DROPPED) {
+                Some(false)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Wait until leader `leader`'s log says that `node` is in its in-sync replicas (`want`
+/// true: its last ISR event is a join) or not (false: none, or a drop). Panics after
+/// `limit`.
+pub(super) async fn wait_isr_state(
+    cluster: &Cluster,
+    leader: usize,
+    node: usize,
+    want: bool,
+    limit: Duration,
+) {
+    let start = Instant::now();
+    while isr_events(cluster, leader, node)
+        .last()
+        .copied()
+        .unwrap_or(false)
+        != want
+    {
+        assert!(
+            start.elapsed() < limit,
+            "n{node} {} n{leader}'s in-sync replicas after {limit:?}",
+            if want { "not in" } else { "still in" }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Wait until both followers are in the leader's in-sync replicas (as its log says), so
+/// that a scenario's fault hits a healthy cluster, not one still forming.
+pub(super) async fn wait_full_isr(cluster: &Cluster, leader: usize) {
+    for node in (1..=3).filter(|&i| i != leader) {
+        wait_isr_state(cluster, leader, node, true, secs(15)).await;
+    }
 }
 
 /// Proves that a crashed leader (`kill -9`) is replaced within about the lease TTL

@@ -2,162 +2,23 @@
 //! its majority, metadata and acks surviving a failover, a follower joining with a large
 //! backlog while publishers go on, and a rolling restart under load. Each prints its
 //! timings (`scenario: ...`). Linux, root, etcd 3.4: see tests/cluster/install.sh.
-use super::checker::{wait_confirms_work, Summary, Workload};
+use super::checker::{wait_confirms_work, Workload};
 use super::harness::{Cluster, Opts};
+use super::scenarios::{
+    begin, finish, isr_events, secs, time_to_new_leader, time_to_serve, wait_full_isr,
+    wait_isr_state, Run,
+};
 use crate::common::*;
 
 use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Run time before a fault, so that the queue and the consumer are busy.
-const WARM: Duration = Duration::from_secs(4);
-
-/// What the leader logs when a follower enters / leaves its in-sync replicas.
-const JOINED: &str = "follower joined the in-sync replicas";
-const DROPPED: &str = "follower dropped from the in-sync replicas";
-
 /// What a leader logs when it re-executes itself as a follower.
 const LEADERSHIP_LOST: &str = "leadership lost: restarting as a follower";
 
-fn secs(s: u64) -> Duration {
-    Duration::from_secs(s)
-}
-
 fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2)
-}
-
-/// A running cluster with clients on it.
-struct Run {
-    cluster: Cluster,
-    work: Workload,
-    leader: usize,
-    opts: Opts,
-}
-
-/// Start the cluster, wait for a leader and for a confirm, start two publishers and a
-/// consumer and let them run for [`WARM`].
-async fn begin(opts: Opts) -> Run {
-    let mut cluster = Cluster::start(3, opts.clone());
-    let leader = cluster.wait_leader(secs(30)).await;
-    wait_full_isr(&cluster, leader).await;
-    let queue = "jepsen";
-    wait_confirms_work(&cluster.uris(), queue, secs(30)).await;
-    let work = Workload::start(cluster.uris(), queue, 2, 1);
-    work.wait_progress(50, secs(10)).await;
-    tokio::time::sleep(WARM).await;
-    Run {
-        cluster,
-        work,
-        leader,
-        opts,
-    }
-}
-
-/// Repair every fault, check that exactly one node serves, stop the clients, drain
-/// the queue and check the history.
-async fn finish(mut run: Run) -> (Cluster, Summary) {
-    run.cluster.repair_all();
-    run.cluster.wait_leader(secs(30)).await;
-    run.cluster.expect_one_leader(secs(3)).await;
-    // Some traffic after the repair: the cluster works again, not only the drain.
-    run.work.wait_progress(50, secs(20)).await;
-    let history = run.work.stop().await;
-    history.drain(&run.cluster.uris(), secs(60)).await;
-    let summary = history.check();
-    summary.assert_ok();
-    (run.cluster, summary)
-}
-
-/// Wait for the first confirm of a message published at `since` or later; print and
-/// return the delay. Panics after `limit`.
-async fn time_to_serve(work: &Workload, since: Instant, limit: Duration, what: &str) -> Duration {
-    match work.wait_confirm_after(since, limit).await {
-        Some(d) => {
-            eprintln!("scenario: {what}: -> serving (first confirm) {d:?}");
-            d
-        }
-        None => panic!("{what}: no confirm within {limit:?}"),
-    }
-}
-
-/// Wait for a node other than `old` to serve alone; print the time since `fault` and
-/// return the node.
-async fn time_to_new_leader(
-    cluster: &mut Cluster,
-    old: usize,
-    fault: Instant,
-    limit: Duration,
-    what: &str,
-) -> usize {
-    let new = cluster.wait_new_leader(old, limit).await;
-    eprintln!(
-        "scenario: {what}: -> n{new} accepts AMQP connections {:?}",
-        fault.elapsed()
-    );
-    new
-}
-
-/// Node `node`'s in-sync replica events in host `leader`'s log (every incarnation), in
-/// order: true = joined, false = dropped.
-fn isr_events(cluster: &Cluster, leader: usize, node: usize) -> Vec<bool> {
-    let quoted = format!("node=\"warren@n{node}\"");
-    let bare = format!("node=warren@n{node} ");
-    cluster
-        .log(leader)
-        .lines()
-        .filter(|l| l.contains(&quoted) || l.contains(&bare))
-        .filter_map(|l| {
-            if l.contains(JOINED) {
-                Some(true)
-            } else if l.contains(DROPPED) {
-                Some(false)
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
-/// Wait until leader `leader`'s log says that `node` is in its in-sync replicas (`want`
-/// true: its last ISR event is a join) or not (false: none, or a drop). Panics after
-/// `limit`.
-async fn wait_isr_state(
-    cluster: &Cluster,
-    leader: usize,
-    node: usize,
-    want: bool,
-    limit: Duration,
-) {
-    let start = Instant::now();
-    while isr_events(cluster, leader, node)
-        .last()
-        .copied()
-        .unwrap_or(false)
-        != want
-    {
-        assert!(
-            start.elapsed() < limit,
-            "n{node} {} n{leader}'s in-sync replicas after {limit:?}",
-            if want { "not in" } else { "still in" }
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// On a new cluster, wait until both followers are in the leader's in-sync replicas
-/// before anything is declared. A durable declare waits for the ISR to hold it, blocking
-/// a runtime worker of the leader; while the ISR is the leader alone (a new cluster),
-/// that wait stalls the leader's timers too (see
-/// `declare_ok_from_an_isolated_leader_survives`) -- the followers are never added, the
-/// lease is not renewed -- until it gives up after 10 s and the leader re-executes (up
-/// to twice in a row: 20 s before the first confirm). The scenarios here are about
-/// other things, so they start with a full ISR.
-async fn wait_full_isr(cluster: &Cluster, leader: usize) {
-    for node in (1..=3).filter(|&i| i != leader) {
-        wait_isr_state(cluster, leader, node, true, secs(15)).await;
-    }
 }
 
 /// Wait until node `node`, restarted at `restarted`, is in leader `leader`'s in-sync
