@@ -17,7 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::wire::{self, FileState, Frame};
+use super::Me;
 use crate::store::shipping::FileOp;
 
 /// Present while the files are being brought level with a leader's.
@@ -48,17 +51,11 @@ pub enum Ended {
 }
 
 /// Follow the leader at `address` until told to stop or the connection ends.
-pub fn follow(
-    dir: &Path,
-    cluster: &str,
-    node: &str,
-    address: &str,
-    progress: &Arc<Progress>,
-) -> Ended {
+pub fn follow(dir: &Path, me: &Me, address: &str, progress: &Arc<Progress>) -> Ended {
     progress.synced.store(false, Ordering::Release);
     let result = connect(address).and_then(|s| {
         let mut f = Files::new(dir);
-        session(&mut f, s, cluster, node, progress)
+        session(&mut f, s, me, progress)
     });
     progress.synced.store(false, Ordering::Release);
     match result {
@@ -89,18 +86,27 @@ fn connect(address: &str) -> io::Result<TcpStream> {
 fn session(
     files: &mut Files,
     stream: TcpStream,
-    cluster: &str,
-    node: &str,
+    me: &Me,
     progress: &Progress,
 ) -> io::Result<Ended> {
     let mut out = BufWriter::new(stream.try_clone()?);
     let mut input = BufReader::with_capacity(1 << 20, stream);
+    let nonce = match wire::read(&mut input)? {
+        Frame::Challenge(nonce) => nonce,
+        Frame::Refuse(why) => return Ok(Ended::Refused(why)),
+        _ => {
+            return Err(io::Error::other(
+                "the leader did not start with a challenge",
+            ))
+        }
+    };
     wire::write(
         &mut out,
         &Frame::Hello {
             version: wire::VERSION,
-            cluster: cluster.to_owned(),
-            node: node.to_owned(),
+            cluster: me.cluster.clone(),
+            node: me.node.clone(),
+            proof: Bytes::copy_from_slice(&wire::proof(&me.secret, &nonce, &me.node)),
             files: files.list()?,
         },
     )?;
@@ -133,7 +139,7 @@ fn session(
                 }
             }
             Frame::Ping => ping = true,
-            Frame::Hello { .. } | Frame::Ack(_) => {
+            Frame::Hello { .. } | Frame::Ack(_) | Frame::Challenge(_) => {
                 return Err(io::Error::other("the leader sent a follower's frame"))
             }
         }

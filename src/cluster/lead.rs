@@ -49,13 +49,7 @@ pub(super) async fn start(
             format!("cannot listen for followers on cluster.replication_listen {replication_listen}: {e}"),
         )
     })?;
-    ship::serve(
-        listener,
-        dir,
-        me.cluster.clone(),
-        shipping.clone(),
-        followers.clone(),
-    );
+    ship::serve(listener, dir, me, shipping.clone(), followers.clone());
     let _ = LEADING.set(Leading {
         coordinator: coordinator.clone(),
         lease,
@@ -124,8 +118,11 @@ pub async fn resign() {
 /// does not cost the leadership); each success extends what confirms may rely on. An
 /// expired lease ends leadership at once.
 async fn keep_lease(c: Arc<dyn Coordinator>, mut s: Session, shipping: Arc<Shipping>) {
+    let mut first = true;
     loop {
-        tokio::time::sleep(s.ttl / 6).await;
+        if !std::mem::take(&mut first) {
+            tokio::time::sleep(s.ttl / 6).await;
+        }
         let sent = Instant::now();
         match c.renew(s.lease).await {
             Ok(true) => {

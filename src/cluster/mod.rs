@@ -39,11 +39,14 @@ const RESIGNED_LEASE: &str = "WARREN_RESIGNED_LEASE";
 const POLL: Duration = Duration::from_millis(200);
 
 /// This node's identity in the cluster.
-pub(crate) struct Me {
+#[derive(Clone)]
+pub struct Me {
     pub node: String,
     pub cluster: String,
     /// Where followers reach this node's replication listener.
     pub address: String,
+    /// `cluster.secret`: what a follower proves it knows.
+    pub secret: String,
 }
 
 impl Me {
@@ -57,6 +60,7 @@ impl Me {
             } else {
                 c.advertise.clone()
             },
+            secret: c.secret.clone(),
         }
     }
 }
@@ -82,6 +86,9 @@ impl Session {
 pub async fn start(config: Config) -> Result<Node, StartError> {
     let me = Me::of(&config);
     let c = &config.cluster;
+    if c.secret.is_empty() {
+        tracing::warn!("cluster.secret is empty: any host that reaches cluster.replication_listen can follow this cluster and read its data; set a secret shared by the nodes");
+    }
     if !c.partition_handling.is_empty() {
         tracing::info!(
             cluster_partition_handling = c.partition_handling,
@@ -146,7 +153,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                 if let Some(won) = campaign(
                     &*coordinator,
                     &me,
-                    &session,
+                    &mut session,
                     &dir,
                     last_leader.as_deref(),
                     || stop(following.take()),
@@ -214,15 +221,19 @@ async fn keep(c: &dyn Coordinator, mut s: Session, me: &Me, info: &str) -> Sessi
 async fn campaign<F: std::future::Future<Output = ()>>(
     c: &dyn Coordinator,
     me: &Me,
-    s: &Session,
+    s: &mut Session,
     dir: &Path,
     last_leader: Option<&str>,
     stop_following: impl FnOnce() -> F,
 ) -> Option<(i64, Vec<String>)> {
-    if Instant::now() >= s.valid_until() {
+    let isr = c.isr().await.ok()?;
+    // Lead on a freshly renewed lease: one about to lapse would fence the new leader
+    // as soon as it starts.
+    let sent = Instant::now();
+    if !c.renew(s.lease).await.unwrap_or(false) {
         return None;
     }
-    let isr = c.isr().await.ok()?;
+    s.renewed = sent;
     let eligible = isr.as_ref().is_none_or(|i| i.members.contains(&me.node));
     if !eligible || !follow::complete(dir) {
         return None;
@@ -264,19 +275,14 @@ struct Following {
 impl Following {
     fn start(dir: &Path, me: &Me, leader: Leader) -> Following {
         let progress = Arc::new(follow::Progress::default());
-        let (dir, cluster, node, address) = (
-            dir.to_path_buf(),
-            me.cluster.clone(),
-            me.node.clone(),
-            leader.address.clone(),
-        );
+        let (dir, me, address) = (dir.to_path_buf(), me.clone(), leader.address.clone());
         let p = progress.clone();
         tracing::info!(leader = leader.node, address, "following");
         let thread = std::thread::spawn(move || {
             // Said once per run of failures, not at every retry.
             let mut said = false;
             while !p.stop.load(Ordering::Acquire) {
-                match follow::follow(&dir, &cluster, &node, &address, &p) {
+                match follow::follow(&dir, &me, &address, &p) {
                     follow::Ended::Stopped => break,
                     follow::Ended::Refused(why) if !said => {
                         tracing::error!(why, "the leader refused this follower")

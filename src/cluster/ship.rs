@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::follow::{names, prefix_crc, read_file};
 use super::wire::{self, FileState, Frame};
+use super::Me;
 use crate::store::shipping::{FileOp, Shipping};
 
 /// How often the leader shows it is alive when there is nothing to ship.
@@ -102,14 +103,14 @@ impl Followers {
 pub fn serve(
     listener: TcpListener,
     dir: PathBuf,
-    cluster: String,
+    me: Me,
     shipping: Arc<Shipping>,
     followers: Arc<Followers>,
 ) {
     let spawn = move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            let (dir, cluster) = (dir.clone(), cluster.clone());
+            let (dir, me) = (dir.clone(), me.clone());
             let (shipping, followers) = (shipping.clone(), followers.clone());
             let _ = std::thread::Builder::new()
                 .name("warren-ship".into())
@@ -118,7 +119,7 @@ pub fn serve(
                         .peer_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_default();
-                    if let Err(e) = follower(stream, &dir, &cluster, &shipping, &followers) {
+                    if let Err(e) = follower(stream, &dir, &me, &shipping, &followers) {
                         tracing::info!(peer, error = %e, "replication connection ended");
                     }
                 });
@@ -135,7 +136,7 @@ pub fn serve(
 fn follower(
     stream: TcpStream,
     dir: &Path,
-    cluster: &str,
+    me: &Me,
     shipping: &Arc<Shipping>,
     followers: &Arc<Followers>,
 ) -> io::Result<()> {
@@ -144,20 +145,33 @@ fn follower(
     stream.set_write_timeout(Some(SILENCE))?;
     let mut input = BufReader::new(stream.try_clone()?);
     let mut out = BufWriter::with_capacity(1 << 20, stream.try_clone()?);
+    let nonce = wire::nonce()?;
+    wire::write(&mut out, &Frame::Challenge(nonce.clone()))?;
+    out.flush()?;
     let Frame::Hello {
         version,
         cluster: theirs,
         node,
+        proof,
         files,
     } = wire::read(&mut input)?
     else {
         return Err(io::Error::other("a follower did not start with hello"));
     };
-    if version != wire::VERSION || theirs != cluster {
-        let why = format!(
+    let cluster = &me.cluster;
+    let refusal = if version != wire::VERSION || theirs != *cluster {
+        Some(format!(
             "this leader is of cluster {cluster:?} with replication protocol {}; the follower is of {theirs:?} with {version}",
             wire::VERSION
-        );
+        ))
+    } else if !me.secret.is_empty() && !wire::verify(&me.secret, &nonce, &node, &proof) {
+        Some(format!(
+            "{node} does not know cluster {cluster:?}'s secret (cluster.secret)"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
         wire::write(&mut out, &Frame::Refuse(why.clone()))?;
         out.flush()?;
         return Err(io::Error::other(why));
@@ -358,4 +372,95 @@ fn read_acks(
     }
     followers.update(node, generation, |p| p.connected = false);
     let _ = input.get_ref().shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::follow::{self, Ended, Progress};
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn me(node: &str, secret: &str) -> Me {
+        Me {
+            node: node.into(),
+            cluster: "t".into(),
+            address: String::new(),
+            secret: secret.into(),
+        }
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("warren-ship-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("messages")).unwrap();
+        d
+    }
+
+    /// A leader on a loopback port serving `leader_dir`; its address.
+    fn leader(leader_dir: &Path, secret: &str) -> (String, Arc<Shipping>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let shipping = Shipping::new(1);
+        let followers = Arc::new(Followers::default());
+        serve(
+            listener,
+            leader_dir.to_path_buf(),
+            me("warren@leader", secret),
+            shipping.clone(),
+            followers,
+        );
+        (address, shipping)
+    }
+
+    /// A follower that does not know the cluster's secret gets nothing; one that does
+    /// gets the leader's files and then its changes, over real sockets.
+    #[test]
+    fn only_a_follower_that_knows_the_secret_is_sent_the_files() {
+        let ld = dir("leader");
+        std::fs::write(ld.join("meta.log"), b"definitions").unwrap();
+        let (address, shipping) = leader(&ld, "s3cret");
+
+        let fd = dir("intruder");
+        let progress = Arc::new(Progress::default());
+        match follow::follow(&fd, &me("warren@x", "guess"), &address, &progress) {
+            Ended::Refused(why) => assert!(why.contains("secret"), "{why}"),
+            other => panic!("an intruder was not refused: {other:?}"),
+        }
+        assert!(!fd.join("meta.log").exists(), "the intruder got data");
+
+        let fd = dir("follower");
+        let progress = Arc::new(Progress::default());
+        let thread = {
+            let (fd, address, progress) = (fd.clone(), address.clone(), progress.clone());
+            std::thread::spawn(move || {
+                follow::follow(&fd, &me("warren@f", "s3cret"), &address, &progress)
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !progress.synced.load(Ordering::Acquire) {
+            assert!(std::time::Instant::now() < deadline, "no sync");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(std::fs::read(fd.join("meta.log")).unwrap(), b"definitions");
+        shipping.push(FileOp::Append {
+            file: "meta.log".into(),
+            offset: 11,
+            data: Bytes::from_static(b" and more"),
+        });
+        let seq = shipping.last();
+        while progress.applied.load(Ordering::Acquire) < seq {
+            assert!(std::time::Instant::now() < deadline, "change not applied");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(
+            std::fs::read(fd.join("meta.log")).unwrap(),
+            b"definitions and more"
+        );
+        progress.stop.store(true, Ordering::Release);
+        assert!(matches!(thread.join().unwrap(), Ended::Stopped));
+        for d in [ld, fd] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        let _ = std::fs::remove_dir_all(dir("intruder"));
+    }
 }

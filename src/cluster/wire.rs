@@ -18,7 +18,7 @@ use crate::store::shipping::FileOp;
 const FRAME_MAX: usize = 1 << 30;
 
 /// Version of this protocol; a node speaking another is refused with a reason.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct FileState {
@@ -29,10 +29,14 @@ pub struct FileState {
 
 #[derive(Debug)]
 pub enum Frame {
+    /// Leader, first: a fresh nonce the follower's proof covers.
+    Challenge(Bytes),
     Hello {
         version: u32,
         cluster: String,
         node: String,
+        /// HMAC-SHA256 of the challenge and the node's name under `cluster.secret`.
+        proof: Bytes,
         files: Vec<FileState>,
     },
     /// Leader: the connection is refused, and why.
@@ -62,6 +66,7 @@ const SYNCED: u8 = 5;
 const OP: u8 = 6;
 const PING: u8 = 7;
 const ACK: u8 = 8;
+const CHALLENGE: u8 = 9;
 
 const APPEND: u8 = 0;
 const INSTALL: u8 = 1;
@@ -73,15 +78,21 @@ pub fn encode(out: &mut Vec<u8>, f: &Frame) {
     let start = out.len();
     out.extend_from_slice(&[0; 5]);
     let kind = match f {
+        Frame::Challenge(nonce) => {
+            out.extend_from_slice(nonce);
+            CHALLENGE
+        }
         Frame::Hello {
             version,
             cluster,
             node,
+            proof,
             files,
         } => {
             out.extend_from_slice(&version.to_be_bytes());
             put_str(out, cluster);
             put_str(out, node);
+            put_str_bytes(out, proof);
             out.extend_from_slice(&(files.len() as u32).to_be_bytes());
             for f in files {
                 put_str(out, &f.name);
@@ -177,6 +188,11 @@ fn encode_op(out: &mut Vec<u8>, op: &FileOp) {
     }
 }
 
+fn put_str_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -255,10 +271,13 @@ impl Body {
 fn decode(kind: u8, b: Bytes) -> io::Result<Frame> {
     let mut b = Body { b, at: 0 };
     Ok(match kind {
+        CHALLENGE => Frame::Challenge(b.rest()),
         HELLO => {
             let version = b.u32()?;
             let cluster = b.string()?;
             let node = b.string()?;
+            let n = b.u16()? as usize;
+            let proof = b.take(n)?;
             let n = b.u32()? as usize;
             let mut files = Vec::with_capacity(n.min(1 << 16));
             for _ in 0..n {
@@ -272,6 +291,7 @@ fn decode(kind: u8, b: Bytes) -> io::Result<Frame> {
                 version,
                 cluster,
                 node,
+                proof,
                 files,
             }
         }
@@ -310,6 +330,47 @@ fn decode(kind: u8, b: Bytes) -> io::Result<Frame> {
     })
 }
 
+/// A follower's proof that it knows the cluster's secret: HMAC-SHA256 (RFC 2104) of the
+/// leader's challenge and the follower's name.
+pub fn proof(secret: &str, nonce: &[u8], node: &str) -> [u8; 32] {
+    let mut message = nonce.to_vec();
+    message.extend_from_slice(node.as_bytes());
+    hmac_sha256(secret.as_bytes(), &message)
+}
+
+/// Whether `proof` is right, compared in constant time.
+pub fn verify(secret: &str, nonce: &[u8], node: &str, proof: &[u8]) -> bool {
+    let want = self::proof(secret, nonce, node);
+    proof.len() == want.len() && proof.iter().zip(want).fold(0, |d, (a, b)| d | (a ^ b)) == 0
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|k| k ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+/// A fresh challenge: 32 bytes from the kernel's random source.
+pub fn nonce() -> io::Result<Bytes> {
+    let mut b = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(Bytes::copy_from_slice(&b))
+}
+
 /// Whether `name` is a file replication may touch: `meta.log` or a message segment,
 /// never a path that leaves the data directory.
 pub fn valid_name(name: &str) -> bool {
@@ -333,6 +394,7 @@ mod tests {
                 version: VERSION,
                 cluster: "c".into(),
                 node: "warren@a".into(),
+                proof: Bytes::from_static(&[7; 32]),
                 files: vec![FileState {
                     name: "meta.log".into(),
                     len: 7,
@@ -374,6 +436,22 @@ mod tests {
         let mut whole = Vec::new();
         encode(&mut whole, &Frame::Op(9, op));
         assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn hmac_sha256_matches_rfc_4231() {
+        // Test case 2.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let p = proof("s3cret", b"nonce", "warren@a");
+        assert!(verify("s3cret", b"nonce", "warren@a", &p));
+        assert!(!verify("other", b"nonce", "warren@a", &p));
+        assert!(!verify("s3cret", b"nonce", "warren@b", &p));
+        assert!(!verify("s3cret", b"nonce", "warren@a", &p[..31]));
     }
 
     #[test]

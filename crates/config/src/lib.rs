@@ -72,6 +72,9 @@ pub struct ClusterConfig {
     /// RabbitMQ's cluster_partition_handling: accepted and logged, without effect
     /// (warren always behaves as pause_minority).
     pub partition_handling: String,
+    /// Shared by the cluster's nodes (RabbitMQ's Erlang cookie): a follower proves it
+    /// knows it before the leader sends it anything. Empty: followers are not checked.
+    pub secret: String,
 }
 
 impl Default for ClusterConfig {
@@ -86,6 +89,7 @@ impl Default for ClusterConfig {
             lease_ttl: 3,
             ack_timeout_ms: 2000,
             partition_handling: String::new(),
+            secret: String::new(),
         }
     }
 }

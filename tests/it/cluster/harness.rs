@@ -552,6 +552,7 @@ replication_listen = "{me}:25672"
 min_insync_replicas = {misr}
 lease_ttl = {ttl}
 ack_timeout_ms = {ack}
+secret = "wt{k}-secret"
 "#,
             data = self.dir.join(format!("data{i}")).display(),
             endpoints = endpoints.join(", "),
