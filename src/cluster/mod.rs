@@ -316,19 +316,42 @@ async fn stop(f: Option<Following>) {
 /// queues, connections, pending confirms — lives on.
 pub(crate) fn restart_as_follower(why: &str) -> ! {
     tracing::error!(why, "leadership lost: restarting as a follower");
-    use std::os::unix::process::CommandExt;
-    // The running image, even if its file was replaced meanwhile (an upgrade).
-    let mut cmd = std::process::Command::new("/proc/self/exe");
-    if let Some(arg0) = std::env::args_os().next() {
-        cmd.arg0(arg0);
-    }
-    cmd.args(std::env::args_os().skip(1));
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k != RESIGNED_LEASE)
+        .collect();
     if let Some(lease) = lead::lease() {
         // The new image gives it up first thing: the leader key goes at once instead of
         // when it lapses, and a follower takes over sooner.
-        cmd.env(RESIGNED_LEASE, lease.to_string());
+        env.push((RESIGNED_LEASE.into(), lease.to_string().into()));
     }
-    let e = cmd.exec();
+    let e = exec_self(std::env::args_os().collect(), env);
     tracing::error!(error = %e, "cannot re-execute; exiting for the supervisor to restart");
     std::process::exit(70)
+}
+
+/// Replace this process with a fresh image of the running binary (`/proc/self/exe`:
+/// even if its file was replaced meanwhile, an upgrade). execve(2) itself, not
+/// `Command::exec`: that one first sets SIGPIPE back to its default in this process,
+/// and a replication thread writing to a follower that went away in that moment kills
+/// the process instead of failing one write (seen in CI).
+fn exec_self(
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+) -> std::io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |b: &[u8]| CString::new(b).unwrap_or_default();
+    let args: Vec<CString> = args.iter().map(|a| c(a.as_bytes())).collect();
+    let env: Vec<CString> = env
+        .iter()
+        .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: every pointer is to a NUL-terminated string that outlives the call, and
+    // both arrays end with a null pointer, as execve(2) requires.
+    unsafe { libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    std::io::Error::last_os_error()
 }
