@@ -32,7 +32,9 @@ use coordinator::{Coordinator, Leader};
 use crate::config::Config;
 use crate::node::{Node, StartError};
 
-/// Set for the new image when a fenced leader re-executes: the lease it led under.
+/// Set for the new image when a fenced leader re-executes: the lease it led under. It
+/// stays in the environment (changing that with the runtime's threads up would race
+/// their `getenv`); a later re-execution replaces it.
 const RESIGNED_LEASE: &str = "WARREN_RESIGNED_LEASE";
 
 /// How often a follower looks at who leads.
@@ -108,7 +110,6 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         .ok()
         .and_then(|v| v.parse::<i64>().ok())
     {
-        std::env::remove_var(RESIGNED_LEASE);
         match coordinator.revoke(old).await {
             Ok(()) => tracing::info!("the lease this process led under is given up"),
             Err(e) => tracing::info!(error = %e, "cannot give the old lease up; it lapses"),
