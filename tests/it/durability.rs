@@ -559,7 +559,9 @@ async fn a_graceful_stop_keeps_durable_auto_delete_queues_with_consumers() {
     );
 }
 
-fn warrenctl(dir: &std::path::Path, args: &[&str]) -> String {
+/// `warrenctl --data-dir DIR ARGS` against the broker on `dir`; panics unless it
+/// succeeds. Its stdout.
+pub(crate) fn warrenctl(dir: &std::path::Path, args: &[&str]) -> String {
     let out = Command::new(crate::common::warrenctl_bin())
         .arg("--data-dir")
         .arg(dir)

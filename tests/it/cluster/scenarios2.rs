@@ -9,6 +9,7 @@ use super::scenarios::{
     wait_isr_state, Run,
 };
 use crate::common::*;
+use crate::durability::{declare_durable, persistent, warrenctl};
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -16,10 +17,6 @@ use std::time::{Duration, Instant};
 
 /// What a leader logs when it re-executes itself as a follower.
 const LEADERSHIP_LOST: &str = "leadership lost: restarting as a follower";
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
 
 /// Wait until node `node`, restarted at `restarted`, is in leader `leader`'s in-sync
 /// replicas again, as the leader's log tells (the ISR itself is in etcd only): the last
@@ -80,38 +77,6 @@ fn dir_bytes(dir: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-/// `warrenctl --data-dir DIR ARGS` against the broker that runs on `dir` (its control
-/// socket); panics unless it succeeds. Its stdout.
-fn warrenctl(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(warrenctl_bin())
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run warrenctl");
-    assert!(
-        out.status.success(),
-        "warrenctl {args:?} exited {:?}: {}{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn declare_durable(ch: &Channel, queue: &str) -> Queue {
-    within(ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        no_args(),
-    ))
-    .await
-    .unwrap_or_else(|e| panic!("declare durable queue {queue}: {e:?}"))
 }
 
 /// Publish `"<prefix>-<i>"` for i in 0..n, persistent, and wait for every confirm (the
@@ -245,7 +210,7 @@ async fn acked_and_deleted_and_access_changes_survive_failover() {
         let conn = connect(&cluster.uri(old)).await;
         let ch = within(conn.create_channel()).await.expect("channel");
         for q in ["a", "b", "c", "d"] {
-            declare_durable(&ch, q).await;
+            declare_durable(&ch, q, no_args()).await;
         }
         within(ch.exchange_declare(
             "x".into(),
@@ -389,7 +354,7 @@ async fn acked_and_deleted_and_access_changes_survive_failover() {
         try_connect(&gone_uri).await.is_err(),
         "the user deleted on the old leader logs in on the new one"
     );
-    declare_durable(&ch, "capped").await;
+    declare_durable(&ch, "capped", no_args()).await;
     publish_confirmed(&ch, "", "capped", "capped", 8).await;
     assert_eq!(
         message_count(&ch, "capped").await,
@@ -418,7 +383,7 @@ const BACKLOG_BODY: usize = 4096;
 async fn fill_backlog(uri: &str, queue: &str, count: usize) -> Duration {
     let conn = connect(uri).await;
     let ch = within(conn.create_channel()).await.expect("channel");
-    declare_durable(&ch, queue).await;
+    declare_durable(&ch, queue, no_args()).await;
     within(ch.confirm_select(ConfirmSelectOptions::default()))
         .await
         .expect("confirm.select");
