@@ -44,8 +44,13 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
     let mut failures = accept::Failures::new("amqp");
     loop {
         tokio::select! {
-            (socket, peer) = failures.next(&listener) => {
-                tokio::spawn(crate::connection::serve(broker.clone(), socket, peer));
+            (mut socket, peer) = failures.next(&listener) => {
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    // A cluster follower's front names the client it passes on.
+                    let Some(peer) = crate::cluster::proxy::real_peer(&mut socket, peer).await else { return };
+                    crate::connection::serve(broker, socket, peer).await;
+                });
             }
             // wait_for, not changed(): a shutdown before this task first ran must count.
             _ = async { shutdown.wait_for(|&down| down).await.is_ok() } => break,
@@ -60,10 +65,11 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>
     let mut failures = accept::Failures::new("amqps");
     loop {
         tokio::select! {
-            (socket, peer) = failures.next(&listener) => {
+            (mut socket, peer) = failures.next(&listener) => {
                 let _ = socket.set_nodelay(true);
                 let (broker, tls) = (broker.clone(), tls.clone());
                 tokio::spawn(async move {
+                    let Some(peer) = crate::cluster::proxy::real_peer(&mut socket, peer).await else { return };
                     if let Some((stream, info)) = tls.accept(socket, peer).await {
                         crate::connection::serve_tls(broker, stream, peer, info).await;
                     }

@@ -40,7 +40,10 @@ pub(super) async fn start(
     let lease = session.lease;
     tokio::spawn(keep_lease(coordinator.clone(), session, shipping.clone()));
     tokio::spawn(watch_lease(shipping.clone()));
+    let info = me.info(&config);
     let node = Node::start_shipped(config, Some(shipping.clone())).await?;
+    // Serving: the followers' fronts may pass clients on to this node's listeners.
+    tokio::spawn(register(coordinator.clone(), me.node.clone(), info, lease));
     // Only now: opening the store rewrote meta.log, a change no follower was sent. One
     // that connects from here on reads the files as they are after it.
     let listener = std::net::TcpListener::bind(&replication_listen).map_err(|e| {
@@ -136,6 +139,14 @@ async fn keep_lease(c: Arc<dyn Coordinator>, mut s: Session, shipping: Arc<Shipp
             }
             Err(e) => tracing::warn!(error = %e, "cannot renew the leader's lease"),
         }
+    }
+}
+
+/// Publish this node's addresses under its lease, retried until etcd takes them.
+async fn register(c: Arc<dyn Coordinator>, node: String, info: String, lease: i64) {
+    while let Err(e) = c.register(&node, &info, lease).await {
+        tracing::debug!(error = %e, "cannot register as a member; retrying");
+        tokio::time::sleep(TICK * 5).await;
     }
 }
 

@@ -16,7 +16,9 @@
 pub mod coordinator;
 pub mod etcd;
 pub mod follow;
+pub mod front;
 mod lead;
+pub mod proxy;
 
 pub use lead::{fence_for_stop, resign};
 pub mod ship;
@@ -64,6 +66,32 @@ impl Me {
             },
             secret: c.secret.clone(),
         }
+    }
+
+    /// What this node publishes about itself (in etcd, under its lease): its version
+    /// and where it is reached, by followers and by clients. A follower's front passes
+    /// clients on to the leader's client addresses: the advertised host with each
+    /// listener's port.
+    pub(crate) fn info(&self, config: &Config) -> String {
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(h, _)| h);
+        let at = |listen: &str, on: bool| {
+            let port = listen.rsplit_once(':').map(|(_, p)| p)?;
+            on.then(|| format!("{host}:{port}"))
+        };
+        let tls = config.tls.enabled();
+        let m = &config.management;
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "address": self.address,
+            "amqp": at(&config.amqp.listen, true),
+            "amqps": at(&config.tls.listen, tls),
+            "management": at(&m.listen, true),
+            "management_tls": at(&m.tls_listen, tls),
+        })
+        .to_string()
     }
 }
 
@@ -117,11 +145,8 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     }
     let ttl = Duration::from_secs(c.lease_ttl);
     let mut session = grant(&*coordinator, ttl).await;
-    let info = format!(
-        "{{\"version\":\"{}\",\"address\":\"{}\"}}",
-        env!("CARGO_PKG_VERSION"),
-        me.address
-    );
+    let info = me.info(&config);
+    let front = front::Front::start(&config, &me.node).await?;
     let mut following: Option<Following> = None;
     let mut last_leader: Option<String> = None;
     tracing::info!(
@@ -133,6 +158,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         session = keep(&*coordinator, session, &me, &info).await;
         match coordinator.leader().await {
             Ok(Some(l)) if l.node != me.node => {
+                if front.leader().as_deref() != Some(l.node.as_str()) {
+                    point_front(&*coordinator, &front, &l.node).await;
+                }
                 last_leader = Some(l.node.clone());
                 following = Some(match following.take() {
                     Some(f) if f.leader == l => f,
@@ -151,6 +179,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                 session = grant(&*coordinator, ttl).await;
             }
             Ok(None) => {
+                front.point_at(None);
                 if let Some(won) = campaign(
                     &*coordinator,
                     &me,
@@ -162,6 +191,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                 .await
                 {
                     drop(lock);
+                    front.stop().await;
                     return lead::start(config, me, coordinator, session, won).await;
                 }
             }
@@ -173,6 +203,18 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
 
 fn failed(code: u8, message: String) -> StartError {
     StartError { code, message }
+}
+
+/// Point the front door at leader `node`'s client listeners, as it published them
+/// (not yet, if it has not: the next look tries again).
+async fn point_front(c: &dyn Coordinator, front: &front::Front, node: &str) {
+    match c.members().await {
+        Ok(members) => {
+            let leader = members.iter().find(|m| m.node == node);
+            front.point_at(leader.map(|m| front::Targets::of(node, &m.info)));
+        }
+        Err(e) => tracing::debug!(error = %e, "cannot list the members"),
+    }
 }
 
 /// A lease, retried until etcd answers.

@@ -176,6 +176,10 @@ fn follower(
         out.flush()?;
         return Err(io::Error::other(why));
     }
+    // Its host's fronts pass clients on to this leader, naming them in PROXY lines.
+    if let Ok(a) = stream.peer_addr() {
+        super::proxy::trust(a.ip());
+    }
     // Taken before the files are read: see the module's comment.
     let start = shipping.last() + 1;
     let generation = followers.connect(&node, start - 1);

@@ -21,6 +21,8 @@ pub fn routes() -> Router<Api> {
         .route("/api/health/checks/local-alarms", get(alarms))
         .route("/api/health/checks/virtual-hosts", get(virtual_hosts))
         .route("/api/health/checks/port-listener/:port", get(port_listener))
+        .route("/api/health/checks/is-in-service", get(is_in_service))
+        .route("/api/health/checks/is-leader", get(is_leader))
         .route("/api/aliveness-test/:vhost", get(aliveness))
 }
 
@@ -174,6 +176,20 @@ fn failed(reason: &str, extra: Value) -> Response {
         axum::Json(body),
     )
         .into_response()
+}
+
+/// RabbitMQ's: the node is running and serves clients. Here: this node serves (a
+/// single node, or a cluster's leader); a follower's front answers for itself
+/// (`cluster::front`). No credentials needed: a load balancer's probe has none, and
+/// the answer tells no more than whether the port answers.
+async fn is_in_service() -> Response {
+    reply(json!({"status": "ok"}))
+}
+
+/// warren's: 200 only on the node that serves, so that a load balancer can route to
+/// the leader alone (followers answer 503 from their front). A single node serves.
+async fn is_leader() -> Response {
+    reply(json!({"status": "ok", "node": node_name()}))
 }
 
 /// Every vhost is served by this node's process: ok while it runs.

@@ -35,12 +35,14 @@ pub async fn serve(
     let mut failures = crate::accept::Failures::new("management");
     loop {
         tokio::select! {
-            (tcp, peer) = failures.next(&listener) => {
+            (mut tcp, peer) = failures.next(&listener) => {
                 let _ = tcp.set_nodelay(true);
-                // Handlers see the peer (for loopback-only users) in ConnectInfo.
-                let app = app.clone().layer(axum::Extension(ConnectInfo(peer)));
-                let (tls, shutdown) = (tls.clone(), shutdown.clone());
+                let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
                 tokio::spawn(async move {
+                    // A cluster follower's front names the client it passes on.
+                    let Some(peer) = crate::cluster::proxy::real_peer(&mut tcp, peer).await else { return };
+                    // Handlers see the peer (for loopback-only users) in ConnectInfo.
+                    let app = app.layer(axum::Extension(ConnectInfo(peer)));
                     match tls {
                         None => connection(app, tcp, peer, shutdown).await,
                         Some(tls) => {

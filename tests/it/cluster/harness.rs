@@ -246,11 +246,17 @@ impl Cluster {
         format!("{}:5672", self.ip(i))
     }
 
+    /// Node `i`'s management API (host:port).
+    pub fn http_addr(&self, i: usize) -> String {
+        format!("{}:15672", self.ip(i))
+    }
+
     pub fn uri(&self, i: usize) -> String {
         format!("amqp://guest:guest@{}/%2f", self.amqp_addr(i))
     }
 
-    /// Every node's AMQP URI (only the leader's accepts connections).
+    /// Every node's AMQP URI (any node accepts connections: a follower passes them on to
+    /// the leader).
     pub fn uris(&self) -> Vec<String> {
         (1..=self.n).map(|i| self.uri(i)).collect()
     }
@@ -539,7 +545,7 @@ heartbeat = 5
 [defaults]
 loopback_users = []
 [management]
-listen = ""
+listen = "{me}:15672"
 [metrics]
 listen = ""
 [log]
@@ -675,12 +681,23 @@ secret = "wt{k}-secret"
         self.warren[i - 1].log.clone()
     }
 
-    /// Which nodes complete an AMQP handshake on port 5672 right now (probed at once).
+    /// Which nodes serve right now (probed at once): complete an AMQP handshake on port
+    /// 5672 and say they lead (`/api/health/checks/is-leader` answers 200). Followers
+    /// pass connections on to the leader, so a handshake alone says only that some
+    /// node serves.
     pub async fn serving(&self) -> Vec<usize> {
         let probes: Vec<_> = (1..=self.n)
             .map(|i| {
                 let uri = self.uri(i);
-                tokio::spawn(async move { (i, handshake(&uri).await) })
+                let http = self.http_addr(i);
+                tokio::spawn(async move {
+                    let leads = tokio::task::spawn_blocking(move || {
+                        let path = "/api/health/checks/is-leader";
+                        http_status(&http, path, Duration::from_secs(2)).map(|(s, _)| s)
+                    });
+                    let (shook, leads) = tokio::join!(handshake(&uri), leads);
+                    (i, shook && matches!(leads, Ok(Ok(200))))
+                })
             })
             .collect();
         let mut out = Vec::new();
@@ -1000,6 +1017,11 @@ fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static)
 
 /// A minimal HTTP/1.0 GET; the response body.
 pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<String> {
+    http_status(addr, path, timeout).map(|(_, body)| body)
+}
+
+/// A minimal HTTP/1.0 GET; the status code and the body.
+pub fn http_status(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     let target: SocketAddr = addr
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -1009,9 +1031,15 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<St
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    Ok(out
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
         .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string()))
+        .map_or(String::new(), |(_, b)| b.to_string());
+    Ok((status, body))
 }
 
 fn append_line(path: &Path, line: &str) {

@@ -5,6 +5,7 @@
 //! Linux and root only (namespaces, veths, iptables); tests/cluster/install.sh installs
 //! etcd and iptables.
 
+mod any_node;
 pub mod checker;
 pub mod harness;
 mod scenarios;

@@ -1,0 +1,157 @@
+//! Clients may connect to any node: a follower passes each connection on to the leader
+//! with a PROXY line naming the client (`src/cluster/front.rs`), and the leader trusts
+//! that line only from cluster members. Health checks for load balancers: is-leader
+//! answers 200 on the leader alone, is-in-service on every member that can serve.
+use super::harness::{http_status, Cluster, Opts};
+use super::scenarios::{secs, wait_full_isr};
+use crate::common::*;
+use crate::durability::warrenctl;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+/// Publish one confirmed persistent message to `queue` through `uri` and get it back.
+async fn round_trip(uri: &str, queue: &str, body: &[u8]) -> Result<(), String> {
+    let e = |what: &str| {
+        let what = what.to_owned();
+        move |e: lapin::Error| format!("{uri}: {what}: {e}")
+    };
+    let conn = try_connect(uri).await.map_err(e("connect"))?;
+    let ch = conn.create_channel().await.map_err(e("channel"))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(e("confirm.select"))?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), durable, no_args())
+        .await
+        .map_err(e("declare"))?;
+    let props = lapin::BasicProperties::default().with_delivery_mode(2);
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .map_err(e("publish"))?;
+    if !confirm.await.map_err(e("confirm"))?.is_ack() {
+        return Err(format!("{uri}: nacked"));
+    }
+    let got = ch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .map_err(e("get"))?
+        .ok_or_else(|| format!("{uri}: queue {queue} empty"))?;
+    if got.delivery.data != body {
+        return Err(format!("{uri}: another body came back"));
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+/// Proves that a client connected to a follower is served by the leader as if it had
+/// connected there (a confirmed publish and a get work through each follower), that
+/// the leader sees the real client's address (list_connections' peer_host is the
+/// test's address, not the follower's), that a PROXY line from a host that is not a
+/// member is refused rather than believed, that the health checks tell the leader
+/// from the followers, and that after the leader is killed a client connecting to the
+/// same follower again is served by the new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_may_connect_to_any_node() {
+    let mut cluster = Cluster::start(3, Opts::default());
+    let leader = cluster.wait_leader(secs(30)).await;
+    wait_full_isr(&cluster, leader).await;
+    let followers: Vec<usize> = (1..=3).filter(|&i| i != leader).collect();
+
+    for &f in &followers {
+        let q = format!("via-n{f}");
+        within(round_trip(&cluster.uri(f), &q, b"through a follower"))
+            .await
+            .unwrap();
+    }
+
+    // The leader sees the test's own address on a connection made through a follower.
+    let f = followers[0];
+    let name = format!("through-n{f}");
+    let props = ConnectionProperties::default().with_connection_name(name.clone().into());
+    let conn = within(Connection::connect(&cluster.uri(f), props))
+        .await
+        .expect("connect");
+    let listed = warrenctl(
+        &cluster.data_dir(leader),
+        &["list_connections", "user_provided_name", "peer_host"],
+    );
+    eprintln!("any-node: the leader n{leader} lists:\n{listed}");
+    let row = listed
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("the leader does not list the connection {name}"));
+    assert_eq!(
+        row.split('\t').nth(1),
+        Some(cluster.client_ip().as_str()),
+        "the leader lists {row:?} for a client at {} that came through n{f}",
+        cluster.client_ip()
+    );
+    let _ = conn.close(200, "done".into()).await;
+
+    // A PROXY line from the test's host (not a member) is not believed: the broker
+    // answers it as a bad protocol header.
+    let mut s = std::net::TcpStream::connect(cluster.amqp_addr(leader)).expect("connect");
+    s.set_read_timeout(Some(secs(5))).unwrap();
+    s.write_all(b"PROXY TCP4 127.0.0.1 127.0.0.1 1 5672\r\nAMQP\x00\x00\x09\x01")
+        .unwrap();
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply).expect("the broker answers");
+    assert_eq!(
+        &reply, b"AMQP\x00\x00\x09\x01",
+        "a PROXY line from a non-member was not refused as a bad header"
+    );
+
+    // Health checks: is-leader on the leader alone, is-in-service everywhere.
+    let addrs: Vec<String> = (1..=3).map(|i| cluster.http_addr(i)).collect();
+    let check = |i: usize, what: &str| {
+        let path = format!("/api/health/checks/{what}");
+        http_status(&addrs[i - 1], &path, secs(3))
+            .expect("health check")
+            .0
+    };
+    for i in 1..=3 {
+        let want = if i == leader { 200 } else { 503 };
+        assert_eq!(check(i, "is-leader"), want, "is-leader on n{i}");
+        assert_eq!(check(i, "is-in-service"), 200, "is-in-service on n{i}");
+    }
+    // Other management requests to a follower are the leader's to answer.
+    let (status, body) = http_status(&cluster.http_addr(f), "/api/overview", secs(3)).unwrap();
+    assert_eq!(
+        status, 401,
+        "/api/overview via n{f} without credentials: {body}"
+    );
+
+    // The leader dies; a client connecting to a follower again is served by the new one.
+    cluster.kill(leader);
+    let new = cluster.wait_new_leader(leader, secs(30)).await;
+    let other = followers.iter().copied().find(|&i| i != new).unwrap();
+    let deadline = std::time::Instant::now() + secs(30);
+    loop {
+        let (queue, uri) = (format!("via-n{other}-after"), cluster.uri(other));
+        let attempt =
+            tokio::time::timeout(secs(10), round_trip(&uri, &queue, b"after the failover"));
+        let failed = match attempt.await {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => e,
+            Err(_) => "timed out".to_owned(),
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no round trip through n{other} to the new leader n{new}: {failed}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(check(new, "is-leader"), 200);
+    assert_eq!(check(other, "is-leader"), 503);
+}
