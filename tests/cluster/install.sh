@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the cluster fault tests (tests/it/cluster/) need beyond the Rust toolchain: etcd
 # (3.4 or later: each test runs a three-member etcd cluster), iptables (partitions are
-# rules inside a host's network namespace) and iproute2 (`ip netns`, veths, a bridge).
+# rules inside a host's network namespace), iproute2 (`ip netns`, veths, a bridge) and
+# HAProxy (examples/haproxy.cfg runs in front of a test cluster).
 # Installs with apt-get only what is missing; quiet, and a no-op when all is there.
 #
 #   tests/cluster/install.sh
@@ -13,6 +14,7 @@ missing=()
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
 
 if ((${#missing[@]})); then
     sudo=()
@@ -28,8 +30,11 @@ if ((${#missing[@]})); then
     "${sudo[@]}" apt-get -qq install -y --no-install-recommends "${missing[@]}" >/dev/null
     # The package may start a system etcd on 127.0.0.1:2379; the tests run their own
     # members on private addresses and need none.
-    if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1; then
-        "${sudo[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
+    # Likewise HAProxy's service, with its own configuration.
+    if command -v systemctl >/dev/null 2>&1; then
+        for unit in etcd haproxy; do
+            "${sudo[@]}" systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        done
     fi
 fi
 

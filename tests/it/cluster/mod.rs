@@ -7,6 +7,7 @@
 
 mod any_node;
 pub mod checker;
+mod haproxy;
 pub mod harness;
 mod scenarios;
 mod scenarios2;
