@@ -511,7 +511,6 @@ impl Broker {
 /// This node's name, RabbitMQ's `name@host` shape (`warren@host`): the management API
 /// and the Prometheus identity show it, and dashboards join on it.
 pub fn node_name() -> String {
-    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     NAME.get_or_init(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -521,4 +520,11 @@ pub fn node_name() -> String {
         format!("warren@{host}")
     })
     .clone()
+}
+
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// A cluster node's name is `cluster.node_name`: set before anything asks.
+pub fn set_node_name(name: &str) {
+    let _ = NAME.set(name.to_owned());
 }

@@ -196,6 +196,10 @@ async fn serve(
     warren::cluster::fence_for_stop();
     node.stop().await;
     warren::cluster::resign().await;
+    if warren::cluster::app_stop_requested() {
+        // warrenctl stop_app on a cluster's leader: the process stays, stopped.
+        warren::cluster::restart_stopped();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -78,4 +78,12 @@ pub trait Coordinator: Send + Sync {
     fn register<'a>(&'a self, node: &'a str, info: &'a str, lease: i64) -> Fut<'a, ()>;
     /// The live members.
     fn members(&self) -> Fut<'_, Vec<Member>>;
+    /// A cluster-wide setting an operator made (`set_cluster_name`), if any.
+    fn setting<'a>(&'a self, name: &'a str) -> Fut<'a, Option<String>>;
+    /// Store a cluster-wide setting (not bound to any lease).
+    fn set_setting<'a>(&'a self, name: &'a str, value: &'a str) -> Fut<'a, ()>;
+    /// Every setting whose name starts with `prefix`: (the rest of the name, value).
+    fn settings<'a>(&'a self, prefix: &'a str) -> Fut<'a, Vec<(String, String)>>;
+    /// Remove a setting.
+    fn clear_setting<'a>(&'a self, name: &'a str) -> Fut<'a, ()>;
 }

@@ -327,6 +327,37 @@ impl Etcd {
         Ok(())
     }
 
+    async fn read_setting(&self, name: &str) -> Result<Option<String>, CoordError> {
+        let key = self.key(&format!("settings/{name}"));
+        let Some(kv) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        let value = unb64(&kv.value)?;
+        Ok(Some(String::from_utf8_lossy(&value).into_owned()))
+    }
+
+    async fn write_setting(&self, name: &str, value: &str) -> Result<(), CoordError> {
+        let key = self.key(&format!("settings/{name}"));
+        self.call("/v3/kv/put", &put_request(&key, value, 0), false)
+            .await?;
+        Ok(())
+    }
+
+    async fn list_settings(&self, prefix: &str) -> Result<Vec<(String, String)>, CoordError> {
+        let prefix = self.key(&format!("settings/{prefix}"));
+        let kvs = self.get_prefix(&prefix).await?;
+        kvs.iter()
+            .map(|kv| member(prefix.len(), kv).map(|m| (m.node, m.info)))
+            .collect()
+    }
+
+    async fn delete_setting(&self, name: &str) -> Result<(), CoordError> {
+        let key = self.key(&format!("settings/{name}"));
+        let body = json!({ "key": b64(key.as_bytes()) });
+        self.call("/v3/kv/deleterange", &body, false).await?;
+        Ok(())
+    }
+
     async fn list_members(&self) -> Result<Vec<Member>, CoordError> {
         let prefix = self.members_prefix();
         let kvs = self.get_prefix(&prefix).await?;
@@ -376,6 +407,22 @@ impl Coordinator for Etcd {
 
     fn members(&self) -> Fut<'_, Vec<Member>> {
         Box::pin(self.list_members())
+    }
+
+    fn setting<'a>(&'a self, name: &'a str) -> Fut<'a, Option<String>> {
+        Box::pin(self.read_setting(name))
+    }
+
+    fn set_setting<'a>(&'a self, name: &'a str, value: &'a str) -> Fut<'a, ()> {
+        Box::pin(self.write_setting(name, value))
+    }
+
+    fn settings<'a>(&'a self, prefix: &'a str) -> Fut<'a, Vec<(String, String)>> {
+        Box::pin(self.list_settings(prefix))
+    }
+
+    fn clear_setting<'a>(&'a self, name: &'a str) -> Fut<'a, ()> {
+        Box::pin(self.delete_setting(name))
     }
 }
 
@@ -1064,6 +1111,28 @@ mod tests {
         assert_eq!(members, expected);
         etcd.revoke(lease).await.unwrap();
         assert_eq!(etcd.members().await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn settings_are_the_clusters_own_and_outlive_leases() {
+        let server = Server::start().await;
+        let etcd = server.client("c", T);
+        let other = server.client("c2", T);
+        assert_eq!(etcd.setting("cluster_name").await.unwrap(), None);
+        etcd.set_setting("cluster_name", "prod-mq").await.unwrap();
+        etcd.set_setting("cluster_name", "prod-mq-2").await.unwrap();
+        assert_eq!(
+            etcd.setting("cluster_name").await.unwrap().as_deref(),
+            Some("prod-mq-2")
+        );
+        assert_eq!(other.setting("cluster_name").await.unwrap(), None);
+        etcd.set_setting("nodes/warren@b", "").await.unwrap();
+        etcd.set_setting("nodes/warren@a", "").await.unwrap();
+        let nodes = etcd.settings("nodes/").await.unwrap();
+        let names: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["warren@a", "warren@b"]);
+        etcd.clear_setting("nodes/warren@a").await.unwrap();
+        assert_eq!(etcd.settings("nodes/").await.unwrap().len(), 1);
     }
 
     #[tokio::test]

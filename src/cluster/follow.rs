@@ -64,7 +64,7 @@ pub fn follow(dir: &Path, me: &Me, address: &str, progress: &Arc<Progress>) -> E
     }
 }
 
-fn connect(address: &str) -> io::Result<TcpStream> {
+pub(super) fn connect(address: &str) -> io::Result<TcpStream> {
     let addrs: Vec<SocketAddr> = address.to_socket_addrs()?.collect();
     let mut last = io::Error::other(format!("{address} resolves to no address"));
     for a in addrs {
@@ -139,8 +139,12 @@ fn session(
                 }
             }
             Frame::Ping => ping = true,
-            Frame::Hello { .. } | Frame::Ack(_) | Frame::Challenge(_) => {
-                return Err(io::Error::other("the leader sent a follower's frame"))
+            Frame::Hello { .. }
+            | Frame::Ack(_)
+            | Frame::Challenge(_)
+            | Frame::Command { .. }
+            | Frame::Answer(_) => {
+                return Err(io::Error::other("the leader sent an unexpected frame"))
             }
         }
         // Everything that had arrived is applied: make it durable, then say so.
@@ -346,6 +350,13 @@ pub fn names(dir: &Path) -> io::Result<Vec<String>> {
 /// Whether the files here may be trusted to lead (no sync was left half done).
 pub fn complete(dir: &Path) -> bool {
     !dir.join(SYNC_MARKER).exists()
+}
+
+/// Mark `dir` as not level with any leader (durably), as a sync does while it runs:
+/// the node will not campaign until a sync completes.
+pub fn mark_unsynced(dir: &Path) -> io::Result<()> {
+    crate::store::files::write_synced(&dir.join(SYNC_MARKER), b"")?;
+    File::open(dir)?.sync_all()
 }
 
 /// Read a whole file (the leader's side of a sync), or `None` if it is gone.

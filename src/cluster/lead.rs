@@ -4,7 +4,7 @@
 //! followers that fall silent, adding those that caught up), always through a
 //! transaction fenced on this leader's election.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::coordinator::Coordinator;
@@ -26,7 +26,8 @@ pub(super) async fn start(
     (election, members): (i64, Vec<String>),
 ) -> Result<Node, StartError> {
     let c = &config.cluster;
-    let shipping = Shipping::new(c.min_insync_replicas as usize);
+    let c_min_insync = c.min_insync_replicas as usize;
+    let shipping = Shipping::new(c_min_insync);
     shipping.lease_until(session.valid_until());
     for m in members.iter().filter(|m| **m != me.node) {
         // Confirms wait for them until they catch up or are dropped for silence.
@@ -40,7 +41,7 @@ pub(super) async fn start(
     let lease = session.lease;
     tokio::spawn(keep_lease(coordinator.clone(), session, shipping.clone()));
     tokio::spawn(watch_lease(shipping.clone()));
-    let info = me.info(&config);
+    let info = me.info(&config, true);
     let node = Node::start_shipped(config, Some(shipping.clone())).await?;
     // Serving: the followers' fronts may pass clients on to this node's listeners.
     tokio::spawn(register(coordinator.clone(), me.node.clone(), info, lease));
@@ -52,13 +53,27 @@ pub(super) async fn start(
             format!("cannot listen for followers on cluster.replication_listen {replication_listen}: {e}"),
         )
     })?;
-    ship::serve(listener, dir, me, shipping.clone(), followers.clone());
+    let answer = control_answer(node.broker.clone());
+    ship::serve(
+        listener,
+        dir,
+        me.clone(),
+        shipping.clone(),
+        followers.clone(),
+        answer,
+    );
+    let forget = Arc::new(Mutex::new(Vec::new()));
     let _ = LEADING.set(Leading {
         coordinator: coordinator.clone(),
         lease,
         shipping: shipping.clone(),
+        me,
+        min_insync: c_min_insync,
+        followers: followers.clone(),
+        forget: forget.clone(),
     });
     let isr = Isr {
+        forget,
         coordinator,
         election,
         members,
@@ -72,11 +87,97 @@ pub(super) async fn start(
     Ok(node)
 }
 
-/// What a graceful stop needs to hand leadership over at once.
-struct Leading {
-    coordinator: Arc<dyn Coordinator>,
+/// Control requests that followers pass on ([`super::ops::ask`]), run on this broker
+/// from the replication threads.
+fn control_answer(broker: Arc<crate::broker::Broker>) -> super::ops::Answer {
+    let runtime = tokio::runtime::Handle::current();
+    Arc::new(move |request| {
+        let response = match serde_json::from_slice::<crate::control::Request>(&request) {
+            Ok(req) => runtime.block_on(crate::control::answer(&broker, req, "a follower")),
+            Err(e) => {
+                crate::control::Response::error(64, format!("malformed control request: {e}"))
+            }
+        };
+        serde_json::to_vec(&response).unwrap_or_default()
+    })
+}
+
+/// The process leads: what a graceful stop needs to hand leadership over at once, and
+/// what the cluster commands look at.
+pub(super) struct Leading {
+    pub coordinator: Arc<dyn Coordinator>,
     lease: i64,
     shipping: Arc<Shipping>,
+    pub me: Me,
+    pub min_insync: usize,
+    followers: Arc<Followers>,
+    /// Nodes `forget_cluster_node` removed, for the ISR upkeep to drop.
+    forget: Arc<Mutex<Vec<String>>>,
+}
+
+impl Leading {
+    /// Have the ISR upkeep drop `node` (it is down, and forgotten).
+    pub fn forget(&self, node: &str) {
+        self.forget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(node.to_owned());
+    }
+
+    /// Each follower's replication state, for cluster_status and the API.
+    pub fn replication(&self) -> serde_json::Value {
+        let last = self.shipping.last();
+        let isr: Vec<String> = self.shipping.isr().into_iter().map(|(n, _)| n).collect();
+        let mut peers: Vec<(String, ship::Peer)> = self.followers.snapshot().into_iter().collect();
+        peers.sort_by(|a, b| a.0.cmp(&b.0));
+        let rows: Vec<serde_json::Value> = peers
+            .into_iter()
+            .map(|(node, p)| {
+                let behind = last.saturating_sub(p.acked);
+                let seconds = if p.synced && behind == 0 {
+                    0.0
+                } else {
+                    p.progress_at.elapsed().as_secs_f64()
+                };
+                serde_json::json!({
+                    "node": node,
+                    "connected": p.connected,
+                    "synced": p.synced,
+                    "in_sync": isr.contains(&node),
+                    "acked": p.acked,
+                    "lag_changes": if p.synced { behind } else { last },
+                    "lag_seconds": seconds,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(rows)
+    }
+}
+
+/// The leadership this process holds, if it leads.
+pub(super) fn leading() -> Option<&'static Leading> {
+    LEADING.get()
+}
+
+/// Set by `stop_app` on the leader: the graceful stop that follows re-executes the
+/// process stopped rather than ending it.
+static STOP_APP: AtomicBool = AtomicBool::new(false);
+
+/// `stop_app` on the leader: stop serving as at a SIGTERM (leadership goes to a
+/// follower at once), then start over stopped, the control socket up.
+pub(super) fn stop_app() {
+    STOP_APP.store(true, Ordering::Release);
+    tokio::spawn(async {
+        // The command's answer goes out first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // SAFETY: signals this process; no memory is involved.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    });
+}
+
+/// Whether the stop under way is `stop_app`'s.
+pub fn app_stop_requested() -> bool {
+    STOP_APP.load(Ordering::Acquire)
 }
 
 static LEADING: std::sync::OnceLock<Leading> = std::sync::OnceLock::new();
@@ -165,6 +266,8 @@ async fn watch_lease(shipping: Arc<Shipping>) {
 
 /// The leader's view of the ISR, kept equal to what etcd stores.
 struct Isr {
+    /// Nodes forgotten by the operator, to drop now.
+    forget: Arc<Mutex<Vec<String>>>,
     coordinator: Arc<dyn Coordinator>,
     election: i64,
     /// The leader first.
@@ -188,8 +291,10 @@ impl Isr {
     async fn tick(&mut self) {
         let peers = self.followers.snapshot();
         let last = self.shipping.last();
+        let forget = std::mem::take(&mut *self.forget.lock().unwrap_or_else(|e| e.into_inner()));
         for node in self.members.iter().skip(1).cloned().collect::<Vec<_>>() {
             let lag = match peers.get(&node) {
+                _ if forget.contains(&node) => Duration::MAX,
                 Some(p) if p.connected && p.synced && p.acked >= last => Duration::ZERO,
                 Some(p) if p.connected => p.progress_at.elapsed(),
                 Some(p) => p.progress_at.elapsed().min(self.started.elapsed()),
@@ -207,6 +312,11 @@ impl Isr {
                     self.shipping.leave_isr(&node);
                     self.members = fewer;
                     tracing::warn!(node, lag_ms = lag.as_millis() as u64, isr = ?self.members, "follower dropped from the in-sync replicas");
+                } else if forget.contains(&node) {
+                    self.forget
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(node);
                 }
             }
         }

@@ -18,9 +18,10 @@ pub mod etcd;
 pub mod follow;
 pub mod front;
 mod lead;
+pub mod ops;
 pub mod proxy;
 
-pub use lead::{fence_for_stop, resign};
+pub use lead::{app_stop_requested, fence_for_stop, resign};
 pub mod ship;
 pub mod wire;
 
@@ -41,6 +42,16 @@ const RESIGNED_LEASE: &str = "WARREN_RESIGNED_LEASE";
 
 /// How often a follower looks at who leads.
 const POLL: Duration = Duration::from_millis(200);
+
+/// What this process is: "leader" (of a cluster) or "single" (no cluster). Followers
+/// answer for themselves (`ops`).
+pub fn role() -> &'static str {
+    if lead::leading().is_some() {
+        "leader"
+    } else {
+        "single"
+    }
+}
 
 /// This node's identity in the cluster.
 #[derive(Clone)]
@@ -72,7 +83,7 @@ impl Me {
     /// and where it is reached, by followers and by clients. A follower's front passes
     /// clients on to the leader's client addresses: the advertised host with each
     /// listener's port.
-    pub(crate) fn info(&self, config: &Config) -> String {
+    pub(crate) fn info(&self, config: &Config, running: bool) -> String {
         let host = self
             .address
             .rsplit_once(':')
@@ -90,6 +101,7 @@ impl Me {
             "amqps": at(&config.tls.listen, tls),
             "management": at(&m.listen, true),
             "management_tls": at(&m.tls_listen, tls),
+            "running": running,
         })
         .to_string()
     }
@@ -115,6 +127,7 @@ impl Session {
 /// Follow until this node leads, then start serving: the running node.
 pub async fn start(config: Config) -> Result<Node, StartError> {
     let me = Me::of(&config);
+    crate::broker::set_node_name(&me.node);
     let c = &config.cluster;
     if c.secret.is_empty() {
         tracing::warn!("cluster.secret is empty: any host that reaches cluster.replication_listen can follow this cluster and read its data; set a secret shared by the nodes");
@@ -145,23 +158,74 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     }
     let ttl = Duration::from_secs(c.lease_ttl);
     let mut session = grant(&*coordinator, ttl).await;
-    let info = me.info(&config);
-    let front = front::Front::start(&config, &me.node).await?;
+    let stopped = std::env::var_os(ops::APP_STOPPED).is_some();
+    let local = ops::Local::new(
+        me.clone(),
+        coordinator.clone(),
+        &dir,
+        c.min_insync_replicas as usize,
+        stopped,
+    );
+    let control = crate::control::bind(&dir).await.map_err(|e| {
+        let path = crate::control::socket_path(&dir);
+        failed(
+            71,
+            format!("cannot create the control socket {}: {e}", path.display()),
+        )
+    })?;
+    let control = tokio::spawn(ops::serve_follower(local.clone(), control));
+    let mut front = if stopped {
+        None
+    } else {
+        Some(front::Front::start(&config, &me.node).await?)
+    };
+    let mut registered: Option<String> = None;
     let mut following: Option<Following> = None;
     let mut last_leader: Option<String> = None;
     tracing::info!(
         node = me.node,
         cluster = me.cluster,
+        app_stopped = stopped,
         "cluster node started; following until it leads"
     );
     loop {
-        session = keep(&*coordinator, session, &me, &info).await;
+        let app_stopped = local.app_stopped();
+        if app_stopped {
+            // stop_app: neither follow nor pass clients on, nor campaign.
+            stop(following.take()).await;
+            if let Some(f) = front.take() {
+                f.stop().await;
+                tracing::info!("app stopped: not following, not serving clients");
+            }
+            local.set_following(None);
+        } else if front.is_none() {
+            match front::Front::start(&config, &me.node).await {
+                Ok(f) => {
+                    front = Some(f);
+                    tracing::info!("app started");
+                }
+                Err(e) => tracing::error!(error = e.message, "cannot start the app; retrying"),
+            }
+        }
+        local.set_running(!app_stopped && front.is_some());
+        let info = me.info(&config, !app_stopped);
+        session = keep(&*coordinator, session, &me, &info, &mut registered).await;
+        if app_stopped {
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = local.wake.notified() => {}
+            }
+            continue;
+        }
         match coordinator.leader().await {
             Ok(Some(l)) if l.node != me.node => {
-                if front.leader().as_deref() != Some(l.node.as_str()) {
-                    point_front(&*coordinator, &front, &l.node).await;
+                if let Some(front) = &front {
+                    if front.leader().as_deref() != Some(l.node.as_str()) {
+                        point_front(&*coordinator, front, &l.node).await;
+                    }
                 }
                 last_leader = Some(l.node.clone());
+                local.set_following(Some(l.clone()));
                 following = Some(match following.take() {
                     Some(f) if f.leader == l => f,
                     other => {
@@ -177,9 +241,13 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                 stop(following.take()).await;
                 let _ = coordinator.revoke(session.lease).await;
                 session = grant(&*coordinator, ttl).await;
+                registered = None;
             }
             Ok(None) => {
-                front.point_at(None);
+                if let Some(front) = &front {
+                    front.point_at(None);
+                }
+                local.set_following(None);
                 if let Some(won) = campaign(
                     &*coordinator,
                     &me,
@@ -190,14 +258,23 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                 )
                 .await
                 {
+                    // The broker's own control socket and listeners take over.
+                    control.abort();
+                    let _ = control.await;
+                    let _ = std::fs::remove_file(crate::control::socket_path(&dir));
+                    if let Some(f) = front.take() {
+                        f.stop().await;
+                    }
                     drop(lock);
-                    front.stop().await;
                     return lead::start(config, me, coordinator, session, won).await;
                 }
             }
             Err(e) => tracing::debug!(error = %e, "etcd unreachable"),
         }
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = local.wake.notified() => {}
+        }
     }
 }
 
@@ -238,22 +315,41 @@ async fn grant(c: &dyn Coordinator, ttl: Duration) -> Session {
 }
 
 /// Renew the follower's lease when a third of it has passed (a new one if it lapsed),
-/// and keep this node listed as a member.
-async fn keep(c: &dyn Coordinator, mut s: Session, me: &Me, info: &str) -> Session {
-    if s.renewed.elapsed() < s.ttl / 3 {
+/// and keep this node listed as a member: `registered` is what it last published
+/// under the current lease (`None`: nothing yet, so it is published now).
+async fn keep(
+    c: &dyn Coordinator,
+    mut s: Session,
+    me: &Me,
+    info: &str,
+    registered: &mut Option<String>,
+) -> Session {
+    let publish = registered.as_deref() != Some(info);
+    if s.renewed.elapsed() < s.ttl / 3 && !publish {
         return s;
     }
-    let sent = Instant::now();
-    match c.renew(s.lease).await {
-        Ok(true) => s.renewed = sent,
-        Ok(false) => {
-            s = grant(c, s.ttl).await;
-            tracing::info!("lease lapsed; a new one was granted");
+    if s.renewed.elapsed() >= s.ttl / 3 {
+        let sent = Instant::now();
+        match c.renew(s.lease).await {
+            Ok(true) => s.renewed = sent,
+            Ok(false) => {
+                s = grant(c, s.ttl).await;
+                *registered = None;
+                tracing::info!("lease lapsed; a new one was granted");
+            }
+            Err(_) => return s,
         }
-        Err(_) => return s,
     }
-    if let Err(e) = c.register(&me.node, info, s.lease).await {
-        tracing::debug!(error = %e, "cannot register as a member");
+    if registered.is_none() {
+        // Known to the cluster from now on, until forget_cluster_node.
+        if let Err(e) = c.set_setting(&format!("nodes/{}", me.node), "").await {
+            tracing::debug!(error = %e, "cannot record this node as known");
+            return s;
+        }
+    }
+    match c.register(&me.node, info, s.lease).await {
+        Ok(()) => *registered = Some(info.to_owned()),
+        Err(e) => tracing::debug!(error = %e, "cannot register as a member"),
     }
     s
 }
@@ -360,7 +456,7 @@ async fn stop(f: Option<Following>) {
 pub(crate) fn restart_as_follower(why: &str) -> ! {
     tracing::error!(why, "leadership lost: restarting as a follower");
     let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
-        .filter(|(k, _)| k != RESIGNED_LEASE)
+        .filter(|(k, _)| k != RESIGNED_LEASE && k != ops::APP_STOPPED)
         .collect();
     if let Some(lease) = lead::lease() {
         // The new image gives it up first thing: the leader key goes at once instead of
@@ -369,6 +465,19 @@ pub(crate) fn restart_as_follower(why: &str) -> ! {
     }
     let e = exec_self(std::env::args_os().collect(), env);
     tracing::error!(error = %e, "cannot re-execute; exiting for the supervisor to restart");
+    std::process::exit(70)
+}
+
+/// `stop_app` on the leader, once it stopped serving and gave the lease up: start over
+/// stopped (the control socket up; `start_app` starts following again).
+pub fn restart_stopped() -> ! {
+    tracing::info!("app stopped: restarting with only the control socket up");
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(k, _)| k != RESIGNED_LEASE && k != ops::APP_STOPPED)
+        .collect();
+    env.push((ops::APP_STOPPED.into(), "1".into()));
+    let e = exec_self(std::env::args_os().collect(), env);
+    tracing::error!(error = %e, "cannot re-execute; exiting");
     std::process::exit(70)
 }
 

@@ -106,12 +106,14 @@ pub fn serve(
     me: Me,
     shipping: Arc<Shipping>,
     followers: Arc<Followers>,
+    answer: super::ops::Answer,
 ) {
     let spawn = move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
             let (dir, me) = (dir.clone(), me.clone());
             let (shipping, followers) = (shipping.clone(), followers.clone());
+            let answer = answer.clone();
             let _ = std::thread::Builder::new()
                 .name("warren-ship".into())
                 .spawn(move || {
@@ -119,7 +121,7 @@ pub fn serve(
                         .peer_addr()
                         .map(|a| a.to_string())
                         .unwrap_or_default();
-                    if let Err(e) = follower(stream, &dir, &me, &shipping, &followers) {
+                    if let Err(e) = follower(stream, &dir, &me, &shipping, &followers, &answer) {
                         tracing::info!(peer, error = %e, "replication connection ended");
                     }
                 });
@@ -139,6 +141,7 @@ fn follower(
     me: &Me,
     shipping: &Arc<Shipping>,
     followers: &Arc<Followers>,
+    answer: &super::ops::Answer,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -148,13 +151,17 @@ fn follower(
     let nonce = wire::nonce()?;
     wire::write(&mut out, &Frame::Challenge(nonce.clone()))?;
     out.flush()?;
+    let first = wire::read(&mut input)?;
+    if let Frame::Command { .. } = first {
+        return super::ops::answer(&mut out, me, &nonce, first, answer);
+    }
     let Frame::Hello {
         version,
         cluster: theirs,
         node,
         proof,
         files,
-    } = wire::read(&mut input)?
+    } = first
     else {
         return Err(io::Error::other("a follower did not start with hello"));
     };
@@ -412,8 +419,28 @@ mod tests {
             me("warren@leader", secret),
             shipping.clone(),
             followers,
+            // Answers with the command's name: what it was asked.
+            Arc::new(|request| {
+                let req: crate::control::Request = serde_json::from_slice(&request).unwrap();
+                serde_json::to_vec(&crate::control::Response::message(req.command)).unwrap()
+            }),
         );
         (address, shipping)
+    }
+
+    /// A control command passed on by a follower is run on the leader only when the
+    /// follower proves the cluster's secret over that very request.
+    #[test]
+    fn a_command_is_run_for_a_node_that_knows_the_secret_only() {
+        let ld = dir("leader-commands");
+        let (address, _) = leader(&ld, "s3cret");
+        let request = br#"{"command":"list_queues"}"#;
+        let answer = super::super::ops::ask(&address, &me("warren@f", "s3cret"), request)
+            .expect("an answer");
+        assert_eq!(answer.message.as_deref(), Some("list_queues"));
+        let refused = super::super::ops::ask(&address, &me("warren@f", "guess"), request);
+        let e = refused.expect_err("a wrong secret is refused");
+        assert!(e.to_string().contains("secret"), "{e}");
     }
 
     /// A follower that does not know the cluster's secret gets nothing; one that does

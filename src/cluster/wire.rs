@@ -56,6 +56,17 @@ pub enum Frame {
     /// Leader: nothing new (a keep-alive); the follower answers with an ack.
     Ping,
     Ack(u64),
+    /// Instead of hello: a control command (`warrenctl`) given to a follower, for the
+    /// leader to run. The proof covers the node's name and the request.
+    Command {
+        cluster: String,
+        node: String,
+        proof: Bytes,
+        /// The control request, JSON.
+        request: Bytes,
+    },
+    /// Leader: the command's control response, JSON.
+    Answer(Bytes),
 }
 
 const HELLO: u8 = 1;
@@ -67,6 +78,8 @@ const OP: u8 = 6;
 const PING: u8 = 7;
 const ACK: u8 = 8;
 const CHALLENGE: u8 = 9;
+const COMMAND: u8 = 10;
+const ANSWER: u8 = 11;
 
 const APPEND: u8 = 0;
 const INSTALL: u8 = 1;
@@ -128,6 +141,22 @@ pub fn encode(out: &mut Vec<u8>, f: &Frame) {
         Frame::Ack(seq) => {
             out.extend_from_slice(&seq.to_be_bytes());
             ACK
+        }
+        Frame::Command {
+            cluster,
+            node,
+            proof,
+            request,
+        } => {
+            put_str(out, cluster);
+            put_str(out, node);
+            put_str_bytes(out, proof);
+            out.extend_from_slice(request);
+            COMMAND
+        }
+        Frame::Answer(response) => {
+            out.extend_from_slice(response);
+            ANSWER
         }
     };
     let len = (out.len() - start - 5) as u32;
@@ -326,6 +355,18 @@ fn decode(kind: u8, b: Bytes) -> io::Result<Frame> {
         }
         PING => Frame::Ping,
         ACK => Frame::Ack(b.u64()?),
+        COMMAND => {
+            let cluster = b.string()?;
+            let node = b.string()?;
+            let n = b.u16()? as usize;
+            Frame::Command {
+                cluster,
+                node,
+                proof: b.take(n)?,
+                request: b.rest(),
+            }
+        }
+        ANSWER => Frame::Answer(b.rest()),
         _ => return Err(bad("unknown frame")),
     })
 }
@@ -336,6 +377,27 @@ pub fn proof(secret: &str, nonce: &[u8], node: &str) -> [u8; 32] {
     let mut message = nonce.to_vec();
     message.extend_from_slice(node.as_bytes());
     hmac_sha256(secret.as_bytes(), &message)
+}
+
+/// A command's proof: [`proof`] over the node's name and the request together.
+pub fn command_proof(secret: &str, nonce: &[u8], node: &str, request: &[u8]) -> [u8; 32] {
+    let mut message = nonce.to_vec();
+    message.extend_from_slice(node.as_bytes());
+    message.push(0);
+    message.extend_from_slice(request);
+    hmac_sha256(secret.as_bytes(), &message)
+}
+
+/// Whether a command's `proof` is right, compared in constant time.
+pub fn verify_command(
+    secret: &str,
+    nonce: &[u8],
+    node: &str,
+    request: &[u8],
+    proof: &[u8],
+) -> bool {
+    let want = command_proof(secret, nonce, node, request);
+    proof.len() == want.len() && proof.iter().zip(want).fold(0, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 /// Whether `proof` is right, compared in constant time.
@@ -410,13 +472,20 @@ mod tests {
                 },
             ),
             Frame::Ack(42),
+            Frame::Command {
+                cluster: "c".into(),
+                node: "warren@b".into(),
+                proof: Bytes::from_static(&[1; 32]),
+                request: Bytes::from_static(br#"{"command":"list_queues"}"#),
+            },
+            Frame::Answer(Bytes::from_static(br#"{"exit_code":0}"#)),
         ];
         let mut out = Vec::new();
         for f in &frames {
             encode(&mut out, f);
         }
         let mut r = &out[..];
-        let got: Vec<String> = (0..3)
+        let got: Vec<String> = (0..frames.len())
             .map(|_| format!("{:?}", read(&mut r).unwrap()))
             .collect();
         let want: Vec<String> = frames.iter().map(|f| format!("{f:?}")).collect();

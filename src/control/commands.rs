@@ -65,6 +65,16 @@ async fn run(broker: &Broker, req: &Request) -> Result {
     };
     match req.command.as_str() {
         "status" | "await_startup" | "ping" => Ok(status(broker)),
+        "cluster_status"
+        | "stop_app"
+        | "start_app"
+        | "reset"
+        | "force_reset"
+        | "join_cluster"
+        | "forget_cluster_node"
+        | "update_cluster_nodes"
+        | "change_cluster_node_type"
+        | "set_cluster_name" => Ok(crate::cluster::ops::on_leader(broker, req).await),
         "diagnostics" | "doctor" => {
             let secs = match req.flags.get("interval") {
                 None => super::diagnostics::DEFAULT_INTERVAL_SECS,
@@ -879,6 +889,9 @@ fn status(broker: &Broker) -> Response {
     Response {
         document: Some(json!({
             "pid": std::process::id(),
+            "node": crate::broker::node_name(),
+            "role": crate::cluster::role(),
+            "app_running": true,
             "product_name": "warren",
             "product_version": env!("CARGO_PKG_VERSION"),
             "rabbitmq_compat_version": crate::RABBITMQ_COMPAT_VERSION,

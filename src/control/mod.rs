@@ -89,6 +89,19 @@ pub async fn serve(broker: Arc<Broker>, listener: UnixListener) {
     let _ = std::fs::remove_file(socket_path(&broker.config.data_dir));
 }
 
+/// Run one control request; `from` says where it came from (warrenctl on this node's
+/// socket, or a cluster follower passing one on) for the log.
+pub async fn answer(broker: &Broker, req: Request, from: &str) -> Response {
+    // await_startup is a probe (the Docker image's HEALTHCHECK runs it every 5 s):
+    // logged at debug so that it does not fill the log.
+    if req.command == "await_startup" {
+        tracing::debug!(command = %req.command, from, "control request");
+    } else {
+        tracing::info!(command = %req.command, from, "control request");
+    }
+    commands::handle(broker, req).await
+}
+
 async fn serve_one(broker: Arc<Broker>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
@@ -101,16 +114,7 @@ async fn serve_one(broker: Arc<Broker>, stream: UnixStream) {
             Ok(_) => {}
         }
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => {
-                // await_startup is a probe (the Docker image's HEALTHCHECK runs it every
-                // 5 s): logged at debug so that it does not fill the log.
-                if req.command == "await_startup" {
-                    tracing::debug!(command = %req.command, "control request");
-                } else {
-                    tracing::info!(command = %req.command, "control request");
-                }
-                commands::handle(&broker, req).await
-            }
+            Ok(req) => answer(&broker, req, "warrenctl").await,
             Err(e) => Response::error(64, format!("malformed control request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());

@@ -236,6 +236,44 @@ async fn limits_status_usage_and_unavailable_broker() {
     assert!(e.contains("warren is not running"), "{e}");
 }
 
+/// A single node (no [cluster] section) is a cluster of one to cluster_status, as a
+/// lone RabbitMQ node is; the commands that change a cluster's membership say they are
+/// for cluster nodes (exit 69), and those with nothing to do succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_commands_on_a_single_node() {
+    let Some((_broker, ctl)) = warren() else {
+        return;
+    };
+    let text = ctl.ok(&["cluster_status"]);
+    for section in [
+        "Disk Nodes",
+        "Running Nodes",
+        "Listeners",
+        "Network Partitions",
+    ] {
+        assert!(text.contains(section), "{text}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&ctl.ok(&["-q", "--formatter", "json", "cluster_status"])).unwrap();
+    let me = doc["running_nodes"][0].as_str().unwrap().to_owned();
+    assert!(me.starts_with("warren@"), "{doc}");
+    assert_eq!(doc["disk_nodes"], serde_json::json!([me]));
+    assert!(
+        doc["listeners"][&me][0]["port"].as_u64().unwrap() > 0,
+        "{doc}"
+    );
+    for cmd in [
+        &["stop_app"][..],
+        &["reset"],
+        &["join_cluster", "warren@other"],
+    ] {
+        let e = ctl.fails(cmd, 69);
+        assert!(e.contains("single node"), "{cmd:?}: {e}");
+    }
+    ctl.ok(&["change_cluster_node_type", "disc"]);
+    ctl.ok(&["update_cluster_nodes", "warren@other"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn definitions_exported_by_rabbitmq_import_and_round_trip() {
     let Some((broker, ctl)) = warren() else {

@@ -9,5 +9,6 @@ mod any_node;
 pub mod checker;
 mod haproxy;
 pub mod harness;
+mod operations;
 mod scenarios;
 mod scenarios2;

@@ -85,6 +85,16 @@ const COMMANDS: &[Spec] = &[
     ("set_operator_policy", "[-p <vhost>] [--priority <priority>] [--apply-to <apply-to>] <name> <pattern> <definition>", (3, 3), "Setting operator policy override \"{0}\" for pattern \"{1}\" to \"{2}\" with priority \"{priority}\" for vhost \"{vhost}\" ...", "Sets an operator policy that overrides a subset of arguments in user policies"),
     ("clear_operator_policy", "[-p <vhost>] <name>", (1, 1), "Clearing operator policy \"{0}\" on vhost \"{vhost}\" ...", "Clears an operator policy"),
     ("list_operator_policies", "[-p <vhost>]", (0, 0), "Listing operator policy overrides for vhost \"{vhost}\" ...", "Lists operator policy overrides for a virtual host"),
+    ("cluster_status", "", (0, 0), "Cluster status of node warren ...", "Displays the cluster's nodes, leader, in-sync replicas and replication lag (--formatter json for a document)"),
+    ("stop_app", "", (0, 0), "Stopping warren application on node warren ...", "Cluster node: stops serving clients and following (a leader hands over first); the process and its control socket stay"),
+    ("start_app", "", (0, 0), "Starting node warren ...", "Cluster node: starts following (and serving clients) again after stop_app"),
+    ("reset", "", (0, 0), "Resetting node warren ...", "Cluster node, app stopped: removes the node's data; it syncs everything from the leader at start_app"),
+    ("force_reset", "", (0, 0), "Forcefully resetting node warren ...", "Same as reset"),
+    ("join_cluster", "<node> [--ram|--disc]", (1, 1), "Clustering node warren with {0}", "Cluster node, app stopped: checks that <node> is in this node's cluster (the [cluster] section names it); start_app then syncs from the leader"),
+    ("forget_cluster_node", "<node> [--offline]", (1, 1), "Removing node {0} from the cluster", "Removes a node that is down from the cluster (and its in-sync replicas)"),
+    ("update_cluster_nodes", "<seed node>", (1, 1), "Will seed warren from {0} on next start", "Accepted; nothing to do: nodes find each other through etcd"),
+    ("change_cluster_node_type", "<disc|ram>", (1, 1), "Turning warren into a {0} node", "Accepted; nothing to do: every warren node is a disc node"),
+    ("set_cluster_name", "<name>", (1, 1), "Setting cluster name to {0} ...", "Sets the cluster's name as shown by cluster_status and the management API"),
     ("help", "[<command>]", (0, 1), "", "Displays usage information"),
 ];
 
@@ -179,7 +189,7 @@ fn run(argv: Vec<String>) -> u8 {
                 "-n" | "--node" => {
                     value("-n")?;
                 }
-                "-l" | "--longnames" | "--offline" => {}
+                "-l" | "--longnames" | "--offline" | "--ram" | "--disc" => {}
                 "--if-empty" | "--if-unused" | "--global" => {
                     req.flags.insert(name[2..].to_owned(), String::new());
                 }
@@ -330,9 +340,52 @@ fn run(argv: Vec<String>) -> u8 {
             .rows
             .iter()
             .any(|r| r.get(1).and_then(|v| v.as_str()).is_some_and(|s| s != "ok"));
+    // stop_app / start_app return once the node did it: a runbook's next command
+    // (reset, join_cluster) must find the node stopped, and its socket up.
+    if let Some(running) = match req.command.as_str() {
+        "stop_app" => Some(false),
+        "start_app" => Some(true),
+        _ => None,
+    } {
+        if let Err((code, msg)) = await_app(&socket, running, opts.timeout) {
+            eprintln!("Error: {msg}");
+            return code;
+        }
+    }
     match output(&opts, &req, response) {
         0 if findings => EX_FINDINGS,
         code => code,
+    }
+}
+
+/// Wait until the node's status says its app runs (or not).
+fn await_app(socket: &PathBuf, running: bool, timeout: Duration) -> Result<(), (u8, String)> {
+    let deadline = Instant::now() + timeout;
+    let status = Request {
+        command: "status".into(),
+        ..Default::default()
+    };
+    loop {
+        // A single node has no app_running: it runs.
+        let now = call(socket, &status, timeout).ok().map(|r| {
+            r.document
+                .and_then(|d| d.get("app_running").and_then(Value::as_bool))
+                .unwrap_or(true)
+        });
+        if now == Some(running) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err((
+                EX_TEMPFAIL,
+                format!(
+                    "the node's app is still {} after {:.1} seconds (--timeout)",
+                    if running { "stopped" } else { "running" },
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -481,6 +534,9 @@ fn output(opts: &Options, req: &Request, r: Response) -> u8 {
         }
         if opts.json {
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        } else if let Some(text) = &r.message {
+            // A document with its own rendering (cluster_status).
+            println!("{text}");
         } else if let Some(m) = doc.as_object() {
             for (k, v) in m {
                 println!("{k}: {}", cell("", v));

@@ -1,0 +1,796 @@
+//! Running a cluster node with `warrenctl`, under rabbitmqctl's command names.
+//!
+//! Every node has a control socket. A follower's ([`serve_follower`]) answers what is
+//! about the node itself (`status`, `stop_app`, `start_app`, `reset`, `join_cluster`,
+//! ...) and passes every other command on to the leader over the replication port
+//! ([`ask`]; the request is signed with the cluster's secret), so `warrenctl
+//! list_queues` on any node lists the cluster's queues, as `rabbitmqctl` does. The
+//! leader's socket is the broker's own; the cluster commands there land in
+//! [`on_leader`].
+//!
+//! `stop_app` keeps the process and its control socket: a follower stops following
+//! and closes its front door; the leader stops serving as at a SIGTERM (leadership goes
+//! to a follower at once) and re-executes itself stopped. `start_app` undoes it. `reset`
+//! (app stopped only) empties the data directory and marks it unsynced, so the node can
+//! never lead before it has synced everything from a leader again.
+
+use std::io::{self, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use super::coordinator::{Coordinator, Leader};
+use super::wire::{self, Frame};
+use super::Me;
+use crate::control::{Request, Response};
+
+/// Set for the new image when the leader's `stop_app` re-executes it: start stopped.
+pub(super) const APP_STOPPED: &str = "WARREN_APP_STOPPED";
+
+/// rabbitmqctl's exit codes.
+const EX_USAGE: u8 = 64;
+const EX_UNAVAILABLE: u8 = 69;
+const EX_SOFTWARE: u8 = 70;
+
+/// How long a command passed on to the leader may take.
+const ASK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A node's cluster side as its control socket sees it: shared by the start loop (which
+/// follows, campaigns and keeps the front door) and the follower's control socket.
+pub(crate) struct Local {
+    pub me: Me,
+    pub coordinator: Arc<dyn Coordinator>,
+    pub dir: PathBuf,
+    pub min_insync: usize,
+    app_stopped: AtomicBool,
+    /// What the loop did about `app_stopped` last: the front is open and it follows.
+    running: AtomicBool,
+    following: Mutex<Option<Leader>>,
+    pub wake: tokio::sync::Notify,
+}
+
+impl Local {
+    pub fn new(
+        me: Me,
+        coordinator: Arc<dyn Coordinator>,
+        dir: &Path,
+        min_insync: usize,
+        stopped: bool,
+    ) -> Arc<Local> {
+        Arc::new(Local {
+            me,
+            coordinator,
+            dir: dir.to_path_buf(),
+            min_insync,
+            app_stopped: AtomicBool::new(stopped),
+            running: AtomicBool::new(false),
+            following: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn app_stopped(&self) -> bool {
+        self.app_stopped.load(Ordering::Acquire)
+    }
+
+    /// The loop reports what it does: serving (front open, following) or not.
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::Release);
+    }
+
+    pub fn set_following(&self, leader: Option<Leader>) {
+        *self.following.lock().unwrap_or_else(|e| e.into_inner()) = leader;
+    }
+
+    fn following(&self) -> Option<Leader> {
+        self.following
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Ask the loop to stop or start the app, and wait (a while) until it did.
+    async fn set_app_stopped(&self, stopped: bool) -> bool {
+        self.app_stopped.store(stopped, Ordering::Release);
+        self.wake.notify_one();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.running.load(Ordering::Acquire) == stopped {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+}
+
+// ----------------------------------------------------------------------------------
+// A follower's control socket
+// ----------------------------------------------------------------------------------
+
+/// Serve a follower's control socket until the task is aborted (the node leads, and
+/// the broker's own socket takes over).
+pub(crate) async fn serve_follower(local: Arc<Local>, listener: tokio::net::UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let local = local.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(read);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match lines.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let response = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        if req.command != "await_startup" {
+                            tracing::info!(command = %req.command, "control request");
+                        }
+                        on_follower(&local, req).await
+                    }
+                    Err(e) => Response::error(EX_USAGE, format!("malformed control request: {e}")),
+                };
+                let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());
+                out.push(b'\n');
+                if write.write_all(&out).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+async fn on_follower(local: &Arc<Local>, req: Request) -> Response {
+    let me = &local.me.node;
+    match req.command.as_str() {
+        "status" | "ping" | "await_startup" => {
+            let leader = local.following().map(|l| l.node);
+            Response {
+                document: Some(json!({
+                    "node": me,
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "role": "follower",
+                    "leader": leader,
+                    "app_running": !local.app_stopped(),
+                })),
+                ..Default::default()
+            }
+        }
+        "stop_app" => {
+            if local.set_app_stopped(true).await {
+                Response::default()
+            } else {
+                Response::error(EX_SOFTWARE, "the node did not stop in time")
+            }
+        }
+        "start_app" => {
+            if local.set_app_stopped(false).await {
+                Response::default()
+            } else {
+                Response::error(EX_SOFTWARE, "the node did not start in time")
+            }
+        }
+        "reset" | "force_reset" => {
+            if !local.app_stopped() {
+                return still_running(me);
+            }
+            match reset(&local.dir) {
+                Ok(()) => Response::default(),
+                Err(e) => Response::error(EX_SOFTWARE, format!("cannot reset: {e}")),
+            }
+        }
+        "join_cluster" => join_cluster(local, &req).await,
+        "update_cluster_nodes" | "change_cluster_node_type" => nothing_to_do(&req.command),
+        "cluster_status" => match forward(local, &req).await {
+            Some(r) => r,
+            None => {
+                cluster_status(
+                    local.coordinator.as_ref(),
+                    &local.me,
+                    local.min_insync,
+                    None,
+                )
+                .await
+            }
+        },
+        _ => match forward(local, &req).await {
+            Some(r) => r,
+            None => Response::error(
+                EX_UNAVAILABLE,
+                format!(
+                    "{me} is a cluster follower and knows no leader to run '{}' on{}",
+                    req.command,
+                    if local.app_stopped() {
+                        " (its app is stopped: warrenctl start_app)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+        },
+    }
+}
+
+/// Pass `req` on to the leader; `None` if there is none to ask.
+async fn forward(local: &Arc<Local>, req: &Request) -> Option<Response> {
+    let leader = local.following()?;
+    let (me, request) = (local.me.clone(), serde_json::to_vec(req).ok()?);
+    let address = leader.address.clone();
+    let asked = tokio::task::spawn_blocking(move || ask(&address, &me, &request)).await;
+    Some(match asked {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Response::error(
+            EX_UNAVAILABLE,
+            format!(
+                "cannot reach the leader {} to run '{}': {e}",
+                leader.node, req.command
+            ),
+        ),
+        Err(e) => Response::error(EX_SOFTWARE, e.to_string()),
+    })
+}
+
+fn still_running(node: &str) -> Response {
+    Response::error(
+        EX_UNAVAILABLE,
+        format!("warren is still running on node {node}.\nPlease stop it with 'warrenctl stop_app' first."),
+    )
+}
+
+fn nothing_to_do(command: &str) -> Response {
+    let why = match command {
+        "update_cluster_nodes" => "every node finds the others through etcd (cluster.etcd_endpoints): there is nothing to update",
+        _ => "every warren node keeps its data on disk (RAM nodes are deprecated in RabbitMQ too): there is nothing to change",
+    };
+    Response::message(why)
+}
+
+/// `reset`: the data directory's store goes, and the node is marked unsynced first, so
+/// that it never leads on what is left (it syncs everything from the leader at
+/// `start_app`). What replication set aside (`diverged/`) stays: it is the operator's.
+fn reset(dir: &Path) -> io::Result<()> {
+    super::follow::mark_unsynced(dir)?;
+    let meta = dir.join("meta.log");
+    if meta.exists() {
+        std::fs::remove_file(&meta)?;
+    }
+    let messages = dir.join("messages");
+    if messages.exists() {
+        std::fs::remove_dir_all(&messages)?;
+    }
+    tracing::warn!(dir = %dir.display(), "reset: the node's data is gone; it syncs from the leader when started");
+    Ok(())
+}
+
+/// `join_cluster NODE`: a warren node is in the cluster its `[cluster]` section names;
+/// joining one of its members is what it does anyway (at `start_app`).
+async fn join_cluster(local: &Arc<Local>, req: &Request) -> Response {
+    let me = &local.me.node;
+    let Some(other) = req.args.first() else {
+        return Response::error(EX_USAGE, "join_cluster needs a node");
+    };
+    if !local.app_stopped() {
+        return still_running(me);
+    }
+    if other == me {
+        return Response::error(EX_UNAVAILABLE, "Error: cannot_cluster_node_with_itself");
+    }
+    let known = known_nodes(local.coordinator.as_ref()).await;
+    if known.iter().any(|n| n == other) {
+        Response::message(format!(
+            "{me} is in cluster '{}' with {other}; it syncs from the leader at start_app",
+            local.me.cluster
+        ))
+    } else {
+        Response::error(
+            EX_UNAVAILABLE,
+            format!(
+                "{other} is not a member of cluster '{}' (etcd {}). A warren node joins the cluster its [cluster] section names: set name and etcd_endpoints as on {other}, restart, and start_app",
+                local.me.cluster,
+                "cluster.etcd_endpoints"
+            ),
+        )
+    }
+}
+
+// ----------------------------------------------------------------------------------
+// Commands passed on to the leader over the replication port
+// ----------------------------------------------------------------------------------
+
+/// Run `request` (a control request, JSON) on the leader at `address` (blocking).
+pub fn ask(address: &str, me: &Me, request: &[u8]) -> io::Result<Response> {
+    let stream = super::follow::connect(address)?;
+    stream.set_read_timeout(Some(ASK_TIMEOUT))?;
+    let mut out = BufWriter::new(stream.try_clone()?);
+    let mut input = BufReader::new(stream);
+    let nonce = match wire::read(&mut input)? {
+        Frame::Challenge(n) => n,
+        Frame::Refuse(why) => return Err(io::Error::other(why)),
+        _ => {
+            return Err(io::Error::other(
+                "the leader did not start with a challenge",
+            ))
+        }
+    };
+    let proof = wire::command_proof(&me.secret, &nonce, &me.node, request);
+    wire::write(
+        &mut out,
+        &Frame::Command {
+            cluster: me.cluster.clone(),
+            node: me.node.clone(),
+            proof: Bytes::copy_from_slice(&proof),
+            request: Bytes::copy_from_slice(request),
+        },
+    )?;
+    out.flush()?;
+    match wire::read(&mut input)? {
+        Frame::Answer(a) => serde_json::from_slice(&a).map_err(io::Error::other),
+        Frame::Refuse(why) => Err(io::Error::other(why)),
+        _ => Err(io::Error::other("the leader answered with something else")),
+    }
+}
+
+/// Runs a control request on the leader's broker (JSON in, JSON out).
+pub type Answer = Arc<dyn Fn(Bytes) -> Vec<u8> + Send + Sync>;
+
+/// The leader's side of [`ask`]: check who asks, run the command, answer.
+pub(super) fn answer(
+    out: &mut impl Write,
+    me: &Me,
+    nonce: &[u8],
+    frame: Frame,
+    answer: &Answer,
+) -> io::Result<()> {
+    let Frame::Command {
+        cluster,
+        node,
+        proof,
+        request,
+    } = frame
+    else {
+        return Err(io::Error::other("not a command"));
+    };
+    let refusal = if cluster != me.cluster {
+        Some(format!(
+            "this leader is of cluster {:?}; {node} is of {cluster:?}",
+            me.cluster
+        ))
+    } else if !me.secret.is_empty()
+        && !wire::verify_command(&me.secret, nonce, &node, &request, &proof)
+    {
+        Some(format!(
+            "{node} does not know cluster {cluster:?}'s secret (cluster.secret)"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        tracing::warn!(node, why, "control command refused");
+        wire::write(out, &Frame::Refuse(why))?;
+        return out.flush();
+    }
+    let response = answer(request);
+    wire::write(out, &Frame::Answer(Bytes::from(response)))?;
+    out.flush()
+}
+
+// ----------------------------------------------------------------------------------
+// The leader's cluster commands
+// ----------------------------------------------------------------------------------
+
+/// A cluster command given to the broker's control socket: on a cluster's leader, or
+/// on a single node (which has no cluster to speak of).
+pub async fn on_leader(broker: &crate::broker::Broker, req: &Request) -> Response {
+    let Some(l) = super::lead::leading() else {
+        return single_node(broker, req);
+    };
+    let me = &l.me.node;
+    match req.command.as_str() {
+        "cluster_status" => {
+            let extras = LeaderView { broker, leading: l };
+            cluster_status(l.coordinator.as_ref(), &l.me, l.min_insync, Some(extras)).await
+        }
+        "stop_app" => {
+            super::lead::stop_app();
+            Response::default()
+        }
+        "start_app" => Response::default(),
+        "reset" | "force_reset" | "join_cluster" => still_running(me),
+        "update_cluster_nodes" | "change_cluster_node_type" => nothing_to_do(&req.command),
+        "set_cluster_name" => {
+            let Some(name) = req.args.first() else {
+                return Response::error(EX_USAGE, "set_cluster_name needs a name");
+            };
+            match l.coordinator.set_setting("cluster_name", name).await {
+                Ok(()) => Response::default(),
+                Err(e) => Response::error(EX_UNAVAILABLE, format!("cannot reach etcd: {e}")),
+            }
+        }
+        "forget_cluster_node" => forget(l, req).await,
+        other => Response::error(EX_USAGE, format!("'{other}' is not a cluster command")),
+    }
+}
+
+fn single_node(broker: &crate::broker::Broker, req: &Request) -> Response {
+    let me = crate::broker::node_name();
+    match req.command.as_str() {
+        "cluster_status" => {
+            let listeners: Vec<Value> = broker
+                .listeners()
+                .iter()
+                .map(|(protocol, at)| listener(&me, protocol, at))
+                .collect();
+            let doc = json!({
+                "cluster_name": me,
+                "disk_nodes": [me],
+                "ram_nodes": [],
+                "running_nodes": [me],
+                "versions": {me.clone(): {"warren_version": env!("CARGO_PKG_VERSION")}},
+                "maintenance_status": {me.clone(): "not under maintenance"},
+                "alarms": alarm_list(broker, &me),
+                "partitions": {},
+                "listeners": {me.clone(): listeners},
+            });
+            status_response(doc)
+        }
+        "update_cluster_nodes" | "change_cluster_node_type" => nothing_to_do(&req.command),
+        _ => Response::error(
+            EX_UNAVAILABLE,
+            format!(
+                "{me} is a single node (no [cluster] section): '{}' is for cluster nodes; stop or restart the service instead",
+                req.command
+            ),
+        ),
+    }
+}
+
+/// `forget_cluster_node NODE`, on the leader: NODE must be down (its process holds no
+/// lease); it leaves the in-sync replicas (through the leader's ISR upkeep, fenced on
+/// its election) and the list of known nodes.
+async fn forget(l: &super::lead::Leading, req: &Request) -> Response {
+    let Some(node) = req.args.first() else {
+        return Response::error(EX_USAGE, "forget_cluster_node needs a node");
+    };
+    if *node == l.me.node {
+        return Response::error(
+            EX_UNAVAILABLE,
+            format!("Error: {node} is the node running the command (the leader); stop it and run the command on another node"),
+        );
+    }
+    let c = l.coordinator.as_ref();
+    let live = match c.members().await {
+        Ok(m) => m,
+        Err(e) => return Response::error(EX_UNAVAILABLE, format!("cannot reach etcd: {e}")),
+    };
+    if live.iter().any(|m| m.node == *node) {
+        return Response::error(
+            EX_UNAVAILABLE,
+            format!("Error: {node} is running (it holds an etcd lease). Stop the node's process first, then forget it."),
+        );
+    }
+    let known = known_nodes(c).await;
+    if !known.contains(node) {
+        return Response::error(
+            EX_UNAVAILABLE,
+            format!(
+                "Error: {node} is not a cluster node (not in cluster '{}')",
+                l.me.cluster
+            ),
+        );
+    }
+    l.forget(node);
+    if let Err(e) = c.clear_setting(&format!("nodes/{node}")).await {
+        return Response::error(EX_UNAVAILABLE, format!("cannot reach etcd: {e}"));
+    }
+    // The ISR upkeep drops it within a tick.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c
+        .isr()
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|i| i.members.contains(node))
+    {
+        if Instant::now() > deadline {
+            return Response::error(
+                EX_SOFTWARE,
+                format!("{node} is still in the in-sync replicas"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!(
+        node,
+        "node forgotten: it is no longer a member of the cluster"
+    );
+    Response::default()
+}
+
+/// Every node the cluster knows: those that ever registered and were not forgotten,
+/// the live ones and the in-sync replicas.
+async fn known_nodes(c: &dyn Coordinator) -> Vec<String> {
+    let mut nodes: Vec<String> = c
+        .settings("nodes/")
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    nodes.extend(
+        c.members()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.node),
+    );
+    nodes.extend(
+        c.isr()
+            .await
+            .ok()
+            .flatten()
+            .map(|i| i.members)
+            .unwrap_or_default(),
+    );
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+/// What only the leader adds to `cluster_status`: its alarms and how far each follower
+/// is behind.
+struct LeaderView<'a> {
+    broker: &'a crate::broker::Broker,
+    leading: &'a super::lead::Leading,
+}
+
+/// `cluster_status`: RabbitMQ's sections (cluster name, disk and running nodes,
+/// versions, maintenance, alarms, partitions, listeners), then warren's (leader, ISR,
+/// replication lag). The document is the `--formatter json` output; the message is
+/// the text.
+async fn cluster_status(
+    c: &dyn Coordinator,
+    me: &Me,
+    min_insync: usize,
+    leader_view: Option<LeaderView<'_>>,
+) -> Response {
+    let members = match c.members().await {
+        Ok(m) => m,
+        Err(e) => return Response::error(EX_UNAVAILABLE, format!("cannot reach etcd: {e}")),
+    };
+    let known = known_nodes(c).await;
+    let leader = c.leader().await.ok().flatten();
+    let isr = c
+        .isr()
+        .await
+        .ok()
+        .flatten()
+        .map(|i| i.members)
+        .unwrap_or_default();
+    let name = c
+        .setting("cluster_name")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| me.cluster.clone());
+    let info = |node: &str| -> Value {
+        members
+            .iter()
+            .find(|m| m.node == node)
+            .and_then(|m| serde_json::from_str(&m.info).ok())
+            .unwrap_or(Value::Null)
+    };
+    let running: Vec<&String> = known
+        .iter()
+        .filter(|n| {
+            let i = info(n);
+            !i.is_null() && i.get("running").and_then(Value::as_bool) != Some(false)
+        })
+        .collect();
+    let mut versions = serde_json::Map::new();
+    let mut listeners = serde_json::Map::new();
+    let mut maintenance = serde_json::Map::new();
+    for n in &known {
+        let i = info(n);
+        if let Some(v) = i.get("version").and_then(Value::as_str) {
+            versions.insert(n.clone(), json!({"warren_version": v}));
+        }
+        let mut l = vec![];
+        for (protocol, key) in [
+            ("amqp", "amqp"),
+            ("amqp/ssl", "amqps"),
+            ("http", "management"),
+            ("https", "management_tls"),
+            ("clustering", "address"),
+        ] {
+            if let Some(at) = i.get(key).and_then(Value::as_str) {
+                l.push(listener(n, protocol, at));
+            }
+        }
+        if !l.is_empty() {
+            listeners.insert(n.clone(), Value::Array(l));
+        }
+        maintenance.insert(n.clone(), json!("not under maintenance"));
+    }
+    let mut doc = json!({
+        "cluster_name": name,
+        "disk_nodes": known,
+        "ram_nodes": [],
+        "running_nodes": running,
+        "versions": versions,
+        "maintenance_status": maintenance,
+        "alarms": [],
+        "partitions": {},
+        "listeners": listeners,
+        "leader": leader.as_ref().map(|l| &l.node),
+        "election": leader.as_ref().map(|l| l.revision),
+        "in_sync_replicas": isr,
+        "min_insync_replicas": min_insync,
+    });
+    if let Some(v) = leader_view {
+        doc["alarms"] = alarm_list(v.broker, &v.leading.me.node);
+        doc["replication"] = v.leading.replication();
+    }
+    status_response(doc)
+}
+
+fn listener(node: &str, protocol: &str, at: &str) -> Value {
+    let (interface, port) = at.rsplit_once(':').unwrap_or((at, ""));
+    let purpose = match protocol {
+        "amqp" => "AMQP 0-9-1",
+        "amqp/ssl" => "AMQP 0-9-1 over TLS",
+        "http" => "HTTP API",
+        "https" => "HTTP API over TLS (HTTPS)",
+        "clustering" => "inter-node and CLI tool communication",
+        _ => "",
+    };
+    json!({
+        "node": node,
+        "interface": interface.trim_matches(['[', ']']),
+        "port": port.parse::<u16>().unwrap_or(0),
+        "protocol": protocol,
+        "purpose": purpose,
+    })
+}
+
+fn alarm_list(broker: &crate::broker::Broker, node: &str) -> Value {
+    let a = *broker.alarms().borrow();
+    let mut list = vec![];
+    if a.memory {
+        list.push(json!({"node": node, "type": "memory"}));
+    }
+    if a.disk {
+        list.push(json!({"node": node, "type": "disk"}));
+    }
+    if a.replicas {
+        list.push(json!({"node": node, "type": "too_few_in_sync_replicas"}));
+    }
+    Value::Array(list)
+}
+
+/// The document and its text rendering, as rabbitmqctl prints `cluster_status`.
+fn status_response(doc: Value) -> Response {
+    let mut text = String::new();
+    let list = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let section = |text: &mut String, title: &str, lines: Vec<String>| {
+        text.push_str(&format!("{title}\n\n"));
+        if lines.is_empty() {
+            text.push_str("(none)\n");
+        }
+        for l in lines {
+            text.push_str(&format!("{l}\n"));
+        }
+        text.push('\n');
+    };
+    let name = doc["cluster_name"].as_str().unwrap_or_default();
+    section(&mut text, "Basics", vec![format!("Cluster name: {name}")]);
+    section(&mut text, "Disk Nodes", list(&doc["disk_nodes"]));
+    section(&mut text, "Running Nodes", list(&doc["running_nodes"]));
+    let map_lines = |v: &Value, f: &dyn Fn(&str, &Value) -> Vec<String>| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.iter().flat_map(|(k, v)| f(k, v)).collect())
+            .unwrap_or_default()
+    };
+    section(
+        &mut text,
+        "Versions",
+        map_lines(&doc["versions"], &|n, v| {
+            vec![format!(
+                "{n}: warren {}",
+                v["warren_version"].as_str().unwrap_or("?")
+            )]
+        }),
+    );
+    section(
+        &mut text,
+        "Maintenance status",
+        map_lines(&doc["maintenance_status"], &|n, v| {
+            vec![format!("Node: {n}, status: {}", v.as_str().unwrap_or(""))]
+        }),
+    );
+    let alarms: Vec<String> = doc["alarms"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| {
+                    format!(
+                        "Node {}: {} alarm",
+                        x["node"].as_str().unwrap_or(""),
+                        x["type"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    section(&mut text, "Alarms", alarms);
+    section(&mut text, "Network Partitions", vec![]);
+    section(
+        &mut text,
+        "Listeners",
+        map_lines(&doc["listeners"], &|_, v| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|l| {
+                            format!(
+                                "Node: {}, interface: {}, port: {}, protocol: {}, purpose: {}",
+                                l["node"].as_str().unwrap_or(""),
+                                l["interface"].as_str().unwrap_or(""),
+                                l["port"],
+                                l["protocol"].as_str().unwrap_or(""),
+                                l["purpose"].as_str().unwrap_or("")
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }),
+    );
+    if doc.get("in_sync_replicas").is_some() {
+        let mut lines = vec![match doc["leader"].as_str() {
+            Some(l) => format!("Leader: {l} (election {})", doc["election"]),
+            None => "Leader: (none)".to_owned(),
+        }];
+        lines.push(format!(
+            "In-sync replicas: {} (min_insync_replicas {})",
+            list(&doc["in_sync_replicas"]).join(", "),
+            doc["min_insync_replicas"]
+        ));
+        if let Some(rows) = doc.get("replication").and_then(Value::as_array) {
+            for r in rows {
+                lines.push(format!(
+                    "Node: {}, connected: {}, in sync: {}, behind: {} changes, {:.1} s",
+                    r["node"].as_str().unwrap_or(""),
+                    r["connected"],
+                    r["in_sync"],
+                    r["lag_changes"],
+                    r["lag_seconds"].as_f64().unwrap_or(0.0)
+                ));
+            }
+        }
+        section(&mut text, "Replication (warren)", lines);
+    }
+    Response {
+        message: Some(text.trim_end().to_owned()),
+        document: Some(doc),
+        ..Default::default()
+    }
+}
