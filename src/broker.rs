@@ -523,6 +523,18 @@ pub fn node_name() -> String {
 }
 
 static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static CLUSTER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The cluster's name (`cluster.name`), or, on a single node, the node's name (as a
+/// lone RabbitMQ node's cluster is named after it).
+pub fn cluster_name() -> String {
+    CLUSTER.get().cloned().unwrap_or_else(node_name)
+}
+
+/// Set at a cluster node's start.
+pub fn set_cluster_name(name: &str) {
+    let _ = CLUSTER.set(name.to_owned());
+}
 
 /// A cluster node's name is `cluster.node_name`: set before anything asks.
 pub fn set_node_name(name: &str) {

@@ -122,7 +122,10 @@ fn session(
         match frame {
             Frame::Refuse(why) => return Ok(Ended::Refused(why)),
             Frame::SetAside(name) => files.set_aside(&name)?,
-            Frame::Chunk { file, offset, data } => files.write_at(&file, offset, &data)?,
+            Frame::Chunk { file, offset, data } => {
+                received(data.len());
+                files.write_at(&file, offset, &data)?
+            }
             Frame::Synced(seq) => {
                 files.sync()?;
                 files.unmark_syncing()?;
@@ -133,6 +136,9 @@ fn session(
                 ping = true;
             }
             Frame::Op(seq, op) => {
+                if let FileOp::Append { data, .. } | FileOp::Install { data, .. } = &op {
+                    received(data.len());
+                }
                 files.apply(&op)?;
                 if seq > 0 {
                     progress.applied.store(seq, Ordering::Release);
@@ -350,6 +356,10 @@ pub fn names(dir: &Path) -> io::Result<Vec<String>> {
 /// Whether the files here may be trusted to lead (no sync was left half done).
 pub fn complete(dir: &Path) -> bool {
     !dir.join(SYNC_MARKER).exists()
+}
+
+fn received(n: usize) {
+    super::stats::BYTES_RECEIVED.fetch_add(n as u64, Ordering::Relaxed);
 }
 
 /// Mark `dir` as not level with any leader (durably), as a sync does while it runs:

@@ -56,6 +56,8 @@ enum Kind {
     Amqps,
     Management,
     ManagementTls,
+    /// Prometheus: answered here, with this node's own numbers.
+    Metrics,
 }
 
 impl Kind {
@@ -65,6 +67,7 @@ impl Kind {
             Kind::Amqps => t.amqps.as_ref(),
             Kind::Management => t.management.as_ref(),
             Kind::ManagementTls => t.management_tls.as_ref(),
+            Kind::Metrics => None,
         }
     }
 }
@@ -104,6 +107,10 @@ impl Front {
         if config.tls.enabled() && !m.tls_listen.is_empty() {
             let key = "management.tls_listen";
             listens.push((Kind::ManagementTls, key, m.tls_listen.clone()));
+        }
+        if !config.metrics.listen.is_empty() {
+            let key = "metrics.listen";
+            listens.push((Kind::Metrics, key, config.metrics.listen.clone()));
         }
         let (targets, _) = watch::channel(None);
         let (stop, _) = watch::channel(false);
@@ -176,6 +183,7 @@ impl Door {
             Kind::Amqps => "front amqps",
             Kind::Management => "front management",
             Kind::ManagementTls => "front management tls",
+            Kind::Metrics => "front metrics",
         };
         let mut failures = crate::accept::Failures::new(name);
         loop {
@@ -207,6 +215,11 @@ async fn pass_on(
     };
     if first.starts_with(b"PROXY ") {
         tracing::warn!(%peer, "a connection passed on by another node's front: dropped (the nodes disagree on who leads)");
+        return;
+    }
+    if kind == Kind::Metrics {
+        let _ = client.write_all(metrics(node).as_bytes()).await;
+        let _ = client.shutdown().await;
         return;
     }
     if kind == Kind::Management {
@@ -266,7 +279,8 @@ async fn first_bytes(kind: Kind, client: &mut TcpStream) -> Option<Vec<u8>> {
             }
             buf.extend_from_slice(&chunk[..n]);
             let whole_head = buf.windows(4).any(|w| w == b"\r\n\r\n");
-            if kind != Kind::Management || whole_head || buf.len() >= MAX_HEAD {
+            let http = matches!(kind, Kind::Management | Kind::Metrics);
+            if !http || whole_head || buf.len() >= MAX_HEAD {
                 return Some(buf);
             }
         }
@@ -275,6 +289,20 @@ async fn first_bytes(kind: Kind, client: &mut TcpStream) -> Option<Vec<u8>> {
         .await
         .ok()
         .flatten()
+}
+
+/// A follower's scrape: its identity and the cluster's numbers as it sees them (the
+/// broker's own metrics are the leader's).
+fn metrics(node: &str) -> String {
+    let cluster = crate::broker::cluster_name();
+    let mut body = format!(
+        "# TYPE rabbitmq_identity_info gauge\n# HELP rabbitmq_identity_info RabbitMQ node & cluster identity info\nrabbitmq_identity_info{{rabbitmq_node=\"{node}\",rabbitmq_cluster=\"{cluster}\",rabbitmq_cluster_permanent_id=\"{cluster}\"}} 1\n"
+    );
+    super::stats::render(&mut body);
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
 }
 
 /// The answer to a health check about this node, if the request is one.

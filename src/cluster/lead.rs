@@ -42,6 +42,8 @@ pub(super) async fn start(
     tokio::spawn(keep_lease(coordinator.clone(), session, shipping.clone()));
     tokio::spawn(watch_lease(shipping.clone()));
     let info = me.info(&config, true);
+    super::stats::ROLE.store(super::stats::LEADER, std::sync::atomic::Ordering::Relaxed);
+    super::stats::LEADER_CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let node = Node::start_shipped(config, Some(shipping.clone())).await?;
     // Serving: the followers' fronts may pass clients on to this node's listeners.
     tokio::spawn(register(coordinator.clone(), me.node.clone(), info, lease));
@@ -122,6 +124,12 @@ impl Leading {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(node.to_owned());
+    }
+
+    /// The leader's Prometheus families.
+    pub fn render(&self, out: &mut String) {
+        let isr = self.shipping.isr().len() + 1;
+        super::stats::render_followers(out, isr, self.min_insync, &self.replication());
     }
 
     /// Each follower's replication state, for cluster_status and the API.
@@ -228,7 +236,9 @@ async fn keep_lease(c: Arc<dyn Coordinator>, mut s: Session, shipping: Arc<Shipp
             tokio::time::sleep(s.ttl / 6).await;
         }
         let sent = Instant::now();
-        match c.renew(s.lease).await {
+        let renewal = c.renew(s.lease).await;
+        super::stats::renewed(renewal.is_ok());
+        match renewal {
             Ok(true) => {
                 s.renewed = sent;
                 shipping.lease_until(s.valid_until());

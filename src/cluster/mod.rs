@@ -20,6 +20,7 @@ pub mod front;
 mod lead;
 pub mod ops;
 pub mod proxy;
+pub mod stats;
 
 pub use lead::{app_stop_requested, fence_for_stop, resign};
 pub mod ship;
@@ -128,6 +129,7 @@ impl Session {
 pub async fn start(config: Config) -> Result<Node, StartError> {
     let me = Me::of(&config);
     crate::broker::set_node_name(&me.node);
+    crate::broker::set_cluster_name(&me.cluster);
     let c = &config.cluster;
     if c.secret.is_empty() {
         tracing::warn!("cluster.secret is empty: any host that reaches cluster.replication_listen can follow this cluster and read its data; set a secret shared by the nodes");
@@ -208,6 +210,12 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
             }
         }
         local.set_running(!app_stopped && front.is_some());
+        let role = if app_stopped {
+            stats::STOPPED
+        } else {
+            stats::FOLLOWER
+        };
+        stats::ROLE.store(role, Ordering::Relaxed);
         let info = me.info(&config, !app_stopped);
         session = keep(&*coordinator, session, &me, &info, &mut registered).await;
         if app_stopped {
@@ -223,6 +231,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                     if front.leader().as_deref() != Some(l.node.as_str()) {
                         point_front(&*coordinator, front, &l.node).await;
                     }
+                }
+                if last_leader.as_deref() != Some(l.node.as_str()) {
+                    stats::LEADER_CHANGES.fetch_add(1, Ordering::Relaxed);
                 }
                 last_leader = Some(l.node.clone());
                 local.set_following(Some(l.clone()));
@@ -330,7 +341,9 @@ async fn keep(
     }
     if s.renewed.elapsed() >= s.ttl / 3 {
         let sent = Instant::now();
-        match c.renew(s.lease).await {
+        let renewal = c.renew(s.lease).await;
+        stats::renewed(renewal.is_ok());
+        match renewal {
             Ok(true) => s.renewed = sent,
             Ok(false) => {
                 s = grant(c, s.ttl).await;

@@ -794,3 +794,74 @@ fn status_response(doc: Value) -> Response {
         ..Default::default()
     }
 }
+
+// ----------------------------------------------------------------------------------
+// The management API's view
+// ----------------------------------------------------------------------------------
+
+/// The cluster as the management API shows it (`/api/nodes`, `/api/overview`), on the
+/// leader.
+pub struct ApiView {
+    pub cluster_name: String,
+    /// warren's fields for the leader's own node object.
+    pub leader: Value,
+    /// The other known nodes: RabbitMQ's node fields the leader knows, and warren's.
+    pub others: Vec<Value>,
+}
+
+/// `None` on a single node.
+pub async fn api_view() -> Option<ApiView> {
+    let l = super::lead::leading()?;
+    let c = l.coordinator.as_ref();
+    let cluster_name = c
+        .setting("cluster_name")
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| l.me.cluster.clone());
+    let members = c.members().await.unwrap_or_default();
+    let replication = l.replication();
+    let rows = replication.as_array().cloned().unwrap_or_default();
+    let others = known_nodes(c)
+        .await
+        .into_iter()
+        .filter(|n| *n != l.me.node)
+        .map(|n| {
+            let info: Value = members
+                .iter()
+                .find(|m| m.node == n)
+                .and_then(|m| serde_json::from_str(&m.info).ok())
+                .unwrap_or(Value::Null);
+            let running = !info.is_null() && info["running"] != false;
+            let r = rows.iter().find(|r| r["node"] == n.as_str());
+            let role = match (info.is_null(), running) {
+                (true, _) => "down",
+                (false, false) => "stopped",
+                (false, true) => "follower",
+            };
+            json!({
+                "name": n,
+                "type": "disc",
+                "running": running,
+                "being_drained": false,
+                "warren_role": role,
+                "warren_version": info.get("version"),
+                "warren_in_sync": r.is_some_and(|r| r["in_sync"] == true),
+                "warren_connected": r.is_some_and(|r| r["connected"] == true),
+                "warren_lag_changes": r.map(|r| r["lag_changes"].clone()),
+                "warren_lag_seconds": r.map(|r| r["lag_seconds"].clone()),
+            })
+        })
+        .collect();
+    Some(ApiView {
+        cluster_name,
+        leader: json!({
+            "warren_role": "leader",
+            "warren_in_sync": true,
+            "warren_connected": true,
+            "warren_lag_changes": 0,
+            "warren_lag_seconds": 0.0,
+        }),
+        others,
+    })
+}

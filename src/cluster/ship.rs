@@ -295,6 +295,7 @@ fn send_range(
                 data: Bytes::copy_from_slice(&buf[..n]),
             },
         )?;
+        super::stats::BYTES_SHIPPED.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         at += n as u64;
     }
     Ok(at - from)
@@ -338,7 +339,9 @@ fn stream_changes(
             }
             from = end;
         }
+        let bytes: usize = slices.iter().map(|s| s.len()).sum();
         write_all_vectored(socket, &mut slices)?;
+        super::stats::BYTES_SHIPPED.fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(())
 }

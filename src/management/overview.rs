@@ -73,6 +73,10 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
         }
     });
     let node = node_name();
+    let cluster_name = match crate::cluster::ops::api_view().await {
+        Some(v) => v.cluster_name,
+        None => node.clone(),
+    };
     let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
         .iter()
         .map(|t| json!({"name": t, "description": "", "enabled": true}))
@@ -85,7 +89,7 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
         "rabbitmq_version": crate::RABBITMQ_COMPAT_VERSION,
         "product_name": "warren",
         "product_version": env!("CARGO_PKG_VERSION"),
-        "cluster_name": node,
+        "cluster_name": cluster_name,
         "node": node,
         "rates_mode": "none",
         "disable_stats": false,
@@ -131,18 +135,33 @@ fn node_json(api: &Api) -> Value {
     })
 }
 
-/// rabbit_mgmt_wm_nodes: monitors only. One node: warren does not cluster.
+/// rabbit_mgmt_wm_nodes: monitors only. A cluster's leader lists every known node: its
+/// own object in full, the others with what it knows (running, and warren's role,
+/// in-sync state and replication lag).
 async fn nodes(State(api): State<Api>, caller: Caller) -> ApiResult {
     caller.require_monitor()?;
-    Ok(reply(json!([node_json(&api)])))
+    let mut me = node_json(&api);
+    let Some(view) = crate::cluster::ops::api_view().await else {
+        return Ok(reply(json!([me])));
+    };
+    if let (Some(m), Value::Object(extra)) = (me.as_object_mut(), view.leader) {
+        m.extend(extra);
+    }
+    let mut all = vec![me];
+    all.extend(view.others);
+    Ok(reply(Value::Array(all)))
 }
 
 async fn one_node(State(api): State<Api>, caller: Caller, Path(node): Path<String>) -> ApiResult {
     caller.require_monitor()?;
-    if node != node_name() {
-        return Err(ApiError::not_found());
+    if node == node_name() {
+        return Ok(reply(node_json(&api)));
     }
-    Ok(reply(node_json(&api)))
+    let view = crate::cluster::ops::api_view().await;
+    match view.and_then(|v| v.others.into_iter().find(|n| n["name"] == node.as_str())) {
+        Some(other) => Ok(reply(other)),
+        None => Err(ApiError::not_found()),
+    }
 }
 
 /// 200 {"status":"ok"} or 503 {"status":"failed","reason":...,"alarms":[...]} as

@@ -203,6 +203,7 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         text: String::with_capacity(8192),
     };
     let node = crate::broker::node_name();
+    let cluster = crate::broker::cluster_name();
     out.family(
         "rabbitmq_identity_info",
         "gauge",
@@ -212,8 +213,8 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         "rabbitmq_identity_info",
         &[
             ("rabbitmq_node", &node),
-            ("rabbitmq_cluster", &node),
-            ("rabbitmq_cluster_permanent_id", &node),
+            ("rabbitmq_cluster", &cluster),
+            ("rabbitmq_cluster_permanent_id", &cluster),
         ],
         1,
     );
@@ -362,6 +363,7 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         "is 1 if file descriptor limit alarm is in effect",
         0,
     );
+    crate::cluster::stats::render(&mut out.text);
     out.text
 }
 

@@ -2,7 +2,7 @@
 //! with a PROXY line naming the client (`src/cluster/front.rs`), and the leader trusts
 //! that line only from cluster members. Health checks for load balancers: is-leader
 //! answers 200 on the leader alone, is-in-service on every member that can serve.
-use super::harness::{http_status, Cluster, Opts};
+use super::harness::{http_status, http_status_as_guest, Cluster, Opts};
 use super::scenarios::{secs, wait_full_isr};
 use crate::common::*;
 use crate::durability::warrenctl;
@@ -131,6 +131,58 @@ async fn clients_may_connect_to_any_node() {
         status, 401,
         "/api/overview via n{f} without credentials: {body}"
     );
+
+    // The cluster as the management API and Prometheus show it, from every node.
+    for i in 1..=3 {
+        let (status, body) =
+            http_status_as_guest(&cluster.http_addr(i), "/api/nodes", secs(5)).unwrap();
+        assert_eq!(status, 200, "/api/nodes via n{i}: {body}");
+        let nodes: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let nodes = nodes.as_array().unwrap();
+        assert_eq!(nodes.len(), 3, "{body}");
+        for n in nodes {
+            let leads = n["name"] == format!("warren@n{leader}");
+            let role = if leads { "leader" } else { "follower" };
+            assert_eq!(n["warren_role"], role, "{n}");
+            assert_eq!(n["running"], true, "{n}");
+            assert_eq!(n["type"], "disc", "{n}");
+            assert_eq!(n["warren_in_sync"], true, "{n}");
+        }
+        let (_, overview) =
+            http_status_as_guest(&cluster.http_addr(i), "/api/overview", secs(5)).unwrap();
+        let overview: serde_json::Value = serde_json::from_str(&overview).unwrap();
+        assert_eq!(overview["cluster_name"], format!("wt{}", cluster.k()));
+        assert_eq!(overview["node"], format!("warren@n{leader}"));
+
+        let (status, metrics) = http_status(&cluster.metrics_addr(i), "/metrics", secs(5)).unwrap();
+        assert_eq!(status, 200, "metrics of n{i}");
+        let role = if i == leader { "leader" } else { "follower" };
+        assert!(
+            metrics.contains(&format!("warren_cluster_role{{role=\"{role}\"}} 1")),
+            "n{i}'s metrics:\n{metrics}"
+        );
+        assert!(
+            metrics.contains(&format!("rabbitmq_node=\"warren@n{i}\"")),
+            "{metrics}"
+        );
+        assert!(metrics.contains("warren_cluster_etcd_up 1"), "{metrics}");
+        if i == leader {
+            assert!(
+                metrics.contains("warren_cluster_in_sync_replicas 3"),
+                "{metrics}"
+            );
+            for f in &followers {
+                let lag = format!("warren_cluster_follower_in_sync{{follower=\"warren@n{f}\"}} 1");
+                assert!(metrics.contains(&lag), "{metrics}");
+            }
+        } else {
+            let received = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("warren_cluster_replication_received_bytes_total "))
+                .and_then(|v| v.parse::<u64>().ok());
+            assert!(received.is_some_and(|b| b > 0), "{metrics}");
+        }
+    }
 
     // The leader dies; a client connecting to a follower again is served by the new one.
     cluster.kill(leader);

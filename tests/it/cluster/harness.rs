@@ -246,6 +246,11 @@ impl Cluster {
         format!("{}:5672", self.ip(i))
     }
 
+    /// Node `i`'s Prometheus endpoint (host:port).
+    pub fn metrics_addr(&self, i: usize) -> String {
+        format!("{}:15692", self.ip(i))
+    }
+
     /// Node `i`'s management API (host:port).
     pub fn http_addr(&self, i: usize) -> String {
         format!("{}:15672", self.ip(i))
@@ -547,7 +552,7 @@ loopback_users = []
 [management]
 listen = "{me}:15672"
 [metrics]
-listen = ""
+listen = "{me}:15692"
 [log]
 level = "info"
 [cluster]
@@ -1022,13 +1027,36 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<St
 
 /// A minimal HTTP/1.0 GET; the status code and the body.
 pub fn http_status(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    http_request(addr, path, "", timeout)
+}
+
+/// [`http_status`] as guest (basic authentication).
+pub fn http_status_as_guest(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
+    http_request(
+        addr,
+        path,
+        "Authorization: Basic Z3Vlc3Q6Z3Vlc3Q=\r\n",
+        timeout,
+    )
+}
+
+fn http_request(
+    addr: &str,
+    path: &str,
+    headers: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let target: SocketAddr = addr
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let mut s = TcpStream::connect_timeout(&target, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n")?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     let status = out
