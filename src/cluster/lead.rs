@@ -126,6 +126,11 @@ impl Leading {
             .push(node.to_owned());
     }
 
+    /// In-sync followers (the leader not counted).
+    pub fn shipping_isr(&self) -> usize {
+        self.shipping.isr().len()
+    }
+
     /// The leader's Prometheus families.
     pub fn render(&self, out: &mut String) {
         let isr = self.shipping.isr().len() + 1;

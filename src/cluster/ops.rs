@@ -865,3 +865,94 @@ pub async fn api_view() -> Option<ApiView> {
         others,
     })
 }
+
+/// `warrenctl diagnostics`' cluster findings, on the leader: (status, detail, advice).
+/// Nothing on a single node.
+pub async fn findings() -> Vec<(&'static str, String, &'static str)> {
+    let Some(l) = super::lead::leading() else {
+        return vec![];
+    };
+    let mut out = vec![];
+    let c = l.coordinator.as_ref();
+    if !super::stats::ETCD_UP.load(Ordering::Relaxed) {
+        out.push((
+            "warning",
+            "etcd did not answer the leader's last lease renewal".to_owned(),
+            "check etcd's members (etcdctl endpoint health) and the network to them: without etcd's majority the leader stops serving within cluster.lease_ttl",
+        ));
+    }
+    let members = c.members().await.unwrap_or_default();
+    let known = known_nodes(c).await;
+    let rows = l.replication();
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    let isr = 1 + l.shipping_isr();
+    if isr < l.min_insync {
+        out.push((
+            "warning",
+            format!(
+                "{isr} in-sync replica(s), fewer than cluster.min_insync_replicas = {}: publishers are blocked",
+                l.min_insync
+            ),
+            "bring the followers back (warrenctl cluster_status shows which are out), or lower min_insync_replicas",
+        ));
+    }
+    for node in known.iter().filter(|n| **n != l.me.node) {
+        let row = rows.iter().find(|r| r["node"] == node.as_str());
+        let live = members.iter().any(|m| m.node == *node);
+        if !live {
+            out.push((
+                "warning",
+                format!("node {node} is down (it holds no etcd lease)"),
+                "start it; if it is gone for good, warrenctl forget_cluster_node it",
+            ));
+        } else if row.is_none_or(|r| r["in_sync"] != true) {
+            let how = row.map_or("never connected".to_owned(), |r| {
+                format!(
+                    "connected: {}, {} changes behind, {:.1} s",
+                    r["connected"],
+                    r["lag_changes"],
+                    r["lag_seconds"].as_f64().unwrap_or(0.0)
+                )
+            });
+            out.push((
+                "warning",
+                format!("follower {node} is not in the in-sync replicas ({how})"),
+                "check that it follows (warrenctl status on it; its app may be stopped) and its network to the leader's replication port; it rejoins once caught up",
+            ));
+        } else if row.is_some_and(|r| r["lag_seconds"].as_f64().unwrap_or(0.0) > 1.0) {
+            out.push((
+                "warning",
+                format!("follower {node} lags: {} changes behind", row.map_or(Value::Null, |r| r["lag_changes"].clone())),
+                "a slow disk or network on the follower slows every confirm: check its fsync latency and link",
+            ));
+        }
+    }
+    let mut versions: Vec<(String, String)> = members
+        .iter()
+        .filter_map(|m| {
+            let info: Value = serde_json::from_str(&m.info).ok()?;
+            Some((info["version"].as_str()?.to_owned(), m.node.clone()))
+        })
+        .collect();
+    versions.sort();
+    if versions.first().map(|v| &v.0) != versions.last().map(|v| &v.0) {
+        let list: Vec<String> = versions.iter().map(|(v, n)| format!("{n}: {v}")).collect();
+        out.push((
+            "warning",
+            format!("the nodes run different versions ({})", list.join(", ")),
+            "finish the rolling upgrade (followers first, then the leader)",
+        ));
+    }
+    if out.is_empty() {
+        out.push((
+            "ok",
+            format!(
+                "leader {}, {isr} in-sync replicas of {} nodes",
+                l.me.node,
+                known.len()
+            ),
+            "",
+        ));
+    }
+    out
+}

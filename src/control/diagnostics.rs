@@ -142,6 +142,11 @@ pub async fn run(broker: &Broker, interval: std::time::Duration) -> Response {
         }
     }
 
+    // A cluster's health, as its leader sees it.
+    for (status, detail, advice) in crate::cluster::ops::findings().await {
+        add("cluster", status, detail, advice);
+    }
+
     // Connections with many channels.
     broker.for_each_connection(|_, c| {
         let n = c.channels.load(std::sync::atomic::Ordering::Relaxed);

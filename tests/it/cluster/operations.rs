@@ -101,6 +101,11 @@ async fn rabbitmq_cluster_runbook_commands_work() {
         "operations: cluster_status on n{f}:\n{}",
         warrenctl(&cluster.data_dir(f), &["cluster_status"])
     );
+    let healthy = warrenctl(&cluster.data_dir(f), &["diagnostics", "--interval", "0"]);
+    assert!(
+        healthy.contains(&format!("leader {}, 3 in-sync replicas", node(leader))),
+        "{healthy}"
+    );
 
     // A command given to a follower runs on the leader.
     let conn = connect(&cluster.uri(leader)).await;
@@ -134,6 +139,10 @@ async fn rabbitmq_cluster_runbook_commands_work() {
         "n{f} still accepts AMQP connections after stop_app"
     );
     wait_isr_state(&cluster, leader, f, false, secs(15)).await;
+    let (code, out, _) = ctl(&cluster.data_dir(g), &["diagnostics", "--interval", "0"]);
+    assert_eq!(code, 1, "diagnostics with a follower out of the ISR: {out}");
+    let out_of_isr = format!("follower {} is not in the in-sync replicas", node(f));
+    assert!(out.contains(&out_of_isr), "{out}");
     let doc = status_json(&cluster, g);
     assert!(!names(&doc["running_nodes"]).contains(&node(f)), "{doc}");
     assert!(names(&doc["disk_nodes"]).contains(&node(f)), "{doc}");
@@ -196,6 +205,14 @@ async fn rabbitmq_cluster_runbook_commands_work() {
         !names(&status_json(&cluster, leader)["running_nodes"]).contains(&node(dead))
     })
     .await;
+    let (_, out, _) = ctl(
+        &cluster.data_dir(leader),
+        &["diagnostics", "--interval", "0"],
+    );
+    assert!(
+        out.contains(&format!("node {} is down", node(dead))),
+        "{out}"
+    );
     warrenctl(
         &cluster.data_dir(survivor),
         &["forget_cluster_node", &node(dead)],
