@@ -3,7 +3,8 @@
 #   apt:  amqp-tools, librabbitmq-client-java (+ libslf4j-java), golang-go,
 #         golang-github-rabbitmq-amqp091-go-dev, openssl (test_tls.py makes certificates),
 #         a JDK if javac is missing, python3-venv if needed,
-#         chromium + chromium-driver (test_console.py drives the web console headless)
+#         chromium + chromium-driver (test_console.py drives the web console headless),
+#         etcd-server + haproxy (test_cluster.py runs a three-node cluster behind HAProxy)
 #   pip:  tests/clients/requirements.txt into tests/clients/.venv
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -16,7 +17,7 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 want=(amqp-tools librabbitmq-client-java libslf4j-java golang-go golang-github-rabbitmq-amqp091-go-dev openssl
-      chromium chromium-driver)
+      chromium chromium-driver etcd-server haproxy)
 command -v javac >/dev/null 2>&1 || want+=(default-jdk-headless)
 "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 || want+=(python3-venv)
 

@@ -467,6 +467,7 @@ function overviewPage(root) {
   const rates = el('div', { testid: 'overview-rates' });
   const charts = el('div', { testid: 'overview-charts' });
   const node = el('div', { testid: 'overview-node' });
+  const nodes = el('div', { testid: 'overview-nodes' });
   root.append(
     el('h2', {}, 'Overview'),
     totals,
@@ -474,10 +475,15 @@ function overviewPage(root) {
     rates,
     charts,
     el('h2', {}, 'Node'),
-    node
+    node,
+    el('h2', {}, 'Nodes'),
+    nodes
   );
   return async () => {
     const o = await api('GET', '/overview');
+    // Monitoring users and above see the nodes; others get a 403 and no table.
+    const members = await api('GET', '/nodes').catch(() => null);
+    if (members) nodes.replaceChildren(nodesTable(members));
     recordSample(o);
     totals.replaceChildren(overviewTotals(o));
     rates.replaceChildren(overviewRates(o.message_stats || {}));
@@ -501,6 +507,25 @@ function overviewPage(root) {
       ])
     );
   };
+}
+
+// Every node of the cluster as /api/nodes lists it (a single node: one row), live with
+// the overview: warren's role, in-sync state and replication lag next to RabbitMQ's
+// running flag.
+function nodesTable(members) {
+  return table(
+    'nodes',
+    [
+      { title: 'Name', field: 'name' },
+      { title: 'Role', field: 'warren_role', value: (n) => n.warren_role || 'single' },
+      { title: 'Running', field: 'running', value: (n) => (n.running ? 'yes' : 'no') },
+      { title: 'In sync', field: 'warren_in_sync', value: (n) => (n.warren_role ? (n.warren_in_sync ? 'yes' : 'no') : '') },
+      { title: 'Behind (changes)', field: 'warren_lag_changes', num: true },
+      { title: 'Lag (s)', field: 'warren_lag_seconds', num: true, value: (n) => (n.warren_lag_seconds == null ? '' : Number(n.warren_lag_seconds).toFixed(1)) },
+    ],
+    members,
+    (n) => n.name
+  );
 }
 
 function overviewTotals(o) {
