@@ -12,7 +12,11 @@ the container exits 0; a new container on the same volume, with a mounted
 /etc/warren/warren.toml, has the durable queue with every confirmed message and the same
 node name. Then guest from the host: refused with WARREN_DEFAULTS_LOOPBACK_USERS=guest,
 and accepted by examples/docker-compose.yml (the image's default), which is brought up,
-used and stopped. Every container, volume and compose project has a name unique to
+used and stopped. Then examples/docker-compose-cluster.yml: three warren nodes and a
+three-member etcd (an etcd image made from this host's etcd binary); pika publishes with
+confirms through a follower's published port, the leader's container is killed
+(`docker kill`), pika reconnects to a surviving node and goes on, and every confirmed
+message is consumed. Every container, volume and compose project has a name unique to
 this run and is removed at the end, pass or fail.
 """
 
@@ -43,7 +47,7 @@ N_MESSAGES = 500
 
 containers: list[str] = []
 volumes: list[str] = []
-compose_projects: list[str] = []
+compose_projects: list[tuple[str, str]] = []  # (project, compose file)
 tmpdir = tempfile.mkdtemp(prefix="warren-docker-test-")
 
 
@@ -301,7 +305,7 @@ def test_compose():
     print("examples/docker-compose.yml (guest/guest, the image's default)", flush=True)
     project = f"{RUN}-compose"
     compose_cmd()
-    compose_projects.append(project)
+    compose_projects.append((project, "examples/docker-compose.yml"))
     ports = {"HOST_AMQP_PORT": free_port(), "HOST_MANAGEMENT_PORT": free_port(), "HOST_METRICS_PORT": free_port()}
     env = dict(os.environ, WARREN_IMAGE=IMAGE, **{k: str(v) for k, v in ports.items()})
     env.pop("RABBITMQ_DEFAULT_USER", None)
@@ -328,11 +332,125 @@ def test_compose():
     ok(inspect(cid, "{{.State.ExitCode}}") == "0", "compose stop: exit code 0")
 
 
+ETCD_IMAGE = "warren-test-etcd:latest"
+
+
+def build_etcd_image():
+    """An etcd image from this host's etcd binary (tests/cluster/install.sh installs
+    it): no registry here to pull one from."""
+    etcd = shutil.which("etcd")
+    ok(etcd is not None, "etcd is installed on the host (tests/cluster/install.sh)")
+    ctx = os.path.join(tmpdir, "etcd-image")
+    os.makedirs(ctx, exist_ok=True)
+    shutil.copy(os.path.realpath(etcd), os.path.join(ctx, "etcd"))
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write("FROM debian:bookworm-slim\nCOPY etcd /usr/local/bin/etcd\n")
+    docker("build", "-q", "-t", ETCD_IMAGE, ctx, env=dict(os.environ, DOCKER_BUILDKIT="0"))
+
+
+def http_status(port, path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return 0
+
+
+def wait_leader(mgmt, but=None, timeout=90.0):
+    """The node (1-3) whose is-leader check answers 200, other than `but`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leads = [i for i, port in mgmt.items() if i != but and http_status(port, "/api/health/checks/is-leader") == 200]
+        if len(leads) == 1:
+            return leads[0]
+        time.sleep(0.25)
+    raise AssertionError(f"no single leader among {sorted(set(mgmt) - {but})} within {timeout} s")
+
+
+def publish_confirmed(ports, queue, ids, confirmed, deadline):
+    """Publish ids through the first of `ports` that works, reconnecting to the next
+    after a failure; confirmed bodies go to `confirmed`."""
+    conn = ch = None
+    for i in ids:
+        body = f"m{i}".encode()
+        while True:
+            try:
+                if ch is None:
+                    conn = connect(ports[0], "guest", "guest")
+                    ch = conn.channel()
+                    ch.confirm_delivery()
+                    ch.queue_declare(queue, durable=True)
+                ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2))
+                confirmed.add(body)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                ch = None
+                ports = ports[1:] + ports[:1]
+                time.sleep(0.25)
+                break  # unknown outcome: go on with the next message
+    if conn is not None and conn.is_open:
+        conn.close()
+
+
+def test_compose_cluster():
+    print("examples/docker-compose-cluster.yml (three nodes, three etcd members)", flush=True)
+    build_etcd_image()
+    project = f"{RUN}-cluster"
+    file = "examples/docker-compose-cluster.yml"
+    compose_projects.append((project, file))
+    amqp = {i: free_port() for i in (1, 2, 3)}
+    mgmt = {i: free_port() for i in (1, 2, 3)}
+    env = dict(os.environ, WARREN_IMAGE=IMAGE, ETCD_IMAGE=ETCD_IMAGE, WARREN_CLUSTER_SECRET=uuid.uuid4().hex)
+    for i in (1, 2, 3):
+        env[f"HOST_AMQP_PORT_{i}"] = str(amqp[i])
+        env[f"HOST_MANAGEMENT_PORT_{i}"] = str(mgmt[i])
+    env.pop("RABBITMQ_DEFAULT_USER", None)
+    env.pop("RABBITMQ_DEFAULT_PASS", None)
+    compose = [*compose_cmd(), "-p", project, "-f", os.path.join(ROOT, file)]
+    sh(*compose, "up", "-d", "--no-build", env=env, timeout=180)
+    leader = wait_leader(mgmt)
+    ok(True, f"warren{leader} leads")
+    follower = next(i for i in (1, 2, 3) if i != leader)
+    wait_amqp(amqp[follower])
+    deadline = time.monotonic() + 120
+    confirmed = set()
+    queue = "compose-cluster"
+    publish_confirmed([amqp[follower]], queue, range(300), confirmed, deadline)
+    ok(len(confirmed) == 300, f"pika through follower warren{follower}'s port: 300 confirmed")
+    cid = sh(*compose, "ps", "-q", f"warren{leader}", env=env).stdout.strip()
+    docker("kill", cid)
+    killed = time.monotonic()
+    survivors = [amqp[i] for i in (1, 2, 3) if i != leader]
+    publish_confirmed(survivors, queue, range(300, 600), confirmed, deadline)
+    new = wait_leader({i: p for i, p in mgmt.items() if i != leader})
+    ok(True, f"docker kill of warren{leader}: warren{new} leads, clients went on after {time.monotonic() - killed:.1f} s")
+    got = set()
+    conn = connect(survivors[0], "guest", "guest")
+    ch = conn.channel()
+    while True:
+        method, _props, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            break
+        got.add(body)
+    conn.close()
+    missing = confirmed - got
+    ok(not missing and len(confirmed) > 300,
+       f"{len(confirmed)} confirmed, {len(got)} consumed after the kill, none lost {sorted(missing)[:5]}")
+    new_cid = sh(*compose, "ps", "-q", f"warren{new}", env=env).stdout.strip()
+    status = docker("exec", new_cid, "warrenctl", "cluster_status").stdout
+    ok(f"Leader: warren@warren{new}" in status, "warrenctl cluster_status in the new leader's container")
+    sh(*compose, "stop", env=env, timeout=180)
+
+
 def cleanup():
-    for project in compose_projects:
+    for project, file in compose_projects:
         cmd = compose_cmd()
-        sh(*cmd, "-p", project, "-f", os.path.join(ROOT, "examples/docker-compose.yml"), "down", "-v",
-           check=False, env=dict(os.environ, WARREN_IMAGE=IMAGE))
+        sh(*cmd, "-p", project, "-f", os.path.join(ROOT, file), "down", "-v",
+           check=False, env=dict(os.environ, WARREN_IMAGE=IMAGE, ETCD_IMAGE=ETCD_IMAGE), timeout=180)
     for c in containers:
         docker("rm", "-f", "-v", c, check=False)
     for v in volumes:
@@ -349,6 +467,7 @@ def main():
         test_run_stop_restart()
         test_guest_loopback_one_setting_away()
         test_compose()
+        test_compose_cluster()
     except Exception as e:
         print(f"  FAIL {e}", flush=True)
         for c in containers:
