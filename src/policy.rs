@@ -227,6 +227,9 @@ pub fn validate_definition(kind: Kind, definition: &Value) -> Result<Map<String,
     Ok(map.clone())
 }
 
+/// What `ha-*` keys (classic mirrored queues) mean here: nothing to do.
+pub const MIRRORING: &str = "in a warren cluster every durable queue is replicated to the in-sync replicas already; a single node has nothing to mirror to";
+
 /// Definition keys accepted but without effect in warren (logged when a policy is set).
 pub fn ignored_keys(definition: &Map<String, Value>) -> Vec<&str> {
     definition

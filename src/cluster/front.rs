@@ -5,8 +5,9 @@
 //! any node; one that came through a follower is a client of the leader like any other
 //! and, on a failover, is disconnected and reconnects like any other.
 //!
-//! Two health checks are answered here rather than by the leader, since they are about
-//! this node: `/api/health/checks/is-in-service` (200: it can serve clients, through
+//! A follower's metrics port (`metrics.listen`) is answered here with its own numbers
+//! (`cluster::stats`): the broker's are the leader's. Two health checks are answered
+//! here rather than by the leader, since they are about this node: `/api/health/checks/is-in-service` (200: it can serve clients, through
 //! the leader) and `/api/health/checks/is-leader` (503 here: a load balancer that
 //! routes to the leader alone asks this one).
 //!

@@ -314,6 +314,15 @@ async fn run(broker: &Broker, req: &Request) -> Result {
                     apply_to,
                 )
                 .map_err(|e| Response::error(EX_DATAERR, format!("Validation failed\n\n{e}")))?;
+            let mirroring = definition
+                .as_object()
+                .is_some_and(|d| d.keys().any(|k| k.starts_with("ha-")));
+            if mirroring {
+                return Ok(Response::message(format!(
+                    "ha-* keys have no effect: {}",
+                    crate::policy::MIRRORING
+                )));
+            }
             ok()
         }
         "clear_policy" | "clear_operator_policy" => {

@@ -66,6 +66,14 @@ impl Vhost {
     /// exchange.
     pub fn set_policy(&self, kind: Kind, policy: Policy) {
         let ignored = crate::policy::ignored_keys(&policy.definition);
+        if ignored.iter().any(|k| k.starts_with("ha-")) {
+            tracing::info!(
+                vhost = %self.name,
+                policy = %policy.name,
+                "ha-* policy keys have no effect: {}",
+                crate::policy::MIRRORING
+            );
+        }
         if !ignored.is_empty() {
             tracing::info!(
                 vhost = %self.name,

@@ -14,6 +14,9 @@ if ! docker info >/dev/null 2>&1; then
     exit 0
 fi
 
+# The cluster example's etcd image is made from the host's etcd binary.
+"$ROOT/tests/cluster/install.sh"
+
 t0=$SECONDS
 "$HERE/build.sh" "$TAG"
 echo "docker/run: image $TAG built in $((SECONDS - t0)) s"

@@ -302,7 +302,7 @@ async fn warrenctl_policy_commands_speak_rabbitmqctl() {
         out.trim(),
         r#"Setting policy "p1" for pattern "^a" to "{"max-length":1}" with priority "3" for vhost "/" ..."#
     );
-    ctl_ok(
+    let out = ctl_ok(
         &dir,
         &[
             "set_policy",
@@ -310,6 +310,11 @@ async fn warrenctl_policy_commands_speak_rabbitmqctl() {
             ".*",
             r#"{"ha-mode":"all","queue-mode":"lazy"}"#,
         ],
+    );
+    // RabbitMQ's mirroring policy is accepted, and the answer says why it changes nothing.
+    assert!(
+        out.contains("ha-* keys have no effect") && out.contains("replicated"),
+        "{out}"
     );
     let table = ctl_ok(&dir, &["list_policies"]);
     let mut lines = table.lines();
