@@ -191,7 +191,14 @@ async fn serve(
         .await;
     tracing::info!("shutting down");
     if let Some(n) = &notifier {
-        n.stopping();
+        if warren::cluster::app_stop_requested() {
+            // warrenctl stop_app: the process stays (re-executed, stopped).
+            n.notify(
+                "STATUS=app stopped (warrenctl stop_app): handing over and restarting stopped",
+            );
+        } else {
+            n.stopping();
+        }
     }
     warren::cluster::fence_for_stop();
     node.stop().await;

@@ -113,6 +113,7 @@ fn session(
     out.flush()?;
     files.mark_syncing()?;
     let mut acked = 0;
+    let mut unsynced = 0;
     loop {
         if progress.stop.load(Ordering::Acquire) {
             return Ok(Ended::Stopped);
@@ -124,7 +125,15 @@ fn session(
             Frame::SetAside(name) => files.set_aside(&name)?,
             Frame::Chunk { file, offset, data } => {
                 received(data.len());
-                files.write_at(&file, offset, &data)?
+                files.write_at(&file, offset, &data)?;
+                // Synced as it comes: one sync of a whole directory at the end would
+                // stall reading for seconds, and the leader drops a follower that does
+                // not read (a 1 GB join reconnected once for that).
+                unsynced += data.len();
+                if unsynced >= SYNC_EVERY {
+                    files.sync()?;
+                    unsynced = 0;
+                }
             }
             Frame::Synced(seq) => {
                 files.sync()?;
@@ -361,6 +370,9 @@ pub fn complete(dir: &Path) -> bool {
 fn received(n: usize) {
     super::stats::BYTES_RECEIVED.fetch_add(n as u64, Ordering::Relaxed);
 }
+
+/// During a sync, the bytes written between syncs.
+const SYNC_EVERY: usize = 32 << 20;
 
 /// Mark `dir` as not level with any leader (durably), as a sync does while it runs:
 /// the node will not campaign until a sync completes.

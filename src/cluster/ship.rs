@@ -365,11 +365,18 @@ fn read_acks(
     shipping: &Shipping,
     followers: &Followers,
 ) {
-    // A follower acks at least after every ping; a timeout ends the connection (a read
-    // cut short by one would leave the framing torn).
-    let _ = stream.set_read_timeout(Some(SILENCE));
+    // Nothing comes during the initial sync, however long it takes (a follower that
+    // stops reading is found by the writes' timeout). From its first ack on, a follower
+    // acks at least after every ping, and a silence ends the connection (a read cut
+    // short by a timeout would leave the framing torn). Once a 3 s read timeout here
+    // cut every sync longer than that, and a 1 GB join needed a second connection.
+    let _ = stream.set_read_timeout(None);
     let mut input = BufReader::new(stream);
+    let mut first = true;
     while let Ok(Frame::Ack(seq)) = wire::read(&mut input) {
+        if std::mem::take(&mut first) {
+            let _ = input.get_ref().set_read_timeout(Some(SILENCE));
+        }
         let last = shipping.last();
         let current = followers.update(node, generation, |p| {
             if seq > p.acked || !p.synced || seq >= last {

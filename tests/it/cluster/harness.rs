@@ -584,10 +584,13 @@ secret = "wt{k}-secret"
         self.dir.join("warren")
     }
 
+    /// `WARREN_CLUSTER_BIN` picks another build (the release one, for measurements).
     fn pin_binary(&self) {
-        let built = Path::new(env!("CARGO_BIN_EXE_warren"));
-        if std::fs::hard_link(built, self.binary()).is_err() {
-            std::fs::copy(built, self.binary()).expect("copy the warren binary");
+        let built = std::env::var_os("WARREN_CLUSTER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_warren")));
+        if std::fs::hard_link(&built, self.binary()).is_err() {
+            std::fs::copy(&built, self.binary()).expect("copy the warren binary");
         }
     }
 

@@ -552,6 +552,17 @@ async fn follower_joins_with_a_backlog_and_publishers_go_on() {
     for line in cluster.log(leader).lines().filter(|l| l.contains(&tag)) {
         eprintln!("scenario: leader n{leader} log: {line}");
     }
+    // One connection did it: the leader once cut every sync that took over 3 s (its
+    // ack reader timed out while the follower, still syncing, had nothing to ack).
+    let connects = cluster
+        .log(leader)
+        .lines()
+        .filter(|l| l.contains(&tag) && l.contains("follower connected"))
+        .count();
+    assert_eq!(
+        connects, 2,
+        "n{joiner} connected {connects} times: once before it was killed, once to join"
+    );
 
     cluster.kill(leader);
     let fault = Instant::now();
