@@ -14,13 +14,13 @@ use rcgen::{
 };
 
 /// A certificate authority made for one test.
-struct Ca {
+pub(crate) struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.distinguished_name.push(DnType::CommonName, name);
@@ -34,8 +34,18 @@ impl Ca {
         Ca { cert, key }
     }
 
-    fn pem(&self) -> String {
+    pub(crate) fn pem(&self) -> String {
         self.cert.pem()
+    }
+
+    /// A server certificate (PEM) and its key (PEM) for the names and addresses `sans`.
+    pub(crate) fn issue_server(&self, sans: Vec<String>) -> (String, String) {
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "warren");
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 
     /// A leaf certificate (PEM) and its key (PEM) signed by this CA.

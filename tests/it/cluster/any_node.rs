@@ -207,3 +207,84 @@ async fn clients_may_connect_to_any_node() {
     assert_eq!(check(new, "is-leader"), 200);
     assert_eq!(check(other, "is-leader"), 503);
 }
+
+/// Proves that AMQPS goes through a follower too: the follower passes the TLS bytes on
+/// untouched (the leader terminates TLS with its certificate, valid for every node's
+/// address), a confirmed publish and a get work, and the leader lists the connection
+/// as TLS from the test's own address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_through_a_follower() {
+    let ca = crate::tls::Ca::new("warren cluster test CA");
+    let dir = std::env::temp_dir().join(unique("warren-cluster-tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (certfile, keyfile) = (dir.join("server.pem"), dir.join("server.key"));
+    let mut cluster = Cluster::start_with(3, |k| {
+        // One certificate for every node: a client that came through a follower talks
+        // TLS with the leader, for the follower's address.
+        let sans = (1..=3).map(|i| format!("10.77.{k}.{i}")).collect();
+        let (cert, key) = ca.issue_server(sans);
+        std::fs::write(&certfile, cert).unwrap();
+        std::fs::write(&keyfile, key).unwrap();
+        Opts {
+            extra_config: format!(
+                "[tls]\nlisten = \"{{me}}:5671\"\ncertfile = \"{}\"\nkeyfile = \"{}\"\n",
+                certfile.display(),
+                keyfile.display()
+            ),
+            ..Opts::default()
+        }
+    });
+    let leader = cluster.wait_leader(secs(30)).await;
+    wait_full_isr(&cluster, leader).await;
+    let f = (1..=3).find(|&i| i != leader).unwrap();
+    let url = format!("amqps://guest:guest@{}:5671/%2f", cluster.ip(f));
+    let tls = lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain: Some(ca.pem()),
+    };
+    let props = ConnectionProperties::default().with_connection_name("tls-through-follower".into());
+    let conn = within(Connection::connect_with_config(
+        &url,
+        props,
+        tls,
+        lapin::runtime::default_runtime().unwrap(),
+    ))
+    .await
+    .expect("amqps through a follower");
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.confirm_select(ConfirmSelectOptions::default()))
+        .await
+        .unwrap();
+    let q = "tls-through-follower";
+    within(ch.queue_declare(q.into(), QueueDeclareOptions::default(), no_args()))
+        .await
+        .unwrap();
+    let confirm = within(ch.basic_publish(
+        "".into(),
+        q.into(),
+        BasicPublishOptions::default(),
+        b"over tls",
+        lapin::BasicProperties::default(),
+    ))
+    .await
+    .unwrap();
+    assert!(within(confirm).await.unwrap().is_ack());
+    let got = within(ch.basic_get(q.into(), BasicGetOptions { no_ack: true }))
+        .await
+        .unwrap()
+        .expect("the message");
+    assert_eq!(got.delivery.data, b"over tls");
+    let listed = warrenctl(
+        &cluster.data_dir(leader),
+        &["list_connections", "user_provided_name", "peer_host", "ssl"],
+    );
+    let row = listed
+        .lines()
+        .find(|l| l.contains("tls-through-follower"))
+        .unwrap_or_else(|| panic!("the leader does not list the connection: {listed}"));
+    let cols: Vec<&str> = row.split('\t').collect();
+    assert_eq!(cols[1], cluster.client_ip(), "{row}");
+    assert_eq!(cols[2], "true", "{row}");
+    let _ = conn.close(200, "done".into()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -67,6 +67,9 @@ pub struct Opts {
     /// forces the whole etcd cluster into an election: a second of etcd unavailability
     /// that costs the warren leader its lease, so every heal would also be a failover.
     pub etcd_pre_vote: bool,
+    /// More configuration for every node, appended to its file; `{me}` is the node's
+    /// address (a `[tls]` section, say).
+    pub extra_config: String,
 }
 
 impl Default for Opts {
@@ -78,6 +81,7 @@ impl Default for Opts {
             segment_size: None,
             start_warren: true,
             etcd_pre_vote: true,
+            extra_config: String::new(),
         }
     }
 }
@@ -164,11 +168,18 @@ impl Cluster {
     /// the warren nodes (unless `opts.start_warren` is false). Does not wait for a
     /// leader: see [`Cluster::wait_leader`].
     pub fn start(n: usize, opts: Opts) -> Cluster {
+        Self::start_with(n, |_| opts)
+    }
+
+    /// [`Cluster::start`] with options made once the network number `k` is known (for
+    /// settings that name the nodes' addresses, such as certificates).
+    pub fn start_with(n: usize, make: impl FnOnce(u8) -> Opts) -> Cluster {
         require_root();
         assert!((1..=9).contains(&n), "1..=9 hosts, not {n}");
         let turn = Turn::take();
         let lock = NetLock::acquire();
         let k = lock.k;
+        let opts = make(k);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -574,6 +585,7 @@ secret = "wt{k}-secret"
         if let Some(size) = self.opts.segment_size {
             toml.push_str(&format!("[store]\nsegment_size = {size}\n"));
         }
+        toml.push_str(&self.opts.extra_config.replace("{me}", &me));
         std::fs::write(self.config_path(i), toml).expect("write node config");
     }
 
