@@ -438,6 +438,39 @@ mod tests {
         (address, shipping)
     }
 
+    /// A node of another replication protocol (another major data format) is told so,
+    /// with both versions named, and is sent nothing: it stays out.
+    #[test]
+    fn a_follower_of_another_format_is_refused_with_both_versions_named() {
+        let ld = dir("leader-version");
+        std::fs::write(ld.join("meta.log"), b"definitions").unwrap();
+        let (address, _) = leader(&ld, "s3cret");
+        let stream = TcpStream::connect(&address).unwrap();
+        let mut input = BufReader::new(stream.try_clone().unwrap());
+        let mut out = BufWriter::new(stream);
+        let Frame::Challenge(nonce) = wire::read(&mut input).unwrap() else {
+            panic!("no challenge")
+        };
+        let proof = wire::proof("s3cret", &nonce, "warren@old");
+        let hello = Frame::Hello {
+            version: wire::VERSION + 1,
+            cluster: "t".into(),
+            node: "warren@old".into(),
+            proof: Bytes::copy_from_slice(&proof),
+            files: vec![],
+        };
+        wire::write(&mut out, &hello).unwrap();
+        out.flush().unwrap();
+        match wire::read(&mut input).unwrap() {
+            Frame::Refuse(why) => {
+                let ours = format!("replication protocol {}", wire::VERSION);
+                let theirs = format!("with {}", wire::VERSION + 1);
+                assert!(why.contains(&ours) && why.contains(&theirs), "{why}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
     /// A control command passed on by a follower is run on the leader only when the
     /// follower proves the cluster's secret over that very request.
     #[test]
