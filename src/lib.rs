@@ -28,7 +28,10 @@
 //!   definitions JSON (export, import, load at boot); [`admin`]: what warrenctl and the
 //!   management API both render (queue listings).
 //! - [`cluster`]: replication to followers through an ordered log of the data
-//!   directory's changes, with etcd electing the leader and holding the in-sync replicas.
+//!   directory's changes, with etcd electing the leader and holding the in-sync replicas;
+//!   a follower's front door passes clients on to the leader with [`proxy`]'s PROXY
+//!   lines. [`membership`]: what the control socket, the API and Prometheus may ask
+//!   about the cluster (installed by `cluster` when it leads; nothing below imports it).
 //! - [`node`]: a running node: the broker with every listener bound and served (the
 //!   `warren` binary runs one; tests can run one in their own process).
 //! - [`service`]: running under systemd (the notify protocol: ready, stopping, watchdog).
@@ -61,11 +64,13 @@ pub mod event;
 pub mod exchange;
 pub mod logfile;
 pub mod management;
+pub mod membership;
 pub mod message;
 pub mod metrics;
 pub mod node;
 pub mod policy;
 pub mod prometheus;
+pub mod proxy;
 pub use warren_protocol as protocol;
 pub mod queue;
 pub mod reply_to;

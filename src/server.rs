@@ -48,7 +48,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener) {
                 let broker = broker.clone();
                 tokio::spawn(async move {
                     // A cluster follower's front names the client it passes on.
-                    let Some(peer) = crate::cluster::proxy::real_peer(&mut socket, peer).await else { return };
+                    let Some(peer) = crate::proxy::real_peer(&mut socket, peer).await else { return };
                     crate::connection::serve(broker, socket, peer).await;
                 });
             }
@@ -69,7 +69,7 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Tls>
                 let _ = socket.set_nodelay(true);
                 let (broker, tls) = (broker.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let Some(peer) = crate::cluster::proxy::real_peer(&mut socket, peer).await else { return };
+                    let Some(peer) = crate::proxy::real_peer(&mut socket, peer).await else { return };
                     if let Some((stream, info)) = tls.accept(socket, peer).await {
                         crate::connection::serve_tls(broker, stream, peer, info).await;
                     }

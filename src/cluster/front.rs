@@ -1,7 +1,7 @@
 //! A follower's front door: while a node follows, it listens where it would serve
 //! (`amqp.listen`, `tls.listen`, `management.listen`, `management.tls_listen`) and
 //! passes each connection on to the leader's matching listener, preceded by a PROXY
-//! line naming the real client ([`super::proxy`]). Clients may therefore connect to
+//! line naming the real client ([`crate::proxy`]). Clients may therefore connect to
 //! any node; one that came through a follower is a client of the leader like any other
 //! and, on a failover, is disconnected and reconnects like any other.
 //!
@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::node::StartError;
 
-/// The leader's listeners, as it advertises them ([`super::Me::info`]).
+/// The leader's listeners, as it advertises them (`Me::info`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Targets {
     pub leader: String,
@@ -260,7 +260,7 @@ async fn pass_on(
     };
     let _ = leader.set_nodelay(true);
     let local = client.local_addr().unwrap_or(peer);
-    let mut opening = super::proxy::header(peer, local).into_bytes();
+    let mut opening = crate::proxy::header(peer, local).into_bytes();
     opening.extend_from_slice(&first);
     if leader.write_all(&opening).await.is_err() {
         return;

@@ -89,9 +89,9 @@ pub(super) async fn start(
     Ok(node)
 }
 
-/// Control requests that followers pass on ([`super::ops::ask`]), run on this broker
+/// Control requests that followers pass on (`ops::ask`), run on this broker
 /// from the replication threads.
-fn control_answer(broker: Arc<crate::broker::Broker>) -> super::ops::Answer {
+fn control_answer(broker: Arc<crate::broker::Broker>) -> ship::Answer {
     let runtime = tokio::runtime::Handle::current();
     Arc::new(move |request| {
         let response = match serde_json::from_slice::<crate::control::Request>(&request) {

@@ -19,7 +19,6 @@ pub mod follow;
 pub mod front;
 mod lead;
 pub mod ops;
-pub mod proxy;
 pub mod stats;
 
 pub use lead::{app_stop_requested, fence_for_stop, resign};
@@ -43,16 +42,6 @@ const RESIGNED_LEASE: &str = "WARREN_RESIGNED_LEASE";
 
 /// How often a follower looks at who leads.
 const POLL: Duration = Duration::from_millis(200);
-
-/// What this process is: "leader" (of a cluster) or "single" (no cluster). Followers
-/// answer for themselves (`ops`).
-pub fn role() -> &'static str {
-    if lead::leading().is_some() {
-        "leader"
-    } else {
-        "single"
-    }
-}
 
 /// This node's identity in the cluster.
 #[derive(Clone)]
@@ -277,6 +266,9 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
                         f.stop().await;
                     }
                     drop(lock);
+                    // The control socket, the API and Prometheus show the cluster, never
+                    // a single node, from the moment they serve.
+                    crate::membership::install(Box::new(ops::Leading));
                     return lead::start(config, me, coordinator, session, won).await;
                 }
             }

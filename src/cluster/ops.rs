@@ -1,12 +1,12 @@
 //! Running a cluster node with `warrenctl`, under rabbitmqctl's command names.
 //!
-//! Every node has a control socket. A follower's ([`serve_follower`]) answers what is
+//! Every node has a control socket. A follower's (`serve_follower`) answers what is
 //! about the node itself (`status`, `stop_app`, `start_app`, `reset`, `join_cluster`,
 //! ...) and passes every other command on to the leader over the replication port
 //! ([`ask`]; the request is signed with the cluster's secret), so `warrenctl
 //! list_queues` on any node lists the cluster's queues, as `rabbitmqctl` does. The
 //! leader's socket is the broker's own; the cluster commands there land in
-//! [`on_leader`].
+//! `on_leader` (through [`crate::membership`]).
 //!
 //! `stop_app` keeps the process and its control socket: a follower stops following
 //! and closes its front door; the leader stops serving as at a SIGTERM (leadership goes
@@ -27,7 +27,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use super::coordinator::{Coordinator, Leader};
 use super::wire::{self, Frame};
 use super::Me;
+use crate::control::cluster::{alarm_list, listener, nothing_to_do, status_response};
 use crate::control::{Request, Response};
+use crate::membership::{ApiView, BoxFuture, Finding, Membership};
 
 /// Set for the new image when the leader's `stop_app` re-executes it: start stopped.
 pub(super) const APP_STOPPED: &str = "WARREN_APP_STOPPED";
@@ -248,14 +250,6 @@ fn still_running(node: &str) -> Response {
     )
 }
 
-fn nothing_to_do(command: &str) -> Response {
-    let why = match command {
-        "update_cluster_nodes" => "every node finds the others through etcd (cluster.etcd_endpoints): there is nothing to update",
-        _ => "every warren node keeps its data on disk (RAM nodes are deprecated in RabbitMQ too): there is nothing to change",
-    };
-    Response::message(why)
-}
-
 /// `reset`: the data directory's store goes, and the node is marked unsynced first, so
 /// that it never leads on what is left (it syncs everything from the leader at
 /// `start_app`). What replication set aside (`diverged/`) stays: it is the operator's.
@@ -341,59 +335,14 @@ pub fn ask(address: &str, me: &Me, request: &[u8]) -> io::Result<Response> {
     }
 }
 
-/// Runs a control request on the leader's broker (JSON in, JSON out).
-pub type Answer = Arc<dyn Fn(Bytes) -> Vec<u8> + Send + Sync>;
-
-/// The leader's side of [`ask`]: check who asks, run the command, answer.
-pub(super) fn answer(
-    out: &mut impl Write,
-    me: &Me,
-    nonce: &[u8],
-    frame: Frame,
-    answer: &Answer,
-) -> io::Result<()> {
-    let Frame::Command {
-        cluster,
-        node,
-        proof,
-        request,
-    } = frame
-    else {
-        return Err(io::Error::other("not a command"));
-    };
-    let refusal = if cluster != me.cluster {
-        Some(format!(
-            "this leader is of cluster {:?}; {node} is of {cluster:?}",
-            me.cluster
-        ))
-    } else if !me.secret.is_empty()
-        && !wire::verify_command(&me.secret, nonce, &node, &request, &proof)
-    {
-        Some(format!(
-            "{node} does not know cluster {cluster:?}'s secret (cluster.secret)"
-        ))
-    } else {
-        None
-    };
-    if let Some(why) = refusal {
-        tracing::warn!(node, why, "control command refused");
-        wire::write(out, &Frame::Refuse(why))?;
-        return out.flush();
-    }
-    let response = answer(request);
-    wire::write(out, &Frame::Answer(Bytes::from(response)))?;
-    out.flush()
-}
-
 // ----------------------------------------------------------------------------------
 // The leader's cluster commands
 // ----------------------------------------------------------------------------------
 
-/// A cluster command given to the broker's control socket: on a cluster's leader, or
-/// on a single node (which has no cluster to speak of).
-pub async fn on_leader(broker: &crate::broker::Broker, req: &Request) -> Response {
+/// A cluster command given to the leader's control socket (the broker's own).
+async fn on_leader(broker: &crate::broker::Broker, req: &Request) -> Response {
     let Some(l) = super::lead::leading() else {
-        return single_node(broker, req);
+        return Response::error(EX_SOFTWARE, "this node does not lead");
     };
     let me = &l.me.node;
     match req.command.as_str() {
@@ -419,39 +368,6 @@ pub async fn on_leader(broker: &crate::broker::Broker, req: &Request) -> Respons
         }
         "forget_cluster_node" => forget(l, req).await,
         other => Response::error(EX_USAGE, format!("'{other}' is not a cluster command")),
-    }
-}
-
-fn single_node(broker: &crate::broker::Broker, req: &Request) -> Response {
-    let me = crate::broker::node_name();
-    match req.command.as_str() {
-        "cluster_status" => {
-            let listeners: Vec<Value> = broker
-                .listeners()
-                .iter()
-                .map(|(protocol, at)| listener(&me, protocol, at))
-                .collect();
-            let doc = json!({
-                "cluster_name": me,
-                "disk_nodes": [me],
-                "ram_nodes": [],
-                "running_nodes": [me],
-                "versions": {me.clone(): {"warren_version": env!("CARGO_PKG_VERSION")}},
-                "maintenance_status": {me.clone(): "not under maintenance"},
-                "alarms": alarm_list(broker, &me),
-                "partitions": {},
-                "listeners": {me.clone(): listeners},
-            });
-            status_response(doc)
-        }
-        "update_cluster_nodes" | "change_cluster_node_type" => nothing_to_do(&req.command),
-        _ => Response::error(
-            EX_UNAVAILABLE,
-            format!(
-                "{me} is a single node (no [cluster] section): '{}' is for cluster nodes; stop or restart the service instead",
-                req.command
-            ),
-        ),
     }
 }
 
@@ -644,173 +560,12 @@ async fn cluster_status(
     status_response(doc)
 }
 
-fn listener(node: &str, protocol: &str, at: &str) -> Value {
-    let (interface, port) = at.rsplit_once(':').unwrap_or((at, ""));
-    let purpose = match protocol {
-        "amqp" => "AMQP 0-9-1",
-        "amqp/ssl" => "AMQP 0-9-1 over TLS",
-        "http" => "HTTP API",
-        "https" => "HTTP API over TLS (HTTPS)",
-        "clustering" => "inter-node and CLI tool communication",
-        _ => "",
-    };
-    json!({
-        "node": node,
-        "interface": interface.trim_matches(['[', ']']),
-        "port": port.parse::<u16>().unwrap_or(0),
-        "protocol": protocol,
-        "purpose": purpose,
-    })
-}
-
-fn alarm_list(broker: &crate::broker::Broker, node: &str) -> Value {
-    let a = *broker.alarms().borrow();
-    let mut list = vec![];
-    if a.memory {
-        list.push(json!({"node": node, "type": "memory"}));
-    }
-    if a.disk {
-        list.push(json!({"node": node, "type": "disk"}));
-    }
-    if a.replicas {
-        list.push(json!({"node": node, "type": "too_few_in_sync_replicas"}));
-    }
-    Value::Array(list)
-}
-
-/// The document and its text rendering, as rabbitmqctl prints `cluster_status`.
-fn status_response(doc: Value) -> Response {
-    let mut text = String::new();
-    let list = |v: &Value| -> Vec<String> {
-        v.as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let section = |text: &mut String, title: &str, lines: Vec<String>| {
-        text.push_str(&format!("{title}\n\n"));
-        if lines.is_empty() {
-            text.push_str("(none)\n");
-        }
-        for l in lines {
-            text.push_str(&format!("{l}\n"));
-        }
-        text.push('\n');
-    };
-    let name = doc["cluster_name"].as_str().unwrap_or_default();
-    section(&mut text, "Basics", vec![format!("Cluster name: {name}")]);
-    section(&mut text, "Disk Nodes", list(&doc["disk_nodes"]));
-    section(&mut text, "Running Nodes", list(&doc["running_nodes"]));
-    let map_lines = |v: &Value, f: &dyn Fn(&str, &Value) -> Vec<String>| -> Vec<String> {
-        v.as_object()
-            .map(|m| m.iter().flat_map(|(k, v)| f(k, v)).collect())
-            .unwrap_or_default()
-    };
-    section(
-        &mut text,
-        "Versions",
-        map_lines(&doc["versions"], &|n, v| {
-            vec![format!(
-                "{n}: warren {}",
-                v["warren_version"].as_str().unwrap_or("?")
-            )]
-        }),
-    );
-    section(
-        &mut text,
-        "Maintenance status",
-        map_lines(&doc["maintenance_status"], &|n, v| {
-            vec![format!("Node: {n}, status: {}", v.as_str().unwrap_or(""))]
-        }),
-    );
-    let alarms: Vec<String> = doc["alarms"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    format!(
-                        "Node {}: {} alarm",
-                        x["node"].as_str().unwrap_or(""),
-                        x["type"].as_str().unwrap_or("")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    section(&mut text, "Alarms", alarms);
-    section(&mut text, "Network Partitions", vec![]);
-    section(
-        &mut text,
-        "Listeners",
-        map_lines(&doc["listeners"], &|_, v| {
-            v.as_array()
-                .map(|a| {
-                    a.iter()
-                        .map(|l| {
-                            format!(
-                                "Node: {}, interface: {}, port: {}, protocol: {}, purpose: {}",
-                                l["node"].as_str().unwrap_or(""),
-                                l["interface"].as_str().unwrap_or(""),
-                                l["port"],
-                                l["protocol"].as_str().unwrap_or(""),
-                                l["purpose"].as_str().unwrap_or("")
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default()
-        }),
-    );
-    if doc.get("in_sync_replicas").is_some() {
-        let mut lines = vec![match doc["leader"].as_str() {
-            Some(l) => format!("Leader: {l} (election {})", doc["election"]),
-            None => "Leader: (none)".to_owned(),
-        }];
-        lines.push(format!(
-            "In-sync replicas: {} (min_insync_replicas {})",
-            list(&doc["in_sync_replicas"]).join(", "),
-            doc["min_insync_replicas"]
-        ));
-        if let Some(rows) = doc.get("replication").and_then(Value::as_array) {
-            for r in rows {
-                lines.push(format!(
-                    "Node: {}, connected: {}, in sync: {}, behind: {} changes, {:.1} s",
-                    r["node"].as_str().unwrap_or(""),
-                    r["connected"],
-                    r["in_sync"],
-                    r["lag_changes"],
-                    r["lag_seconds"].as_f64().unwrap_or(0.0)
-                ));
-            }
-        }
-        section(&mut text, "Replication (warren)", lines);
-    }
-    Response {
-        message: Some(text.trim_end().to_owned()),
-        document: Some(doc),
-        ..Default::default()
-    }
-}
-
 // ----------------------------------------------------------------------------------
 // The management API's view
 // ----------------------------------------------------------------------------------
 
-/// The cluster as the management API shows it (`/api/nodes`, `/api/overview`), on the
-/// leader.
-pub struct ApiView {
-    pub cluster_name: String,
-    /// warren's fields for the leader's own node object.
-    pub leader: Value,
-    /// The other known nodes: RabbitMQ's node fields the leader knows, and warren's.
-    pub others: Vec<Value>,
-}
-
-/// `None` on a single node.
-pub async fn api_view() -> Option<ApiView> {
+/// `None` unless this process leads.
+async fn api_view() -> Option<ApiView> {
     let l = super::lead::leading()?;
     let c = l.coordinator.as_ref();
     let cluster_name = c
@@ -866,9 +621,8 @@ pub async fn api_view() -> Option<ApiView> {
     })
 }
 
-/// `warrenctl diagnostics`' cluster findings, on the leader: (status, detail, advice).
-/// Nothing on a single node.
-pub async fn findings() -> Vec<(&'static str, String, &'static str)> {
+/// `warrenctl diagnostics`' cluster findings, on the leader.
+async fn findings() -> Vec<Finding> {
     let Some(l) = super::lead::leading() else {
         return vec![];
     };
@@ -955,4 +709,43 @@ pub async fn findings() -> Vec<(&'static str, String, &'static str)> {
         ));
     }
     out
+}
+
+/// What the control socket, the API and Prometheus ask of the cluster, once this
+/// process leads ([`crate::membership`]).
+pub(super) struct Leading;
+
+impl Membership for Leading {
+    fn role(&self) -> &'static str {
+        "leader"
+    }
+
+    fn command<'a>(
+        &'a self,
+        broker: &'a crate::broker::Broker,
+        req: &'a Request,
+    ) -> BoxFuture<'a, Response> {
+        Box::pin(on_leader(broker, req))
+    }
+
+    fn api_view(&self) -> BoxFuture<'_, ApiView> {
+        Box::pin(async {
+            api_view().await.unwrap_or_else(|| ApiView {
+                cluster_name: crate::broker::cluster_name(),
+                leader: Value::Null,
+                others: vec![],
+            })
+        })
+    }
+
+    fn findings(&self) -> BoxFuture<'_, Vec<Finding>> {
+        Box::pin(findings())
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        super::stats::render(out);
+        if let Some(l) = super::lead::leading() {
+            l.render(out);
+        }
+    }
 }

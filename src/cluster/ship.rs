@@ -106,7 +106,7 @@ pub fn serve(
     me: Me,
     shipping: Arc<Shipping>,
     followers: Arc<Followers>,
-    answer: super::ops::Answer,
+    answer: Answer,
 ) {
     let spawn = move || {
         for stream in listener.incoming() {
@@ -135,13 +135,57 @@ pub fn serve(
     }
 }
 
+/// Runs a control request on the leader's broker (JSON in, JSON out).
+pub type Answer = Arc<dyn Fn(Bytes) -> Vec<u8> + Send + Sync>;
+
+/// The leader's side of [`super::ops::ask`]: check who asks, run the command, answer.
+fn answer_command(
+    out: &mut impl Write,
+    me: &Me,
+    nonce: &[u8],
+    frame: Frame,
+    answer: &Answer,
+) -> io::Result<()> {
+    let Frame::Command {
+        cluster,
+        node,
+        proof,
+        request,
+    } = frame
+    else {
+        return Err(io::Error::other("not a command"));
+    };
+    let refusal = if cluster != me.cluster {
+        Some(format!(
+            "this leader is of cluster {:?}; {node} is of {cluster:?}",
+            me.cluster
+        ))
+    } else if !me.secret.is_empty()
+        && !wire::verify_command(&me.secret, nonce, &node, &request, &proof)
+    {
+        Some(format!(
+            "{node} does not know cluster {cluster:?}'s secret (cluster.secret)"
+        ))
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        tracing::warn!(node, why, "control command refused");
+        wire::write(out, &Frame::Refuse(why))?;
+        return out.flush();
+    }
+    let response = answer(request);
+    wire::write(out, &Frame::Answer(Bytes::from(response)))?;
+    out.flush()
+}
+
 fn follower(
     stream: TcpStream,
     dir: &Path,
     me: &Me,
     shipping: &Arc<Shipping>,
     followers: &Arc<Followers>,
-    answer: &super::ops::Answer,
+    answer: &Answer,
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -153,7 +197,7 @@ fn follower(
     out.flush()?;
     let first = wire::read(&mut input)?;
     if let Frame::Command { .. } = first {
-        return super::ops::answer(&mut out, me, &nonce, first, answer);
+        return answer_command(&mut out, me, &nonce, first, answer);
     }
     let Frame::Hello {
         version,
@@ -185,7 +229,7 @@ fn follower(
     }
     // Its host's fronts pass clients on to this leader, naming them in PROXY lines.
     if let Ok(a) = stream.peer_addr() {
-        super::proxy::trust(a.ip());
+        crate::proxy::trust(a.ip());
     }
     // Taken before the files are read: see the module's comment.
     let start = shipping.last() + 1;

@@ -2,8 +2,9 @@
 //! replication threads and the start loop bump (one relaxed atomic add per event or per
 //! write round, never per message), and the leader's view of its followers.
 //!
-//! Every node renders them: the leader after the broker's metrics, a follower on its own
-//! metrics port (its front door answers `/metrics` itself).
+//! Every node renders them: the leader after the broker's metrics (with its followers'
+//! lag, [`render_followers`]), a follower on its own metrics port (its front door
+//! answers `/metrics` itself).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
@@ -102,18 +103,10 @@ pub fn render(out: &mut String) {
         "1 if etcd answered this node's last lease renewal",
         ETCD_UP.load(Relaxed) as u8,
     );
-    if let Some(l) = super::lead::leading() {
-        l.render(out);
-    }
 }
 
 /// The leader's families: the in-sync replicas and each follower's lag.
-pub(super) fn render_followers(
-    out: &mut String,
-    isr: usize,
-    min_insync: usize,
-    rows: &serde_json::Value,
-) {
+pub fn render_followers(out: &mut String, isr: usize, min_insync: usize, rows: &serde_json::Value) {
     one(
         out,
         "warren_cluster_in_sync_replicas",

@@ -74,7 +74,10 @@ async fn run(broker: &Broker, req: &Request) -> Result {
         | "forget_cluster_node"
         | "update_cluster_nodes"
         | "change_cluster_node_type"
-        | "set_cluster_name" => Ok(crate::cluster::ops::on_leader(broker, req).await),
+        | "set_cluster_name" => Ok(match crate::membership::get() {
+            Some(cluster) => cluster.command(broker, req).await,
+            None => super::cluster::single_node(broker, req),
+        }),
         "diagnostics" | "doctor" => {
             let secs = match req.flags.get("interval") {
                 None => super::diagnostics::DEFAULT_INTERVAL_SECS,
@@ -899,7 +902,7 @@ fn status(broker: &Broker) -> Response {
         document: Some(json!({
             "pid": std::process::id(),
             "node": crate::broker::node_name(),
-            "role": crate::cluster::role(),
+            "role": crate::membership::get().map_or("single", |m| m.role()),
             "app_running": true,
             "product_name": "warren",
             "product_version": env!("CARGO_PKG_VERSION"),

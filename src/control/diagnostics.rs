@@ -143,8 +143,10 @@ pub async fn run(broker: &Broker, interval: std::time::Duration) -> Response {
     }
 
     // A cluster's health, as its leader sees it.
-    for (status, detail, advice) in crate::cluster::ops::findings().await {
-        add("cluster", status, detail, advice);
+    if let Some(cluster) = crate::membership::get() {
+        for (status, detail, advice) in cluster.findings().await {
+            add("cluster", status, detail, advice);
+        }
     }
 
     // Connections with many channels.

@@ -6,6 +6,7 @@
 //! The broker answers with data (columns and rows, or a JSON document); presentation
 //! (tables, `--formatter json`, the informational line) is the CLI's business.
 
+pub mod cluster;
 mod commands;
 mod diagnostics;
 

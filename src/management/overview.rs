@@ -73,8 +73,8 @@ async fn overview(State(api): State<Api>, caller: Caller) -> ApiResult {
         }
     });
     let node = node_name();
-    let cluster_name = match crate::cluster::ops::api_view().await {
-        Some(v) => v.cluster_name,
+    let cluster_name = match crate::membership::get() {
+        Some(cluster) => cluster.api_view().await.cluster_name,
         None => node.clone(),
     };
     let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
@@ -141,9 +141,10 @@ fn node_json(api: &Api) -> Value {
 async fn nodes(State(api): State<Api>, caller: Caller) -> ApiResult {
     caller.require_monitor()?;
     let mut me = node_json(&api);
-    let Some(view) = crate::cluster::ops::api_view().await else {
+    let Some(cluster) = crate::membership::get() else {
         return Ok(reply(json!([me])));
     };
+    let view = cluster.api_view().await;
     if let (Some(m), Value::Object(extra)) = (me.as_object_mut(), view.leader) {
         m.extend(extra);
     }
@@ -157,7 +158,10 @@ async fn one_node(State(api): State<Api>, caller: Caller, Path(node): Path<Strin
     if node == node_name() {
         return Ok(reply(node_json(&api)));
     }
-    let view = crate::cluster::ops::api_view().await;
+    let view = match crate::membership::get() {
+        Some(cluster) => Some(cluster.api_view().await),
+        None => None,
+    };
     match view.and_then(|v| v.others.into_iter().find(|n| n["name"] == node.as_str())) {
         Some(other) => Ok(reply(other)),
         None => Err(ApiError::not_found()),

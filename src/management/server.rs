@@ -40,7 +40,7 @@ pub async fn serve(
                 let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     // A cluster follower's front names the client it passes on.
-                    let Some(peer) = crate::cluster::proxy::real_peer(&mut tcp, peer).await else { return };
+                    let Some(peer) = crate::proxy::real_peer(&mut tcp, peer).await else { return };
                     // Handlers see the peer (for loopback-only users) in ConnectInfo.
                     let app = app.layer(axum::Extension(ConnectInfo(peer)));
                     match tls {

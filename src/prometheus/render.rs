@@ -363,7 +363,9 @@ pub fn render(broker: &Broker, per_object: bool) -> String {
         "is 1 if file descriptor limit alarm is in effect",
         0,
     );
-    crate::cluster::stats::render(&mut out.text);
+    if let Some(cluster) = crate::membership::get() {
+        cluster.render_metrics(&mut out.text);
+    }
     out.text
 }
 

@@ -1,5 +1,5 @@
-//! The PROXY protocol (version 1, HAProxy's text form) between a follower's front door
-//! ([`super::front`]) and the leader: the follower opens a connection to the leader for
+//! The PROXY protocol (version 1, HAProxy's text form) between a cluster follower's front
+//! door (`cluster::front`) and the leader: the follower opens a connection to the leader for
 //! each client and writes one line first, `PROXY TCP4 <client> <follower> <cport>
 //! <fport>\r\n`, so that the leader sees the real client (for `loopback_users`,
 //! connection names, `list_connections`' peer columns and the logs), never the proxy.
