@@ -164,24 +164,29 @@ mod tests {
 
     #[tokio::test]
     async fn only_a_trusted_peer_line_is_read() {
+        // Addresses of this test's own (trust is process-wide, and other tests trust
+        // the followers they run, from 127.0.0.1).
+        let (stranger, member) = ("127.0.0.3", "127.0.0.4");
         let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let send = |bytes: &'static [u8]| async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
+        let send = |from: &'static str, bytes: &'static [u8]| async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let mut s = socket.connect(addr).await.unwrap();
             tokio::io::AsyncWriteExt::write_all(&mut s, bytes)
                 .await
                 .unwrap();
             s
         };
-        // Not trusted (127.0.0.1 connects to 127.0.0.2): the line stays, peer kept.
-        let _c = send(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nAMQP").await;
+        // Not trusted: the line stays, the peer is kept.
+        let _c = send(stranger, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nAMQP").await;
         let (mut s, peer) = listener.accept().await.unwrap();
         assert_eq!(real_peer(&mut s, peer).await, Some(peer));
         let mut first = [0u8; 5];
         s.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"PROXY");
-        trust(peer.ip());
-        let _c = send(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nAMQP").await;
+        trust(member.parse().unwrap());
+        let _c = send(member, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nAMQP").await;
         let (mut s, peer) = listener.accept().await.unwrap();
         assert_eq!(
             real_peer(&mut s, peer).await,
@@ -191,12 +196,16 @@ mod tests {
         s.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"AMQP");
         // Trusted, but a client of its own (no line): untouched.
-        let _c = send(b"AMQP\0\0\x09\x01").await;
+        let _c = send(member, b"AMQP\0\0\x09\x01").await;
         let (mut s, peer) = listener.accept().await.unwrap();
         assert_eq!(real_peer(&mut s, peer).await, Some(peer));
         // Trusted, broken line: dropped.
-        let _c = send(b"PROXY TCP4 nonsense\r\n").await;
+        let _c = send(member, b"PROXY TCP4 nonsense\r\n").await;
         let (mut s, peer) = listener.accept().await.unwrap();
         assert_eq!(real_peer(&mut s, peer).await, None);
+        // Still not trusted: trust is per address.
+        let _c = send(stranger, b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n").await;
+        let (mut s, peer) = listener.accept().await.unwrap();
+        assert_eq!(real_peer(&mut s, peer).await, Some(peer));
     }
 }
