@@ -50,6 +50,7 @@ pub mod accept;
 pub mod access;
 pub mod admin;
 pub mod alarm;
+pub mod app;
 pub mod arguments;
 pub mod auth;
 pub mod broker;

@@ -158,6 +158,16 @@ async fn serve(
     let started = std::time::Instant::now();
     let mut signals = Signals::install()
         .map_err(|e| Failure(71, format!("cannot install signal handlers: {e}")))?;
+    if !config.cluster.enabled() && warren::app::started_stopped() {
+        // warrenctl stop_app re-executed this process: the control socket alone, until
+        // start_app re-executes it serving (or a signal ends it).
+        tokio::select! {
+            r = warren::control::stopped::serve(&config) => {
+                return r.map_err(|e| Failure(e.code, e.message));
+            }
+            _ = signals.shutdown_requested(log_file.as_ref(), None) => return Ok(()),
+        }
+    }
     let node = if config.cluster.enabled() {
         // A cluster node follows until it leads; a stop request meanwhile just ends it.
         tokio::select! {
@@ -191,7 +201,7 @@ async fn serve(
         .await;
     tracing::info!("shutting down");
     if let Some(n) = &notifier {
-        if warren::cluster::app_stop_requested() {
+        if warren::app::stop_requested() {
             // warrenctl stop_app: the process stays (re-executed, stopped).
             n.notify(
                 "STATUS=app stopped (warrenctl stop_app): handing over and restarting stopped",
@@ -203,9 +213,10 @@ async fn serve(
     warren::cluster::fence_for_stop();
     node.stop().await;
     warren::cluster::resign().await;
-    if warren::cluster::app_stop_requested() {
-        // warrenctl stop_app on a cluster's leader: the process stays, stopped.
-        warren::cluster::restart_stopped();
+    if warren::app::stop_requested() {
+        // warrenctl stop_app: the process stays, stopped, its control socket up.
+        tracing::info!("app stopped: restarting with only the control socket up");
+        warren::app::restart(true, vec![]);
     }
     tracing::info!("stopped");
     Ok(())

@@ -172,27 +172,6 @@ pub(super) fn leading() -> Option<&'static Leading> {
     LEADING.get()
 }
 
-/// Set by `stop_app` on the leader: the graceful stop that follows re-executes the
-/// process stopped rather than ending it.
-static STOP_APP: AtomicBool = AtomicBool::new(false);
-
-/// `stop_app` on the leader: stop serving as at a SIGTERM (leadership goes to a
-/// follower at once), then start over stopped, the control socket up.
-pub(super) fn stop_app() {
-    STOP_APP.store(true, Ordering::Release);
-    tokio::spawn(async {
-        // The command's answer goes out first.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        // SAFETY: signals this process; no memory is involved.
-        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
-    });
-}
-
-/// Whether the stop under way is `stop_app`'s.
-pub fn app_stop_requested() -> bool {
-    STOP_APP.load(Ordering::Acquire)
-}
-
 static LEADING: std::sync::OnceLock<Leading> = std::sync::OnceLock::new();
 
 /// A graceful stop is under way: the fenced leader stops rather than re-executing.

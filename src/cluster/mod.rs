@@ -21,7 +21,7 @@ mod lead;
 pub mod ops;
 pub mod stats;
 
-pub use lead::{app_stop_requested, fence_for_stop, resign};
+pub use lead::{fence_for_stop, resign};
 pub mod ship;
 pub mod wire;
 
@@ -35,10 +35,7 @@ use coordinator::{Coordinator, Leader};
 use crate::config::Config;
 use crate::node::{Node, StartError};
 
-/// Set for the new image when a fenced leader re-executes: the lease it led under. It
-/// stays in the environment (changing that with the runtime's threads up would race
-/// their `getenv`); a later re-execution replaces it.
-const RESIGNED_LEASE: &str = "WARREN_RESIGNED_LEASE";
+use crate::app::RESIGNED_LEASE;
 
 /// How often a follower looks at who leads.
 const POLL: Duration = Duration::from_millis(200);
@@ -149,7 +146,7 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
     }
     let ttl = Duration::from_secs(c.lease_ttl);
     let mut session = grant(&*coordinator, ttl).await;
-    let stopped = std::env::var_os(ops::APP_STOPPED).is_some();
+    let stopped = crate::app::started_stopped();
     let local = ops::Local::new(
         me.clone(),
         coordinator.clone(),
@@ -460,55 +457,8 @@ async fn stop(f: Option<Following>) {
 /// queues, connections, pending confirms — lives on.
 pub(crate) fn restart_as_follower(why: &str) -> ! {
     tracing::error!(why, "leadership lost: restarting as a follower");
-    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
-        .filter(|(k, _)| k != RESIGNED_LEASE && k != ops::APP_STOPPED)
-        .collect();
-    if let Some(lease) = lead::lease() {
-        // The new image gives it up first thing: the leader key goes at once instead of
-        // when it lapses, and a follower takes over sooner.
-        env.push((RESIGNED_LEASE.into(), lease.to_string().into()));
-    }
-    let e = exec_self(std::env::args_os().collect(), env);
-    tracing::error!(error = %e, "cannot re-execute; exiting for the supervisor to restart");
-    std::process::exit(70)
-}
-
-/// `stop_app` on the leader, once it stopped serving and gave the lease up: start over
-/// stopped (the control socket up; `start_app` starts following again).
-pub fn restart_stopped() -> ! {
-    tracing::info!("app stopped: restarting with only the control socket up");
-    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
-        .filter(|(k, _)| k != RESIGNED_LEASE && k != ops::APP_STOPPED)
-        .collect();
-    env.push((ops::APP_STOPPED.into(), "1".into()));
-    let e = exec_self(std::env::args_os().collect(), env);
-    tracing::error!(error = %e, "cannot re-execute; exiting");
-    std::process::exit(70)
-}
-
-/// Replace this process with a fresh image of the running binary (`/proc/self/exe`:
-/// even if its file was replaced meanwhile, an upgrade). execve(2) itself, not
-/// `Command::exec`: that one first sets SIGPIPE back to its default in this process,
-/// and a replication thread writing to a follower that went away in that moment kills
-/// the process instead of failing one write (seen in CI).
-fn exec_self(
-    args: Vec<std::ffi::OsString>,
-    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
-) -> std::io::Error {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = |b: &[u8]| CString::new(b).unwrap_or_default();
-    let args: Vec<CString> = args.iter().map(|a| c(a.as_bytes())).collect();
-    let env: Vec<CString> = env
-        .iter()
-        .map(|(k, v)| c(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
-        .collect();
-    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    // SAFETY: every pointer is to a NUL-terminated string that outlives the call, and
-    // both arrays end with a null pointer, as execve(2) requires.
-    unsafe { libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-    std::io::Error::last_os_error()
+    // The new image gives the lease up first thing: the leader key goes at once
+    // instead of when it lapses, and a follower takes over sooner.
+    let lease = lead::lease().map(|l| (RESIGNED_LEASE.into(), l.to_string().into()));
+    crate::app::restart(false, lease.into_iter().collect())
 }

@@ -31,9 +31,6 @@ use crate::control::cluster::{alarm_list, listener, nothing_to_do, status_respon
 use crate::control::{Request, Response};
 use crate::membership::{ApiView, BoxFuture, Finding, Membership};
 
-/// Set for the new image when the leader's `stop_app` re-executes it: start stopped.
-pub(super) const APP_STOPPED: &str = "WARREN_APP_STOPPED";
-
 /// rabbitmqctl's exit codes.
 const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
@@ -250,19 +247,11 @@ fn still_running(node: &str) -> Response {
     )
 }
 
-/// `reset`: the data directory's store goes, and the node is marked unsynced first, so
-/// that it never leads on what is left (it syncs everything from the leader at
-/// `start_app`). What replication set aside (`diverged/`) stays: it is the operator's.
+/// `reset`: the node is marked unsynced first, so that it never leads on what is left
+/// (it syncs everything from the leader at `start_app`), then its store goes.
 fn reset(dir: &Path) -> io::Result<()> {
     super::follow::mark_unsynced(dir)?;
-    let meta = dir.join("meta.log");
-    if meta.exists() {
-        std::fs::remove_file(&meta)?;
-    }
-    let messages = dir.join("messages");
-    if messages.exists() {
-        std::fs::remove_dir_all(&messages)?;
-    }
+    crate::store::wipe(dir)?;
     tracing::warn!(dir = %dir.display(), "reset: the node's data is gone; it syncs from the leader when started");
     Ok(())
 }
@@ -351,7 +340,7 @@ async fn on_leader(broker: &crate::broker::Broker, req: &Request) -> Response {
             cluster_status(l.coordinator.as_ref(), &l.me, l.min_insync, Some(extras)).await
         }
         "stop_app" => {
-            super::lead::stop_app();
+            crate::app::request_stop();
             Response::default()
         }
         "start_app" => Response::default(),

@@ -32,10 +32,19 @@ pub fn single_node(broker: &Broker, req: &Request) -> Response {
             status_response(doc)
         }
         "update_cluster_nodes" | "change_cluster_node_type" => nothing_to_do(&req.command),
+        "stop_app" => {
+            crate::app::request_stop();
+            Response::default()
+        }
+        "start_app" => Response::default(),
+        "reset" | "force_reset" => Response::error(
+            EX_UNAVAILABLE,
+            format!("warren is still running on node {me}.\nPlease stop it with 'warrenctl stop_app' first."),
+        ),
         _ => Response::error(
             EX_UNAVAILABLE,
             format!(
-                "{me} is a single node (no [cluster] section): '{}' is for cluster nodes; stop or restart the service instead",
+                "{me} is a single node (no [cluster] section): '{}' is for cluster nodes",
                 req.command
             ),
         ),

@@ -9,6 +9,7 @@
 pub mod cluster;
 mod commands;
 mod diagnostics;
+pub mod stopped;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -228,6 +228,22 @@ pub fn lock(dir: &Path) -> Result<File, StoreError> {
     Ok(f)
 }
 
+/// `warrenctl reset`: remove the metadata and the message journal (the node starts
+/// empty, with the default user and vhost). What was set aside (`quarantine/`,
+/// `diverged/`, `migrated-format-*/`) stays: it is the operator's. The caller holds
+/// the directory's lock and no store is open on it.
+pub fn wipe(dir: &Path) -> std::io::Result<()> {
+    let meta = dir.join("meta.log");
+    if meta.exists() {
+        fs::remove_file(&meta)?;
+    }
+    let messages = dir.join("messages");
+    if messages.exists() {
+        fs::remove_dir_all(&messages)?;
+    }
+    File::open(dir)?.sync_all()
+}
+
 /// Read (or create) `meta.toml`: the format the directory is in (a new one is in this
 /// binary's) and the node id.
 fn meta_toml(dir: &Path) -> Result<(u32, String), StoreError> {

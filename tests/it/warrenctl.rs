@@ -237,8 +237,8 @@ async fn limits_status_usage_and_unavailable_broker() {
 }
 
 /// A single node (no [cluster] section) is a cluster of one to cluster_status, as a
-/// lone RabbitMQ node is; the commands that change a cluster's membership say they are
-/// for cluster nodes (exit 69), and those with nothing to do succeed.
+/// lone RabbitMQ node is; join_cluster says it is for cluster nodes and reset that the
+/// app must be stopped first (exit 69); those with nothing to do succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_commands_on_a_single_node() {
     let Some((_broker, ctl)) = warren() else {
@@ -262,16 +262,70 @@ async fn cluster_commands_on_a_single_node() {
         doc["listeners"][&me][0]["port"].as_u64().unwrap() > 0,
         "{doc}"
     );
-    for cmd in [
-        &["stop_app"][..],
-        &["reset"],
-        &["join_cluster", "warren@other"],
-    ] {
-        let e = ctl.fails(cmd, 69);
-        assert!(e.contains("single node"), "{cmd:?}: {e}");
-    }
+    let e = ctl.fails(&["join_cluster", "warren@other"], 69);
+    assert!(e.contains("single node"), "{e}");
+    let e = ctl.fails(&["reset"], 69);
+    assert!(e.contains("stop_app"), "{e}");
     ctl.ok(&["change_cluster_node_type", "disc"]);
     ctl.ok(&["update_cluster_nodes", "warren@other"]);
+}
+
+/// Proves rabbitmqctl's `stop_app; reset; start_app` on a single node: stop_app closes
+/// the AMQP listener but keeps the process (same pid) and its control socket, which
+/// says the app is stopped and refuses what needs it running (69); reset empties the
+/// store; start_app serves again on the same port, without the queue declared before
+/// the reset and with the default user back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_app_reset_start_app_on_a_single_node() {
+    if is_external() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("amqp.listen=127.0.0.1:{port}");
+    let broker = Broker::spawn_warren(&["--set", &listen]);
+    let ctl = Ctl::new(&broker).unwrap();
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    let conn = connect(&url).await;
+    let ch = within(conn.create_channel()).await.unwrap();
+    crate::durability::declare_durable(&ch, "gone-after-reset", no_args()).await;
+    let _ = conn.close(200, "done".into()).await;
+    let pid = broker.pid();
+
+    ctl.ok(&["stop_app"]);
+    let status = ctl.ok(&["-q", "--formatter", "json", "status"]);
+    assert!(status.contains("\"app_running\": false"), "{status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "AMQP still served after stop_app"
+    );
+    let e = ctl.fails(&["list_queues"], 69);
+    assert!(e.contains("start_app"), "{e}");
+    ctl.ok(&["reset"]);
+    ctl.ok(&["start_app"]);
+    assert_eq!(
+        broker.pid(),
+        pid,
+        "the process was replaced, not re-executed"
+    );
+    let conn = within(async {
+        loop {
+            if let Ok(c) = try_connect(&url).await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        !queue_exists(&conn, "gone-after-reset").await,
+        "the queue survived reset"
+    );
+    let _ = conn.close(200, "done".into()).await;
+    assert!(ctl.ok(&["list_users"]).contains("guest"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
