@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::coordinator::{Coordinator, Leader};
 use super::wire::{self, Frame};
@@ -122,30 +121,14 @@ pub(crate) async fn serve_follower(local: Arc<Local>, listener: tokio::net::Unix
         };
         let local = local.clone();
         tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(read);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match lines.read_line(&mut line).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
+            let local = &local;
+            crate::control::serve_requests(stream, |req| async move {
+                if req.command != "await_startup" {
+                    tracing::info!(command = %req.command, "control request");
                 }
-                let response = match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => {
-                        if req.command != "await_startup" {
-                            tracing::info!(command = %req.command, "control request");
-                        }
-                        on_follower(&local, req).await
-                    }
-                    Err(e) => Response::error(EX_USAGE, format!("malformed control request: {e}")),
-                };
-                let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());
-                out.push(b'\n');
-                if write.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
+                on_follower(local, req).await
+            })
+            .await
         });
     }
 }

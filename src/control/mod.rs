@@ -105,6 +105,17 @@ pub async fn answer(broker: &Broker, req: Request, from: &str) -> Response {
 }
 
 async fn serve_one(broker: Arc<Broker>, stream: UnixStream) {
+    serve_requests(stream, |req| answer(&broker, req, "warrenctl")).await
+}
+
+/// One control connection: a JSON request per line, each answered by `answer` with one
+/// JSON line, until the client closes it. Every control socket (a serving broker's, a
+/// cluster follower's, a stopped node's) speaks through this.
+pub async fn serve_requests<F, Fut>(stream: UnixStream, answer: F)
+where
+    F: Fn(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = String::new();
@@ -116,7 +127,7 @@ async fn serve_one(broker: Arc<Broker>, stream: UnixStream) {
             Ok(_) => {}
         }
         let response = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => answer(&broker, req, "warrenctl").await,
+            Ok(req) => answer(req).await,
             Err(e) => Response::error(64, format!("malformed control request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());

@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::cluster::{nothing_to_do, status_response};
 use super::{Request, Response};
@@ -42,25 +41,8 @@ pub async fn serve(config: &Config) -> Result<(), StartError> {
         };
         let dir = dir.clone();
         tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut lines = tokio::io::BufReader::new(read);
-            let mut line = String::new();
-            loop {
-                line.clear();
-                match lines.read_line(&mut line).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                let response = match serde_json::from_str::<Request>(&line) {
-                    Ok(req) => answer(&dir, &req),
-                    Err(e) => Response::error(64, format!("malformed control request: {e}")),
-                };
-                let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());
-                out.push(b'\n');
-                if write.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
+            let dir = &dir;
+            super::serve_requests(stream, |req| async move { answer(dir, &req) }).await
         });
     }
 }
