@@ -160,7 +160,11 @@ async fn serve(
         .map_err(|e| Failure(71, format!("cannot install signal handlers: {e}")))?;
     if !config.cluster.enabled() && warren::app::started_stopped() {
         // warrenctl stop_app re-executed this process: the control socket alone, until
-        // start_app re-executes it serving (or a signal ends it).
+        // start_app re-executes it serving (or a signal ends it). Still up for systemd
+        // (the process is), its watchdog pinged.
+        if let Some(n) = &notifier {
+            n.up("app stopped (warrenctl start_app starts it)");
+        }
         tokio::select! {
             r = warren::control::stopped::serve(&config) => {
                 return r.map_err(|e| Failure(e.code, e.message));
@@ -170,8 +174,19 @@ async fn serve(
     }
     let node = if config.cluster.enabled() {
         // A cluster node follows until it leads; a stop request meanwhile just ends it.
+        // It is up for systemd as soon as it follows (it passes clients on to the
+        // leader): a follower that waited for READY until it leads would be killed by
+        // TimeoutStartSec, and never ping the watchdog.
+        let up = {
+            let notifier = notifier.clone();
+            move |status: &str| {
+                if let Some(n) = &notifier {
+                    n.up(status);
+                }
+            }
+        };
         tokio::select! {
-            node = warren::cluster::start(config) => node,
+            node = warren::cluster::start(config, up) => node,
             _ = signals.shutdown_requested(log_file.as_ref(), None) => return Ok(()),
         }
     } else {
@@ -190,10 +205,7 @@ async fn serve(
     println!("warren ready{}", node.ready_fields());
     let _ = std::io::stdout().flush();
     if let Some(n) = &notifier {
-        n.ready(&listening);
-        if let Some(every) = warren::service::Notifier::watchdog_interval() {
-            tokio::spawn(n.clone().watchdog(every));
-        }
+        n.up(&listening);
     }
 
     signals

@@ -15,6 +15,8 @@ use std::time::Duration;
 pub struct Notifier {
     socket: UnixDatagram,
     addr: SocketAddr,
+    /// The watchdog's pings run (started once, by the first [`Notifier::up`]).
+    watchdog: std::sync::atomic::AtomicBool,
 }
 
 impl Notifier {
@@ -49,7 +51,11 @@ impl Notifier {
         let socket = UnixDatagram::unbound()?;
         // A notification must never stall the broker; a full socket drops it.
         socket.set_nonblocking(true)?;
-        Ok(Notifier { socket, addr })
+        Ok(Notifier {
+            socket,
+            addr,
+            watchdog: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Send one notification: newline-separated `KEY=VALUE` assignments.
@@ -82,6 +88,21 @@ impl Notifier {
             }
         }
         (usec > 0).then(|| Duration::from_micros(usec / 2))
+    }
+
+    /// The node is up (it serves, or, a cluster follower, passes clients on): `READY=1`
+    /// with `status`, and the watchdog's pings from now on (once, however often it is
+    /// called: a follower is up before it leads, and says so again when it leads).
+    pub fn up(self: &std::sync::Arc<Self>, status: &str) {
+        self.ready(status);
+        if let Some(every) = Self::watchdog_interval() {
+            if !self
+                .watchdog
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                tokio::spawn(self.clone().watchdog(every));
+            }
+        }
     }
 
     /// Ping the watchdog forever (run as a task). Being a task on the broker's runtime,

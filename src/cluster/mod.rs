@@ -111,8 +111,9 @@ impl Session {
     }
 }
 
-/// Follow until this node leads, then start serving: the running node.
-pub async fn start(config: Config) -> Result<Node, StartError> {
+/// Follow until this node leads, then start serving: the running node. `up` is told
+/// once the node follows (its control socket and front door are up), for systemd.
+pub async fn start(config: Config, up: impl FnOnce(&str)) -> Result<Node, StartError> {
     let me = Me::of(&config);
     crate::broker::set_node_name(&me.node);
     crate::broker::set_cluster_name(&me.cluster);
@@ -176,6 +177,11 @@ pub async fn start(config: Config) -> Result<Node, StartError> {
         app_stopped = stopped,
         "cluster node started; following until it leads"
     );
+    up(if stopped {
+        "cluster node, app stopped"
+    } else {
+        "cluster node following; clients are passed on to the leader"
+    });
     loop {
         let app_stopped = local.app_stopped();
         if app_stopped {

@@ -70,6 +70,9 @@ pub struct Opts {
     /// More configuration for every node, appended to its file; `{me}` is the node's
     /// address (a `[tls]` section, say).
     pub extra_config: String,
+    /// Run each node as systemd would with `Type=notify` and `WatchdogSec=` (a
+    /// notification socket of its own, [`Cluster::notifications`]).
+    pub systemd: bool,
 }
 
 impl Default for Opts {
@@ -82,6 +85,7 @@ impl Default for Opts {
             start_warren: true,
             etcd_pre_vote: true,
             extra_config: String::new(),
+            systemd: false,
         }
     }
 }
@@ -157,6 +161,9 @@ pub struct Cluster {
     warren: Vec<Proc>,
     /// Hosts whose namespace has iptables rules in place (what `heal_all` flushes).
     cut: Vec<bool>,
+    /// With `opts.systemd`: each node's notification socket (bound here, before the
+    /// node starts, as systemd does).
+    notify: Vec<Option<std::os::unix::net::UnixDatagram>>,
     spawner: Option<Spawner>,
     /// Held for the cluster's life; released last (after the network is gone).
     lock: Option<NetLock>,
@@ -199,11 +206,20 @@ impl Cluster {
                 .map(|i| Proc::new(dir.join(format!("node{i}.log"))))
                 .collect(),
             cut: vec![false; n],
+            notify: (1..=n).map(|_| None).collect(),
             spawner: Some(Spawner::new()),
             lock: Some(lock),
             _turn: Some(turn),
         };
         eprintln!("cluster wt{k}: {n} hosts, logs in {}", dir.display());
+        if c.opts.systemd {
+            for i in 1..=n {
+                let socket = std::os::unix::net::UnixDatagram::bind(c.notify_path(i))
+                    .expect("bind a notification socket");
+                socket.set_nonblocking(true).unwrap();
+                c.notify[i - 1] = Some(socket);
+            }
+        }
         if c.opts.start_warren {
             c.pin_binary();
         }
@@ -612,6 +628,11 @@ secret = "wt{k}-secret"
             .arg(self.binary())
             .arg("--config")
             .arg(self.config_path(i));
+        if self.opts.systemd {
+            // As systemd with Type=notify and WatchdogSec=1s passes them.
+            cmd.env("NOTIFY_SOCKET", self.notify_path(i))
+                .env("WATCHDOG_USEC", "1000000");
+        }
         // The node's configuration is its file only: no WARREN_* / RABBITMQ_* variable
         // of the test's environment may override it.
         for (key, _) in std::env::vars_os() {
@@ -623,6 +644,23 @@ secret = "wt{k}-secret"
         let log = self.warren[i - 1].log.clone();
         let child = self.spawn(cmd, &log, &format!("warren n{i}"));
         self.warren[i - 1].child = Some(child);
+    }
+
+    fn notify_path(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("notify{i}.sock"))
+    }
+
+    /// With `opts.systemd`: the notifications node `i` sent since the last call.
+    pub fn notifications(&self, i: usize) -> Vec<String> {
+        self.check_host(i);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        if let Some(socket) = &self.notify[i - 1] {
+            while let Ok(n) = socket.recv(&mut buf) {
+                out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        out
     }
 
     /// The pid of warren node `i` (`ip netns exec` execs it, and a node that re-executes

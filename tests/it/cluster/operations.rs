@@ -224,3 +224,43 @@ async fn rabbitmq_cluster_runbook_commands_work() {
         "{doc}"
     );
 }
+
+/// Proves that under systemd (`Type=notify`, `WatchdogSec=`) every node is up as soon as
+/// it follows, not only once it leads: each sends `READY=1` and pings the watchdog
+/// (twice a second for `WatchdogSec=1s`). A follower that waited to lead before saying
+/// READY would be killed by `TimeoutStartSec` and restarted, over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_is_up_for_systemd_and_pings_its_watchdog() {
+    let cluster = Cluster::start(
+        3,
+        Opts {
+            systemd: true,
+            ..Opts::default()
+        },
+    );
+    let mut cluster = cluster;
+    let leader = cluster.wait_leader(secs(30)).await;
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); 3];
+    let start = Instant::now();
+    loop {
+        for (i, s) in seen.iter_mut().enumerate() {
+            s.extend(cluster.notifications(i + 1));
+        }
+        let done = seen.iter().all(|s| {
+            s.iter().any(|m| m.lines().any(|l| l == "READY=1"))
+                && s.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3
+        });
+        if done {
+            break;
+        }
+        assert!(
+            start.elapsed() < secs(15),
+            "not every node is up and pinging (leader n{leader}): {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (i, s) in seen.iter().enumerate() {
+        let ready = s.iter().find(|m| m.contains("READY=1")).unwrap();
+        eprintln!("systemd: n{} said {ready:?}", i + 1);
+    }
+}
