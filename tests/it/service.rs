@@ -101,6 +101,49 @@ fn pings_the_watchdog_on_an_abstract_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Proves that a single node stopped with `warrenctl stop_app` (the same process, only
+/// its control socket up) still pings systemd's watchdog, which would otherwise kill it
+/// after `WatchdogSec`, and does not tell systemd it is stopping.
+#[test]
+fn a_stopped_app_still_pings_the_watchdog() {
+    if is_external() {
+        return;
+    }
+    let dir = scratch("warren-watchdog-stopped");
+    let path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let data = dir.join("data");
+    let broker = Broker::spawn_in_env(
+        data.clone(),
+        &[],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    recv_until(&socket, "READY=1");
+    let out = std::process::Command::new(warrenctl_bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("stop_app")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The stopped image says it is up, then pings.
+    let seen = recv_until(&socket, "READY=1");
+    assert!(
+        !seen.iter().any(|m| m.contains("STOPPING=1")),
+        "stop_app told systemd the service stops: {seen:?}"
+    );
+    recv_until(&socket, "WATCHDOG=1");
+    recv_until(&socket, "WATCHDOG=1");
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn without_notify_socket_nothing_changes() {
     if is_external() {
