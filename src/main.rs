@@ -167,7 +167,7 @@ async fn serve(
         }
         tokio::select! {
             r = warren::control::stopped::serve(&config) => {
-                return r.map_err(|e| Failure(e.code, e.message));
+                return r.map_err(|(code, line)| Failure(code, line));
             }
             _ = signals.shutdown_requested(log_file.as_ref(), None) => return Ok(()),
         }

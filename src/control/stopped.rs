@@ -11,15 +11,14 @@ use serde_json::json;
 use super::cluster::{nothing_to_do, status_response};
 use super::{Request, Response};
 use crate::config::Config;
-use crate::node::StartError;
 
 const EX_UNAVAILABLE: u8 = 69;
 
 /// Serve the control socket until `start_app` re-executes the process (or a signal,
-/// which the caller waits for, ends it).
-pub async fn serve(config: &Config) -> Result<(), StartError> {
+/// which the caller waits for, ends it). An error is the exit code and the line to print.
+pub async fn serve(config: &Config) -> Result<(), (u8, String)> {
     let dir = config.data_dir.clone();
-    let failed = |code, message: String| StartError { code, message };
+    let failed = |code, message: String| (code, message);
     crate::store::files::create_dir(&dir)
         .map_err(|e| failed(73, format!("data dir {}: {e}", dir.display())))?;
     let _lock = crate::store::lock(&dir).map_err(|e| failed(73, e.to_string()))?;
