@@ -96,9 +96,10 @@ fn control_answer(broker: Arc<crate::broker::Broker>) -> ship::Answer {
     Arc::new(move |request| {
         let response = match serde_json::from_slice::<crate::control::Request>(&request) {
             Ok(req) => runtime.block_on(crate::control::answer(&broker, req, "a follower")),
-            Err(e) => {
-                crate::control::Response::error(64, format!("malformed control request: {e}"))
-            }
+            Err(e) => crate::control::Response::error(
+                crate::control::EX_USAGE,
+                format!("malformed control request: {e}"),
+            ),
         };
         serde_json::to_vec(&response).unwrap_or_default()
     })

@@ -31,9 +31,7 @@ use crate::control::{Request, Response};
 use crate::membership::{ApiView, BoxFuture, Finding, Membership};
 
 /// rabbitmqctl's exit codes.
-const EX_USAGE: u8 = 64;
-const EX_UNAVAILABLE: u8 = 69;
-const EX_SOFTWARE: u8 = 70;
+use crate::control::{EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
 
 /// How long a command passed on to the leader may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(120);
@@ -262,9 +260,8 @@ async fn join_cluster(local: &Arc<Local>, req: &Request) -> Response {
         Response::error(
             EX_UNAVAILABLE,
             format!(
-                "{other} is not a member of cluster '{}' (etcd {}). A warren node joins the cluster its [cluster] section names: set name and etcd_endpoints as on {other}, restart, and start_app",
-                local.me.cluster,
-                "cluster.etcd_endpoints"
+                "{other} is not a member of cluster '{}'. A warren node joins the cluster its [cluster] section names: set cluster.name and cluster.etcd_endpoints as on {other}, restart, and start_app",
+                local.me.cluster
             ),
         )
     }

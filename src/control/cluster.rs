@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::{Request, Response};
 use crate::broker::Broker;
 
-const EX_UNAVAILABLE: u8 = 69;
+use super::EX_UNAVAILABLE;
 
 pub fn single_node(broker: &Broker, req: &Request) -> Response {
     let me = crate::broker::node_name();

@@ -17,6 +17,7 @@ use crate::queue::QueueCmd;
 pub const EX_USAGE: u8 = 64;
 pub const EX_DATAERR: u8 = 65;
 pub const EX_UNAVAILABLE: u8 = 69;
+pub const EX_SOFTWARE: u8 = 70;
 
 pub async fn handle(broker: &Broker, req: Request) -> Response {
     match run(broker, &req).await {

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 mod commands;
+pub use commands::{EX_DATAERR, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE};
 mod diagnostics;
 pub mod stopped;
 
@@ -128,7 +129,7 @@ where
         }
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(req) => answer(req).await,
-            Err(e) => Response::error(64, format!("malformed control request: {e}")),
+            Err(e) => Response::error(EX_USAGE, format!("malformed control request: {e}")),
         };
         let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{}".to_vec());
         out.push(b'\n');

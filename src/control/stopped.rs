@@ -12,7 +12,7 @@ use super::cluster::{nothing_to_do, status_response};
 use super::{Request, Response};
 use crate::config::Config;
 
-const EX_UNAVAILABLE: u8 = 69;
+use super::{EX_SOFTWARE, EX_UNAVAILABLE};
 
 /// Serve the control socket until `start_app` re-executes the process (or a signal,
 /// which the caller waits for, ends it). An error is the exit code and the line to print.
@@ -79,7 +79,7 @@ fn answer(dir: &Path, req: &Request) -> Response {
                 tracing::warn!(dir = %dir.display(), "reset: the node's data is gone");
                 Response::default()
             }
-            Err(e) => Response::error(70, format!("cannot reset: {e}")),
+            Err(e) => Response::error(EX_SOFTWARE, format!("cannot reset: {e}")),
         },
         "cluster_status" => status_response(json!({
             "cluster_name": me,
